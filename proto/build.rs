@@ -1,0 +1,12 @@
+//! Compiles the protocol with protox, a pure-Rust protobuf compiler, so the
+//! build needs no `protoc` on the machine.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/logfleet/v1/logfleet.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["proto"])?;
+    tonic_prost_build::configure()
+        .bytes(".logfleet.v1.LogLine.line")
+        .bytes(".logfleet.v1.PushRequest.payload")
+        .compile_fds(fds)?;
+    Ok(())
+}

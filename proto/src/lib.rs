@@ -1,0 +1,13 @@
+//! The `logfleet.v1` wire protocol: message types and gRPC service stubs
+//! generated from `proto/logfleet/v1/logfleet.proto`, plus the batch codec
+//! both ends share ([`codec`]).
+
+pub mod codec;
+
+/// Generated protobuf messages and tonic services of package `logfleet.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/logfleet.v1.rs"));
+}
+
+pub use codec::{decode_payload, encode_payload, CodecError, Limits};

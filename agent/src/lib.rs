@@ -1,1 +1,288 @@
+//! The logfleet node agent: discovers container log files, tails them from
+//! their checkpoints, parses CRI and docker records, batches and compresses
+//! lines, and pushes them to the aggregator. Checkpoints move only after an
+//! acknowledgement, so every line is delivered at least once and the
+//! aggregator's de-duplication makes it exactly once.
+//!
+//! Data flow: [`discover`] -> [`tail`] (with [`cri`] and [`fingerprint`]) ->
+//! [`batch`] -> [`ship`] -> [`checkpoint`].
 
+pub mod batch;
+pub mod checkpoint;
+pub mod cri;
+pub mod discover;
+pub mod fingerprint;
+pub mod http;
+pub mod metrics;
+pub mod ship;
+pub mod tail;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use logfleet_proto::v1::Compression;
+use tokio::sync::{mpsc, Notify};
+
+/// Everything the agent needs to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The `node` label of every line.
+    pub node_name: String,
+    /// Directory holding `<namespace>_<pod>_<uid>/<container>/<n>.log`.
+    pub log_root: PathBuf,
+    /// Where checkpoints are kept.
+    pub state_dir: PathBuf,
+    /// The aggregator.
+    pub target: ship::Target,
+    /// Address for `/metrics`, `/healthz`, `/readyz`; none: not served.
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Payload compression.
+    pub compression: Compression,
+    /// Compression level (zstd 1..=22, gzip 0..=9).
+    pub compression_level: i32,
+    /// Seal a batch at this many bytes of line text.
+    pub batch_bytes: usize,
+    /// Seal a batch when its oldest line waited this long.
+    pub batch_wait: Duration,
+    /// Full directory rescan interval (backs up file-system notifications).
+    pub rescan_interval: Duration,
+    /// Interval between checks of open files when no notification arrives.
+    pub poll_interval: Duration,
+    /// Tailer settings.
+    pub tail: tail::TailConfig,
+    /// Which files to take.
+    pub filter: discover::Filter,
+    /// Retry delays.
+    pub backoff: ship::Backoff,
+}
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The state directory is unusable.
+    #[error("state dir {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Checkpoints could not be loaded.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    /// The aggregator connection could not be set up.
+    #[error(transparent)]
+    Connect(#[from] ship::ConnectError),
+    /// The HTTP endpoint could not be served.
+    #[error("http endpoint {addr}: {source}")]
+    Http {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The reader thread failed.
+    #[error("reader thread: {0}")]
+    Reader(String),
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(|source| AgentError::StateDir {
+        path: cfg.state_dir.clone(),
+        source,
+    })?;
+    let cp_path = checkpoint::file_in(&cfg.state_dir);
+    let checkpoints = Arc::new(Mutex::new(checkpoint::load(&cp_path)?));
+    let metrics = Arc::new(Mutex::new(metrics::AgentMetrics::new()));
+    let healthy = Arc::new(AtomicBool::new(true));
+    let heartbeat = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp()));
+
+    let channel = ship::channel(&cfg.target)?;
+    let token = ship::BearerToken::new(cfg.target.token.as_deref())?;
+    let client = logfleet_proto::v1::ingest_client::IngestClient::with_interceptor(channel, token)
+        .max_decoding_message_size(4 << 20)
+        .max_encoding_message_size(256 << 20);
+
+    if let Some(addr) = cfg.http_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AgentError::Http { addr, source })?;
+        let state = http::State {
+            metrics: metrics.clone(),
+            healthy: healthy.clone(),
+            heartbeat: heartbeat.clone(),
+        };
+        tokio::spawn(http::serve(listener, state));
+    }
+
+    // One batch being built, one waiting, one in flight: memory stays at a
+    // few batch sizes however far behind the aggregator is.
+    let (tx, rx) = mpsc::channel(1);
+    let acked = Arc::new(Notify::new());
+    let shipper = ship::Shipper {
+        client,
+        checkpoints: checkpoints.clone(),
+        acked: acked.clone(),
+        metrics: metrics.clone(),
+        backoff: cfg.backoff,
+        healthy: healthy.clone(),
+    };
+    let ship_task = tokio::spawn(shipper.run(rx));
+    let saver = tokio::spawn(save_checkpoints(
+        cp_path.clone(),
+        checkpoints.clone(),
+        acked.clone(),
+    ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (cfg, checkpoints, metrics, stop, heartbeat) = (
+            cfg.clone(),
+            checkpoints.clone(),
+            metrics.clone(),
+            stop.clone(),
+            heartbeat.clone(),
+        );
+        std::thread::Builder::new()
+            .name("logfleet-reader".into())
+            .spawn(move || read_loop(cfg, checkpoints, metrics, tx, stop, heartbeat))
+            .map_err(|e| AgentError::Reader(e.to_string()))?
+    };
+    tracing::info!(node = %cfg.node_name, root = %cfg.log_root.display(), aggregator = %cfg.target.url, "agent started");
+
+    shutdown.await;
+    tracing::info!("agent stopping");
+    stop.store(true, Ordering::Relaxed);
+    // The reader may be blocked handing over a batch; dropping the shipper
+    // closes the channel and frees it. Unsent data is re-read next start.
+    ship_task.abort();
+    let _ = ship_task.await;
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    saver.abort();
+    let cp = checkpoints
+        .lock()
+        .map(|c| c.clone())
+        .map_err(|e| AgentError::Reader(e.to_string()))?;
+    checkpoint::save(&cp_path, &cp)?;
+    Ok(())
+}
+
+/// Saves checkpoints after acknowledgements, at most every 200 ms: fewer
+/// fsyncs, and a crash costs only a re-send that the aggregator drops.
+async fn save_checkpoints(
+    path: PathBuf,
+    checkpoints: Arc<Mutex<checkpoint::Checkpoints>>,
+    acked: Arc<Notify>,
+) {
+    loop {
+        acked.notified().await;
+        let Ok(snapshot) = checkpoints.lock().map(|c| c.clone()) else {
+            return;
+        };
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || checkpoint::save(&p, &snapshot)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "saving checkpoints failed"),
+            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn read_loop(
+    cfg: AgentConfig,
+    checkpoints: Arc<Mutex<checkpoint::Checkpoints>>,
+    metrics: Arc<Mutex<metrics::AgentMetrics>>,
+    tx: mpsc::Sender<batch::Sealed>,
+    stop: Arc<AtomicBool>,
+    heartbeat: Arc<AtomicI64>,
+) {
+    use notify::Watcher;
+    let (ev_tx, ev_rx) = std::sync::mpsc::channel::<bool>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            use notify::event::{EventKind, ModifyKind};
+            let structural = matches!(
+                ev.kind,
+                EventKind::Create(_)
+                    | EventKind::Remove(_)
+                    | EventKind::Modify(ModifyKind::Name(_))
+            );
+            let _ = ev_tx.send(structural);
+        }
+    })
+    .ok();
+    let mut watching = false;
+    let mut tailer = tail::Tailer::new(cfg.tail.clone(), checkpoints);
+    let mut builder = batch::BatchBuilder::default();
+    let mut last_scan: Option<Instant> = None;
+    let mut rescan = true;
+    let mut closed = false;
+    while !stop.load(Ordering::Relaxed) && !closed {
+        let now = Instant::now();
+        heartbeat.store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+        if !watching {
+            if let Some(w) = watcher.as_mut() {
+                watching = w
+                    .watch(&cfg.log_root, notify::RecursiveMode::Recursive)
+                    .is_ok();
+                rescan |= watching;
+            }
+        }
+        if rescan || last_scan.is_none_or(|t| now.duration_since(t) >= cfg.rescan_interval) {
+            tailer.apply_scan(discover::scan(&cfg.log_root, &cfg.filter));
+            last_scan = Some(now);
+            rescan = false;
+        }
+        let mut ship = |b: &mut batch::BatchBuilder| {
+            if closed || b.is_empty() || !b.due(Instant::now(), cfg.batch_bytes, cfg.batch_wait) {
+                return;
+            }
+            match b.seal(&cfg.node_name, cfg.compression, cfg.compression_level) {
+                Ok(sealed) => {
+                    // Blocks while the shipper is busy: the files are the
+                    // buffer, memory stays bounded.
+                    if tx.blocking_send(sealed).is_err() {
+                        closed = true;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "sealing batch failed"),
+            }
+        };
+        let progress = tailer.poll(&mut builder, &mut ship);
+        ship(&mut builder);
+        if let Ok(mut m) = metrics.lock() {
+            m.sync_tail(&tailer.stats);
+        }
+        if progress {
+            // More may be waiting; drain notifications without sleeping.
+            while let Ok(structural) = ev_rx.try_recv() {
+                rescan |= structural;
+            }
+            continue;
+        }
+        let mut wait = cfg.poll_interval;
+        if let Some(d) = builder.deadline(cfg.batch_wait) {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        match ev_rx.recv_timeout(wait) {
+            Ok(structural) => {
+                rescan |= structural;
+                while let Ok(s) = ev_rx.try_recv() {
+                    rescan |= s;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                watching = false;
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}

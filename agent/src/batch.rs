@@ -1,0 +1,215 @@
+//! Building batches: lines from many files, grouped by file range, sealed by
+//! size or age into a compressed [`PushRequest`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use logfleet_proto::v1::{Compression, FileLabels, FileRange, LineBatch, LogLine, PushRequest};
+
+use crate::cri::Line;
+
+/// Where a sealed batch leaves a file: the checkpoint to save once the
+/// aggregator acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeEnd {
+    /// File identity.
+    pub file_id: u64,
+    /// File path when the batch was sealed.
+    pub path: PathBuf,
+    /// Offset the file is accounted for up to.
+    pub end: u64,
+}
+
+/// A batch ready to push.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The request.
+    pub request: PushRequest,
+    /// Checkpoints to save after the acknowledgement.
+    pub ends: Vec<RangeEnd>,
+    /// Lines in the batch.
+    pub lines: u64,
+    /// Bytes of line text in the batch.
+    pub bytes: u64,
+}
+
+/// Accumulates lines until the batch is full or old enough.
+#[derive(Debug, Default)]
+pub struct BatchBuilder {
+    ranges: Vec<FileRange>,
+    paths: Vec<PathBuf>,
+    index: HashMap<u64, usize>,
+    lines: Vec<LogLine>,
+    bytes: usize,
+    started: Option<Instant>,
+}
+
+impl BatchBuilder {
+    /// Adds `lines` of one file, read from `start`, and records that the file
+    /// is accounted for up to `end`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        file_id: u64,
+        labels: &FileLabels,
+        path: &std::path::Path,
+        start: u64,
+        end: u64,
+        lines: &mut Vec<Line>,
+        now: Instant,
+    ) {
+        let idx = match self.index.get(&file_id) {
+            Some(&i) => i,
+            None => {
+                let i = self.ranges.len();
+                self.ranges.push(FileRange {
+                    file_id,
+                    labels: Some(labels.clone()),
+                    start,
+                    end,
+                });
+                self.paths.push(path.to_owned());
+                self.index.insert(file_id, i);
+                i
+            }
+        };
+        let r = &mut self.ranges[idx];
+        r.end = r.end.max(end);
+        if self.paths[idx] != path {
+            self.paths[idx] = path.to_owned();
+        }
+        for l in lines.drain(..) {
+            self.bytes += l.text.len();
+            self.lines.push(LogLine {
+                range: idx as u32,
+                ts_unix_nano: l.ts,
+                offset: l.offset,
+                stream: l.stream as i32,
+                line: l.text,
+                unterminated: l.unterminated,
+                cut: l.cut,
+                unparsed: l.unparsed,
+            });
+        }
+        if self.started.is_none() && (!self.lines.is_empty() || self.ranges[idx].end > start) {
+            self.started = Some(now);
+        }
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Bytes of line text so far.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the batch should be sealed: `max_bytes` reached, or the
+    /// oldest content waited `max_wait`.
+    pub fn due(&self, now: Instant, max_bytes: usize, max_wait: Duration) -> bool {
+        self.bytes >= max_bytes
+            || self
+                .started
+                .is_some_and(|s| now.saturating_duration_since(s) >= max_wait)
+    }
+
+    /// When the batch becomes due by age, if it has content.
+    pub fn deadline(&self, max_wait: Duration) -> Option<Instant> {
+        self.started.map(|s| s + max_wait)
+    }
+
+    /// Seals the batch into a request and empties the builder.
+    pub fn seal(
+        &mut self,
+        node: &str,
+        compression: Compression,
+        level: i32,
+    ) -> Result<Sealed, logfleet_proto::CodecError> {
+        let batch = LineBatch {
+            lines: std::mem::take(&mut self.lines),
+        };
+        let lines = batch.lines.len() as u64;
+        let (payload, raw_len) = logfleet_proto::encode_payload(&batch, compression, level)?;
+        let ranges = std::mem::take(&mut self.ranges);
+        let ends = ranges
+            .iter()
+            .zip(self.paths.drain(..))
+            .map(|(r, path)| RangeEnd {
+                file_id: r.file_id,
+                path,
+                end: r.end,
+            })
+            .collect();
+        self.index.clear();
+        let bytes = std::mem::take(&mut self.bytes) as u64;
+        self.started = None;
+        Ok(Sealed {
+            request: PushRequest {
+                node: node.to_owned(),
+                compression: compression as i32,
+                raw_len,
+                ranges,
+                payload,
+            },
+            ends,
+            lines,
+            bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use logfleet_proto::v1::Stream;
+
+    fn line(offset: u64, text: &str) -> Line {
+        Line {
+            offset,
+            ts: offset as i64,
+            stream: Stream::Stdout,
+            text: Bytes::from(text.to_owned()),
+            unterminated: false,
+            cut: false,
+            unparsed: false,
+        }
+    }
+
+    #[test]
+    fn groups_lines_by_file_and_tracks_range_ends() {
+        let mut b = BatchBuilder::default();
+        let t = Instant::now();
+        let la = FileLabels {
+            pod: "a".into(),
+            ..Default::default()
+        };
+        let lb = FileLabels {
+            pod: "b".into(),
+            ..Default::default()
+        };
+        b.add(1, &la, "/a".as_ref(), 0, 10, &mut vec![line(0, "x")], t);
+        b.add(2, &lb, "/b".as_ref(), 5, 20, &mut vec![line(5, "yy")], t);
+        b.add(1, &la, "/a.1".as_ref(), 10, 30, &mut vec![line(10, "z")], t);
+        assert_eq!(b.bytes(), 4);
+        assert!(!b.due(t, 100, Duration::from_secs(1)));
+        assert!(b.due(t + Duration::from_secs(1), 100, Duration::from_secs(1)));
+        assert!(b.due(t, 4, Duration::from_secs(1)));
+        let s = b.seal("node-1", Compression::Zstd, 1).unwrap();
+        assert!(b.is_empty() && b.deadline(Duration::ZERO).is_none());
+        assert_eq!(s.lines, 3);
+        assert_eq!(s.request.ranges.len(), 2);
+        assert_eq!(
+            (s.request.ranges[0].start, s.request.ranges[0].end),
+            (0, 30)
+        );
+        assert_eq!(s.ends[0].path, std::path::Path::new("/a.1"));
+        let decoded =
+            logfleet_proto::decode_payload(&s.request, logfleet_proto::Limits::default()).unwrap();
+        let ranges: Vec<u32> = decoded.lines.iter().map(|l| l.range).collect();
+        assert_eq!(ranges, [0, 1, 0]);
+    }
+}

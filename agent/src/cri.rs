@@ -1,0 +1,717 @@
+//! Parsing of container log records: CRI (`<ts> <stream> <P|F> <msg>`) and
+//! docker json-file (`{"log":..,"stream":..,"time":..}`), and the merging of
+//! partial records into whole lines.
+//!
+//! Pure logic: no files, no clocks (callers pass the time in).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use logfleet_proto::v1::Stream;
+
+/// One record as the framer cut it out of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawRecord<'a> {
+    /// Byte offset in the file of the record's first byte.
+    pub offset: u64,
+    /// The record's bytes, without the newline.
+    pub bytes: &'a [u8],
+    /// True when this piece continues the previous record (the raw line was
+    /// longer than the framer's limit).
+    pub cont: bool,
+    /// True when the raw line continues in the next piece.
+    pub more: bool,
+}
+
+/// A parsed record header and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    /// Timestamp in ns since the epoch.
+    pub ts: i64,
+    /// Stream.
+    pub stream: Stream,
+    /// False for a CRI `P` record or a docker record whose `log` lacks a
+    /// trailing newline: the line continues in the next record.
+    pub ends_line: bool,
+    /// The message.
+    pub msg: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Parses an RFC 3339 timestamp with up to nanosecond precision into ns
+/// since the epoch. Accepts `Z` or a numeric offset (CRI-O).
+pub fn parse_ts(s: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(s).ok()?;
+    let dt = chrono::DateTime::parse_from_rfc3339(s).ok()?;
+    dt.timestamp_nanos_opt()
+}
+
+/// Parses one CRI record: `<RFC3339Nano> <stdout|stderr> <P|F> <message>`.
+pub fn parse_cri(rec: &[u8]) -> Option<Parsed<'_>> {
+    let sp1 = memchr::memchr(b' ', rec)?;
+    let ts = parse_ts(&rec[..sp1])?;
+    let rest = &rec[sp1 + 1..];
+    let (stream, rest) = if let Some(r) = rest.strip_prefix(b"stdout ") {
+        (Stream::Stdout, r)
+    } else if let Some(r) = rest.strip_prefix(b"stderr ") {
+        (Stream::Stderr, r)
+    } else {
+        return None;
+    };
+    // The tag may carry more flags after a colon in future CRI versions
+    // (`F:x`); only the first letter matters for line assembly.
+    let tag_end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+    let ends_line = match rest.first()? {
+        b'F' => true,
+        b'P' => false,
+        _ => return None,
+    };
+    if tag_end != 1 && rest.get(1) != Some(&b':') {
+        return None;
+    }
+    let msg = rest.get(tag_end + 1..).unwrap_or(&[]);
+    Some(Parsed {
+        ts,
+        stream,
+        ends_line,
+        msg: std::borrow::Cow::Borrowed(msg),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct DockerRecord<'a> {
+    #[serde(borrow)]
+    log: std::borrow::Cow<'a, str>,
+    stream: &'a str,
+    time: &'a str,
+}
+
+/// Parses one docker json-file record.
+pub fn parse_docker(rec: &[u8]) -> Option<Parsed<'_>> {
+    let r: DockerRecord<'_> = serde_json::from_slice(rec).ok()?;
+    let ts = parse_ts(r.time.as_bytes())?;
+    let stream = match r.stream {
+        "stdout" => Stream::Stdout,
+        "stderr" => Stream::Stderr,
+        _ => return None,
+    };
+    let (msg, ends_line) = match r.log {
+        std::borrow::Cow::Borrowed(s) => match s.strip_suffix('\n') {
+            Some(m) => (std::borrow::Cow::Borrowed(m.as_bytes()), true),
+            None => (std::borrow::Cow::Borrowed(s.as_bytes()), false),
+        },
+        std::borrow::Cow::Owned(mut s) => {
+            let ends = s.ends_with('\n');
+            if ends {
+                s.pop();
+            }
+            (std::borrow::Cow::Owned(s.into_bytes()), ends)
+        }
+    };
+    Some(Parsed {
+        ts,
+        stream,
+        ends_line,
+        msg,
+    })
+}
+
+/// Parses a record as CRI, or as docker json when it starts with `{`.
+pub fn parse_record(rec: &[u8]) -> Option<Parsed<'_>> {
+    if rec.first() == Some(&b'{') {
+        parse_docker(rec).or_else(|| parse_cri(rec))
+    } else {
+        parse_cri(rec)
+    }
+}
+
+/// A whole log line, ready to ship.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// Offset of the line's first record in the file.
+    pub offset: u64,
+    /// Timestamp, ns since the epoch.
+    pub ts: i64,
+    /// Stream.
+    pub stream: Stream,
+    /// Message, partial chunks merged.
+    pub text: Bytes,
+    /// A `P` run that never got its `F`.
+    pub unterminated: bool,
+    /// One piece of an over-long line (not the last).
+    pub cut: bool,
+    /// Neither CRI nor docker.
+    pub unparsed: bool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    offset: u64,
+    ts: i64,
+    text: Vec<u8>,
+    last: Instant,
+}
+
+/// Merges partial records into lines, per stream, with a bound on line size.
+///
+/// `safe_offset` tells how far the file is fully accounted for: every line
+/// that starts before it has been emitted. That is the offset a checkpoint
+/// may move to.
+#[derive(Debug)]
+pub struct Assembler {
+    max_line: usize,
+    pending: [Option<Pending>; 3],
+    /// Header of a raw line the framer is cutting into pieces.
+    long: Option<(i64, Stream, bool, bool)>,
+    safe: u64,
+}
+
+/// Counters of unusual input, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Oddities {
+    /// Records that were neither CRI nor docker json.
+    pub unparsed: u64,
+    /// Pieces emitted because a line exceeded the maximum line size.
+    pub cut: u64,
+    /// Partial runs flushed without their final record.
+    pub unterminated: u64,
+}
+
+fn slot(s: Stream) -> usize {
+    match s {
+        Stream::Unknown => 0,
+        Stream::Stdout => 1,
+        Stream::Stderr => 2,
+    }
+}
+
+impl Assembler {
+    /// An assembler for a file read from `offset`, cutting lines longer
+    /// than `max_line` bytes into pieces.
+    pub fn new(offset: u64, max_line: usize) -> Self {
+        Assembler {
+            max_line: max_line.max(1),
+            pending: [None, None, None],
+            long: None,
+            safe: offset,
+        }
+    }
+
+    /// The offset below which every line has been emitted.
+    pub fn safe_offset(&self) -> u64 {
+        self.safe
+    }
+
+    fn recompute_safe(&mut self, consumed: u64) {
+        self.safe = self
+            .pending
+            .iter()
+            .flatten()
+            .map(|p| p.offset)
+            .min()
+            .unwrap_or(consumed)
+            .min(consumed);
+    }
+
+    /// Feeds one record. `consumed` is the file offset just after it;
+    /// `now_ns` stamps unparsed records.
+    pub fn feed(
+        &mut self,
+        rec: RawRecord<'_>,
+        consumed: u64,
+        now: Instant,
+        now_ns: i64,
+        odd: &mut Oddities,
+        out: &mut Vec<Line>,
+    ) {
+        let parsed = if rec.cont {
+            // A continuation piece has no header: it inherits the first
+            // piece's, and its bytes are message bytes.
+            self.long.map(|(ts, stream, ends_line, unparsed)| {
+                (
+                    Parsed {
+                        ts,
+                        stream,
+                        ends_line,
+                        msg: std::borrow::Cow::Borrowed(rec.bytes),
+                    },
+                    unparsed,
+                )
+            })
+        } else {
+            match parse_record(rec.bytes) {
+                Some(p) => Some((p, false)),
+                None => None,
+            }
+        };
+        let (p, unparsed) = match parsed {
+            Some(x) => x,
+            None => {
+                odd.unparsed += 1;
+                (
+                    Parsed {
+                        ts: now_ns,
+                        stream: Stream::Unknown,
+                        ends_line: true,
+                        msg: std::borrow::Cow::Borrowed(rec.bytes),
+                    },
+                    true,
+                )
+            }
+        };
+        if rec.more {
+            self.long = Some((p.ts, p.stream, p.ends_line, unparsed));
+        } else if rec.cont {
+            self.long = None;
+        }
+        let ends_line = p.ends_line && !rec.more;
+        let s = slot(p.stream);
+        // Appending would exceed the limit: emit what is pending as a piece.
+        if let Some(pend) = &self.pending[s] {
+            if pend.text.len() + p.msg.len() > self.max_line && !pend.text.is_empty() {
+                let pend = self.pending[s].take().expect("checked above");
+                odd.cut += 1;
+                out.push(Line {
+                    offset: pend.offset,
+                    ts: pend.ts,
+                    stream: p.stream,
+                    text: Bytes::from(pend.text),
+                    unterminated: false,
+                    cut: true,
+                    unparsed,
+                });
+            }
+        }
+        match (&mut self.pending[s], ends_line) {
+            (None, true) => out.push(Line {
+                offset: rec.offset,
+                ts: p.ts,
+                stream: p.stream,
+                text: Bytes::copy_from_slice(&p.msg),
+                unterminated: false,
+                cut: false,
+                unparsed,
+            }),
+            (Some(pend), true) => {
+                pend.text.extend_from_slice(&p.msg);
+                let pend = self.pending[s].take().expect("matched Some");
+                out.push(Line {
+                    offset: pend.offset,
+                    ts: pend.ts,
+                    stream: p.stream,
+                    text: Bytes::from(pend.text),
+                    unterminated: false,
+                    cut: false,
+                    unparsed,
+                });
+            }
+            (Some(pend), false) => {
+                pend.text.extend_from_slice(&p.msg);
+                pend.last = now;
+            }
+            (None, false) => {
+                self.pending[s] = Some(Pending {
+                    offset: rec.offset,
+                    ts: p.ts,
+                    text: p.msg.into_owned(),
+                    last: now,
+                })
+            }
+        }
+        self.recompute_safe(consumed);
+    }
+
+    /// Emits partial runs idle for at least `timeout` as unterminated lines.
+    /// `consumed` is the file offset read so far.
+    pub fn flush_stale(
+        &mut self,
+        now: Instant,
+        timeout: Duration,
+        consumed: u64,
+        odd: &mut Oddities,
+        out: &mut Vec<Line>,
+    ) {
+        let mut any = false;
+        for (i, slot) in self.pending.iter_mut().enumerate() {
+            if slot
+                .as_ref()
+                .is_some_and(|p| now.saturating_duration_since(p.last) >= timeout)
+            {
+                let p = slot.take().expect("checked above");
+                odd.unterminated += 1;
+                out.push(unterminated(p, i));
+                any = true;
+            }
+        }
+        if any {
+            out.sort_by_key(|l| l.offset);
+            self.recompute_safe(consumed);
+        }
+    }
+
+    /// Emits every partial run (the file is finished).
+    pub fn flush_all(&mut self, consumed: u64, odd: &mut Oddities, out: &mut Vec<Line>) {
+        let start = out.len();
+        for (i, slot) in self.pending.iter_mut().enumerate() {
+            if let Some(p) = slot.take() {
+                odd.unterminated += 1;
+                out.push(unterminated(p, i));
+            }
+        }
+        out[start..].sort_by_key(|l| l.offset);
+        self.long = None;
+        self.recompute_safe(consumed);
+    }
+
+    /// Bytes held in partial runs (for memory accounting).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.iter().flatten().map(|p| p.text.len()).sum()
+    }
+}
+
+fn unterminated(p: Pending, slot: usize) -> Line {
+    let stream = match slot {
+        1 => Stream::Stdout,
+        2 => Stream::Stderr,
+        _ => Stream::Unknown,
+    };
+    Line {
+        offset: p.offset,
+        ts: p.ts,
+        stream,
+        text: Bytes::from(p.text),
+        unterminated: true,
+        cut: false,
+        unparsed: slot == 0,
+    }
+}
+
+/// Cuts a byte stream into newline-terminated records, never holding more
+/// than `max_record` bytes of one record: longer ones are cut into pieces.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    base: u64,
+    /// Bytes of `buf` already scanned for a newline.
+    scanned: usize,
+    max_record: usize,
+    /// The next record continues a cut one.
+    cont: bool,
+}
+
+impl Framer {
+    /// A framer for a file read from `offset`.
+    pub fn new(offset: u64, max_record: usize) -> Self {
+        Framer {
+            buf: Vec::new(),
+            base: offset,
+            scanned: 0,
+            max_record: max_record.max(1),
+            cont: false,
+        }
+    }
+
+    /// File offset just after the bytes handed to the framer so far.
+    pub fn read_offset(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+
+    /// How many bytes may be read next without passing the record limit.
+    pub fn room(&self) -> usize {
+        (self.max_record + 1).saturating_sub(self.buf.len())
+    }
+
+    /// Appends bytes read from the file.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Gives buffer space for a direct read of up to `n` bytes; call
+    /// [`Framer::commit`] with what was read.
+    pub fn spare(&mut self, n: usize) -> &mut [u8] {
+        let len = self.buf.len();
+        self.buf.resize(len + n, 0);
+        &mut self.buf[len..]
+    }
+
+    /// Keeps `n` bytes of the last [`Framer::spare`] and drops the rest.
+    pub fn commit(&mut self, spare: usize, n: usize) {
+        let len = self.buf.len();
+        self.buf.truncate(len - spare + n);
+    }
+
+    /// Calls `f` for every complete record in the buffer and for pieces of
+    /// records over the limit; `f` receives the record and the file offset
+    /// just after it. Keeps the unfinished tail.
+    pub fn drain(&mut self, mut f: impl FnMut(RawRecord<'_>, u64)) {
+        let mut start = 0;
+        loop {
+            let hay = &self.buf[start.max(self.scanned)..];
+            let nl = memchr::memchr(b'\n', hay).map(|i| i + start.max(self.scanned));
+            match nl {
+                Some(nl) if nl - start <= self.max_record => {
+                    let offset = self.base + start as u64;
+                    f(
+                        RawRecord {
+                            offset,
+                            bytes: &self.buf[start..nl],
+                            cont: self.cont,
+                            more: false,
+                        },
+                        self.base + nl as u64 + 1,
+                    );
+                    self.cont = false;
+                    start = nl + 1;
+                    self.scanned = start;
+                }
+                _ => {
+                    if self.buf.len() - start > self.max_record {
+                        let end = start + self.max_record;
+                        f(
+                            RawRecord {
+                                offset: self.base + start as u64,
+                                bytes: &self.buf[start..end],
+                                cont: self.cont,
+                                more: true,
+                            },
+                            self.base + end as u64,
+                        );
+                        self.cont = true;
+                        start = end;
+                        self.scanned = start;
+                        continue;
+                    }
+                    self.scanned = self.buf.len();
+                    break;
+                }
+            }
+        }
+        if start > 0 {
+            self.buf.drain(..start);
+            self.base += start as u64;
+            self.scanned -= start;
+        }
+    }
+
+    /// Emits the unfinished tail as a final record (the file is finished
+    /// and will not get its newline).
+    pub fn finish(&mut self, mut f: impl FnMut(RawRecord<'_>, u64)) {
+        if !self.buf.is_empty() {
+            let end = self.base + self.buf.len() as u64;
+            f(
+                RawRecord {
+                    offset: self.base,
+                    bytes: &self.buf,
+                    cont: self.cont,
+                    more: false,
+                },
+                end,
+            );
+            self.base = end;
+            self.buf.clear();
+            self.scanned = 0;
+            self.cont = false;
+        }
+    }
+
+    /// Bytes buffered (for memory accounting).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TS: &str = "2026-11-27T10:00:00.123456789Z";
+    const TS_NS: i64 = 1_795_773_600_123_456_789;
+
+    fn run(data: &[u8], chunk: usize, max: usize) -> (Vec<Line>, Oddities, u64) {
+        let mut fr = Framer::new(0, max);
+        let mut asm = Assembler::new(0, max);
+        let mut odd = Oddities::default();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for c in data.chunks(chunk.max(1)) {
+            fr.extend(c);
+            fr.drain(|r, end| asm.feed(r, end, now, 7, &mut odd, &mut out));
+        }
+        (out, odd, asm.safe_offset())
+    }
+
+    #[test]
+    fn parses_cri_timestamp_to_the_nanosecond() {
+        let rec = format!("{TS} stdout F hello world");
+        let p = parse_cri(rec.as_bytes()).unwrap();
+        assert_eq!(p.ts, TS_NS);
+        assert_eq!(p.stream, Stream::Stdout);
+        assert!(p.ends_line);
+        assert_eq!(&*p.msg, b"hello world");
+        // CRI-O writes numeric offsets.
+        let p = parse_cri(b"2026-11-27T11:00:00.123456789+01:00 stderr P x").unwrap();
+        assert_eq!(p.ts, TS_NS);
+        assert!(!p.ends_line);
+        assert_eq!(p.stream, Stream::Stderr);
+    }
+
+    #[test]
+    fn rejects_malformed_cri() {
+        for bad in [
+            "",
+            "hello",
+            "2026-11-27T10:00:00Z stdin F x",
+            "not-a-time stdout F x",
+            "2026-11-27T10:00:00Z stdout X x",
+            "2026-11-27T10:00:00Z stdout FF x",
+        ] {
+            assert!(parse_cri(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+        // An empty message is valid.
+        assert_eq!(
+            &*parse_cri(format!("{TS} stdout F").as_bytes()).unwrap().msg,
+            b""
+        );
+    }
+
+    #[test]
+    fn parses_docker_json_with_and_without_newline() {
+        let full = format!(r#"{{"log":"hi \"there\"\n","stream":"stderr","time":"{TS}"}}"#);
+        let p = parse_record(full.as_bytes()).unwrap();
+        assert_eq!(&*p.msg, b"hi \"there\"");
+        assert!(p.ends_line);
+        assert_eq!(p.ts, TS_NS);
+        let part = format!(r#"{{"log":"abc","stream":"stdout","time":"{TS}"}}"#);
+        assert!(!parse_record(part.as_bytes()).unwrap().ends_line);
+    }
+
+    #[test]
+    fn merges_partials_per_stream_at_every_read_boundary() {
+        let data = format!(
+            "{TS} stdout P aaa\n{TS} stderr F err1\n{TS} stdout P bbb\n{TS} stdout F ccc\n{TS} stdout F next\n"
+        );
+        for chunk in 1..data.len() {
+            let (lines, odd, safe) = run(data.as_bytes(), chunk, 1 << 20);
+            let texts: Vec<_> = lines.iter().map(|l| l.text.clone()).collect();
+            assert_eq!(
+                texts,
+                vec![&b"err1"[..], b"aaabbbccc", b"next"],
+                "chunk {chunk}"
+            );
+            assert_eq!(lines[1].offset, 0, "merged line starts at its first chunk");
+            assert_eq!(odd, Oddities::default());
+            assert_eq!(safe, data.len() as u64);
+        }
+    }
+
+    #[test]
+    fn safe_offset_stays_at_open_partial() {
+        let data = format!("{TS} stdout F one\n{TS} stdout P two\n");
+        let first = format!("{TS} stdout F one\n").len() as u64;
+        let (lines, _, safe) = run(data.as_bytes(), 7, 1 << 20);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(safe, first);
+    }
+
+    #[test]
+    fn keeps_malformed_and_invalid_utf8_lines_whole() {
+        let mut data = b"garbage line\n\xff\xfe\x00binary\n".to_vec();
+        data.extend_from_slice(format!("{TS} stdout F ok ").as_bytes());
+        data.extend_from_slice(b"\xc3\x28\n");
+        let (lines, odd, _) = run(&data, 3, 1 << 20);
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].unparsed && lines[1].unparsed && !lines[2].unparsed);
+        assert_eq!(&lines[1].text[..], b"\xff\xfe\x00binary");
+        assert_eq!(lines[0].ts, 7, "unparsed lines get the read time");
+        assert_eq!(odd.unparsed, 2);
+    }
+
+    #[test]
+    fn cuts_endless_lines_with_bounded_buffer() {
+        let max = 1000;
+        let mut data = format!("{TS} stdout F ").into_bytes();
+        data.extend(std::iter::repeat_n(b'x', 10_500));
+        data.extend_from_slice(format!("\n{TS} stdout F after\n").as_bytes());
+        let mut fr = Framer::new(0, max);
+        let mut asm = Assembler::new(0, max);
+        let mut odd = Oddities::default();
+        let mut out = Vec::new();
+        for c in data.chunks(333) {
+            fr.extend(c);
+            fr.drain(|r, e| asm.feed(r, e, Instant::now(), 0, &mut odd, &mut out));
+            assert!(fr.buffered() <= max + 333);
+            assert!(asm.pending_bytes() <= max);
+        }
+        let total: usize = out[..out.len() - 1].iter().map(|l| l.text.len()).sum();
+        assert_eq!(total, 10_500);
+        assert!(out[..out.len() - 2].iter().all(|l| l.cut));
+        assert!(!out[out.len() - 2].cut, "last piece is not marked cut");
+        assert!(out
+            .iter()
+            .all(|l| l.ts == TS_NS && l.stream == Stream::Stdout));
+        let offsets: Vec<_> = out.iter().map(|l| l.offset).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        assert_eq!(&out.last().unwrap().text[..], b"after");
+        assert!(odd.cut > 0);
+    }
+
+    #[test]
+    fn flushes_stale_and_finished_partials() {
+        let data = format!("{TS} stdout P never closed\n");
+        let mut fr = Framer::new(0, 1 << 20);
+        let mut asm = Assembler::new(0, 1 << 20);
+        let mut odd = Oddities::default();
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        fr.extend(data.as_bytes());
+        fr.drain(|r, e| asm.feed(r, e, t0, 0, &mut odd, &mut out));
+        assert!(out.is_empty());
+        asm.flush_stale(
+            t0,
+            Duration::from_secs(5),
+            fr.read_offset(),
+            &mut odd,
+            &mut out,
+        );
+        assert!(out.is_empty(), "not stale yet");
+        asm.flush_stale(
+            t0 + Duration::from_secs(5),
+            Duration::from_secs(5),
+            fr.read_offset(),
+            &mut odd,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert!(out[0].unterminated);
+        assert_eq!(&out[0].text[..], b"never closed");
+        assert_eq!(asm.safe_offset(), data.len() as u64);
+    }
+
+    #[test]
+    fn framer_finish_emits_tail_without_newline() {
+        let mut fr = Framer::new(10, 100);
+        fr.extend(b"abc\ndef");
+        let mut got = Vec::new();
+        fr.drain(|r, e| got.push((r.offset, r.bytes.to_vec(), e)));
+        fr.finish(|r, e| got.push((r.offset, r.bytes.to_vec(), e)));
+        assert_eq!(
+            got,
+            vec![(10, b"abc".to_vec(), 14), (14, b"def".to_vec(), 17)]
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the read sizes, the framer yields the same records.
+        #[test]
+        fn framing_is_independent_of_read_sizes(
+            lines in proptest::collection::vec("[a-z ]{0,40}", 0..30),
+            chunk in 1usize..64,
+        ) {
+            let data: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            let (out, _, safe) = run(data.as_bytes(), chunk, 1 << 20);
+            let texts: Vec<String> = out.iter().map(|l| String::from_utf8(l.text.to_vec()).unwrap()).collect();
+            proptest::prop_assert_eq!(texts, lines);
+            proptest::prop_assert_eq!(safe, data.len() as u64);
+        }
+    }
+}

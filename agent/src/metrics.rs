@@ -1,0 +1,173 @@
+//! The agent's Prometheus metrics.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::tail::TailStats;
+
+/// Every metric the agent exports, registered in `registry`.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    /// The registry rendered at `/metrics`.
+    pub registry: Registry,
+    lines_read: Counter,
+    bytes_read: Counter,
+    unparsed: Counter,
+    cut: Counter,
+    unterminated: Counter,
+    truncations: Counter,
+    lost_files: Counter,
+    read_errors: Counter,
+    open_files: Gauge,
+    /// Batches acknowledged by the aggregator.
+    pub batches_acked: Counter,
+    /// Lines acknowledged by the aggregator.
+    pub lines_acked: Counter,
+    /// Lines the aggregator reported as already stored.
+    pub lines_duplicate: Counter,
+    /// Compressed bytes sent in acknowledged batches.
+    pub payload_bytes: Counter,
+    /// Push attempts that failed and were retried.
+    pub push_retries: Counter,
+    /// Batches the aggregator refused as invalid (dropped after logging).
+    pub batches_rejected: Counter,
+    /// Unix time of the last acknowledged push.
+    pub last_ack_seconds: Gauge,
+    last: TailStats,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("logfleet_agent");
+        let m = AgentMetrics {
+            registry: Registry::default(),
+            lines_read: Counter::default(),
+            bytes_read: Counter::default(),
+            unparsed: Counter::default(),
+            cut: Counter::default(),
+            unterminated: Counter::default(),
+            truncations: Counter::default(),
+            lost_files: Counter::default(),
+            read_errors: Counter::default(),
+            open_files: Gauge::default(),
+            batches_acked: Counter::default(),
+            lines_acked: Counter::default(),
+            lines_duplicate: Counter::default(),
+            payload_bytes: Counter::default(),
+            push_retries: Counter::default(),
+            batches_rejected: Counter::default(),
+            last_ack_seconds: Gauge::default(),
+            last: TailStats::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "lines_read",
+            "Lines read from log files",
+            m.lines_read.clone(),
+        );
+        r.register(
+            "bytes_read",
+            "Bytes read from log files",
+            m.bytes_read.clone(),
+        );
+        r.register(
+            "unparsed_lines",
+            "Records that were neither CRI nor docker json, kept whole",
+            m.unparsed.clone(),
+        );
+        r.register(
+            "cut_lines",
+            "Pieces cut from lines longer than the maximum line size",
+            m.cut.clone(),
+        );
+        r.register(
+            "unterminated_lines",
+            "Partial runs emitted without their final chunk",
+            m.unterminated.clone(),
+        );
+        r.register(
+            "truncations",
+            "Files found truncated (copy-truncate)",
+            m.truncations.clone(),
+        );
+        r.register(
+            "lost_files",
+            "Checkpointed files deleted before they were read to the end",
+            m.lost_files.clone(),
+        );
+        r.register(
+            "read_errors",
+            "I/O errors reading log files",
+            m.read_errors.clone(),
+        );
+        r.register("open_files", "Log files being tailed", m.open_files.clone());
+        r.register(
+            "batches_acked",
+            "Batches acknowledged by the aggregator",
+            m.batches_acked.clone(),
+        );
+        r.register(
+            "lines_acked",
+            "Lines acknowledged by the aggregator",
+            m.lines_acked.clone(),
+        );
+        r.register(
+            "lines_duplicate",
+            "Lines the aggregator had already stored",
+            m.lines_duplicate.clone(),
+        );
+        r.register(
+            "payload_bytes",
+            "Compressed payload bytes acknowledged",
+            m.payload_bytes.clone(),
+        );
+        r.register(
+            "push_retries",
+            "Failed push attempts that were retried",
+            m.push_retries.clone(),
+        );
+        r.register(
+            "batches_rejected",
+            "Batches refused by the aggregator as invalid",
+            m.batches_rejected.clone(),
+        );
+        r.register(
+            "last_ack_timestamp_seconds",
+            "Unix time of the last acknowledged push",
+            m.last_ack_seconds.clone(),
+        );
+        AgentMetrics { registry, ..m }
+    }
+
+    /// Adds what the tailer counted since the last call.
+    pub fn sync_tail(&mut self, s: &TailStats) {
+        let l = self.last;
+        self.lines_read.inc_by(s.lines - l.lines);
+        self.bytes_read.inc_by(s.bytes - l.bytes);
+        self.unparsed.inc_by(s.odd.unparsed - l.odd.unparsed);
+        self.cut.inc_by(s.odd.cut - l.odd.cut);
+        self.unterminated
+            .inc_by(s.odd.unterminated - l.odd.unterminated);
+        self.truncations.inc_by(s.truncations - l.truncations);
+        self.lost_files.inc_by(s.lost_files - l.lost_files);
+        self.read_errors.inc_by(s.errors - l.errors);
+        self.open_files.set(s.open_files as i64);
+        self.last = *s;
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,235 @@
+//! Pushing sealed batches to the aggregator, one at a time and in order,
+//! retrying with exponential backoff and jitter until acknowledged. Only an
+//! acknowledgement moves the checkpoint.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use logfleet_proto::v1::ingest_client::IngestClient;
+use tokio::sync::{mpsc, Notify};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::batch::Sealed;
+use crate::checkpoint::Checkpoints;
+use crate::metrics::AgentMetrics;
+
+/// Failure to set up the connection to the aggregator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The aggregator URL is not valid.
+    #[error("invalid aggregator address {addr:?}: {source}")]
+    Address {
+        /// The address given.
+        addr: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// The CA file could not be read.
+    #[error("reading CA certificate {path}: {source}")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The token has characters not allowed in a header.
+    #[error("the token is not a valid header value")]
+    Token,
+}
+
+/// How to reach the aggregator.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `http://host:port` or `https://host:port`.
+    pub url: String,
+    /// Bearer token, if the aggregator wants one.
+    pub token: Option<String>,
+    /// CA certificate (PEM) to verify the aggregator's TLS certificate.
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Builds a lazily connecting channel to the aggregator.
+pub fn channel(t: &Target) -> Result<Channel, ConnectError> {
+    let addr_err = |source| ConnectError::Address {
+        addr: t.url.clone(),
+        source,
+    };
+    let mut ep = Endpoint::from_shared(t.url.clone())
+        .map_err(addr_err)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    if t.tls_ca.is_some() || t.url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &t.tls_ca {
+            let pem = std::fs::read(ca).map_err(|source| ConnectError::Ca {
+                path: ca.clone(),
+                source,
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        } else {
+            tls = tls.with_enabled_roots();
+        }
+        ep = ep.tls_config(tls).map_err(addr_err)?;
+    }
+    Ok(ep.connect_lazy())
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone)]
+pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    /// An interceptor for `token` (none: adds nothing).
+    pub fn new(token: Option<&str>) -> Result<Self, ConnectError> {
+        token
+            .map(|t| {
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| ConnectError::Token)
+            })
+            .transpose()
+            .map(BearerToken)
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Backoff between retries: exponential from `min` to `max`, full jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub min: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0-based), with `jitter` in
+    /// [0, 1) scaling it ("full jitter": spreads agents that failed together).
+    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        let exp = self.min.saturating_mul(1u32 << attempt.min(20));
+        let capped = exp.min(self.max);
+        capped.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+    }
+}
+
+/// Whether a refusal is final: retrying the same batch cannot succeed.
+pub fn is_permanent(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange | tonic::Code::FailedPrecondition
+    )
+}
+
+/// Shared state the shipper updates.
+pub struct Shipper {
+    /// Client to the aggregator.
+    pub client: IngestClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>,
+    /// Acknowledged positions.
+    pub checkpoints: Arc<Mutex<Checkpoints>>,
+    /// Woken after each acknowledgement, for the checkpoint saver.
+    pub acked: Arc<Notify>,
+    /// Metrics.
+    pub metrics: Arc<Mutex<AgentMetrics>>,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// Whether the last push succeeded (for readiness).
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Shipper {
+    /// Pushes every batch from `rx`, in order, until the channel closes.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Sealed>) {
+        while let Some(batch) = rx.recv().await {
+            self.push(batch).await;
+        }
+    }
+
+    async fn push(&mut self, batch: Sealed) {
+        let mut attempt = 0u32;
+        loop {
+            let payload_len = batch.request.payload.len() as u64;
+            match self.client.push(batch.request.clone()).await {
+                Ok(resp) => {
+                    let r = resp.into_inner();
+                    self.healthy
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    if let Ok(m) = self.metrics.lock() {
+                        m.batches_acked.inc();
+                        m.lines_acked.inc_by(r.stored_lines);
+                        m.lines_duplicate.inc_by(r.duplicate_lines);
+                        m.payload_bytes.inc_by(payload_len);
+                        m.last_ack_seconds.set(chrono::Utc::now().timestamp());
+                    }
+                    self.advance(&batch);
+                    return;
+                }
+                Err(status) if is_permanent(status.code()) => {
+                    // Retrying cannot help, and stopping would stall every
+                    // file behind this batch. Say so loudly and move on.
+                    tracing::error!(code = ?status.code(), message = status.message(), lines = batch.lines, "aggregator refused batch; dropped");
+                    if let Ok(m) = self.metrics.lock() {
+                        m.batches_rejected.inc();
+                    }
+                    self.advance(&batch);
+                    return;
+                }
+                Err(status) => {
+                    self.healthy
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    let delay = self.backoff.delay(attempt, rand::random::<f64>());
+                    tracing::warn!(code = ?status.code(), message = status.message(), attempt, ?delay, "push failed; retrying");
+                    if let Ok(m) = self.metrics.lock() {
+                        m.push_retries.inc();
+                    }
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    fn advance(&self, batch: &Sealed) {
+        if let Ok(mut cp) = self.checkpoints.lock() {
+            for e in &batch.ends {
+                cp.advance(e.file_id, &e.path, e.end);
+            }
+        }
+        self.acked.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps_with_jitter() {
+        let b = Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        };
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(100));
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(50));
+        assert_eq!(b.delay(3, 1.0), Duration::from_millis(800));
+        assert_eq!(b.delay(30, 1.0), Duration::from_secs(10));
+        assert!(b.delay(30, 0.0) >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn permanent_codes() {
+        assert!(is_permanent(tonic::Code::InvalidArgument));
+        assert!(!is_permanent(tonic::Code::Unavailable));
+        assert!(!is_permanent(tonic::Code::Unauthenticated));
+        assert!(!is_permanent(tonic::Code::ResourceExhausted));
+    }
+}

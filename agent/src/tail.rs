@@ -1,0 +1,509 @@
+//! Reading log files from their checkpoints: follows renames (by device and
+//! inode), reads rotated files to their end, resumes inside files kubelet
+//! gzipped, detects truncation, drains deleted files, and hands complete
+//! lines to the batch builder.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use logfleet_proto::v1::FileLabels;
+
+use crate::batch::BatchBuilder;
+use crate::checkpoint::Checkpoints;
+use crate::cri::{Assembler, Framer, Line, Oddities};
+use crate::discover::{FileKind, Found};
+use crate::fingerprint::{self, FINGERPRINT_MAX};
+
+/// Settings of the tailer.
+#[derive(Debug, Clone)]
+pub struct TailConfig {
+    /// Longest line kept whole; longer ones are cut into pieces.
+    pub max_line: usize,
+    /// How long a partial (`P`) run may wait for its end before it is
+    /// emitted as an unterminated line.
+    pub partial_timeout: Duration,
+    /// How long a rotated file must stay unchanged before it is considered
+    /// finished (the runtime may write into it until it reopens its log).
+    pub rotate_wait: Duration,
+    /// At most this many bytes are read from one file per pass, so that a
+    /// busy file does not starve the others.
+    pub read_budget: usize,
+}
+
+impl Default for TailConfig {
+    fn default() -> Self {
+        TailConfig {
+            max_line: 256 << 10,
+            partial_timeout: Duration::from_secs(5),
+            rotate_wait: Duration::from_secs(30),
+            read_budget: 4 << 20,
+        }
+    }
+}
+
+enum Source {
+    Plain(File),
+    Gz(Box<flate2::read::GzDecoder<File>>),
+}
+
+impl Source {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::Plain(f) => f.read(buf),
+            Source::Gz(g) => g.read(buf),
+        }
+    }
+}
+
+type Inode = (u64, u64);
+
+/// One open file.
+struct Tracked {
+    id: Option<u64>,
+    labels: FileLabels,
+    path: PathBuf,
+    kind: FileKind,
+    inode: Inode,
+    source: Source,
+    framer: Framer,
+    asm: Assembler,
+    range_start: u64,
+    last_growth: Instant,
+    deleted: bool,
+}
+
+/// A file read to its end, remembered until it disappears from disk.
+struct Done {
+    final_end: u64,
+    path: PathBuf,
+    seen: u64,
+}
+
+/// Counters the tailer keeps, read by the metrics endpoint.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TailStats {
+    /// Lines emitted.
+    pub lines: u64,
+    /// Bytes read from files (decompressed for gzip).
+    pub bytes: u64,
+    /// Unusual input.
+    pub odd: Oddities,
+    /// Files truncated under us.
+    pub truncations: u64,
+    /// Files that vanished before their acknowledged position was reached
+    /// and data was lost (deleted by kubelet before we read them).
+    pub lost_files: u64,
+    /// Open files.
+    pub open_files: u64,
+    /// I/O errors.
+    pub errors: u64,
+}
+
+/// The tailer: every tracked file and the state needed to find new ones.
+pub struct Tailer {
+    cfg: TailConfig,
+    files: Vec<Tracked>,
+    by_inode: HashMap<Inode, usize>,
+    /// Inodes of finished files and of gzip copies of files we read.
+    known: HashMap<Inode, u64>,
+    done: HashMap<u64, Done>,
+    generation: u64,
+    checkpoints: Arc<Mutex<Checkpoints>>,
+    /// Statistics.
+    pub stats: TailStats,
+    scratch: Vec<Line>,
+}
+
+fn inode(md: &std::fs::Metadata) -> Inode {
+    (md.dev(), md.ino())
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// Reads the first bytes of a plain or gzipped file, for its fingerprint.
+fn read_head(path: &Path, gz: bool) -> std::io::Result<Vec<u8>> {
+    let f = File::open(path)?;
+    let mut head = Vec::with_capacity(FINGERPRINT_MAX);
+    if gz {
+        flate2::read::GzDecoder::new(f)
+            .take(FINGERPRINT_MAX as u64)
+            .read_to_end(&mut head)?;
+    } else {
+        f.take(FINGERPRINT_MAX as u64).read_to_end(&mut head)?;
+    }
+    Ok(head)
+}
+
+impl Tailer {
+    /// A tailer that resumes from `checkpoints`.
+    pub fn new(cfg: TailConfig, checkpoints: Arc<Mutex<Checkpoints>>) -> Self {
+        Tailer {
+            cfg,
+            files: Vec::new(),
+            by_inode: HashMap::new(),
+            known: HashMap::new(),
+            done: HashMap::new(),
+            generation: 0,
+            checkpoints,
+            stats: TailStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn acked(&self, id: u64) -> Option<u64> {
+        self.checkpoints.lock().ok().and_then(|c| c.offset(id))
+    }
+
+    fn is_tracked(&self, id: u64) -> bool {
+        self.files.iter().any(|f| f.id == Some(id))
+    }
+
+    /// Takes in the result of a directory scan: opens new files, notes
+    /// renames, and forgets finished files that left the disk.
+    pub fn apply_scan(&mut self, found: Vec<Found>) {
+        self.generation += 1;
+        let gen = self.generation;
+        for f in found {
+            let Ok(md) = std::fs::metadata(&f.path) else {
+                continue;
+            };
+            let ino = inode(&md);
+            if let Some(&i) = self.by_inode.get(&ino) {
+                let t = &mut self.files[i];
+                t.path = f.path;
+                t.kind = f.kind;
+                continue;
+            }
+            if let Some(id) = self.known.get(&ino) {
+                if let Some(d) = self.done.get_mut(id) {
+                    d.seen = gen;
+                    d.path = f.path;
+                }
+                continue;
+            }
+            self.open(f, ino, gen);
+        }
+        // Finished files gone from disk: their checkpoints can go too, once
+        // everything read from them is acknowledged.
+        let gone: Vec<u64> = self
+            .done
+            .iter()
+            .filter(|(id, d)| d.seen != gen && self.acked(**id).unwrap_or(0) >= d.final_end)
+            .map(|(id, _)| *id)
+            .collect();
+        if !gone.is_empty() {
+            self.known.retain(|_, id| !gone.contains(id));
+            if let Ok(mut cp) = self.checkpoints.lock() {
+                for id in &gone {
+                    self.done.remove(id);
+                    cp.files.remove(id);
+                }
+            }
+        }
+        // Checkpoints of files no longer on disk that we never opened in
+        // this run: the data after their offset is lost (deleted while the
+        // agent was down). Count it once and drop the entry.
+        if gen == 1 {
+            let live: Vec<u64> = self
+                .files
+                .iter()
+                .filter_map(|f| f.id)
+                .chain(self.done.keys().copied())
+                .collect();
+            if let Ok(mut cp) = self.checkpoints.lock() {
+                let before = cp.files.len();
+                cp.files.retain(|id, _| live.contains(id));
+                self.stats.lost_files += (before - cp.files.len()) as u64;
+            }
+        }
+    }
+
+    fn open(&mut self, f: Found, ino: Inode, gen: u64) {
+        let gz = f.kind == FileKind::Gzipped;
+        let Ok(head) = read_head(&f.path, gz) else {
+            return;
+        };
+        // A gzipped file is complete; for a plain one wait for a newline.
+        let id = fingerprint::prefix(&head, gz).map(|p| fingerprint::file_id(&f.labels, p));
+        if let Some(id) = id {
+            if self.is_tracked(id) || self.done.contains_key(&id) {
+                // The gzip copy of a file we have open or finished.
+                self.known.insert(ino, id);
+                if let Some(d) = self.done.get_mut(&id) {
+                    d.seen = gen;
+                    d.path = f.path;
+                }
+                return;
+            }
+        } else if gz {
+            return; // empty gzip: nothing to read
+        }
+        let offset = id.and_then(|id| self.acked(id)).unwrap_or(0);
+        let source = match self.open_at(&f.path, gz, offset) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(path = %f.path.display(), error = %e, "cannot open log file");
+                self.stats.errors += 1;
+                return;
+            }
+        };
+        let t = Tracked {
+            id,
+            labels: f.labels,
+            path: f.path,
+            kind: f.kind,
+            inode: ino,
+            source,
+            framer: Framer::new(offset, self.cfg.max_line),
+            asm: Assembler::new(offset, self.cfg.max_line),
+            range_start: offset,
+            last_growth: Instant::now(),
+            deleted: false,
+        };
+        tracing::debug!(path = %t.path.display(), offset, "tailing");
+        self.by_inode.insert(ino, self.files.len());
+        self.files.push(t);
+        self.stats.open_files = self.files.len() as u64;
+    }
+
+    fn open_at(&self, path: &Path, gz: bool, offset: u64) -> std::io::Result<Source> {
+        let mut file = File::open(path)?;
+        if gz {
+            let mut dec = flate2::read::GzDecoder::new(file);
+            let skipped = std::io::copy(&mut (&mut dec).take(offset), &mut std::io::sink())?;
+            if skipped < offset {
+                tracing::warn!(path = %path.display(), offset, skipped, "gzip file shorter than checkpoint");
+            }
+            Ok(Source::Gz(Box::new(dec)))
+        } else {
+            file.seek(SeekFrom::Start(offset))?;
+            Ok(Source::Plain(file))
+        }
+    }
+
+    /// Reads every file once (up to the per-file budget), passing lines to
+    /// `batch`; after each file `sink` may seal and ship the batch. Returns
+    /// true when any file produced data.
+    pub fn poll(
+        &mut self,
+        batch: &mut BatchBuilder,
+        sink: &mut dyn FnMut(&mut BatchBuilder),
+    ) -> bool {
+        let now = Instant::now();
+        let mut progress = false;
+        let mut finished = Vec::new();
+        for i in 0..self.files.len() {
+            match self.poll_file(i, now, batch) {
+                Ok((grew, fin)) => {
+                    progress |= grew;
+                    if fin {
+                        finished.push(i);
+                    }
+                }
+                Err(e) => {
+                    self.stats.errors += 1;
+                    tracing::warn!(path = %self.files[i].path.display(), error = %e, "read failed");
+                }
+            }
+            sink(batch);
+        }
+        for i in finished.into_iter().rev() {
+            let t = self.files.swap_remove(i);
+            self.by_inode.remove(&t.inode);
+            if let Some(&moved) = self.files.get(i).map(|f| &f.inode) {
+                self.by_inode.insert(moved, i);
+            }
+            if let Some(id) = t.id {
+                self.known.insert(t.inode, id);
+                self.done.insert(
+                    id,
+                    Done {
+                        final_end: t.asm.safe_offset(),
+                        path: t.path,
+                        seen: self.generation,
+                    },
+                );
+            }
+        }
+        self.stats.open_files = self.files.len() as u64;
+        progress
+    }
+
+    fn poll_file(
+        &mut self,
+        i: usize,
+        now: Instant,
+        batch: &mut BatchBuilder,
+    ) -> std::io::Result<(bool, bool)> {
+        let cfg = self.cfg.clone();
+        let t = &mut self.files[i];
+        let mut deleted = t.deleted;
+        if let Source::Plain(f) = &t.source {
+            let md = f.metadata()?;
+            deleted = md.nlink() == 0;
+            if md.len() < t.framer.read_offset() {
+                self.stats.truncations += 1;
+                tracing::info!(path = %t.path.display(), "file truncated, reading from the start");
+                self.truncated(i, now, batch)?;
+                return Ok((true, false));
+            }
+        }
+        let t = &mut self.files[i];
+        t.deleted = deleted;
+        // Not yet identifiable: look again once it has a newline.
+        if t.id.is_none() {
+            let rotated_idle = t.kind != FileKind::Live
+                && now.saturating_duration_since(t.last_growth) >= cfg.rotate_wait;
+            let head = read_head(&t.path, false).unwrap_or_default();
+            match fingerprint::prefix(&head, deleted || rotated_idle) {
+                Some(p) => t.id = Some(fingerprint::file_id(&t.labels, p)),
+                None if deleted || rotated_idle => return Ok((false, true)),
+                None => {
+                    if !head.is_empty() {
+                        t.last_growth = now;
+                    }
+                    return Ok((false, false));
+                }
+            }
+        }
+        let mut read_total = 0usize;
+        let mut eof = false;
+        while read_total < cfg.read_budget {
+            let spare = t.framer.spare(64 << 10);
+            let n = match t.source.read(spare) {
+                Ok(n) => n,
+                Err(e) => {
+                    t.framer.commit(64 << 10, 0);
+                    return Err(e);
+                }
+            };
+            t.framer.commit(64 << 10, n);
+            if n == 0 {
+                eof = true;
+                break;
+            }
+            read_total += n;
+            let (asm, out) = (&mut t.asm, &mut self.scratch);
+            let odd = &mut self.stats.odd;
+            let ts = now_ns();
+            t.framer
+                .drain(|rec, end| asm.feed(rec, end, now, ts, odd, out));
+        }
+        let grew = read_total > 0;
+        if grew {
+            t.last_growth = now;
+        }
+        self.stats.bytes += read_total as u64;
+        let gz = matches!(t.source, Source::Gz(_));
+        let finished = eof
+            && (gz
+                || deleted
+                || (t.kind != FileKind::Live
+                    && now.saturating_duration_since(t.last_growth) >= cfg.rotate_wait));
+        let consumed = t.framer.read_offset();
+        if finished {
+            let (asm, out, odd) = (&mut t.asm, &mut self.scratch, &mut self.stats.odd);
+            let ts = now_ns();
+            t.framer
+                .finish(|rec, end| asm.feed(rec, end, now, ts, odd, out));
+            t.asm
+                .flush_all(consumed, &mut self.stats.odd, &mut self.scratch);
+        } else {
+            t.asm.flush_stale(
+                now,
+                cfg.partial_timeout,
+                consumed,
+                &mut self.stats.odd,
+                &mut self.scratch,
+            );
+        }
+        let end = t.asm.safe_offset();
+        if let Some(id) = t.id {
+            if !self.scratch.is_empty() || end > t.range_start {
+                self.stats.lines += self.scratch.len() as u64;
+                batch.add(
+                    id,
+                    &t.labels,
+                    &t.path,
+                    t.range_start,
+                    end,
+                    &mut self.scratch,
+                    now,
+                );
+                t.range_start = end;
+            }
+        }
+        self.scratch.clear();
+        Ok((grew, finished))
+    }
+
+    /// The file shrank: finish what we had under its old identity and start
+    /// over from offset 0 as a new file.
+    fn truncated(
+        &mut self,
+        i: usize,
+        now: Instant,
+        batch: &mut BatchBuilder,
+    ) -> std::io::Result<()> {
+        let max_line = self.cfg.max_line;
+        let t = &mut self.files[i];
+        let consumed = t.framer.read_offset();
+        let (asm, out, odd) = (&mut t.asm, &mut self.scratch, &mut self.stats.odd);
+        let ts = now_ns();
+        t.framer
+            .finish(|rec, end| asm.feed(rec, end, now, ts, odd, out));
+        t.asm
+            .flush_all(consumed, &mut self.stats.odd, &mut self.scratch);
+        if let Some(id) = t.id {
+            let end = t.asm.safe_offset();
+            batch.add(
+                id,
+                &t.labels,
+                &t.path,
+                t.range_start,
+                end,
+                &mut self.scratch,
+                now,
+            );
+            self.known.remove(&t.inode);
+            self.done.insert(
+                id,
+                Done {
+                    final_end: end,
+                    path: t.path.clone(),
+                    seen: 0,
+                },
+            );
+        }
+        self.scratch.clear();
+        if let Source::Plain(f) = &mut t.source {
+            f.seek(SeekFrom::Start(0))?;
+        }
+        t.id = None;
+        t.framer = Framer::new(0, max_line);
+        t.asm = Assembler::new(0, max_line);
+        t.range_start = 0;
+        t.last_growth = now;
+        Ok(())
+    }
+
+    /// Number of open files.
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Bytes buffered in framers and partial runs (memory accounting).
+    pub fn buffered(&self) -> usize {
+        self.files
+            .iter()
+            .map(|f| f.framer.buffered() + f.asm.pending_bytes())
+            .sum()
+    }
+}

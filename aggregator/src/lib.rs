@@ -1,1 +1,139 @@
+//! The logfleet aggregator: receives batches from node agents, stores them
+//! durably and exactly once in an embedded segment store, and answers
+//! queries, live tails and agent listings.
+//!
+//! Data flow: [`service`] (gRPC) -> [`ingest`] (validate, de-duplicate,
+//! group commit) -> [`store`] (segment files) and [`index`] (in memory) ->
+//! [`query`].
 
+pub mod http;
+pub mod index;
+pub mod ingest;
+pub mod metrics;
+pub mod query;
+pub mod service;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use logfleet_proto::v1::ingest_server::IngestServer;
+use logfleet_proto::v1::query_server::QueryServer;
+use logfleet_proto::Limits;
+use prometheus_client::registry::Registry;
+
+/// Everything the aggregator needs to run.
+#[derive(Debug, Clone)]
+pub struct AggregatorConfig {
+    /// Storage settings.
+    pub store: ingest::StoreConfig,
+    /// gRPC address (ingest and query).
+    pub grpc_addr: SocketAddr,
+    /// HTTP address (metrics, health, agents JSON).
+    pub http_addr: SocketAddr,
+    /// Bearer token required from agents and clients; none: open.
+    pub token: Option<String>,
+    /// TLS certificate and key (PEM) for both ports; none: plaintext.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Payload limits.
+    pub limits: Limits,
+    /// Largest accepted gRPC message (compressed push), bytes.
+    pub max_message: usize,
+}
+
+/// Why the aggregator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregatorError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A port could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS files could not be read.
+    #[error("reading TLS file {path}: {source}")]
+    Tls {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Runs the aggregator until `shutdown` resolves.
+pub async fn run(
+    cfg: AggregatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AggregatorError> {
+    let mut registry = Registry::default();
+    let metrics = metrics::Metrics::new(&mut registry);
+    let (shared, writer) = ingest::open(cfg.store.clone(), metrics.clone())?;
+    let auth = service::Auth::new(cfg.token.clone(), metrics.clone());
+
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .map_err(|source| AggregatorError::Bind {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    let app = http::router(http::HttpState {
+        shared: shared.clone(),
+        registry: Arc::new(registry),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app).await {
+            tracing::error!(error = %e, "http endpoint failed");
+        }
+    });
+
+    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
+        .await
+        .map_err(|source| AggregatorError::Bind {
+            addr: cfg.grpc_addr,
+            source,
+        })?;
+    let ingest = tonic::service::interceptor::InterceptedService::new(
+        IngestServer::new(service::IngestService {
+            writer,
+            limits: cfg.limits,
+            metrics: metrics.clone(),
+        })
+        .max_decoding_message_size(cfg.max_message),
+        auth.clone(),
+    );
+    let query = tonic::service::interceptor::InterceptedService::new(
+        QueryServer::new(service::QueryService { shared }).max_encoding_message_size(64 << 20),
+        auth,
+    );
+    let mut server = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &cfg.tls {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| AggregatorError::Tls {
+                path: p.clone(),
+                source,
+            })
+        };
+        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    }
+    tracing::info!(grpc = %cfg.grpc_addr, http = %cfg.http_addr, data = %cfg.store.data_dir.display(), "aggregator started");
+    server
+        .add_service(ingest)
+        .add_service(query)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            shutdown,
+        )
+        .await?;
+    tracing::info!("aggregator stopped");
+    Ok(())
+}

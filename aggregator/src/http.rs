@@ -1,0 +1,80 @@
+//! The aggregator's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and
+//! `/api/v1/agents` (JSON, for the controller's coverage check).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::ingest::Shared;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Shared store state.
+    pub shared: Arc<Shared>,
+    /// Registry to render.
+    pub registry: Arc<Registry>,
+}
+
+/// Builds the router.
+pub fn router(state: HttpState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/api/v1/agents", get(agents))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &s.registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+/// One agent in the JSON listing.
+#[derive(Debug, Serialize)]
+pub struct AgentJson {
+    /// Node name.
+    pub node: String,
+    /// First push, RFC 3339.
+    pub first_push: String,
+    /// Last push, RFC 3339.
+    pub last_push: String,
+    /// Lines stored.
+    pub lines: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+/// Formats ns since the epoch as RFC 3339 with nine fractional digits, UTC.
+pub fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+async fn agents(State(s): State<HttpState>) -> Json<Vec<AgentJson>> {
+    Json(
+        crate::service::agents(&s.shared)
+            .into_iter()
+            .map(|a| AgentJson {
+                node: a.node,
+                first_push: rfc3339(a.first_push_unix_nano),
+                last_push: rfc3339(a.last_push_unix_nano),
+                lines: a.lines,
+                bytes: a.bytes,
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,572 @@
+//! The ingest path: the gRPC `Push` handler validates and decodes a batch,
+//! then hands it to the single writer thread, which de-duplicates it,
+//! appends it to the active segment and fsyncs (one fsync for every batch
+//! that arrived meanwhile: group commit) before anyone is acknowledged.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use logfleet_proto::v1::{Compression, FileLabels, LineBatch, PushRequest, PushResponse};
+use logfleet_proto::Limits;
+use prost::Message;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::index::{self, BlockMeta, HighWater, Index, Snapshot};
+use crate::metrics::Metrics;
+use crate::store::{self, ActiveSegment, BlockHeader, StoreError};
+
+/// Storage settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Root of the aggregator's files.
+    pub data_dir: PathBuf,
+    /// A segment is sealed at this size...
+    pub segment_bytes: u64,
+    /// ...or when this old, which partitions storage by time.
+    pub segment_age: Duration,
+    /// Delete data older than this (by line timestamp); none: keep.
+    pub retention_age: Option<Duration>,
+    /// Delete the oldest segments while the store is larger; none: no cap.
+    pub retention_bytes: Option<u64>,
+    /// zstd level for payloads that arrive uncompressed or gzipped.
+    pub zstd_level: i32,
+}
+
+/// Lines just stored, for live tails.
+#[derive(Debug)]
+pub struct Committed {
+    /// Node.
+    pub node: Arc<str>,
+    /// Labels per range index.
+    pub labels: Vec<FileLabels>,
+    /// The lines.
+    pub batch: LineBatch,
+    /// When they became durable.
+    pub at: Instant,
+}
+
+/// State shared by the writer, the services and the HTTP endpoint.
+pub struct Shared {
+    /// The query index.
+    pub index: RwLock<Index>,
+    /// Directory of the segments.
+    pub segments_dir: PathBuf,
+    /// Stored lines, for tails.
+    pub tail: broadcast::Sender<Arc<Committed>>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// A decoded, validated batch waiting for the writer.
+struct WriteReq {
+    node: String,
+    req: PushRequest,
+    batch: LineBatch,
+    received: i64,
+    reply: oneshot::Sender<Result<PushResponse, StoreError>>,
+}
+
+/// Submits batches to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::SyncSender<WriteReq>,
+}
+
+/// Why a push was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The payload could not be decoded.
+    #[error(transparent)]
+    Codec(#[from] logfleet_proto::CodecError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The writer is gone (shutting down).
+    #[error("aggregator is shutting down")]
+    Closed,
+}
+
+impl From<PushError> for tonic::Status {
+    fn from(e: PushError) -> Self {
+        match e {
+            PushError::Invalid(_) | PushError::Codec(_) => {
+                tonic::Status::invalid_argument(e.to_string())
+            }
+            PushError::Store(_) => tonic::Status::unavailable(format!("storage failed: {e}")),
+            PushError::Closed => tonic::Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Checks what decoding cannot: labels, ranges and line offsets, which the
+/// de-duplication relies on.
+pub fn validate(req: &PushRequest, batch: &LineBatch) -> Result<(), PushError> {
+    if req.node.is_empty() || req.node.len() > 253 {
+        return Err(PushError::Invalid(
+            "node name must be 1 to 253 bytes".into(),
+        ));
+    }
+    if req.ranges.len() > 100_000 {
+        return Err(PushError::Invalid("more than 100000 ranges".into()));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.ranges.len());
+    for (i, r) in req.ranges.iter().enumerate() {
+        if r.labels.is_none() {
+            return Err(PushError::Invalid(format!("range {i} has no labels")));
+        }
+        if r.start > r.end {
+            return Err(PushError::Invalid(format!(
+                "range {i} starts after its end"
+            )));
+        }
+        if !seen.insert(r.file_id) {
+            return Err(PushError::Invalid(format!(
+                "file {:#x} appears in two ranges",
+                r.file_id
+            )));
+        }
+    }
+    for (i, l) in batch.lines.iter().enumerate() {
+        let r = &req.ranges[l.range as usize];
+        if l.offset < r.start || l.offset >= r.end {
+            return Err(PushError::Invalid(format!(
+                "line {i} at offset {} lies outside its range [{}, {})",
+                l.offset, r.start, r.end
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Writer {
+    /// Decodes, validates and stores one push; returns once it is durable.
+    pub async fn push(&self, req: PushRequest, limits: Limits) -> Result<PushResponse, PushError> {
+        let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let (req, batch) = tokio::task::spawn_blocking(move || {
+            let batch = logfleet_proto::decode_payload(&req, limits)?;
+            validate(&req, &batch)?;
+            Ok::<_, PushError>((req, batch))
+        })
+        .await
+        .map_err(|_| PushError::Closed)??;
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        let w = WriteReq {
+            node: req.node.clone(),
+            req,
+            batch,
+            received,
+            reply,
+        };
+        // The queue is bounded: a full queue blocks this handler (on a
+        // blocking thread), which is backpressure towards the agents.
+        tokio::task::spawn_blocking(move || tx.send(w))
+            .await
+            .map_err(|_| PushError::Closed)?
+            .map_err(|_| PushError::Closed)?;
+        Ok(rx.await.map_err(|_| PushError::Closed)??)
+    }
+}
+
+struct WriterState {
+    cfg: StoreConfig,
+    shared: Arc<Shared>,
+    active: ActiveSegment,
+    opened: Instant,
+    hwm: HighWater,
+    snapshot_through: u64,
+}
+
+/// Opens the store: loads the snapshot, replays segments, cuts a torn tail,
+/// and starts the writer thread.
+pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer), StoreError> {
+    let seg_dir = cfg.data_dir.join("segments");
+    std::fs::create_dir_all(&seg_dir).map_err(store::io_err(&seg_dir))?;
+    let snap_path = cfg.data_dir.join("snapshot.json");
+    let snap: Snapshot = match std::fs::read(&snap_path) {
+        Ok(d) => serde_json::from_slice(&d).map_err(|e| StoreError::Corrupt {
+            path: snap_path.clone(),
+            offset: 0,
+            why: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
+        Err(e) => return Err(store::io_err(&snap_path)(e)),
+    };
+    let mut hwm: HighWater = snap
+        .hwm
+        .iter()
+        .map(|(n, id, off)| ((n.clone(), *id), *off))
+        .collect();
+    let mut ix = Index {
+        agents: snap.agents.clone(),
+        ..Default::default()
+    };
+    let seqs = store::list_segments(&seg_dir)?;
+    let mut valid_end = 0;
+    for (i, &seq) in seqs.iter().enumerate() {
+        let last = i + 1 == seqs.len();
+        let path = store::segment_path(&seg_dir, seq);
+        let (records, valid) = store::scan_segment(&path, last)?;
+        for r in &records {
+            ix.add_block(seq, r.offset, r.len, &r.header);
+            if seq > snap.through {
+                index::advance(&mut hwm, &r.header);
+                ix.count(&r.header);
+            }
+        }
+        if last {
+            valid_end = valid;
+        }
+    }
+    let seq = seqs.last().copied().unwrap_or(1);
+    let active = ActiveSegment::open(&seg_dir, seq, valid_end)?;
+    tracing::info!(
+        segments = seqs.len(),
+        blocks = ix.blocks.len(),
+        files = hwm.len(),
+        "store opened"
+    );
+    let (tail, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        index: RwLock::new(ix),
+        segments_dir: seg_dir,
+        tail,
+        metrics,
+    });
+    let (tx, rx) = mpsc::sync_channel(64);
+    let st = WriterState {
+        cfg,
+        shared: shared.clone(),
+        active,
+        opened: Instant::now(),
+        hwm,
+        snapshot_through: snap.through,
+    };
+    st.update_gauges();
+    std::thread::Builder::new()
+        .name("logfleet-writer".into())
+        .spawn(move || st.run(rx))
+        .map_err(store::io_err(Path::new("writer thread")))?;
+    Ok((shared, Writer { tx }))
+}
+
+struct Pending {
+    header: BlockHeader,
+    batch: LineBatch,
+    reply: oneshot::Sender<Result<PushResponse, StoreError>>,
+    duplicates: u64,
+}
+
+impl WriterState {
+    fn run(mut self, rx: mpsc::Receiver<WriteReq>) {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(r) => r,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.housekeeping(true);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = vec![first];
+            while group.len() < 256 {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+            self.housekeeping(false);
+        }
+        let _ = self.active.sync();
+    }
+
+    fn commit(&mut self, group: Vec<WriteReq>) {
+        let started = Instant::now();
+        // Marks moved by this group: applied only once the group is durable,
+        // so a failed write cannot make a retry look like a duplicate.
+        let mut overlay: HashMap<(String, u64), u64> = HashMap::new();
+        let mut records = Vec::new();
+        let mut pending = Vec::new();
+        for w in group {
+            let node = w.node;
+            let mark = |id: u64| {
+                let k = (node.clone(), id);
+                overlay
+                    .get(&k)
+                    .or_else(|| self.hwm.get(&k))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            let d = index::dedup(mark, &w.req.ranges, &w.batch);
+            let kept_all = d.keep.is_none();
+            let batch = match &d.keep {
+                None => w.batch,
+                Some(keep) => LineBatch {
+                    lines: w
+                        .batch
+                        .lines
+                        .into_iter()
+                        .zip(keep)
+                        .filter_map(|(l, k)| k.then_some(l))
+                        .collect(),
+                },
+            };
+            if batch.lines.is_empty() && !d.advances {
+                self.shared.metrics.duplicate_lines.inc_by(d.duplicates);
+                if let Ok(mut ix) = self.shared.index.write() {
+                    ix.touch(&node, w.received);
+                }
+                let _ = w.reply.send(Ok(PushResponse {
+                    stored_lines: 0,
+                    duplicate_lines: d.duplicates,
+                }));
+                continue;
+            }
+            let (mut min_ts, mut max_ts, mut text) = (i64::MAX, i64::MIN, 0u64);
+            for l in &batch.lines {
+                min_ts = min_ts.min(l.ts_unix_nano);
+                max_ts = max_ts.max(l.ts_unix_nano);
+                text += l.line.len() as u64;
+            }
+            // An agent's zstd payload is stored as it came: no second
+            // compression on the hot path.
+            let zstd_as_is = kept_all && w.req.compression == Compression::Zstd as i32;
+            let (payload, raw_len) = if zstd_as_is {
+                (w.req.payload.clone(), w.req.raw_len)
+            } else {
+                let raw = batch.encode_to_vec();
+                match zstd::bulk::compress(&raw, self.cfg.zstd_level) {
+                    Ok(c) => (Bytes::from(c), raw.len() as u64),
+                    Err(e) => {
+                        let _ = w.reply.send(Err(store::io_err(&self.active.path)(e)));
+                        continue;
+                    }
+                }
+            };
+            let header = BlockHeader {
+                node: node.clone(),
+                received_unix_nano: w.received,
+                min_ts: if batch.lines.is_empty() { 0 } else { min_ts },
+                max_ts: if batch.lines.is_empty() { 0 } else { max_ts },
+                lines: batch.lines.len() as u64,
+                text_bytes: text,
+                ranges: w.req.ranges,
+                raw_len,
+            };
+            for r in &header.ranges {
+                let e = overlay.entry((node.clone(), r.file_id)).or_insert(0);
+                *e = (*e).max(r.end);
+            }
+            records.push(store::encode_record(&header, &payload));
+            pending.push(Pending {
+                header,
+                batch,
+                reply: w.reply,
+                duplicates: d.duplicates,
+            });
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let written = self.active.append(&records).and_then(|offs| {
+            self.active.sync()?;
+            Ok(offs)
+        });
+        let offsets = match written {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "storing batch failed");
+                self.shared.metrics.store_errors.inc();
+                let msg = e.to_string();
+                for p in pending {
+                    let _ = p.reply.send(Err(StoreError::Corrupt {
+                        path: self.active.path.clone(),
+                        offset: 0,
+                        why: msg.clone(),
+                    }));
+                }
+                return;
+            }
+        };
+        for (k, v) in overlay {
+            let e = self.hwm.entry(k).or_insert(0);
+            *e = (*e).max(v);
+        }
+        let m = &self.shared.metrics;
+        m.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        if let Ok(mut ix) = self.shared.index.write() {
+            for ((p, off), rec) in pending.iter().zip(&offsets).zip(&records) {
+                ix.add_block(self.active.seq, *off, rec.len() as u64, &p.header);
+                ix.count(&p.header);
+            }
+        }
+        let now = Instant::now();
+        for p in pending {
+            m.batches.inc();
+            m.lines.inc_by(p.header.lines);
+            m.bytes.inc_by(p.header.text_bytes);
+            m.duplicate_lines.inc_by(p.duplicates);
+            let _ = p.reply.send(Ok(PushResponse {
+                stored_lines: p.header.lines,
+                duplicate_lines: p.duplicates,
+            }));
+            if self.shared.tail.receiver_count() > 0 && !p.batch.lines.is_empty() {
+                let _ = self.shared.tail.send(Arc::new(Committed {
+                    node: Arc::from(p.header.node.as_str()),
+                    labels: p
+                        .header
+                        .ranges
+                        .iter()
+                        .map(|r| r.labels.clone().unwrap_or_default())
+                        .collect(),
+                    batch: p.batch,
+                    at: now,
+                }));
+            }
+        }
+    }
+
+    /// Seals the segment when due; on a roll or when `idle`, also applies
+    /// retention and refreshes the size gauges (directory listings are kept
+    /// off the per-batch path).
+    fn housekeeping(&mut self, idle: bool) {
+        let age_due = self.opened.elapsed() >= self.cfg.segment_age && self.active.len > 0;
+        let mut rolled = false;
+        if self.active.len >= self.cfg.segment_bytes || age_due {
+            rolled = true;
+            if let Err(e) = self.roll() {
+                tracing::error!(error = %e, "sealing segment failed");
+                self.shared.metrics.store_errors.inc();
+            }
+        }
+        if !(rolled || idle) {
+            return;
+        }
+        if let Err(e) = self.retention() {
+            tracing::error!(error = %e, "retention failed");
+            self.shared.metrics.store_errors.inc();
+        }
+        self.update_gauges();
+    }
+
+    /// Seals the active segment and snapshots the state it completes.
+    fn roll(&mut self) -> Result<(), StoreError> {
+        self.active.sync()?;
+        let through = self.active.seq;
+        let agents = self
+            .shared
+            .index
+            .read()
+            .map(|ix| ix.agents.clone())
+            .unwrap_or_default();
+        let snap = Snapshot {
+            through,
+            hwm: self
+                .hwm
+                .iter()
+                .map(|((n, id), off)| (n.clone(), *id, *off))
+                .collect(),
+            agents,
+        };
+        let path = self.cfg.data_dir.join("snapshot.json");
+        let tmp = self.cfg.data_dir.join("snapshot.json.tmp");
+        let data = serde_json::to_vec(&snap)
+            .map_err(|e| store::io_err(&path)(std::io::Error::other(e)))?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(store::io_err(&tmp))?;
+            f.write_all(&data).map_err(store::io_err(&tmp))?;
+            f.sync_all().map_err(store::io_err(&tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(store::io_err(&path))?;
+        store::sync_dir(&self.cfg.data_dir)?;
+        self.snapshot_through = through;
+        self.active = ActiveSegment::open(&self.shared.segments_dir, through + 1, 0)?;
+        self.opened = Instant::now();
+        tracing::debug!(sealed = through, "segment sealed");
+        Ok(())
+    }
+
+    /// Deletes sealed segments past the age or size limits, oldest first.
+    fn retention(&mut self) -> Result<(), StoreError> {
+        if self.cfg.retention_age.is_none() && self.cfg.retention_bytes.is_none() {
+            return Ok(());
+        }
+        let dir = self.shared.segments_dir.clone();
+        let seqs = store::list_segments(&dir)?;
+        let sizes: Vec<u64> = seqs
+            .iter()
+            .map(|s| {
+                std::fs::metadata(store::segment_path(&dir, *s))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut total: u64 = sizes.iter().sum();
+        let newest: HashMap<u64, i64> = {
+            let ix = self.shared.index.read().map_err(|_| StoreError::Corrupt {
+                path: dir.clone(),
+                offset: 0,
+                why: "index lock poisoned".into(),
+            })?;
+            let mut m = HashMap::new();
+            for b in &ix.blocks {
+                let e = m.entry(b.seq).or_insert(i64::MIN);
+                *e = (*e).max(b.max_ts);
+            }
+            m
+        };
+        let cutoff = self
+            .cfg
+            .retention_age
+            .map(|a| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) - a.as_nanos() as i64);
+        let mut doomed = Vec::new();
+        for (seq, size) in seqs.iter().zip(&sizes) {
+            // Only sealed segments whose state the snapshot already holds.
+            if *seq >= self.active.seq || *seq > self.snapshot_through {
+                break;
+            }
+            let too_old = cutoff.is_some_and(|c| newest.get(seq).copied().unwrap_or(i64::MIN) < c);
+            let too_big = self.cfg.retention_bytes.is_some_and(|max| total > max);
+            if !(too_old || too_big) {
+                break;
+            }
+            doomed.push(*seq);
+            total -= size;
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        if let Ok(mut ix) = self.shared.index.write() {
+            ix.blocks
+                .retain(|b: &Arc<BlockMeta>| !doomed.contains(&b.seq));
+        }
+        for seq in &doomed {
+            let p = store::segment_path(&dir, *seq);
+            std::fs::remove_file(&p).map_err(store::io_err(&p))?;
+            self.shared.metrics.segments_deleted.inc();
+            tracing::info!(segment = %p.display(), "deleted by retention");
+        }
+        store::sync_dir(&dir)
+    }
+
+    fn update_gauges(&self) {
+        let dir = &self.shared.segments_dir;
+        if let Ok(seqs) = store::list_segments(dir) {
+            let bytes: u64 = seqs
+                .iter()
+                .filter_map(|s| std::fs::metadata(store::segment_path(dir, *s)).ok())
+                .map(|m| m.len())
+                .sum();
+            self.shared.metrics.stored_bytes.set(bytes as i64);
+            self.shared.metrics.segments.set(seqs.len() as i64);
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The aggregator's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label of refused requests.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// Every metric the aggregator exports. Handles are cheap clones of shared
+/// atomics, so the struct is shared by reference.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Stored batches.
+    pub batches: Counter,
+    /// Stored lines.
+    pub lines: Counter,
+    /// Stored bytes of line text.
+    pub bytes: Counter,
+    /// Lines dropped as already stored.
+    pub duplicate_lines: Counter,
+    /// Refused pushes by reason.
+    pub rejected: Family<Reason, Counter>,
+    /// Requests refused for a missing or wrong token.
+    pub unauthenticated: Counter,
+    /// Storage failures.
+    pub store_errors: Counter,
+    /// Segments deleted by retention.
+    pub segments_deleted: Counter,
+    /// Bytes on disk in segments.
+    pub stored_bytes: Gauge,
+    /// Segment count.
+    pub segments: Gauge,
+    /// Queries served.
+    pub queries: Counter,
+    /// Open live tails.
+    pub tails: Gauge,
+    /// Time to write and fsync a commit group.
+    pub fsync_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            batches: Counter::default(),
+            lines: Counter::default(),
+            bytes: Counter::default(),
+            duplicate_lines: Counter::default(),
+            rejected: Family::default(),
+            unauthenticated: Counter::default(),
+            store_errors: Counter::default(),
+            segments_deleted: Counter::default(),
+            stored_bytes: Gauge::default(),
+            segments: Gauge::default(),
+            queries: Counter::default(),
+            tails: Gauge::default(),
+            fsync_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+        };
+        let r = registry.sub_registry_with_prefix("logfleet_aggregator");
+        r.register("batches", "Batches stored", m.batches.clone());
+        r.register("lines", "Lines stored", m.lines.clone());
+        r.register("bytes", "Bytes of line text stored", m.bytes.clone());
+        r.register(
+            "duplicate_lines",
+            "Re-sent lines recognised and dropped",
+            m.duplicate_lines.clone(),
+        );
+        r.register(
+            "rejected_pushes",
+            "Pushes refused, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "unauthenticated_requests",
+            "Requests refused for a missing or wrong token",
+            m.unauthenticated.clone(),
+        );
+        r.register("store_errors", "Storage failures", m.store_errors.clone());
+        r.register(
+            "segments_deleted",
+            "Segments deleted by retention",
+            m.segments_deleted.clone(),
+        );
+        r.register(
+            "stored_bytes",
+            "Bytes of segment files on disk",
+            m.stored_bytes.clone(),
+        );
+        r.register("segments", "Segment files on disk", m.segments.clone());
+        r.register("queries", "Queries served", m.queries.clone());
+        r.register("tails", "Live tails open", m.tails.clone());
+        r.register(
+            "commit_seconds",
+            "Time to write and fsync one commit group",
+            m.fsync_seconds.clone(),
+        );
+        m
+    }
+
+    /// Counts a refused push.
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,550 @@
+//! LogQL-style queries: a stream selector `{label op "value", ...}` on
+//! `node`, `namespace`, `pod`, `pod_uid`, `container`, `restart` and
+//! `stream` with `=`, `!=`, `=~`, `!~` (regexes match whole values), then
+//! line filters `|= "text"`, `!= "text"`, `|~ "regex"`, `!~ "regex"`.
+//!
+//! Parsing and matching are pure; [`execute`] reads the blocks the label
+//! index cannot rule out, newest or oldest first, and stops as soon as the
+//! limit is met and no remaining block can hold a better line.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fs::File;
+use std::sync::Arc;
+
+use logfleet_proto::v1::{Direction, Entry, FileLabels, LineBatch, LogLine, Stream};
+use memchr::memmem;
+use regex::Regex;
+
+use crate::index::BlockMeta;
+use crate::ingest::Shared;
+use crate::store::{self, StoreError};
+
+/// A label a selector can match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    /// Node name.
+    Node,
+    /// Namespace.
+    Namespace,
+    /// Pod name.
+    Pod,
+    /// Pod UID.
+    PodUid,
+    /// Container name.
+    Container,
+    /// Restart number.
+    Restart,
+    /// `stdout` or `stderr`.
+    Stream,
+}
+
+/// How a matcher compares.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Equal.
+    Eq(String),
+    /// Not equal.
+    Ne(String),
+    /// Regex matches the whole value.
+    Re(Regex),
+    /// Regex does not match the whole value.
+    NotRe(Regex),
+}
+
+/// One `label op value`.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    /// The label.
+    pub label: Label,
+    /// The comparison.
+    pub op: Op,
+}
+
+/// A line filter.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    /// `|= "text"`: the line contains text.
+    Contains(memmem::Finder<'static>),
+    /// `!= "text"`: the line does not contain text.
+    NotContains(memmem::Finder<'static>),
+    /// `|~ "re"`: the regex matches somewhere in the line.
+    Matches(regex::bytes::Regex),
+    /// `!~ "re"`: the regex matches nowhere.
+    NotMatches(regex::bytes::Regex),
+}
+
+/// A parsed query.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Selector matchers, all of which must hold.
+    pub matchers: Vec<Matcher>,
+    /// Line filters, all of which must hold.
+    pub filters: Vec<Filter>,
+}
+
+/// A query that could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// Syntax error, with the byte position.
+    #[error("bad query at position {pos}: {msg}")]
+    Parse {
+        /// Byte offset in the query.
+        pos: usize,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Storage error while reading.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Parser<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn err<T>(&self, msg: impl Into<String>) -> Result<T, QueryError> {
+        Err(QueryError::Parse {
+            pos: self.pos,
+            msg: msg.into(),
+        })
+    }
+
+    fn ws(&mut self) {
+        while self.s[self.pos..].starts_with(|c: char| c.is_whitespace()) {
+            self.pos += self.s[self.pos..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+
+    fn eat(&mut self, tok: &str) -> bool {
+        self.ws();
+        if self.s[self.pos..].starts_with(tok) {
+            self.pos += tok.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn ident(&mut self) -> Result<&'a str, QueryError> {
+        self.ws();
+        let rest = &self.s[self.pos..];
+        let n = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        if n == 0 {
+            return self.err("expected a label name");
+        }
+        self.pos += n;
+        Ok(&rest[..n])
+    }
+
+    fn string(&mut self) -> Result<String, QueryError> {
+        self.ws();
+        let rest = &self.s[self.pos..];
+        if let Some(raw) = rest.strip_prefix('`') {
+            let Some(end) = raw.find('`') else {
+                return self.err("unterminated `raw string`");
+            };
+            self.pos += end + 2;
+            return Ok(raw[..end].to_owned());
+        }
+        if !rest.starts_with('"') {
+            return self.err("expected a \"quoted string\"");
+        }
+        let mut out = String::new();
+        let mut chars = rest[1..].char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => {
+                    self.pos += i + 2;
+                    return Ok(out);
+                }
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => out.push('\n'),
+                    Some((_, 't')) => out.push('\t'),
+                    Some((_, 'r')) => out.push('\r'),
+                    Some((_, c @ ('"' | '\\'))) => out.push(c),
+                    // Keep other escapes for the regex engine (`\d`, `\.`).
+                    Some((_, c)) => {
+                        out.push('\\');
+                        out.push(c);
+                    }
+                    None => break,
+                },
+                c => out.push(c),
+            }
+        }
+        self.err("unterminated \"string\"")
+    }
+
+    fn regex(&self, pat: &str) -> Result<Regex, QueryError> {
+        Regex::new(&format!("^(?:{pat})$")).map_err(|e| QueryError::Parse {
+            pos: self.pos,
+            msg: format!("invalid regex {pat:?}: {e}"),
+        })
+    }
+}
+
+/// Parses a query.
+pub fn parse(s: &str) -> Result<Query, QueryError> {
+    let mut p = Parser { s, pos: 0 };
+    let mut q = Query::default();
+    if !p.eat("{") {
+        return p.err("a query starts with a selector such as {namespace=\"default\"}");
+    }
+    loop {
+        if p.eat("}") {
+            break;
+        }
+        let at = p.pos;
+        let label = match p.ident()? {
+            "node" => Label::Node,
+            "namespace" => Label::Namespace,
+            "pod" => Label::Pod,
+            "pod_uid" => Label::PodUid,
+            "container" => Label::Container,
+            "restart" => Label::Restart,
+            "stream" => Label::Stream,
+            other => {
+                p.pos = at;
+                return p.err(format!(
+                    "unknown label {other:?}; labels are node, namespace, pod, pod_uid, container, restart, stream"
+                ));
+            }
+        };
+        let op = if p.eat("=~") {
+            let pat = p.string()?;
+            Op::Re(p.regex(&pat)?)
+        } else if p.eat("!~") {
+            let pat = p.string()?;
+            Op::NotRe(p.regex(&pat)?)
+        } else if p.eat("!=") {
+            Op::Ne(p.string()?)
+        } else if p.eat("=") {
+            Op::Eq(p.string()?)
+        } else {
+            return p.err("expected =, !=, =~ or !~");
+        };
+        q.matchers.push(Matcher { label, op });
+        if p.eat(",") {
+            continue;
+        }
+        if p.eat("}") {
+            break;
+        }
+        return p.err("expected , or }");
+    }
+    loop {
+        p.ws();
+        if p.pos == s.len() {
+            break;
+        }
+        let f = if p.eat("|=") {
+            Filter::Contains(memmem::Finder::new(p.string()?.as_bytes()).into_owned())
+        } else if p.eat("!=") {
+            Filter::NotContains(memmem::Finder::new(p.string()?.as_bytes()).into_owned())
+        } else if p.eat("|~") {
+            Filter::Matches(byte_regex(&mut p)?)
+        } else if p.eat("!~") {
+            Filter::NotMatches(byte_regex(&mut p)?)
+        } else {
+            return p.err(
+                "expected a line filter: |= \"text\", != \"text\", |~ \"regex\" or !~ \"regex\"",
+            );
+        };
+        q.filters.push(f);
+    }
+    Ok(q)
+}
+
+fn byte_regex(p: &mut Parser<'_>) -> Result<regex::bytes::Regex, QueryError> {
+    let pat = p.string()?;
+    regex::bytes::Regex::new(&pat).map_err(|e| QueryError::Parse {
+        pos: p.pos,
+        msg: format!("invalid regex {pat:?}: {e}"),
+    })
+}
+
+fn stream_name(s: i32) -> &'static str {
+    match Stream::try_from(s) {
+        Ok(Stream::Stdout) => "stdout",
+        Ok(Stream::Stderr) => "stderr",
+        _ => "",
+    }
+}
+
+impl Op {
+    fn test(&self, v: &str) -> bool {
+        match self {
+            Op::Eq(x) => v == x,
+            Op::Ne(x) => v != x,
+            Op::Re(r) => r.is_match(v),
+            Op::NotRe(r) => !r.is_match(v),
+        }
+    }
+}
+
+impl Query {
+    /// Whether lines of a file with these labels on `node` can match
+    /// (everything but `stream`, which is per line).
+    pub fn matches_file(&self, node: &str, l: &FileLabels) -> bool {
+        self.matchers.iter().all(|m| match m.label {
+            Label::Node => m.op.test(node),
+            Label::Namespace => m.op.test(&l.namespace),
+            Label::Pod => m.op.test(&l.pod),
+            Label::PodUid => m.op.test(&l.pod_uid),
+            Label::Container => m.op.test(&l.container),
+            Label::Restart => m.op.test(&l.restart.to_string()),
+            Label::Stream => true,
+        })
+    }
+
+    /// Whether a line (of a file that matched) matches stream and filters.
+    pub fn matches_line(&self, stream: i32, line: &[u8]) -> bool {
+        self.matchers
+            .iter()
+            .filter(|m| m.label == Label::Stream)
+            .all(|m| m.op.test(stream_name(stream)))
+            && self.filters.iter().all(|f| match f {
+                Filter::Contains(x) => x.find(line).is_some(),
+                Filter::NotContains(x) => x.find(line).is_none(),
+                Filter::Matches(r) => r.is_match(line),
+                Filter::NotMatches(r) => !r.is_match(line),
+            })
+    }
+}
+
+/// Time bounds, limit and order of a query.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Inclusive lower bound, ns.
+    pub from: Option<i64>,
+    /// Exclusive upper bound, ns.
+    pub to: Option<i64>,
+    /// Maximum lines; 0: all.
+    pub limit: usize,
+    /// Order.
+    pub direction: Direction,
+}
+
+impl Bounds {
+    fn contains(&self, ts: i64) -> bool {
+        self.from.is_none_or(|f| ts >= f) && self.to.is_none_or(|t| ts < t)
+    }
+
+    fn overlaps(&self, b: &BlockMeta) -> bool {
+        self.from.is_none_or(|f| b.max_ts >= f) && self.to.is_none_or(|t| b.min_ts < t)
+    }
+}
+
+/// Sort key: timestamp, then storage position, so results are stable.
+type Key = (i64, u64, u64, u32);
+
+/// Converts a stored line to an entry.
+pub fn entry(node: &str, labels: &FileLabels, l: LogLine) -> Entry {
+    Entry {
+        ts_unix_nano: l.ts_unix_nano,
+        node: node.to_owned(),
+        labels: Some(labels.clone()),
+        stream: l.stream,
+        line: l.line.to_vec(),
+        unterminated: l.unterminated,
+        cut: l.cut,
+        unparsed: l.unparsed,
+    }
+}
+
+/// Runs a query over the store.
+pub fn execute(shared: &Shared, q: &Query, b: Bounds) -> Result<Vec<Entry>, QueryError> {
+    let mut blocks: Vec<Arc<BlockMeta>> = {
+        let ix = shared.index.read().map_err(|_| QueryError::Parse {
+            pos: 0,
+            msg: "index unavailable".into(),
+        })?;
+        ix.blocks
+            .iter()
+            .filter(|m| b.overlaps(m) && m.labels.iter().any(|l| q.matches_file(&m.node, l)))
+            .cloned()
+            .collect()
+    };
+    let backward = b.direction == Direction::Backward;
+    if backward {
+        blocks.sort_by_key(|m| Reverse(m.max_ts));
+    } else {
+        blocks.sort_by_key(|m| m.min_ts);
+    }
+    let mut files: HashMap<u64, File> = HashMap::new();
+    // Forward keeps the `limit` smallest keys (a max-heap pops the largest);
+    // backward the largest (a min-heap via Reverse).
+    let mut fwd: BinaryHeap<(Key, EntryBox)> = BinaryHeap::new();
+    let mut bwd: BinaryHeap<Reverse<(Key, EntryBox)>> = BinaryHeap::new();
+    for m in &blocks {
+        if b.limit > 0 {
+            let done = if backward {
+                bwd.len() >= b.limit && bwd.peek().is_some_and(|Reverse((k, _))| m.max_ts < k.0)
+            } else {
+                fwd.len() >= b.limit && fwd.peek().is_some_and(|(k, _)| m.min_ts > k.0)
+            };
+            if done {
+                break;
+            }
+        }
+        let path = store::segment_path(&shared.segments_dir, m.seq);
+        let file = match files.get(&m.seq) {
+            Some(f) => f,
+            None => match File::open(&path) {
+                Ok(f) => files.entry(m.seq).or_insert(f),
+                // Deleted by retention while we planned.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(store::io_err(&path)(e).into()),
+            },
+        };
+        let batch = read_lines(file, &path, m)?;
+        let ok: Vec<bool> = m
+            .labels
+            .iter()
+            .map(|l| q.matches_file(&m.node, l))
+            .collect();
+        for (i, l) in batch.lines.into_iter().enumerate() {
+            if !ok.get(l.range as usize).copied().unwrap_or(false)
+                || !b.contains(l.ts_unix_nano)
+                || !q.matches_line(l.stream, &l.line)
+            {
+                continue;
+            }
+            let key = (l.ts_unix_nano, m.seq, m.offset, i as u32);
+            let e = EntryBox(entry(&m.node, &m.labels[l.range as usize], l));
+            if backward {
+                bwd.push(Reverse((key, e)));
+                if b.limit > 0 && bwd.len() > b.limit {
+                    bwd.pop();
+                }
+            } else {
+                fwd.push((key, e));
+                if b.limit > 0 && fwd.len() > b.limit {
+                    fwd.pop();
+                }
+            }
+        }
+    }
+    shared.metrics.queries.inc();
+    Ok(if backward {
+        let mut v: Vec<_> = bwd.into_iter().map(|Reverse(x)| x).collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.into_iter().map(|(_, e)| e.0).collect()
+    } else {
+        fwd.into_sorted_vec()
+            .into_iter()
+            .map(|(_, e)| e.0)
+            .collect()
+    })
+}
+
+fn read_lines(file: &File, path: &std::path::Path, m: &BlockMeta) -> Result<LineBatch, StoreError> {
+    let (_, batch) = store::read_block(file, path, m.offset, m.len)?;
+    Ok(batch)
+}
+
+/// Entries compare equal: ordering is by key only.
+#[derive(Debug)]
+struct EntryBox(Entry);
+impl PartialEq for EntryBox {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for EntryBox {}
+impl PartialOrd for EntryBox {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for EntryBox {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// Lines of a just-committed block that match, for live tails.
+pub fn matching(q: &Query, node: &str, labels: &[FileLabels], batch: &LineBatch) -> Vec<Entry> {
+    let ok: Vec<bool> = labels.iter().map(|l| q.matches_file(node, l)).collect();
+    batch
+        .lines
+        .iter()
+        .filter(|l| {
+            ok.get(l.range as usize).copied().unwrap_or(false) && q.matches_line(l.stream, &l.line)
+        })
+        .map(|l| entry(node, &labels[l.range as usize], l.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(ns: &str, pod: &str, c: &str) -> FileLabels {
+        FileLabels {
+            namespace: ns.into(),
+            pod: pod.into(),
+            pod_uid: "u1".into(),
+            container: c.into(),
+            restart: 2,
+        }
+    }
+
+    #[test]
+    fn parses_selectors_and_filters() {
+        let q = parse(r#"{namespace="default", pod=~"web-.*", container!="istio", node!~"n[0-9]"} |= "GET" != "health" |~ "status=5\d\d" !~ `(?i)debug`"#).unwrap();
+        assert_eq!(q.matchers.len(), 4);
+        assert_eq!(q.filters.len(), 4);
+        assert!(q.matches_file("node-a", &labels("default", "web-1", "app")));
+        assert!(
+            !q.matches_file("n1", &labels("default", "web-1", "app")),
+            "node !~"
+        );
+        assert!(
+            !q.matches_file("node-a", &labels("default", "xweb-1", "app")),
+            "regex is anchored"
+        );
+        assert!(!q.matches_file("node-a", &labels("default", "web-1", "istio")));
+        assert!(q.matches_line(1, b"GET /x status=503"));
+        assert!(!q.matches_line(1, b"GET /health status=503"));
+        assert!(!q.matches_line(1, b"GET /x status=200"));
+        assert!(!q.matches_line(1, b"GET /x status=500 DEBUG"));
+    }
+
+    #[test]
+    fn stream_restart_and_empty_selector() {
+        let q = parse(r#"{stream="stderr", restart="2"}"#).unwrap();
+        assert!(q.matches_file("n", &labels("a", "b", "c")));
+        assert!(q.matches_line(Stream::Stderr as i32, b"x"));
+        assert!(!q.matches_line(Stream::Stdout as i32, b"x"));
+        let all = parse("{}").unwrap();
+        assert!(all.matches_file("n", &labels("a", "b", "c")) && all.matches_line(0, b""));
+        let q = parse(r#"{pod="a\"b\\c"}"#).unwrap();
+        assert!(q.matches_file("n", &labels("x", "a\"b\\c", "c")));
+    }
+
+    #[test]
+    fn bad_queries_say_where_and_why() {
+        for (q, want) in [
+            ("", "starts with a selector"),
+            ("namespace=\"x\"", "starts with a selector"),
+            ("{namespace=\"x\"", "expected , or }"),
+            ("{foo=\"x\"}", "unknown label \"foo\""),
+            ("{pod=x}", "quoted string"),
+            ("{pod==\"x\"}", "quoted string"),
+            ("{pod=\"x}", "unterminated"),
+            ("{pod=~\"(\"}", "invalid regex"),
+            ("{} |= ", "quoted string"),
+            ("{} |~ \"[\"", "invalid regex"),
+            ("{} | json", "line filter"),
+        ] {
+            let err = parse(q).unwrap_err().to_string();
+            assert!(err.contains(want), "{q:?}: {err}");
+        }
+    }
+}

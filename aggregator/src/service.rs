@@ -1,0 +1,231 @@
+//! The gRPC services: `Ingest` (push) and `Query` (query, tail, agents),
+//! and bearer-token authentication shared by both.
+
+use std::sync::Arc;
+
+use logfleet_proto::v1::ingest_server::Ingest;
+use logfleet_proto::v1::query_server;
+use logfleet_proto::v1::{
+    AgentInfo, Direction, ListAgentsRequest, ListAgentsResponse, PushRequest, PushResponse,
+    QueryRequest, QueryResponse, TailRequest,
+};
+use logfleet_proto::Limits;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::ingest::{PushError, Shared, Writer};
+use crate::metrics::Metrics;
+use crate::query::{self, Bounds, QueryError};
+
+/// Entries per streamed response message.
+const CHUNK: usize = 1000;
+
+/// Checks `authorization: Bearer <token>` when a token is configured.
+#[derive(Clone)]
+pub struct Auth {
+    token: Option<Arc<str>>,
+    metrics: Metrics,
+}
+
+impl Auth {
+    /// An authenticator; `None` lets every request in.
+    pub fn new(token: Option<String>, metrics: Metrics) -> Self {
+        Auth {
+            token: token.map(|t| Arc::from(t.trim())),
+            metrics,
+        }
+    }
+
+    /// Whether the header value carries the token (constant-time compare).
+    pub fn allows(&self, header: Option<&[u8]>) -> bool {
+        let Some(want) = &self.token else {
+            return true;
+        };
+        let Some(got) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let want = want.as_bytes();
+        got.len() == want.len() && got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let h = req.metadata().get("authorization").map(|v| v.as_bytes());
+        if self.allows(h) {
+            Ok(req)
+        } else {
+            self.metrics.unauthenticated.inc();
+            tracing::warn!(peer = ?req.remote_addr(), "refused request with missing or wrong token");
+            Err(Status::unauthenticated("missing or wrong bearer token"))
+        }
+    }
+}
+
+/// The ingest service.
+pub struct IngestService {
+    /// The writer.
+    pub writer: Writer,
+    /// Payload limits.
+    pub limits: Limits,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        let peer = req.remote_addr();
+        let req = req.into_inner();
+        let node = req.node.clone();
+        match self.writer.push(req, self.limits).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => {
+                let reason = match &e {
+                    PushError::Invalid(_) => "invalid",
+                    PushError::Codec(_) => "payload",
+                    PushError::Store(_) => "storage",
+                    PushError::Closed => "shutdown",
+                };
+                self.metrics.reject(reason);
+                tracing::warn!(?peer, %node, error = %e, "push refused");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The query service.
+pub struct QueryService {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+}
+
+fn bad_query(e: QueryError) -> Status {
+    match e {
+        QueryError::Parse { .. } => Status::invalid_argument(e.to_string()),
+        QueryError::Store(_) => Status::internal(e.to_string()),
+    }
+}
+
+type EntryStream = ReceiverStream<Result<QueryResponse, Status>>;
+
+#[tonic::async_trait]
+impl query_server::Query for QueryService {
+    type QueryStream = EntryStream;
+    type TailStream = EntryStream;
+
+    async fn query(&self, req: Request<QueryRequest>) -> Result<Response<EntryStream>, Status> {
+        let r = req.into_inner();
+        let q = query::parse(&r.query).map_err(bad_query)?;
+        let bounds = Bounds {
+            from: (r.from_unix_nano != 0).then_some(r.from_unix_nano),
+            to: (r.to_unix_nano != 0).then_some(r.to_unix_nano),
+            limit: usize::try_from(r.limit).unwrap_or(usize::MAX),
+            direction: Direction::try_from(r.direction).unwrap_or(Direction::Forward),
+        };
+        let shared = self.shared.clone();
+        let entries = tokio::task::spawn_blocking(move || query::execute(&shared, &q, bounds))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(bad_query)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut entries = entries.into_iter();
+            loop {
+                let chunk: Vec<_> = entries.by_ref().take(CHUNK).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                if tx.send(Ok(QueryResponse { entries: chunk })).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn tail(&self, req: Request<TailRequest>) -> Result<Response<EntryStream>, Status> {
+        let q = query::parse(&req.into_inner().query).map_err(bad_query)?;
+        let mut sub = self.shared.tail.subscribe();
+        let metrics = self.shared.metrics.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            metrics.tails.inc();
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    got = sub.recv() => match got {
+                        Ok(c) => {
+                            let entries = query::matching(&q, &c.node, &c.labels, &c.batch);
+                            if !entries.is_empty() && tx.send(Ok(QueryResponse { entries })).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            // Say so rather than silently skipping lines.
+                            let _ = tx
+                                .send(Err(Status::resource_exhausted(format!(
+                                    "tail fell behind and skipped {n} batches; query the range instead"
+                                ))))
+                                .await;
+                            break;
+                        }
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            }
+            metrics.tails.dec();
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_agents(
+        &self,
+        _: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        Ok(Response::new(ListAgentsResponse {
+            agents: agents(&self.shared),
+        }))
+    }
+}
+
+/// Every agent that pushed, sorted by node.
+pub fn agents(shared: &Shared) -> Vec<AgentInfo> {
+    shared
+        .index
+        .read()
+        .map(|ix| {
+            ix.agents
+                .iter()
+                .map(|(node, a)| AgentInfo {
+                    node: node.clone(),
+                    first_push_unix_nano: a.first_push,
+                    last_push_unix_nano: a.last_push,
+                    lines: a.lines,
+                    bytes: a.bytes,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    #[test]
+    fn token_check() {
+        let m = Metrics::new(&mut Registry::default());
+        let open = Auth::new(None, m.clone());
+        assert!(open.allows(None));
+        let a = Auth::new(Some("s3cret\n".into()), m);
+        assert!(a.allows(Some(b"Bearer s3cret")));
+        assert!(!a.allows(Some(b"Bearer s3cre")));
+        assert!(!a.allows(Some(b"Bearer s3cret2")));
+        assert!(!a.allows(Some(b"s3cret")));
+        assert!(!a.allows(None));
+    }
+}

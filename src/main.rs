@@ -1,1 +1,469 @@
-fn main() {}
+//! `logfleet`: one binary for the node agent, the aggregator and the user
+//! commands. This file only parses arguments and calls the libraries.
+
+mod client;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "logfleet",
+    version,
+    about = "Kubernetes container log consolidation"
+)]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `logfleet_agent=debug`.
+    #[arg(long, env = "LOGFLEET_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node agent (one per node, as a DaemonSet).
+    Agent(AgentArgs),
+    /// Run the aggregator.
+    Aggregator(AggregatorArgs),
+    /// Query stored lines.
+    Query(QueryArgs),
+    /// Follow lines as they are stored.
+    Tail(TailArgs),
+    /// List the agents that reported.
+    Agents(AgentsArgs),
+    /// Run the whole pipeline on this machine: an aggregator and three
+    /// simulated nodes, each with a kubelet-style writer and an agent.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>().map(|b| b.as_u64())
+}
+
+/// Connection flags shared by every client of the aggregator.
+#[derive(clap::Args, Clone)]
+struct Conn {
+    /// Aggregator gRPC address.
+    #[arg(
+        long,
+        env = "LOGFLEET_AGGREGATOR",
+        default_value = "http://127.0.0.1:4317"
+    )]
+    aggregator: String,
+    /// File holding the bearer token the aggregator expects.
+    #[arg(long, env = "LOGFLEET_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the aggregator's TLS certificate.
+    #[arg(long, env = "LOGFLEET_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Node name for the `node` label (falls back to $NODE_NAME, then the host name).
+    #[arg(long, env = "LOGFLEET_NODE_NAME")]
+    node_name: Option<String>,
+    /// Root of the container logs.
+    #[arg(long, env = "LOGFLEET_LOG_ROOT", default_value = "/var/log/pods")]
+    log_root: PathBuf,
+    /// Directory for checkpoints (a hostPath, so they survive the pod).
+    #[arg(
+        long,
+        env = "LOGFLEET_STATE_DIR",
+        default_value = "/var/lib/logfleet-agent"
+    )]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    conn: Conn,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = "0.0.0.0:9102")]
+    http_addr: SocketAddr,
+    /// Batch compression.
+    #[arg(long, env = "LOGFLEET_COMPRESSION", value_enum, default_value = "gzip")]
+    compression: CompressionArg,
+    /// Compression level (zstd 1-22, gzip 0-9); default: 1 for zstd, 6 for gzip.
+    #[arg(long, env = "LOGFLEET_COMPRESSION_LEVEL")]
+    compression_level: Option<i32>,
+    /// Seal a batch at this much line text.
+    #[arg(long, env = "LOGFLEET_BATCH_SIZE", default_value = "1MiB", value_parser = parse_size)]
+    batch_size: u64,
+    /// Seal a batch when its oldest line waited this long.
+    #[arg(long, env = "LOGFLEET_BATCH_WAIT", default_value = "1s", value_parser = parse_duration)]
+    batch_wait: Duration,
+    /// Lines longer than this are cut into pieces marked as cut.
+    #[arg(long, env = "LOGFLEET_MAX_LINE", default_value = "256KiB", value_parser = parse_size)]
+    max_line: u64,
+    /// A partial (P) run with no final chunk for this long is emitted as unterminated.
+    #[arg(long, env = "LOGFLEET_PARTIAL_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    partial_timeout: Duration,
+    /// A rotated file unchanged this long is finished and closed.
+    #[arg(long, env = "LOGFLEET_ROTATE_WAIT", default_value = "30s", value_parser = parse_duration)]
+    rotate_wait: Duration,
+    /// Full rescan of the log root (backs up inotify).
+    #[arg(long, env = "LOGFLEET_RESCAN_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    rescan_interval: Duration,
+    /// Check open files this often when no notification arrives.
+    #[arg(long, env = "LOGFLEET_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Only namespaces matching this regex (whole value); repeatable.
+    #[arg(long, env = "LOGFLEET_INCLUDE_NAMESPACE", value_delimiter = ',')]
+    include_namespace: Vec<String>,
+    /// Skip namespaces matching this regex; repeatable.
+    #[arg(long, env = "LOGFLEET_EXCLUDE_NAMESPACE", value_delimiter = ',')]
+    exclude_namespace: Vec<String>,
+    /// Only pods matching this regex; repeatable.
+    #[arg(long, env = "LOGFLEET_INCLUDE_POD", value_delimiter = ',')]
+    include_pod: Vec<String>,
+    /// Skip pods matching this regex; repeatable.
+    #[arg(long, env = "LOGFLEET_EXCLUDE_POD", value_delimiter = ',')]
+    exclude_pod: Vec<String>,
+    /// Only containers matching this regex; repeatable.
+    #[arg(long, env = "LOGFLEET_INCLUDE_CONTAINER", value_delimiter = ',')]
+    include_container: Vec<String>,
+    /// Skip containers matching this regex; repeatable.
+    #[arg(long, env = "LOGFLEET_EXCLUDE_CONTAINER", value_delimiter = ',')]
+    exclude_container: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct AggregatorArgs {
+    /// Directory for the store.
+    #[arg(long, env = "LOGFLEET_DATA_DIR", default_value = "/var/lib/logfleet")]
+    data_dir: PathBuf,
+    /// gRPC address for ingest and queries.
+    #[arg(long, env = "LOGFLEET_GRPC_ADDR", default_value = "0.0.0.0:4317")]
+    grpc_addr: SocketAddr,
+    /// Address for /metrics, /healthz, /readyz and /api/v1/agents.
+    #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: SocketAddr,
+    /// File holding the bearer token agents and clients must send.
+    #[arg(long, env = "LOGFLEET_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// TLS certificate (PEM) for both ports; needs --tls-key.
+    #[arg(long, env = "LOGFLEET_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "LOGFLEET_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seal segments at this size.
+    #[arg(long, env = "LOGFLEET_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    segment_size: u64,
+    /// Seal segments at this age (the time partition).
+    #[arg(long, env = "LOGFLEET_SEGMENT_AGE", default_value = "1h", value_parser = parse_duration)]
+    segment_age: Duration,
+    /// Delete lines older than this ("0s": keep forever).
+    #[arg(long, env = "LOGFLEET_RETENTION_AGE", default_value = "7d", value_parser = parse_duration)]
+    retention_age: Duration,
+    /// Delete the oldest data while the store is larger ("0": no cap).
+    #[arg(long, env = "LOGFLEET_RETENTION_SIZE", default_value = "0", value_parser = parse_size)]
+    retention_size: u64,
+    /// Refuse pushes that inflate to more than this.
+    #[arg(long, env = "LOGFLEET_MAX_PAYLOAD", default_value = "64MiB", value_parser = parse_size)]
+    max_payload: u64,
+    /// Refuse gRPC messages (compressed pushes) larger than this.
+    #[arg(long, env = "LOGFLEET_MAX_MESSAGE", default_value = "32MiB", value_parser = parse_size)]
+    max_message: u64,
+    /// zstd level for payloads that arrive uncompressed or gzipped.
+    #[arg(long, env = "LOGFLEET_ZSTD_LEVEL", default_value = "3")]
+    zstd_level: i32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutputArg {
+    Jsonl,
+    Raw,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirectionArg {
+    Forward,
+    Backward,
+}
+
+#[derive(clap::Args)]
+struct QueryArgs {
+    /// `{selector} [line filters]`, e.g. `{namespace="default", pod=~"web-.*"} |= "error"`.
+    query: String,
+    #[command(flatten)]
+    conn: Conn,
+    /// Only lines newer than this (e.g. 1h, 30m).
+    #[arg(long, env = "LOGFLEET_SINCE", value_parser = parse_duration, conflicts_with = "from")]
+    since: Option<Duration>,
+    /// Only lines at or after this RFC 3339 time.
+    #[arg(long, env = "LOGFLEET_FROM")]
+    from: Option<String>,
+    /// Only lines before this RFC 3339 time.
+    #[arg(long, env = "LOGFLEET_TO")]
+    to: Option<String>,
+    /// Maximum lines (0: all).
+    #[arg(long, env = "LOGFLEET_LIMIT", default_value = "1000")]
+    limit: u64,
+    /// Oldest first (forward) or newest first (backward).
+    #[arg(
+        long,
+        env = "LOGFLEET_DIRECTION",
+        value_enum,
+        default_value = "backward"
+    )]
+    direction: DirectionArg,
+    /// Output format.
+    #[arg(long, env = "LOGFLEET_OUTPUT", value_enum, default_value = "raw")]
+    output: OutputArg,
+}
+
+#[derive(clap::Args)]
+struct TailArgs {
+    /// `{selector} [line filters]`.
+    query: String,
+    #[command(flatten)]
+    conn: Conn,
+    /// Output format.
+    #[arg(long, env = "LOGFLEET_OUTPUT", value_enum, default_value = "raw")]
+    output: OutputArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TableArg {
+    Table,
+    Jsonl,
+}
+
+#[derive(clap::Args)]
+struct AgentsArgs {
+    #[command(flatten)]
+    conn: Conn,
+    /// Output format.
+    #[arg(long, env = "LOGFLEET_OUTPUT", value_enum, default_value = "table")]
+    output: TableArg,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Where the demo keeps its files (default: a fresh temporary directory).
+    #[arg(long, env = "LOGFLEET_DEMO_DIR")]
+    dir: Option<PathBuf>,
+    /// gRPC address of the demo's aggregator.
+    #[arg(long, env = "LOGFLEET_GRPC_ADDR", default_value = "127.0.0.1:4317")]
+    grpc_addr: SocketAddr,
+    /// HTTP address of the demo's aggregator.
+    #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long, env = "LOGFLEET_DEMO_DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+}
+
+fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
+    path.as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|t| t.trim().to_owned())
+                .with_context(|| format!("reading token file {}", p.display()))
+        })
+        .transpose()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn regexes(v: &[String]) -> Result<Vec<regex::Regex>> {
+    v.iter()
+        .map(|p| {
+            logfleet_agent::discover::full_match(p).with_context(|| format!("bad pattern {p:?}"))
+        })
+        .collect()
+}
+
+fn agent_config(a: AgentArgs) -> Result<logfleet_agent::AgentConfig> {
+    use logfleet_proto::v1::Compression;
+    let node_name = a
+        .node_name
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .filter(|n| !n.is_empty())
+        .context("no node name: pass --node-name or set NODE_NAME")?;
+    let (compression, level) = match a.compression {
+        CompressionArg::Gzip => (Compression::Gzip, a.compression_level.unwrap_or(6)),
+        CompressionArg::Zstd => (Compression::Zstd, a.compression_level.unwrap_or(1)),
+        CompressionArg::None => (Compression::None, 0),
+    };
+    Ok(logfleet_agent::AgentConfig {
+        node_name,
+        log_root: a.log_root,
+        state_dir: a.state_dir,
+        target: logfleet_agent::ship::Target {
+            url: a.conn.aggregator,
+            token: read_token(&a.conn.token_file)?,
+            tls_ca: a.conn.tls_ca,
+        },
+        http_addr: Some(a.http_addr),
+        compression,
+        compression_level: level,
+        batch_bytes: a.batch_size as usize,
+        batch_wait: a.batch_wait,
+        rescan_interval: a.rescan_interval,
+        poll_interval: a.poll_interval,
+        tail: logfleet_agent::tail::TailConfig {
+            max_line: a.max_line as usize,
+            partial_timeout: a.partial_timeout,
+            rotate_wait: a.rotate_wait,
+            ..Default::default()
+        },
+        filter: logfleet_agent::discover::Filter {
+            include_namespace: regexes(&a.include_namespace)?,
+            exclude_namespace: regexes(&a.exclude_namespace)?,
+            include_pod: regexes(&a.include_pod)?,
+            exclude_pod: regexes(&a.exclude_pod)?,
+            include_container: regexes(&a.include_container)?,
+            exclude_container: regexes(&a.exclude_container)?,
+        },
+        backoff: logfleet_agent::ship::Backoff {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        },
+    })
+}
+
+fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::AggregatorConfig> {
+    Ok(logfleet_aggregator::AggregatorConfig {
+        store: logfleet_aggregator::ingest::StoreConfig {
+            data_dir: a.data_dir,
+            segment_bytes: a.segment_size,
+            segment_age: a.segment_age,
+            retention_age: (!a.retention_age.is_zero()).then_some(a.retention_age),
+            retention_bytes: (a.retention_size > 0).then_some(a.retention_size),
+            zstd_level: a.zstd_level,
+        },
+        grpc_addr: a.grpc_addr,
+        http_addr: a.http_addr,
+        token: read_token(&a.token_file)?,
+        tls: a.tls_cert.zip(a.tls_key),
+        limits: logfleet_proto::Limits {
+            max_raw_len: a.max_payload,
+        },
+        max_message: a.max_message as usize,
+    })
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("logfleet: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli.cmd)) {
+        eprintln!("logfleet: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Agent(a) => {
+            let cfg = agent_config(a)?;
+            logfleet_agent::run(cfg, shutdown_signal()).await?;
+        }
+        Cmd::Aggregator(a) => {
+            let cfg = aggregator_config(a)?;
+            logfleet_aggregator::run(cfg, shutdown_signal()).await?;
+        }
+        Cmd::Query(q) => {
+            let (from, to) = client::time_range(q.since, q.from.as_deref(), q.to.as_deref())?;
+            let req = logfleet_proto::v1::QueryRequest {
+                query: q.query,
+                from_unix_nano: from,
+                to_unix_nano: to,
+                limit: q.limit,
+                direction: match q.direction {
+                    DirectionArg::Forward => logfleet_proto::v1::Direction::Forward,
+                    DirectionArg::Backward => logfleet_proto::v1::Direction::Backward,
+                } as i32,
+            };
+            client::query(&q.conn.into(), req, matches!(q.output, OutputArg::Jsonl)).await?;
+        }
+        Cmd::Tail(t) => {
+            client::tail(
+                &t.conn.into(),
+                t.query,
+                matches!(t.output, OutputArg::Jsonl),
+            )
+            .await?;
+        }
+        Cmd::Agents(a) => {
+            client::agents(&a.conn.into(), matches!(a.output, TableArg::Jsonl)).await?;
+        }
+        Cmd::Demo(d) => {
+            demo::run(demo::DemoConfig {
+                dir: d.dir,
+                grpc_addr: d.grpc_addr,
+                http_addr: d.http_addr,
+                duration: d.duration,
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+impl From<Conn> for client::ConnArgs {
+    fn from(c: Conn) -> Self {
+        client::ConnArgs {
+            url: c.aggregator,
+            token_file: c.token_file,
+            tls_ca: c.tls_ca,
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! `logfleet demo`: the whole pipeline on one machine, no cluster. An
+//! aggregator with its store, and three simulated nodes, each a
+//! kubelet-style writer (rotation, gzip, restarts, pod churn) with its own
+//! agent.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use logfleet_kubesim::{messages::Messages, Format, Pod, Rotation};
+use rand::Rng;
+
+pub struct DemoConfig {
+    pub dir: Option<PathBuf>,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub duration: Option<Duration>,
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// One simulated node's kubelet and workloads, until `stop`.
+fn write_node(
+    root: PathBuf,
+    node: usize,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    let rotation = Rotation {
+        max_size: 256 << 10,
+        max_files: 5,
+        reopen_delay_records: 3,
+    };
+    let mut rng = rand::rng();
+    let mut msgs = Messages::new(node as u64);
+    let specs: [(&str, &str, &[(&str, Format)]); 3] = [
+        (
+            "default",
+            "web",
+            &[("nginx", Format::Cri), ("app", Format::Cri)],
+        ),
+        ("shop", "checkout", &[("server", Format::Cri)]),
+        ("kube-system", "legacy-proxy", &[("proxy", Format::Docker)]),
+    ];
+    let mut generation = 0u32;
+    let make = |spec: usize, generation: u32| {
+        let (ns, base, cs) = specs[spec];
+        let pod = format!("{base}-{node}{generation:03}");
+        Pod::create(
+            &root,
+            ns,
+            &pod,
+            &format!("uid-{node}-{spec}-{generation}"),
+            cs,
+            rotation,
+        )
+    };
+    let mut pods: Vec<(usize, Pod)> = Vec::new();
+    for s in 0..specs.len() {
+        pods.push((s, make(s, 0)?));
+    }
+    let mut last_restart = Instant::now();
+    let mut last_churn = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        for (_, pod) in pods.iter_mut() {
+            for c in pod.containers.iter_mut() {
+                for _ in 0..rng.random_range(1..8) {
+                    let stream = if rng.random_ratio(1, 10) {
+                        "stderr"
+                    } else {
+                        "stdout"
+                    };
+                    let mut msg = msgs.next_message();
+                    if rng.random_ratio(1, 500) {
+                        // Now and then a line longer than a CRI chunk.
+                        msg = msg.repeat(200);
+                    }
+                    c.write(now_ns(), stream, &msg, true)?;
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if last_restart.elapsed() > Duration::from_secs(20) {
+            last_restart = Instant::now();
+            let i = rng.random_range(0..pods.len());
+            let c = &mut pods[i].1.containers[0];
+            println!("  node-{node}: container {}/{} restarted", c.pod, c.name);
+            c.restart()?;
+        }
+        if last_churn.elapsed() > Duration::from_secs(45) {
+            last_churn = Instant::now();
+            generation += 1;
+            let (spec, old) = pods.remove(0);
+            let name = old.containers[0].pod.clone();
+            old.delete()?;
+            let new = make(spec, generation)?;
+            println!(
+                "  node-{node}: pod {name} deleted, {} created",
+                new.containers[0].pod
+            );
+            pods.push((spec, new));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+pub async fn run(cfg: DemoConfig) -> Result<()> {
+    let (dir, _guard) = match cfg.dir {
+        Some(d) => (d, None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("logfleet-demo-")
+                .tempdir()
+                .context("creating demo directory")?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let agg_cfg = logfleet_aggregator::AggregatorConfig {
+        store: logfleet_aggregator::ingest::StoreConfig {
+            data_dir: dir.join("aggregator"),
+            segment_bytes: 16 << 20,
+            segment_age: Duration::from_secs(600),
+            retention_age: None,
+            retention_bytes: Some(1 << 30),
+            zstd_level: 3,
+        },
+        grpc_addr: cfg.grpc_addr,
+        http_addr: cfg.http_addr,
+        token: None,
+        tls: None,
+        limits: logfleet_proto::Limits::default(),
+        max_message: 32 << 20,
+    };
+    let aggregator = tokio::spawn(logfleet_aggregator::run(agg_cfg, stopped(stop_rx.clone())));
+    let url = format!("http://{}", cfg.grpc_addr);
+    println!(
+        "logfleet demo: aggregator on {url} (metrics on http://{}/metrics)",
+        cfg.http_addr
+    );
+    println!("  files under {}", dir.display());
+
+    let stop_writers = Arc::new(AtomicBool::new(false));
+    let mut agents = Vec::new();
+    let mut writers = Vec::new();
+    let mut counters = Vec::new();
+    for node in 1..=3 {
+        let root = dir.join(format!("node-{node}/pods"));
+        std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let written = Arc::new(AtomicU64::new(0));
+        counters.push(written.clone());
+        let (s, r) = (stop_writers.clone(), root.clone());
+        writers.push(std::thread::spawn(move || {
+            if let Err(e) = write_node(r, node, s, written) {
+                eprintln!("  node-{node}: writer failed: {e}");
+            }
+        }));
+        let agent_cfg = logfleet_agent::AgentConfig {
+            node_name: format!("node-{node}"),
+            log_root: root,
+            state_dir: dir.join(format!("node-{node}/state")),
+            target: logfleet_agent::ship::Target {
+                url: url.clone(),
+                token: None,
+                tls_ca: None,
+            },
+            http_addr: None,
+            compression: logfleet_proto::v1::Compression::Zstd,
+            compression_level: 1,
+            batch_bytes: 1 << 20,
+            batch_wait: Duration::from_millis(500),
+            rescan_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(500),
+            tail: logfleet_agent::tail::TailConfig {
+                rotate_wait: Duration::from_secs(5),
+                ..Default::default()
+            },
+            filter: Default::default(),
+            backoff: logfleet_agent::ship::Backoff {
+                min: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+            },
+        };
+        agents.push(tokio::spawn(logfleet_agent::run(
+            agent_cfg,
+            stopped(stop_rx.clone()),
+        )));
+        println!("  node-{node}: kubelet-style writer and agent started");
+    }
+    println!();
+    println!("Try, in another terminal:");
+    println!("  logfleet agents --aggregator {url}");
+    println!(
+        "  logfleet query --aggregator {url} '{{namespace=\"shop\"}} |= \"ERROR\"' --limit 20"
+    );
+    println!("  logfleet query --aggregator {url} '{{node=\"node-2\", stream=\"stderr\"}}' --since 5m --output jsonl");
+    println!("  logfleet tail --aggregator {url} '{{pod=~\"web-.*\"}} |~ \"status=5..|\\\\\" 5[0-9][0-9] \"'");
+    println!();
+    println!("Ctrl-C stops the demo.");
+
+    let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    ticker.tick().await;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = until => break,
+            _ = ticker.tick() => {
+                let written: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+                println!("  lines written per node: {written:?} (see `logfleet agents` for what is stored)");
+            }
+        }
+    }
+    println!("stopping...");
+    stop_writers.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+    let _ = stop_tx.send(true);
+    for a in agents {
+        a.await.context("agent task")??;
+    }
+    aggregator.await.context("aggregator task")??;
+    println!("demo stopped");
+    Ok(())
+}

@@ -62,6 +62,18 @@ impl Source {
 
 type Inode = (u64, u64);
 
+/// A finished file's identity and how it looked when it finished.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    id: u64,
+    size: u64,
+    mtime_ns: i64,
+}
+
+fn stamp(md: &std::fs::Metadata) -> (u64, i64) {
+    (md.len(), md.mtime() * 1_000_000_000 + md.mtime_nsec())
+}
+
 /// One open file.
 struct Tracked {
     id: Option<u64>,
@@ -75,6 +87,16 @@ struct Tracked {
     range_start: u64,
     last_growth: Instant,
     deleted: bool,
+}
+
+impl Tracked {
+    /// The metadata of the file itself (of the compressed file for gzip).
+    fn metadata(&self) -> Option<std::fs::Metadata> {
+        match &self.source {
+            Source::Plain(f) => f.metadata().ok(),
+            Source::Gz(g) => g.get_ref().metadata().ok(),
+        }
+    }
 }
 
 /// A file read to its end, remembered until it disappears from disk.
@@ -109,8 +131,10 @@ pub struct Tailer {
     cfg: TailConfig,
     files: Vec<Tracked>,
     by_inode: HashMap<Inode, usize>,
-    /// Inodes of finished files and of gzip copies of files we read.
-    known: HashMap<Inode, u64>,
+    /// Inodes of finished files and of gzip copies of files we read, with
+    /// the size and mtime they had: an inode freed by a deleted pod is soon
+    /// reused by a new file, which must not pass for the old one.
+    known: HashMap<Inode, Known>,
     done: HashMap<u64, Done>,
     generation: u64,
     checkpoints: Arc<Mutex<Checkpoints>>,
@@ -181,14 +205,18 @@ impl Tailer {
                 t.kind = f.kind;
                 continue;
             }
-            if let Some(id) = self.known.get(&ino) {
-                if let Some(d) = self.done.get_mut(id) {
-                    d.seen = gen;
-                    d.path = f.path;
+            if let Some(k) = self.known.get(&ino).copied() {
+                if (k.size, k.mtime_ns) == stamp(&md) {
+                    if let Some(d) = self.done.get_mut(&k.id) {
+                        d.seen = gen;
+                        d.path = f.path;
+                    }
+                    continue;
                 }
-                continue;
+                // Same inode, other content: a new file on a reused inode.
+                self.known.remove(&ino);
             }
-            self.open(f, ino, gen);
+            self.open(f, &md, gen);
         }
         // Finished files gone from disk: their checkpoints can go too, once
         // everything read from them is acknowledged.
@@ -199,7 +227,7 @@ impl Tailer {
             .map(|(id, _)| *id)
             .collect();
         if !gone.is_empty() {
-            self.known.retain(|_, id| !gone.contains(id));
+            self.known.retain(|_, k| !gone.contains(&k.id));
             if let Ok(mut cp) = self.checkpoints.lock() {
                 for id in &gone {
                     self.done.remove(id);
@@ -225,7 +253,8 @@ impl Tailer {
         }
     }
 
-    fn open(&mut self, f: Found, ino: Inode, gen: u64) {
+    fn open(&mut self, f: Found, md: &std::fs::Metadata, gen: u64) {
+        let ino = inode(md);
         let gz = f.kind == FileKind::Gzipped;
         let Ok(head) = read_head(&f.path, gz) else {
             return;
@@ -235,7 +264,8 @@ impl Tailer {
         if let Some(id) = id {
             if self.is_tracked(id) || self.done.contains_key(&id) {
                 // The gzip copy of a file we have open or finished.
-                self.known.insert(ino, id);
+                let (size, mtime_ns) = stamp(md);
+                self.known.insert(ino, Known { id, size, mtime_ns });
                 if let Some(d) = self.done.get_mut(&id) {
                     d.seen = gen;
                     d.path = f.path;
@@ -321,7 +351,10 @@ impl Tailer {
                 self.by_inode.insert(moved, i);
             }
             if let Some(id) = t.id {
-                self.known.insert(t.inode, id);
+                if let Some(md) = t.metadata() {
+                    let (size, mtime_ns) = stamp(&md);
+                    self.known.insert(t.inode, Known { id, size, mtime_ns });
+                }
                 self.done.insert(
                     id,
                     Done {

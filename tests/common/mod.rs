@@ -1,0 +1,206 @@
+//! Helpers for end-to-end tests that drive the real `logfleet` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_logfleet")
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A child process whose output goes to a log file, killed with SIGKILL on drop.
+pub struct Proc {
+    pub name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn start(name: &str, args: &[String], logs: &Path) -> Proc {
+        let mut p = Proc {
+            name: name.to_owned(),
+            args: args.to_vec(),
+            log: logs.join(format!("{name}.log")),
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    /// Starts the process again with the same arguments.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(bin())
+            .args(&self.args)
+            .env("LOGFLEET_LOG", "info")
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn logfleet");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as an OOM kill or a node crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the CLI to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run logfleet")
+}
+
+/// All lines matching `query`, oldest first, as JSON objects.
+pub fn query_all(url: &str, query: &str, extra: &[&str]) -> Option<Vec<serde_json::Value>> {
+    let mut args = vec![
+        "query",
+        "--aggregator",
+        url,
+        query,
+        "--limit",
+        "0",
+        "--direction",
+        "forward",
+        "--output",
+        "jsonl",
+    ];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("jsonl output"))
+            .collect(),
+    )
+}
+
+/// An aggregator on free ports with its data under `dir`.
+pub fn aggregator(dir: &Path, extra: &[&str]) -> (Proc, String) {
+    let grpc = free_port();
+    let http = free_port();
+    let mut args: Vec<String> = [
+        "aggregator",
+        "--data-dir",
+        &dir.join("data").display().to_string(),
+        "--grpc-addr",
+        &format!("127.0.0.1:{grpc}"),
+        "--http-addr",
+        &format!("127.0.0.1:{http}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let p = Proc::start("aggregator", &args, dir);
+    let url = format!("http://127.0.0.1:{grpc}");
+    wait_for("aggregator to answer", Duration::from_secs(30), || {
+        cli(&["agents", "--aggregator", &url])
+            .status
+            .success()
+            .then_some(())
+    });
+    (p, url)
+}
+
+/// An agent for `node` tailing `root`, tuned for fast tests.
+pub fn agent(dir: &Path, node: &str, root: &Path, url: &str, extra: &[&str]) -> Proc {
+    let mut args: Vec<String> = [
+        "agent",
+        "--node-name",
+        node,
+        "--log-root",
+        &root.display().to_string(),
+        "--state-dir",
+        &dir.join(format!("state-{node}")).display().to_string(),
+        "--aggregator",
+        url,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--batch-wait",
+        "200ms",
+        "--batch-size",
+        "64KiB",
+        "--partial-timeout",
+        "1s",
+        "--rotate-wait",
+        "2s",
+        "--poll-interval",
+        "200ms",
+        "--rescan-interval",
+        "1s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Proc::start(&format!("agent-{node}"), &args, dir)
+}
+
+/// Counts occurrences of each key.
+pub fn multiset<K: Ord>(items: impl IntoIterator<Item = K>) -> BTreeMap<K, usize> {
+    let mut m = BTreeMap::new();
+    for k in items {
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}

@@ -44,6 +44,7 @@ fn status(url: &str, s: tonic::Status) -> anyhow::Error {
         tonic::Code::Unauthenticated => {
             anyhow::anyhow!("aggregator at {url} refused the token: {}", s.message())
         }
+        tonic::Code::InvalidArgument => anyhow::anyhow!("{}", s.message()),
         code => anyhow::anyhow!("{}: {}", code.description(), s.message()),
     }
 }

@@ -24,6 +24,13 @@ fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
 }
 
+/// Namespace, pod name prefix and containers of a simulated workload.
+type PodSpec = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, Format)],
+);
+
 /// One simulated node's kubelet and workloads, until `stop`.
 fn write_node(
     root: PathBuf,
@@ -38,7 +45,7 @@ fn write_node(
     };
     let mut rng = rand::rng();
     let mut msgs = Messages::new(node as u64);
-    let specs: [(&str, &str, &[(&str, Format)]); 3] = [
+    let specs: [PodSpec; 3] = [
         (
             "default",
             "web",

@@ -238,10 +238,7 @@ impl Assembler {
                 )
             })
         } else {
-            match parse_record(rec.bytes) {
-                Some(p) => Some((p, false)),
-                None => None,
-            }
+            parse_record(rec.bytes).map(|p| (p, false))
         };
         let (p, unparsed) = match parsed {
             Some(x) => x,

@@ -310,6 +310,8 @@ impl Tailer {
             let skipped = std::io::copy(&mut (&mut dec).take(offset), &mut std::io::sink())?;
             if skipped < offset {
                 tracing::warn!(path = %path.display(), offset, skipped, "gzip file shorter than checkpoint");
+            } else if offset > 0 {
+                tracing::info!(path = %path.display(), offset, "resuming inside a gzipped rotated file");
             }
             Ok(Source::Gz(Box::new(dec)))
         } else {

@@ -166,10 +166,11 @@ impl Writer {
         };
         // The queue is bounded: a full queue blocks this handler (on a
         // blocking thread), which is backpressure towards the agents.
-        tokio::task::spawn_blocking(move || tx.send(w))
+        tokio::task::spawn_blocking(move || tx.send(w).is_ok())
             .await
             .map_err(|_| PushError::Closed)?
-            .map_err(|_| PushError::Closed)?;
+            .then_some(())
+            .ok_or(PushError::Closed)?;
         Ok(rx.await.map_err(|_| PushError::Closed)??)
     }
 }

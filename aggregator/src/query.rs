@@ -181,10 +181,25 @@ impl<'a> Parser<'a> {
     }
 
     fn regex(&self, pat: &str) -> Result<Regex, QueryError> {
-        Regex::new(&format!("^(?:{pat})$")).map_err(|e| QueryError::Parse {
+        Regex::new(&format!("^(?:{pat})$")).map_err(|e| self.bad_regex(pat, &e))
+    }
+
+    fn bad_regex(&self, pat: &str, e: &dyn std::fmt::Display) -> QueryError {
+        // The regex crate draws a multi-line caret diagram; its last line
+        // says what is wrong, which is what fits an error line.
+        let text = e.to_string();
+        let why = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        QueryError::Parse {
             pos: self.pos,
-            msg: format!("invalid regex {pat:?}: {e}"),
-        })
+            msg: format!(
+                "invalid regex {pat:?}: {}",
+                why.trim().trim_start_matches("error: ")
+            ),
+        }
     }
 }
 
@@ -262,10 +277,7 @@ pub fn parse(s: &str) -> Result<Query, QueryError> {
 
 fn byte_regex(p: &mut Parser<'_>) -> Result<regex::bytes::Regex, QueryError> {
     let pat = p.string()?;
-    regex::bytes::Regex::new(&pat).map_err(|e| QueryError::Parse {
-        pos: p.pos,
-        msg: format!("invalid regex {pat:?}: {e}"),
-    })
+    regex::bytes::Regex::new(&pat).map_err(|e| p.bad_regex(&pat, &e))
 }
 
 fn stream_name(s: i32) -> &'static str {
@@ -433,7 +445,7 @@ pub fn execute(shared: &Shared, q: &Query, b: Bounds) -> Result<Vec<Entry>, Quer
     shared.metrics.queries.inc();
     Ok(if backward {
         let mut v: Vec<_> = bwd.into_iter().map(|Reverse(x)| x).collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| Reverse(e.0));
         v.into_iter().map(|(_, e)| e.0).collect()
     } else {
         fwd.into_sorted_vec()

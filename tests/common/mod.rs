@@ -37,6 +37,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// A child process whose output goes to a log file, killed with SIGKILL on drop.
 pub struct Proc {
     pub name: String,
+    /// The HTTP address, for an aggregator.
+    pub http: String,
     args: Vec<String>,
     log: PathBuf,
     child: Option<Child>,
@@ -46,6 +48,7 @@ impl Proc {
     pub fn start(name: &str, args: &[String], logs: &Path) -> Proc {
         let mut p = Proc {
             name: name.to_owned(),
+            http: String::new(),
             args: args.to_vec(),
             log: logs.join(format!("{name}.log")),
             child: None,
@@ -151,13 +154,13 @@ pub fn aggregator(dir: &Path, extra: &[&str]) -> (Proc, String) {
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let p = Proc::start("aggregator", &args, dir);
+    let mut p = Proc::start("aggregator", &args, dir);
+    p.http = format!("127.0.0.1:{http}");
     let url = format!("http://127.0.0.1:{grpc}");
-    wait_for("aggregator to answer", Duration::from_secs(30), || {
-        cli(&["agents", "--aggregator", &url])
-            .status
-            .success()
-            .then_some(())
+    wait_for("aggregator to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", grpc))
+            .ok()
+            .map(|_| ())
     });
     (p, url)
 }

@@ -1,0 +1,357 @@
+//! Bad input gets a clear error, never a crash or silent loss of the good
+//! data around it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use logfleet_proto::v1::{
+    ingest_client::IngestClient, Compression, FileLabels, FileRange, LineBatch, LogLine,
+    PushRequest,
+};
+use prost::Message;
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn malformed_binary_endless_and_empty_files_keep_the_good_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pods");
+    let c = root.join("ns_bad_uid/c");
+    let e = root.join("ns_empty_uid2/c");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::create_dir_all(&e).unwrap();
+    std::fs::write(e.join("0.log"), b"").unwrap();
+    let mut data = Vec::new();
+    data.extend_from_slice(b"2026-11-27T10:00:00.000000001Z stdout F good 1\n");
+    data.extend_from_slice(b"this is not a CRI line\n");
+    data.extend_from_slice(b"\x00\x01\x02\xff\xfe binary\n");
+    data.extend_from_slice(b"2026-11-27T10:00:00.000000002Z stdout F bad utf8 \xc3\x28 kept\n");
+    data.extend_from_slice(b"2026-11-27T10:00:00.000000003Z stdout X wrong tag\n");
+    data.extend_from_slice(b"2026-11-27T10:00:00.000000004Z stdout F good 2\n");
+    data.extend(std::iter::repeat_n(b'x', 50 << 20));
+    data.extend_from_slice(b"\n2026-11-27T10:00:00.000000005Z stderr F good 3\n");
+    std::fs::write(c.join("0.log"), &data).unwrap();
+
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    let _agent = agent(dir.path(), "n1", &root, &url, &["--compression", "zstd"]);
+    let good = wait_for("good lines", Duration::from_secs(60), || {
+        let v = query_all(&url, r#"{pod="bad"} |= "good""#, &[])?;
+        (v.len() == 3).then_some(v)
+    });
+    assert_eq!(good[2]["stream"], "stderr");
+    assert_eq!(good[2]["ts"], "2026-11-27T10:00:00.000000005Z");
+    let odd = query_all(&url, r#"{pod="bad"} != "good" != "xxxxxxxxxx""#, &[]).unwrap();
+    let texts: Vec<&str> = odd.iter().map(|v| v["line"].as_str().unwrap()).collect();
+    assert_eq!(odd.len(), 4, "{texts:?}");
+    assert!(
+        odd.iter().filter(|v| v["unparsed"] == true).count() == 3,
+        "{odd:?}"
+    );
+    let utf8 = odd
+        .iter()
+        .find(|v| v.get("line_base64").is_some())
+        .expect("invalid UTF-8 kept");
+    assert!(utf8["line_base64"].as_str().unwrap().len() > 10);
+    // The endless line arrives whole, in pieces that say so.
+    let pieces = wait_for("all pieces", Duration::from_secs(60), || {
+        let v = query_all(&url, r#"{pod="bad"} |= "xxxxxxxxxx""#, &[])?;
+        let total: usize = v.iter().map(|p| p["line"].as_str().unwrap().len()).sum();
+        (total == 50 << 20).then_some(v)
+    });
+    assert!(pieces.len() >= 50 << 20 >> 18, "cut at the 256 KiB default");
+    assert!(pieces[..pieces.len() - 1].iter().all(|p| p["cut"] == true));
+    assert!(pieces.last().unwrap().get("cut").is_none());
+    assert_eq!(query_all(&url, r#"{pod="empty"}"#, &[]).unwrap().len(), 0);
+}
+
+fn push_req(ranges: Vec<FileRange>, lines: Vec<LogLine>, c: Compression) -> PushRequest {
+    let (payload, raw_len) = logfleet_proto::encode_payload(&LineBatch { lines }, c, 1).unwrap();
+    PushRequest {
+        node: "attacker".into(),
+        compression: c as i32,
+        raw_len,
+        ranges,
+        payload,
+    }
+}
+
+fn range(id: u64, start: u64, end: u64) -> FileRange {
+    FileRange {
+        file_id: id,
+        labels: Some(FileLabels {
+            namespace: "ns".into(),
+            pod: "../../etc/passwd".into(),
+            ..Default::default()
+        }),
+        start,
+        end,
+    }
+}
+
+fn line(offset: u64, text: &str) -> LogLine {
+    LogLine {
+        offset,
+        ts_unix_nano: 1,
+        line: text.as_bytes().to_vec().into(),
+        stream: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bombs_oversize_and_wrong_tokens_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let tok = token.display().to_string();
+    let (agg, url) = tokio::task::block_in_place(|| {
+        aggregator(
+            dir.path(),
+            &[
+                "--token-file",
+                &tok,
+                "--max-message",
+                "1MiB",
+                "--max-payload",
+                "4MiB",
+            ],
+        )
+    });
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let auth = |mut r: tonic::Request<()>| {
+        r.metadata_mut()
+            .insert("authorization", "Bearer s3cret".parse().unwrap());
+        Ok(r)
+    };
+    let mut client =
+        IngestClient::with_interceptor(channel.clone(), auth).max_encoding_message_size(64 << 20);
+
+    let ok = client
+        .push(push_req(
+            vec![range(1, 0, 10)],
+            vec![line(0, "fine")],
+            Compression::Zstd,
+        ))
+        .await
+        .expect("valid push");
+    assert_eq!(ok.into_inner().stored_lines, 1);
+
+    let mut bad: Vec<(&str, PushRequest)> = Vec::new();
+    let mut garbage = push_req(vec![range(2, 0, 10)], vec![], Compression::Zstd);
+    garbage.payload = vec![0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4, 5].into();
+    garbage.raw_len = 100;
+    bad.push(("garbage", garbage));
+    let zeros = vec![0u8; 256 << 20];
+    let mut bomb = push_req(vec![range(3, 0, 10)], vec![], Compression::Zstd);
+    bomb.payload = zstd::bulk::compress(&zeros, 3).unwrap().into();
+    bomb.raw_len = 1000;
+    bad.push(("bomb", bomb));
+    let mut big_claim = push_req(vec![range(4, 0, 10)], vec![], Compression::Zstd);
+    big_claim.raw_len = 1 << 40;
+    bad.push(("claims 1 TiB", big_claim));
+    bad.push((
+        "line outside its range",
+        push_req(
+            vec![range(5, 100, 200)],
+            vec![line(50, "x")],
+            Compression::Gzip,
+        ),
+    ));
+    bad.push(("no labels", {
+        let mut r = push_req(vec![range(6, 0, 10)], vec![line(0, "x")], Compression::None);
+        r.ranges[0].labels = None;
+        r
+    }));
+    let mut unknown = push_req(vec![range(7, 0, 10)], vec![], Compression::None);
+    unknown.compression = 42;
+    bad.push(("unknown compression", unknown));
+    for (what, req) in bad {
+        let err = client.push(req).await.expect_err(what);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert!(!err.message().is_empty());
+    }
+    // Over the message limit: refused before it is even decoded.
+    let mut huge = push_req(vec![range(8, 0, 10)], vec![], Compression::None);
+    huge.payload = vec![7u8; 2 << 20].into();
+    let err = client.push(huge).await.expect_err("oversized message");
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "{err:?}"
+    );
+    // Raw bytes that are not protobuf at all.
+    let mut raw = IngestClient::with_interceptor(channel.clone(), auth);
+    let not_proto = PushRequest {
+        payload: b"\xff\xff\xff".to_vec().into(),
+        ..Default::default()
+    };
+    assert!(raw.push(not_proto).await.is_err());
+
+    // Wrong and missing tokens.
+    let wrong = |mut r: tonic::Request<()>| {
+        r.metadata_mut()
+            .insert("authorization", "Bearer nope".parse().unwrap());
+        Ok(r)
+    };
+    let mut intruder = IngestClient::with_interceptor(channel.clone(), wrong);
+    let err = intruder
+        .push(push_req(
+            vec![range(9, 0, 10)],
+            vec![line(0, "intruder")],
+            Compression::None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut anonymous = IngestClient::new(channel.clone());
+    let err = anonymous
+        .push(push_req(
+            vec![range(9, 0, 10)],
+            vec![line(0, "anonymous")],
+            Compression::None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+    // The server still serves, stored exactly the one good line, and counted
+    // what it refused.
+    let (out, metrics) = tokio::task::block_in_place(|| {
+        let out = cli(&[
+            "query",
+            "--aggregator",
+            &url,
+            "--token-file",
+            &tok,
+            "{}",
+            "--output",
+            "jsonl",
+            "--limit",
+            "0",
+        ]);
+        (out, http_get(&agg.http, "/metrics"))
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("\"pod\":\"../../etc/passwd\""),
+        "labels are data: {stdout}"
+    );
+    assert!(!dir.path().join("etc").exists());
+    assert_eq!(
+        metric(
+            &metrics,
+            "logfleet_aggregator_unauthenticated_requests_total"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "logfleet_aggregator_rejected_pushes_total") >= 1.0,
+        "{metrics}"
+    );
+    let _ = LineBatch::decode(&b""[..]);
+}
+
+#[test]
+fn cli_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret").unwrap();
+    let (_agg, url) = aggregator(dir.path(), &["--token-file", &token.display().to_string()]);
+    let tok = token.display().to_string();
+    for (args, want) in [
+        (
+            vec![
+                "query",
+                "--aggregator",
+                url.as_str(),
+                "--token-file",
+                &tok,
+                r#"{foo="x"}"#,
+            ],
+            "unknown label \"foo\"",
+        ),
+        (
+            vec![
+                "query",
+                "--aggregator",
+                url.as_str(),
+                "--token-file",
+                &tok,
+                r#"{pod=~"("}"#,
+            ],
+            "invalid regex",
+        ),
+        (
+            vec![
+                "query",
+                "--aggregator",
+                url.as_str(),
+                "--token-file",
+                &tok,
+                "pod",
+            ],
+            "starts with a selector",
+        ),
+        (
+            vec!["query", "--aggregator", url.as_str(), "{}"],
+            "refused the token",
+        ),
+        (
+            vec!["agents", "--aggregator", "http://127.0.0.1:1"],
+            "unreachable",
+        ),
+        (
+            vec![
+                "query",
+                "--aggregator",
+                url.as_str(),
+                "--token-file",
+                &tok,
+                "{}",
+                "--from",
+                "yesterday",
+            ],
+            "bad time",
+        ),
+    ] {
+        let out = cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -90,6 +90,25 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// The first bytes of the open file (plain files only; a gzipped file
+    /// is identified when opened).
+    fn head(&self) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let Source::Plain(f) = &self.source else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; FINGERPRINT_MAX];
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read_at(&mut buf[n..], n as u64)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+
     /// The metadata of the file itself (of the compressed file for gzip).
     fn metadata(&self) -> Option<std::fs::Metadata> {
         match &self.source {
@@ -390,24 +409,13 @@ impl Tailer {
                 return Ok((true, false));
             }
         }
-        let t = &mut self.files[i];
-        t.deleted = deleted;
-        // Not yet identifiable: look again once it has a newline.
-        if t.id.is_none() {
-            let rotated_idle = t.kind != FileKind::Live
-                && now.saturating_duration_since(t.last_growth) >= cfg.rotate_wait;
-            let head = read_head(&t.path, false).unwrap_or_default();
-            match fingerprint::prefix(&head, deleted || rotated_idle) {
-                Some(p) => t.id = Some(fingerprint::file_id(&t.labels, p)),
-                None if deleted || rotated_idle => return Ok((false, true)),
-                None => {
-                    if !head.is_empty() {
-                        t.last_growth = now;
-                    }
-                    return Ok((false, false));
-                }
+        self.files[i].deleted = deleted;
+        if self.files[i].id.is_none() {
+            if let Some(r) = self.identify(i, now, deleted, &cfg) {
+                return Ok(r);
             }
         }
+        let t = &mut self.files[i];
         let mut read_total = 0usize;
         let mut eof = false;
         while read_total < cfg.read_budget {
@@ -477,6 +485,43 @@ impl Tailer {
         }
         self.scratch.clear();
         Ok((grew, finished))
+    }
+
+    /// Gives an unidentified file its identity once its first line is
+    /// complete. Returns what `poll_file` should return when the file cannot
+    /// be read now: not yet identifiable, or an alias of a file already read.
+    fn identify(
+        &mut self,
+        i: usize,
+        now: Instant,
+        deleted: bool,
+        cfg: &TailConfig,
+    ) -> Option<(bool, bool)> {
+        let t = &self.files[i];
+        let rotated_idle = t.kind != FileKind::Live
+            && now.saturating_duration_since(t.last_growth) >= cfg.rotate_wait;
+        // Through the open descriptor: after a rename the path may already
+        // name another file.
+        let head = t.head().unwrap_or_default();
+        match fingerprint::prefix(&head, deleted || rotated_idle) {
+            Some(p) => {
+                let id = fingerprint::file_id(&t.labels, p);
+                if self.done.contains_key(&id) || self.files.iter().any(|f| f.id == Some(id)) {
+                    // Its content is already read under this identity (for
+                    // example kubelet's gzip copy was opened first).
+                    return Some((false, true));
+                }
+                self.files[i].id = Some(id);
+                None
+            }
+            None if deleted || rotated_idle => Some((false, true)),
+            None => {
+                if !head.is_empty() {
+                    self.files[i].last_growth = now;
+                }
+                Some((false, false))
+            }
+        }
     }
 
     /// The file shrank: finish what we had under its old identity and start

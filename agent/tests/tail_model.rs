@@ -1,0 +1,325 @@
+//! Model-based test of the tailer: random sequences of writes, kubelet
+//! rotations, gzips, truncations, agent crashes (restart from the last
+//! saved checkpoint), lost acknowledgements and pod deletion are applied to
+//! real files; the batches the tailer produces are fed to a model of the
+//! aggregator's de-duplication. Whatever the sequence, every written line
+//! must come out exactly once after de-duplication.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use logfleet_agent::batch::BatchBuilder;
+use logfleet_agent::checkpoint::Checkpoints;
+use logfleet_agent::discover::{self, Filter};
+use logfleet_agent::tail::{TailConfig, Tailer};
+use logfleet_proto::v1::Compression;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Action {
+    /// Write this many lines; the bool asks for one line in P/F chunks.
+    Write(usize, bool),
+    /// Kubelet rotation: rename the live file, start a new one.
+    Rotate,
+    /// Gzip the oldest uncompressed rotated file (through .tmp).
+    Gzip,
+    /// Let the tailer read; `ack` false loses the acknowledgement.
+    Poll { ack: bool, save: bool },
+    /// Kill the agent: in-flight batches and unsaved checkpoints are lost.
+    Crash,
+    /// Once everything was read, truncate the live file and write anew.
+    Truncate,
+    /// Container restart: the next number's file.
+    Restart,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        4 => (1usize..30, any::<bool>()).prop_map(|(n, p)| Action::Write(n, p)),
+        2 => Just(Action::Rotate),
+        1 => Just(Action::Gzip),
+        4 => (any::<bool>(), any::<bool>()).prop_map(|(ack, save)| Action::Poll { ack, save }),
+        1 => Just(Action::Crash),
+        1 => Just(Action::Truncate),
+        1 => Just(Action::Restart),
+    ]
+}
+
+struct World {
+    dir: PathBuf,
+    restart: u32,
+    rotations: u32,
+    next: u64,
+    written: Vec<String>,
+}
+
+impl World {
+    fn live(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.restart))
+    }
+
+    fn append(&self, data: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.live())
+            .unwrap();
+        f.write_all(data).unwrap();
+    }
+
+    fn write(&mut self, n: usize, partial: bool) {
+        let mut buf = Vec::new();
+        for i in 0..n {
+            self.next += 1;
+            let text = format!("line-{}", self.next);
+            let ts = format!("2026-11-27T10:00:00.{:09}Z", self.next);
+            if partial && i == 0 {
+                let (a, b) = text.split_at(3);
+                buf.extend_from_slice(format!("{ts} stdout P {a}\n{ts} stdout F {b}\n").as_bytes());
+            } else {
+                buf.extend_from_slice(format!("{ts} stdout F {text}\n").as_bytes());
+            }
+            self.written.push(text);
+        }
+        self.append(&buf);
+    }
+
+    fn rotated(&self, gz: bool) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_str().unwrap();
+                n.contains(".log.") && n.ends_with(".gz") == gz && !n.ends_with(".tmp")
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// The aggregator's de-duplication, as a model.
+#[derive(Default)]
+struct Store {
+    hwm: HashMap<u64, u64>,
+    lines: Vec<String>,
+}
+
+impl Store {
+    fn push(&mut self, req: &logfleet_proto::v1::PushRequest) {
+        let batch = logfleet_proto::decode_payload(req, Default::default()).unwrap();
+        for l in &batch.lines {
+            let r = &req.ranges[l.range as usize];
+            assert!(
+                l.offset >= r.start && l.offset < r.end,
+                "line outside its range"
+            );
+            if l.offset >= self.hwm.get(&r.file_id).copied().unwrap_or(0) {
+                self.lines.push(String::from_utf8(l.line.to_vec()).unwrap());
+            }
+        }
+        for r in &req.ranges {
+            let e = self.hwm.entry(r.file_id).or_insert(0);
+            *e = (*e).max(r.end);
+        }
+    }
+}
+
+fn cfg() -> TailConfig {
+    TailConfig {
+        max_line: 1 << 20,
+        partial_timeout: Duration::from_secs(3600),
+        rotate_wait: Duration::ZERO,
+        read_budget: 1 << 20,
+    }
+}
+
+/// Batches stored but not acknowledged: the shipper retries them, in
+/// order, before anything newer (or a crash loses them).
+type Unacked = Vec<logfleet_agent::batch::Sealed>;
+
+fn ack_all(store: &mut Store, ckpt: &Arc<Mutex<Checkpoints>>, unacked: &mut Unacked) {
+    for sealed in unacked.drain(..) {
+        store.push(&sealed.request);
+        let mut c = ckpt.lock().unwrap();
+        for e in &sealed.ends {
+            c.advance(e.file_id, &e.path, e.end);
+        }
+    }
+}
+
+fn poll(
+    tailer: &mut Tailer,
+    root: &Path,
+    store: &mut Store,
+    ckpt: &Arc<Mutex<Checkpoints>>,
+    unacked: &mut Unacked,
+    ack: bool,
+) -> bool {
+    if ack {
+        ack_all(store, ckpt, unacked);
+    }
+    tailer.apply_scan(discover::scan(root, &Filter::default()));
+    let mut b = BatchBuilder::default();
+    let progress = tailer.poll(&mut b, &mut |_| {});
+    if !b.is_empty() {
+        let sealed = b.seal("n", Compression::None, 0).unwrap();
+        // Stored, and the acknowledgement is lost unless `ack`.
+        store.push(&sealed.request);
+        unacked.push(sealed);
+        if ack {
+            ack_all(store, ckpt, unacked);
+        }
+    }
+    progress
+}
+
+fn run(actions: Vec<Action>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    let dir = root.join("ns_pod_uid/c");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut w = World {
+        dir,
+        restart: 0,
+        rotations: 0,
+        next: 0,
+        written: Vec::new(),
+    };
+    let ckpt = Arc::new(Mutex::new(Checkpoints::default()));
+    let mut saved = Checkpoints::default();
+    let mut tailer = Tailer::new(cfg(), ckpt.clone());
+    let mut store = Store::default();
+    let mut unacked = Unacked::new();
+    let un = &mut unacked;
+    for a in actions {
+        match a {
+            Action::Write(n, p) => w.write(n, p),
+            Action::Rotate => {
+                if w.live().exists() {
+                    w.rotations += 1;
+                    let to = w
+                        .dir
+                        .join(format!("{}.log.20261127-{:06}", w.restart, w.rotations));
+                    std::fs::rename(w.live(), to).unwrap();
+                }
+            }
+            Action::Gzip => {
+                if let Some(p) = w.rotated(false).first() {
+                    let data = std::fs::read(p).unwrap();
+                    let tmp = PathBuf::from(format!("{}.tmp", p.display()));
+                    let mut e = flate2::write::GzEncoder::new(
+                        std::fs::File::create(&tmp).unwrap(),
+                        Default::default(),
+                    );
+                    e.write_all(&data).unwrap();
+                    e.finish().unwrap();
+                    std::fs::rename(&tmp, format!("{}.gz", p.display())).unwrap();
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+            Action::Poll { ack, save } => {
+                poll(&mut tailer, &root, &mut store, &ckpt, un, ack);
+                if save {
+                    saved = ckpt.lock().unwrap().clone();
+                }
+            }
+            Action::Crash => {
+                un.clear();
+                *ckpt.lock().unwrap() = saved.clone();
+                tailer = Tailer::new(cfg(), ckpt.clone());
+            }
+            Action::Truncate => {
+                for _ in 0..10 {
+                    if !poll(&mut tailer, &root, &mut store, &ckpt, un, true) {
+                        break;
+                    }
+                }
+                poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+                if w.live().exists() {
+                    std::fs::File::create(w.live()).unwrap();
+                    // The next poll must see the file shorter before it grows
+                    // back, or the truncation is invisible (as for any tailer).
+                    poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+                }
+            }
+            Action::Restart => w.restart += 1,
+        }
+    }
+    // Drain: poll until nothing moves, acknowledging everything.
+    for _ in 0..50 {
+        if !poll(&mut tailer, &root, &mut store, &ckpt, un, true) {
+            break;
+        }
+    }
+    poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+    let mut got = store.lines.clone();
+    got.sort();
+    let mut want = w.written.clone();
+    want.sort();
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "stored {} of {} lines",
+        got.len(),
+        want.len()
+    );
+    assert_eq!(got, want);
+    // Deleting the pod: finished files are forgotten once gone.
+    std::fs::remove_dir_all(root.join("ns_pod_uid")).unwrap();
+    poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+    poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+    assert_eq!(tailer.open_files(), 0);
+    assert!(
+        ckpt.lock().unwrap().files.is_empty(),
+        "checkpoints of deleted files are dropped"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn every_line_once_whatever_happens(actions in proptest::collection::vec(action(), 1..40)) {
+        run(actions);
+    }
+}
+
+#[test]
+fn crash_after_gzip_of_unacked_file() {
+    use Action::*;
+    run(vec![
+        Write(10, false),
+        Poll {
+            ack: true,
+            save: true,
+        },
+        Write(5, true),
+        Poll {
+            ack: false,
+            save: false,
+        },
+        Crash,
+        Rotate,
+        Write(3, false),
+        Rotate,
+        Gzip,
+        Write(2, false),
+    ]);
+}
+
+#[test]
+fn truncate_rotate_gzip_truncate() {
+    use Action::*;
+    run(vec![
+        Write(1, false),
+        Truncate,
+        Write(1, false),
+        Rotate,
+        Gzip,
+        Write(1, false),
+        Truncate,
+    ]);
+}

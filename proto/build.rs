@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["proto"])?;
     tonic_prost_build::configure()
-        .bytes(".logfleet.v1.LogLine.line")
+        .bytes(".logfleet.v1.LineBatch.text")
         .bytes(".logfleet.v1.PushRequest.payload")
         .compile_fds(fds)?;
     Ok(())

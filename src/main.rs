@@ -1,6 +1,7 @@
 //! `logfleet`: one binary for the node agent, the aggregator and the user
 //! commands. This file only parses arguments and calls the libraries.
 
+mod bench;
 mod client;
 mod demo;
 
@@ -40,6 +41,60 @@ enum Cmd {
     /// Run the whole pipeline on this machine: an aggregator and three
     /// simulated nodes, each with a kubelet-style writer and an agent.
     Demo(DemoArgs),
+    /// Measure the real processes on a generated workload (docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Write a kubelet-style tree of CRI files.
+    Generate {
+        /// Scratch directory.
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
+        /// Total size.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        size: u64,
+        /// Number of files.
+        #[arg(long, default_value = "100")]
+        files: usize,
+    },
+    /// Agent -> aggregator over the generated tree: CPU, throughput, RSS, bytes on disk.
+    Pipeline {
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
+        /// Agent compression.
+        #[arg(long, default_value = "zstd")]
+        compression: String,
+    },
+    /// Queries over what a pipeline run stored.
+    Query {
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
+        /// Which pipeline run's data.
+        #[arg(long, default_value = "zstd")]
+        compression: String,
+    },
+    /// Latency from acknowledgement to a tailing client.
+    Tail {
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
+        /// Number of pushes.
+        #[arg(long, default_value = "1000")]
+        pushes: usize,
+    },
+    /// An agent idle-tailing many files.
+    Idle {
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
+        /// Number of files.
+        #[arg(long, default_value = "1000")]
+        files: usize,
+        /// Measurement window.
+        #[arg(long, default_value = "30")]
+        seconds: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -445,6 +500,26 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Agents(a) => {
             client::agents(&a.conn.into(), matches!(a.output, TableArg::Jsonl)).await?;
         }
+        Cmd::Bench(b) => match b {
+            BenchCmd::Generate { dir, size, files } => {
+                let w = bench::generate(&dir, size, files)?;
+                println!(
+                    "generated {} files, {} lines, {} bytes under {}",
+                    w.files,
+                    w.lines,
+                    w.bytes,
+                    dir.join("pods").display()
+                );
+            }
+            BenchCmd::Pipeline { dir, compression } => bench::pipeline(&dir, &compression).await?,
+            BenchCmd::Query { dir, compression } => bench::query(&dir, &compression).await?,
+            BenchCmd::Tail { dir, pushes } => bench::tail(&dir, pushes).await?,
+            BenchCmd::Idle {
+                dir,
+                files,
+                seconds,
+            } => bench::idle(&dir, files, seconds).await?,
+        },
         Cmd::Demo(d) => {
             demo::run(demo::DemoConfig {
                 dir: d.dir,

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::*;
 use logfleet_proto::v1::{
-    ingest_client::IngestClient, Compression, FileLabels, FileRange, LineBatch, LogLine,
-    PushRequest,
+    ingest_client::IngestClient, Compression, FileLabels, FileRange, LineBatch, PushRequest,
 };
+use logfleet_proto::{Line, LinesBuilder};
 use prost::Message;
 
 fn http_get(addr: &str, path: &str) -> String {
@@ -85,8 +85,12 @@ fn malformed_binary_endless_and_empty_files_keep_the_good_lines() {
     assert_eq!(query_all(&url, r#"{pod="empty"}"#, &[]).unwrap().len(), 0);
 }
 
-fn push_req(ranges: Vec<FileRange>, lines: Vec<LogLine>, c: Compression) -> PushRequest {
-    let (payload, raw_len) = logfleet_proto::encode_payload(&LineBatch { lines }, c, 1).unwrap();
+fn push_req(ranges: Vec<FileRange>, lines: Vec<Line>, c: Compression) -> PushRequest {
+    let mut b = LinesBuilder::default();
+    for l in &lines {
+        b.push_line(l);
+    }
+    let (payload, raw_len) = logfleet_proto::encode_payload(&b.finish(), c, 1).unwrap();
     PushRequest {
         node: "attacker".into(),
         compression: c as i32,
@@ -109,11 +113,11 @@ fn range(id: u64, start: u64, end: u64) -> FileRange {
     }
 }
 
-fn line(offset: u64, text: &str) -> LogLine {
-    LogLine {
+fn line(offset: u64, text: &str) -> Line {
+    Line {
         offset,
-        ts_unix_nano: 1,
-        line: text.as_bytes().to_vec().into(),
+        ts: 1,
+        text: text.as_bytes().to_vec().into(),
         stream: 1,
         ..Default::default()
     }
@@ -283,6 +287,28 @@ async fn garbage_bombs_oversize_and_wrong_tokens_are_refused_and_counted() {
         "{metrics}"
     );
     let _ = LineBatch::decode(&b""[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inconsistent_columns_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agg, url) = tokio::task::block_in_place(|| aggregator(dir.path(), &[]));
+    let mut client = IngestClient::connect(url).await.unwrap();
+    let mut b = LinesBuilder::default();
+    b.push(0, 1, 0, 1, 0, b"abc");
+    let mut batch = b.finish();
+    batch.len[0] = 1000;
+    let raw = batch.encode_to_vec();
+    let req = PushRequest {
+        node: "n".into(),
+        compression: Compression::None as i32,
+        raw_len: raw.len() as u64,
+        ranges: vec![range(1, 0, 10)],
+        payload: raw.into(),
+    };
+    let err = client.push(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("inconsistent"), "{}", err.message());
 }
 
 #[test]

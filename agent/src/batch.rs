@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use logfleet_proto::v1::{Compression, FileLabels, FileRange, LineBatch, LogLine, PushRequest};
+use logfleet_proto::lines::{CUT, UNPARSED, UNTERMINATED};
+use logfleet_proto::v1::{Compression, FileLabels, FileRange, PushRequest};
+use logfleet_proto::LinesBuilder;
 
 use crate::cri::Line;
 
@@ -40,8 +42,7 @@ pub struct BatchBuilder {
     ranges: Vec<FileRange>,
     paths: Vec<PathBuf>,
     index: HashMap<u64, usize>,
-    lines: Vec<LogLine>,
-    bytes: usize,
+    lines: LinesBuilder,
     started: Option<Instant>,
 }
 
@@ -80,17 +81,11 @@ impl BatchBuilder {
             self.paths[idx] = path.to_owned();
         }
         for l in lines.drain(..) {
-            self.bytes += l.text.len();
-            self.lines.push(LogLine {
-                range: idx as u32,
-                ts_unix_nano: l.ts,
-                offset: l.offset,
-                stream: l.stream as i32,
-                line: l.text,
-                unterminated: l.unterminated,
-                cut: l.cut,
-                unparsed: l.unparsed,
-            });
+            let flags = (l.unterminated as u32 * UNTERMINATED)
+                | (l.cut as u32 * CUT)
+                | (l.unparsed as u32 * UNPARSED);
+            self.lines
+                .push(idx as u32, l.ts, l.offset, l.stream as i32, flags, &l.text);
         }
         if self.started.is_none() && (!self.lines.is_empty() || self.ranges[idx].end > start) {
             self.started = Some(now);
@@ -104,13 +99,13 @@ impl BatchBuilder {
 
     /// Bytes of line text so far.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.lines.text_len()
     }
 
     /// Whether the batch should be sealed: `max_bytes` reached, or the
     /// oldest content waited `max_wait`.
     pub fn due(&self, now: Instant, max_bytes: usize, max_wait: Duration) -> bool {
-        self.bytes >= max_bytes
+        self.lines.text_len() >= max_bytes
             || self
                 .started
                 .is_some_and(|s| now.saturating_duration_since(s) >= max_wait)
@@ -128,10 +123,9 @@ impl BatchBuilder {
         compression: Compression,
         level: i32,
     ) -> Result<Sealed, logfleet_proto::CodecError> {
-        let batch = LineBatch {
-            lines: std::mem::take(&mut self.lines),
-        };
-        let lines = batch.lines.len() as u64;
+        let bytes = self.lines.text_len() as u64;
+        let batch = self.lines.finish();
+        let lines = batch.line_count() as u64;
         let (payload, raw_len) = logfleet_proto::encode_payload(&batch, compression, level)?;
         let ranges = std::mem::take(&mut self.ranges);
         let ends = ranges
@@ -144,7 +138,6 @@ impl BatchBuilder {
             })
             .collect();
         self.index.clear();
-        let bytes = std::mem::take(&mut self.bytes) as u64;
         self.started = None;
         Ok(Sealed {
             request: PushRequest {
@@ -209,7 +202,9 @@ mod tests {
         assert_eq!(s.ends[0].path, std::path::Path::new("/a.1"));
         let decoded =
             logfleet_proto::decode_payload(&s.request, logfleet_proto::Limits::default()).unwrap();
-        let ranges: Vec<u32> = decoded.lines.iter().map(|l| l.range).collect();
+        let ranges: Vec<u32> = decoded.lines().map(|l| l.range).collect();
         assert_eq!(ranges, [0, 1, 0]);
+        let texts: Vec<_> = decoded.lines().map(|l| l.text).collect();
+        assert_eq!(texts, ["x", "yy", "z"]);
     }
 }

@@ -111,14 +111,14 @@ struct Store {
 impl Store {
     fn push(&mut self, req: &logfleet_proto::v1::PushRequest) {
         let batch = logfleet_proto::decode_payload(req, Default::default()).unwrap();
-        for l in &batch.lines {
+        for l in batch.lines() {
             let r = &req.ranges[l.range as usize];
             assert!(
                 l.offset >= r.start && l.offset < r.end,
                 "line outside its range"
             );
             if l.offset >= self.hwm.get(&r.file_id).copied().unwrap_or(0) {
-                self.lines.push(String::from_utf8(l.line.to_vec()).unwrap());
+                self.lines.push(String::from_utf8(l.text.to_vec()).unwrap());
             }
         }
         for r in &req.ranges {

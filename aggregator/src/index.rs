@@ -132,8 +132,7 @@ pub fn dedup(mark: impl Fn(u64) -> u64, ranges: &[FileRange], batch: &LineBatch)
         };
     }
     let keep: Vec<bool> = batch
-        .lines
-        .iter()
+        .lines()
         .map(|l| l.offset >= marks[l.range as usize])
         .collect();
     let duplicates = keep.iter().filter(|k| !**k).count() as u64;
@@ -159,7 +158,7 @@ pub struct Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use logfleet_proto::v1::LogLine;
+    use logfleet_proto::LinesBuilder;
 
     fn range(id: u64, start: u64, end: u64) -> FileRange {
         FileRange {
@@ -171,16 +170,11 @@ mod tests {
     }
 
     fn lines(offsets: &[(u32, u64)]) -> LineBatch {
-        LineBatch {
-            lines: offsets
-                .iter()
-                .map(|&(range, offset)| LogLine {
-                    range,
-                    offset,
-                    ..Default::default()
-                })
-                .collect(),
+        let mut b = LinesBuilder::default();
+        for &(range, offset) in offsets {
+            b.push(range, 0, offset, 1, 0, b"x");
         }
+        b.finish()
     }
 
     fn marks<'a>(hwm: &'a HighWater, node: &'a str) -> impl Fn(u64) -> u64 + 'a {

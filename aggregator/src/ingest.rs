@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use logfleet_proto::v1::{Compression, FileLabels, LineBatch, PushRequest, PushResponse};
-use logfleet_proto::Limits;
+use logfleet_proto::{Limits, LinesBuilder};
 use prost::Message;
 use tokio::sync::{broadcast, oneshot};
 
@@ -132,7 +132,7 @@ pub fn validate(req: &PushRequest, batch: &LineBatch) -> Result<(), PushError> {
             )));
         }
     }
-    for (i, l) in batch.lines.iter().enumerate() {
+    for (i, l) in batch.lines().enumerate() {
         let r = &req.ranges[l.range as usize];
         if l.offset < r.start || l.offset >= r.end {
             return Err(PushError::Invalid(format!(
@@ -309,17 +309,16 @@ impl WriterState {
             let kept_all = d.keep.is_none();
             let batch = match &d.keep {
                 None => w.batch,
-                Some(keep) => LineBatch {
-                    lines: w
-                        .batch
-                        .lines
-                        .into_iter()
-                        .zip(keep)
-                        .filter_map(|(l, k)| k.then_some(l))
-                        .collect(),
-                },
+                Some(keep) => {
+                    let mut b = LinesBuilder::default();
+                    for (l, _) in w.batch.lines().zip(keep).filter(|(_, k)| **k) {
+                        b.push_line(&l);
+                    }
+                    b.finish()
+                }
             };
-            if batch.lines.is_empty() && !d.advances {
+            let count = batch.line_count();
+            if count == 0 && !d.advances {
                 self.shared.metrics.duplicate_lines.inc_by(d.duplicates);
                 if let Ok(mut ix) = self.shared.index.write() {
                     ix.touch(&node, w.received);
@@ -330,12 +329,12 @@ impl WriterState {
                 }));
                 continue;
             }
-            let (mut min_ts, mut max_ts, mut text) = (i64::MAX, i64::MIN, 0u64);
-            for l in &batch.lines {
-                min_ts = min_ts.min(l.ts_unix_nano);
-                max_ts = max_ts.max(l.ts_unix_nano);
-                text += l.line.len() as u64;
+            let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+            for l in batch.lines() {
+                min_ts = min_ts.min(l.ts);
+                max_ts = max_ts.max(l.ts);
             }
+            let text = batch.text.len() as u64;
             // An agent's zstd payload is stored as it came: no second
             // compression on the hot path.
             let zstd_as_is = kept_all && w.req.compression == Compression::Zstd as i32;
@@ -354,9 +353,9 @@ impl WriterState {
             let header = BlockHeader {
                 node: node.clone(),
                 received_unix_nano: w.received,
-                min_ts: if batch.lines.is_empty() { 0 } else { min_ts },
-                max_ts: if batch.lines.is_empty() { 0 } else { max_ts },
-                lines: batch.lines.len() as u64,
+                min_ts: if count == 0 { 0 } else { min_ts },
+                max_ts: if count == 0 { 0 } else { max_ts },
+                lines: count as u64,
                 text_bytes: text,
                 ranges: w.req.ranges,
                 raw_len,
@@ -418,7 +417,7 @@ impl WriterState {
                 stored_lines: p.header.lines,
                 duplicate_lines: p.duplicates,
             }));
-            if self.shared.tail.receiver_count() > 0 && !p.batch.lines.is_empty() {
+            if self.shared.tail.receiver_count() > 0 && p.batch.line_count() > 0 {
                 let _ = self.shared.tail.send(Arc::new(Committed {
                     node: Arc::from(p.header.node.as_str()),
                     labels: p

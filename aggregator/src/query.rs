@@ -12,7 +12,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::sync::Arc;
 
-use logfleet_proto::v1::{Direction, Entry, FileLabels, LineBatch, LogLine, Stream};
+use logfleet_proto::lines::{CUT, UNPARSED, UNTERMINATED};
+use logfleet_proto::v1::{Direction, Entry, FileLabels, LineBatch, Stream};
+use logfleet_proto::Line;
 use memchr::memmem;
 use regex::Regex;
 
@@ -356,16 +358,16 @@ impl Bounds {
 type Key = (i64, u64, u64, u32);
 
 /// Converts a stored line to an entry.
-pub fn entry(node: &str, labels: &FileLabels, l: LogLine) -> Entry {
+pub fn entry(node: &str, labels: &FileLabels, l: &Line) -> Entry {
     Entry {
-        ts_unix_nano: l.ts_unix_nano,
+        ts_unix_nano: l.ts,
         node: node.to_owned(),
         labels: Some(labels.clone()),
         stream: l.stream,
-        line: l.line.to_vec(),
-        unterminated: l.unterminated,
-        cut: l.cut,
-        unparsed: l.unparsed,
+        line: l.text.to_vec(),
+        unterminated: l.flags & UNTERMINATED != 0,
+        cut: l.flags & CUT != 0,
+        unparsed: l.flags & UNPARSED != 0,
     }
 }
 
@@ -420,15 +422,26 @@ pub fn execute(shared: &Shared, q: &Query, b: Bounds) -> Result<Vec<Entry>, Quer
             .iter()
             .map(|l| q.matches_file(&m.node, l))
             .collect();
-        for (i, l) in batch.lines.into_iter().enumerate() {
+        for (i, l) in batch.lines().enumerate() {
             if !ok.get(l.range as usize).copied().unwrap_or(false)
-                || !b.contains(l.ts_unix_nano)
-                || !q.matches_line(l.stream, &l.line)
+                || !b.contains(l.ts)
+                || !q.matches_line(l.stream, &l.text)
             {
                 continue;
             }
-            let key = (l.ts_unix_nano, m.seq, m.offset, i as u32);
-            let e = EntryBox(entry(&m.node, &m.labels[l.range as usize], l));
+            let key = (l.ts, m.seq, m.offset, i as u32);
+            // With a limit, skip building entries that cannot make the cut.
+            if b.limit > 0 {
+                let worse = if backward {
+                    bwd.len() >= b.limit && bwd.peek().is_some_and(|Reverse((k, _))| key < *k)
+                } else {
+                    fwd.len() >= b.limit && fwd.peek().is_some_and(|(k, _)| key > *k)
+                };
+                if worse {
+                    continue;
+                }
+            }
+            let e = EntryBox(entry(&m.node, &m.labels[l.range as usize], &l));
             if backward {
                 bwd.push(Reverse((key, e)));
                 if b.limit > 0 && bwd.len() > b.limit {
@@ -484,12 +497,11 @@ impl Ord for EntryBox {
 pub fn matching(q: &Query, node: &str, labels: &[FileLabels], batch: &LineBatch) -> Vec<Entry> {
     let ok: Vec<bool> = labels.iter().map(|l| q.matches_file(node, l)).collect();
     batch
-        .lines
-        .iter()
+        .lines()
         .filter(|l| {
-            ok.get(l.range as usize).copied().unwrap_or(false) && q.matches_line(l.stream, &l.line)
+            ok.get(l.range as usize).copied().unwrap_or(false) && q.matches_line(l.stream, &l.text)
         })
-        .map(|l| entry(node, &labels[l.range as usize], l.clone()))
+        .map(|l| entry(node, &labels[l.range as usize], &l))
         .collect()
 }
 

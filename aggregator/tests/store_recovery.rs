@@ -7,9 +7,8 @@ use std::time::Duration;
 use logfleet_aggregator::ingest::{self, StoreConfig, Writer};
 use logfleet_aggregator::metrics::Metrics;
 use logfleet_aggregator::query::{self, Bounds};
-use logfleet_proto::v1::{
-    Compression, Direction, FileLabels, FileRange, LineBatch, LogLine, PushRequest,
-};
+use logfleet_proto::v1::{Compression, Direction, FileLabels, FileRange, PushRequest};
+use logfleet_proto::LinesBuilder;
 use prometheus_client::registry::Registry;
 
 fn cfg(dir: &Path, segment_bytes: u64, retention_bytes: Option<u64>) -> StoreConfig {
@@ -30,17 +29,18 @@ fn open(c: StoreConfig) -> (std::sync::Arc<ingest::Shared>, Writer) {
 /// A push of `n` lines of file `file`, starting at line number `first`
 /// (each line 100 bytes of file).
 fn push(file: u64, first: u64, n: u64, c: Compression) -> PushRequest {
-    let lines = (first..first + n)
-        .map(|i| LogLine {
-            range: 0,
-            ts_unix_nano: 1_000_000 + i as i64,
-            offset: i * 100,
-            stream: 1,
-            line: format!("file {file} line {i}").into_bytes().into(),
-            ..Default::default()
-        })
-        .collect();
-    let (payload, raw_len) = logfleet_proto::encode_payload(&LineBatch { lines }, c, 1).unwrap();
+    let mut b = LinesBuilder::default();
+    for i in first..first + n {
+        b.push(
+            0,
+            1_000_000 + i as i64,
+            i * 100,
+            1,
+            0,
+            format!("file {file} line {i}").as_bytes(),
+        );
+    }
+    let (payload, raw_len) = logfleet_proto::encode_payload(&b.finish(), c, 1).unwrap();
     PushRequest {
         node: "node-a".into(),
         compression: c as i32,

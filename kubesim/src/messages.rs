@@ -72,6 +72,14 @@ impl Messages {
         xs[self.rng.random_range(0..xs.len())]
     }
 
+    /// A value from a small pool, as real traffic repeats its clients,
+    /// sizes and durations.
+    fn pooled(&mut self, pool: u32, scale: u32) -> u32 {
+        let r: f64 = self.rng.random();
+        // Skewed towards small indexes: a few values dominate.
+        ((r * r * pool as f64) as u32) * scale
+    }
+
     fn hex(&mut self, n: usize) -> String {
         (0..n)
             .map(|_| char::from_digit(self.rng.random_range(0..16), 16).unwrap_or('0'))
@@ -83,41 +91,42 @@ impl Messages {
         self.seq += 1;
         match self.rng.random_range(0..5) {
             0 => {
-                let ip = format!("10.{}.{}.{}", self.rng.random_range(0..4), self.rng.random_range(0..255), self.rng.random_range(1..255));
-                let status = [200, 200, 200, 201, 204, 301, 404, 500][self.rng.random_range(0..8)];
+                let ip = format!("10.{}.{}.{}", self.pooled(3, 1), self.pooled(8, 7), self.pooled(40, 3) + 1);
+                let status = [200, 200, 200, 200, 200, 201, 204, 304, 404, 500][self.rng.random_range(0..10)];
                 format!(
-                    "{ip} - - \"{} {}?page={} HTTP/1.1\" {status} {} \"-\" \"{}\" rt={}ms",
-                    self.pick(METHODS), self.pick(PATHS), self.rng.random_range(1..50),
-                    self.rng.random_range(120..48000), self.pick(AGENTS), self.rng.random_range(1..900)
+                    "{ip} - - [{}] \"{} {}?page={} HTTP/1.1\" {status} {} \"-\" \"{}\" rt={}ms",
+                    self.seq / 50,
+                    self.pick(METHODS), self.pick(PATHS), self.pooled(10, 1) + 1,
+                    self.pooled(30, 512) + 312, self.pick(AGENTS), self.pooled(40, 5) + 1
                 )
             }
             1 => {
-                let trace = self.hex(32);
+                let trace = self.hex(8);
                 format!(
                     r#"{{"level":"{}","service":"{}","msg":"{}","trace_id":"{trace}","duration_ms":{},"user_id":{}}}"#,
                     self.pick(LEVELS).to_lowercase(), self.pick(SERVICES), self.pick(EVENTS),
-                    self.rng.random_range(0..2000), self.rng.random_range(1000..99999)
+                    self.pooled(50, 10), 1000 + self.pooled(200, 1)
                 )
             }
             2 => format!(
                 "{} [{}] {} - {} (order={} items={} tenant=t-{})",
-                self.pick(LEVELS), format_args!("http-nio-8080-exec-{}", self.rng.random_range(1..64)),
-                self.pick(CLASSES), self.pick(EVENTS), self.rng.random_range(100000..999999),
-                self.rng.random_range(1..20), self.rng.random_range(1..40)
+                self.pick(LEVELS), format_args!("http-nio-8080-exec-{}", self.pooled(16, 1) + 1),
+                self.pick(CLASSES), self.pick(EVENTS), 100_000 + self.seq,
+                self.pooled(8, 1) + 1, self.pooled(10, 1) + 1
             ),
             3 => {
                 let seq = self.seq;
                 format!(
-                "level={} ts_seq={} caller={}.go:{} msg=\"{}\" peer=10.0.{}.{}:{} bytes={}",
-                self.pick(LEVELS).to_lowercase(), seq, self.pick(SERVICES), self.rng.random_range(10..400),
-                self.pick(EVENTS), self.rng.random_range(0..255), self.rng.random_range(1..255),
-                self.rng.random_range(30000..60000), self.rng.random_range(100..9000)
-            )
+                    "level={} seq={} caller={}.go:{} msg=\"{}\" peer=10.0.{}.{}:{} bytes={}",
+                    self.pick(LEVELS).to_lowercase(), seq / 16, self.pick(SERVICES), 100 + self.pooled(12, 17),
+                    self.pick(EVENTS), self.pooled(4, 1), self.pooled(30, 1) + 1,
+                    8080 + self.pooled(4, 1000), self.pooled(40, 128)
+                )
             }
             _ => format!(
-                "\tat {}.handle({}.java:{}) ~[app.jar:1.{}.{}] caused by java.net.SocketTimeoutException: Read timed out after {}ms",
-                self.pick(CLASSES), self.pick(SERVICES), self.rng.random_range(20..900),
-                self.rng.random_range(0..9), self.rng.random_range(0..30), self.rng.random_range(1000..30000)
+                "\tat {}.handle({}.java:{}) ~[app.jar:1.4.2] caused by java.net.SocketTimeoutException: Read timed out after {}ms",
+                self.pick(CLASSES), self.pick(SERVICES), 100 + self.pooled(10, 37),
+                1000 * (self.pooled(30, 1) + 1)
             ),
         }
     }

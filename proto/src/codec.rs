@@ -60,6 +60,9 @@ pub enum CodecError {
     /// The inflated bytes are not a valid LineBatch.
     #[error("payload is not a valid LineBatch: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// The columns of the batch disagree with each other.
+    #[error("inconsistent LineBatch: {0}")]
+    Columns(String),
     /// A line refers to a range the request does not have.
     #[error("line {line} refers to range {range}, but the request has {ranges} ranges")]
     BadRange {
@@ -104,17 +107,8 @@ pub fn encode_payload(
 /// `limits`, corrupt, or inconsistent with the request's ranges.
 pub fn decode_payload(req: &PushRequest, limits: Limits) -> Result<LineBatch, CodecError> {
     let raw = inflate(req, limits)?;
-    let batch = LineBatch::decode(raw.as_slice())?;
-    let ranges = req.ranges.len();
-    for (i, line) in batch.lines.iter().enumerate() {
-        if line.range as usize >= ranges {
-            return Err(CodecError::BadRange {
-                line: i,
-                range: line.range,
-                ranges,
-            });
-        }
-    }
+    let batch = LineBatch::decode(bytes::Bytes::from(raw))?;
+    batch.check(req.ranges.len())?;
     Ok(batch)
 }
 
@@ -176,21 +170,23 @@ fn read_bounded<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{FileRange, LogLine, Stream};
+    use crate::v1::{FileRange, Stream};
+    use crate::LinesBuilder;
 
     fn batch(n: usize) -> LineBatch {
-        LineBatch {
-            lines: (0..n)
-                .map(|i| LogLine {
-                    range: 0,
-                    ts_unix_nano: 1_700_000_000_000_000_000 + i as i64,
-                    offset: (i * 100) as u64,
-                    stream: Stream::Stdout as i32,
-                    line: Bytes::from(format!("line {i} with some text")),
-                    ..Default::default()
-                })
-                .collect(),
+        let mut b = LinesBuilder::default();
+        for i in 0..n {
+            let text = format!("line {i} with some text");
+            b.push(
+                0,
+                1_700_000_000_000_000_000 + i as i64,
+                (i * 100) as u64,
+                Stream::Stdout as i32,
+                0,
+                text.as_bytes(),
+            );
         }
+        b.finish()
     }
 
     fn request(b: &LineBatch, c: Compression) -> PushRequest {
@@ -272,7 +268,7 @@ mod tests {
     #[test]
     fn refuses_line_pointing_outside_ranges() {
         let mut b = batch(3);
-        b.lines[2].range = 1;
+        b.range[2] = 1;
         let err = decode_payload(&request(&b, Compression::None), Limits::default()).unwrap_err();
         assert!(matches!(err, CodecError::BadRange { line: 2, .. }), "{err}");
     }

@@ -1,8 +1,9 @@
 //! The `logfleet.v1` wire protocol: message types and gRPC service stubs
 //! generated from `proto/logfleet/v1/logfleet.proto`, plus the batch codec
-//! both ends share ([`codec`]).
+//! both ends share ([`codec`], [`lines`]).
 
 pub mod codec;
+pub mod lines;
 
 /// Generated protobuf messages and tonic services of package `logfleet.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -11,3 +12,4 @@ pub mod v1 {
 }
 
 pub use codec::{decode_payload, encode_payload, CodecError, Limits};
+pub use lines::{Line, LinesBuilder};

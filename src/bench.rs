@@ -1,0 +1,528 @@
+//! `logfleet bench`: generates a kubelet-style workload and measures the
+//! real `logfleet` processes on it. CPU time comes from /proc/<pid>/stat
+//! (user + sys), peak RSS from VmHWM in /proc/<pid>/status.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use logfleet_kubesim::messages::Messages;
+use logfleet_proto::v1::query_client::QueryClient;
+use logfleet_proto::v1::{Direction, ListAgentsRequest, QueryRequest, TailRequest};
+use tokio_stream::StreamExt;
+
+/// What a generated tree holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Workload {
+    pub files: usize,
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+/// Writes `files` CRI files under `dir/pods` totalling about `size` bytes:
+/// ~180-byte application messages, one line in 500 long enough to be split
+/// into P/F chunks.
+pub fn generate(dir: &Path, size: u64, files: usize) -> Result<Workload> {
+    let root = dir.join("pods");
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    let per_file = size / files as u64;
+    let mut msgs = Messages::new(1);
+    let mut lines = 0u64;
+    let mut bytes = 0u64;
+    let mut ts: i64 = 1_795_000_000_000_000_000;
+    for f in 0..files {
+        let cdir = root.join(format!("bench_app-{f}_uid-{f}/app"));
+        std::fs::create_dir_all(&cdir)?;
+        let mut out =
+            std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(cdir.join("0.log"))?);
+        let mut written = 0u64;
+        while written < per_file {
+            ts += 1_234_567;
+            let t = chrono::DateTime::from_timestamp_nanos(ts)
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+            let stream = if lines % 10 == 0 { "stderr" } else { "stdout" };
+            let msg = msgs.next_message();
+            let rec = if lines % 500 == 499 {
+                // A 20 KiB line: containerd writes it as a P chunk and an F chunk.
+                let long = msg.repeat(20_480 / msg.len() + 1);
+                let (a, b) = long.split_at(16_384);
+                format!("{t} {stream} P {a}\n{t} {stream} F {b}\n")
+            } else {
+                format!("{t} {stream} F {msg}\n")
+            };
+            out.write_all(rec.as_bytes())?;
+            written += rec.len() as u64;
+            lines += 1;
+        }
+        out.flush()?;
+        bytes += written;
+    }
+    let w = Workload {
+        files,
+        lines,
+        bytes,
+    };
+    std::fs::write(dir.join("workload.json"), serde_json::to_vec(&w)?)?;
+    Ok(w)
+}
+
+/// CPU seconds (user + sys) of a process.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("bad stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Peak resident set size of a process, bytes.
+pub fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("no VmHWM")?;
+    Ok(kb * 1024)
+}
+
+struct Bg(Child);
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], log: &Path) -> Result<Bg> {
+    let exe = std::env::current_exe()?;
+    let f = std::fs::File::create(log)?;
+    let child = Command::new(exe)
+        .args(args)
+        .env("LOGFLEET_LOG", "warn")
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .stdin(Stdio::null())
+        .spawn()?;
+    Ok(Bg(child))
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn client(url: &str) -> Result<QueryClient<tonic::transport::Channel>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match QueryClient::connect(url.to_owned()).await {
+            Ok(c) => return Ok(c.max_decoding_message_size(256 << 20)),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn stored_lines(c: &mut QueryClient<tonic::transport::Channel>) -> Result<u64> {
+    let r = c.list_agents(ListAgentsRequest {}).await?.into_inner();
+    Ok(r.agents.iter().map(|a| a.lines).sum())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_size(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn mb(b: u64) -> f64 {
+    b as f64 / 1e6
+}
+
+/// Ships the generated tree through a real agent into a real aggregator and
+/// reports both processes' cost. Leaves the aggregator's data in `dir/data-<compression>`.
+pub async fn pipeline(dir: &Path, compression: &str) -> Result<()> {
+    let w: Workload = serde_json::from_slice(
+        &std::fs::read(dir.join("workload.json")).context("run `logfleet bench generate` first")?,
+    )?;
+    let data = dir.join(format!("data-{compression}"));
+    let state = dir.join(format!("state-{compression}"));
+    for d in [&data, &state] {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
+    let (grpc, http) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{grpc}");
+    let agg = spawn(
+        &[
+            "aggregator",
+            "--data-dir",
+            &data.display().to_string(),
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+            "--retention-age",
+            "0s",
+        ],
+        &dir.join("aggregator.log"),
+    )?;
+    let mut c = client(&url).await?;
+    let started = Instant::now();
+    let agent = spawn(
+        &[
+            "agent",
+            "--node-name",
+            "bench",
+            "--log-root",
+            &dir.join("pods").display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+            "--aggregator",
+            &url,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--compression",
+            compression,
+        ],
+        &dir.join("agent.log"),
+    )?;
+    let (apid, gpid) = (agent.0.id(), agg.0.id());
+    let mut agent_rss = 0;
+    loop {
+        agent_rss = agent_rss.max(peak_rss(apid).unwrap_or(0));
+        if stored_lines(&mut c).await? >= w.lines {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("not everything arrived within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let (acpu, gcpu) = (cpu_seconds(apid)?, cpu_seconds(gpid)?);
+    let (arss, grss) = (peak_rss(apid)?.max(agent_rss), peak_rss(gpid)?);
+    drop(agent);
+    drop(agg);
+    let disk = dir_size(&data);
+    println!(
+        "pipeline, {compression}: {} files, {:.0} MB raw, {} lines, wall {wall:.1} s",
+        w.files,
+        mb(w.bytes),
+        w.lines
+    );
+    println!(
+        "  agent:      {:.2} CPU-s  {:>7.0} MB/CPU-s  {:>9.0} lines/CPU-s  peak RSS {:.1} MiB",
+        acpu,
+        mb(w.bytes) / acpu,
+        w.lines as f64 / acpu,
+        arss as f64 / 1048576.0
+    );
+    println!(
+        "  aggregator: {:.2} CPU-s  {:>7.0} MB/CPU-s  {:>9.0} lines/CPU-s  peak RSS {:.1} MiB",
+        gcpu,
+        mb(w.bytes) / gcpu,
+        w.lines as f64 / gcpu,
+        grss as f64 / 1048576.0
+    );
+    let zstd1 = zstd_size(&dir.join("pods"))?;
+    println!(
+        "  on disk: {:.1} MB ({:.4} of raw); zstd -1 of the raw files: {:.1} MB ({:.4}); ratio {:.2}x",
+        mb(disk), disk as f64 / w.bytes as f64, mb(zstd1), zstd1 as f64 / w.bytes as f64, disk as f64 / zstd1 as f64
+    );
+    Ok(())
+}
+
+/// What `zstd -1` makes of every file under `root`, in bytes.
+fn zstd_size(root: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let mut enc = zstd::stream::write::Encoder::new(Counter(0), 1)?;
+                std::io::copy(&mut std::fs::File::open(&p)?, &mut enc)?;
+                total += enc.finish()?.0;
+            }
+        }
+    }
+    Ok(total)
+}
+
+struct Counter(u64);
+impl Write for Counter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Queries the data a pipeline run stored.
+pub async fn query(dir: &Path, compression: &str) -> Result<()> {
+    let w: Workload = serde_json::from_slice(&std::fs::read(dir.join("workload.json"))?)?;
+    let data = dir.join(format!("data-{compression}"));
+    let (grpc, http) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{grpc}");
+    let agg = spawn(
+        &[
+            "aggregator",
+            "--data-dir",
+            &data.display().to_string(),
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+            "--retention-age",
+            "0s",
+        ],
+        &dir.join("aggregator-query.log"),
+    )?;
+    let mut c = client(&url).await?;
+    let pid = agg.0.id();
+    // A substring that occurs nowhere: every stored line is scanned.
+    for _ in 0..3 {
+        let cpu0 = cpu_seconds(pid)?;
+        let t0 = Instant::now();
+        let n = run_query(
+            &mut c,
+            r#"{} |= "no-such-text-anywhere""#,
+            0,
+            Direction::Forward,
+        )
+        .await?;
+        let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds(pid)? - cpu0);
+        println!("  substring filter over everything: {n} hits, wall {wall:.2} s, {cpu:.2} CPU-s, {:.0} MB raw scanned per CPU-s", mb(w.bytes) / cpu);
+    }
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let q = format!(r#"{{pod="app-{}"}}"#, (i * 7) % w.files);
+        let t0 = Instant::now();
+        let n = run_query(&mut c, &q, 1000, Direction::Backward).await?;
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if n != 1000 {
+            bail!("expected 1000 lines, got {n}");
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "  newest 1,000 lines of one pod: median {:.1} ms, max {:.1} ms (20 pods)",
+        times[10], times[19]
+    );
+    drop(agg);
+    Ok(())
+}
+
+async fn run_query(
+    c: &mut QueryClient<tonic::transport::Channel>,
+    q: &str,
+    limit: u64,
+    d: Direction,
+) -> Result<usize> {
+    let mut s = c
+        .query(QueryRequest {
+            query: q.into(),
+            limit,
+            direction: d as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut n = 0;
+    while let Some(m) = s.next().await {
+        n += m?.entries.len();
+    }
+    Ok(n)
+}
+
+/// Time from a push's acknowledgement to the line reaching a tailing client.
+pub async fn tail(dir: &Path, pushes: usize) -> Result<()> {
+    use logfleet_proto::v1::ingest_client::IngestClient;
+    use logfleet_proto::v1::{Compression, FileLabels, FileRange, PushRequest};
+    let data = dir.join("data-tail");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
+    let (grpc, http) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{grpc}");
+    let _agg = spawn(
+        &[
+            "aggregator",
+            "--data-dir",
+            &data.display().to_string(),
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+        ],
+        &dir.join("aggregator-tail.log"),
+    )?;
+    let mut qc = client(&url).await?;
+    let mut ingest = IngestClient::connect(url.clone()).await?;
+    let mut stream = qc
+        .tail(TailRequest {
+            query: r#"{pod="tail"}"#.into(),
+        })
+        .await?
+        .into_inner();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = stream.next().await {
+            let now = Instant::now();
+            for e in m.entries {
+                if let Some(i) = std::str::from_utf8(&e.line)
+                    .ok()
+                    .and_then(|l| l.strip_prefix("tail "))
+                    .and_then(|n| n.parse().ok())
+                {
+                    let _ = tx.send((i, now));
+                }
+            }
+        }
+    });
+    let mut lat = Vec::new();
+    let mut msgs = Messages::new(3);
+    for i in 0..pushes as u64 {
+        let mut lines = logfleet_proto::LinesBuilder::default();
+        lines.push(
+            0,
+            1,
+            i * 200,
+            1,
+            0,
+            format!("tail {i} {}", msgs.next_message()).as_bytes(),
+        );
+        let (payload, raw_len) =
+            logfleet_proto::encode_payload(&lines.finish(), Compression::Zstd, 1)?;
+        let req = PushRequest {
+            node: "bench".into(),
+            compression: Compression::Zstd as i32,
+            raw_len,
+            ranges: vec![FileRange {
+                file_id: 1,
+                labels: Some(FileLabels {
+                    pod: "tail".into(),
+                    ..Default::default()
+                }),
+                start: i * 200,
+                end: i * 200 + 200,
+            }],
+            payload,
+        };
+        ingest.push(req).await?;
+        let acked = Instant::now();
+        let (n, seen) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await?
+            .context("tail closed")?;
+        if n != i {
+            bail!("tail delivered line {n}, expected {i}");
+        }
+        // The tail may see the line before the ack reaches us: count that as 0.
+        lat.push(seen.saturating_duration_since(acked).as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    lat.sort_by(f64::total_cmp);
+    let p = |q: f64| lat[((lat.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "  live tail, {pushes} pushes: ack -> tail client p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p(0.5),
+        p(0.99),
+        p(1.0)
+    );
+    Ok(())
+}
+
+/// An agent idle-tailing `files` files: CPU share and RSS once caught up.
+pub async fn idle(dir: &Path, files: usize, seconds: u64) -> Result<()> {
+    let root = dir.join("idle-pods");
+    let state = dir.join("state-idle");
+    let data = dir.join("data-idle");
+    for d in [&root, &state, &data] {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
+    for f in 0..files {
+        let c = root.join(format!("idle_pod-{f}_uid-{f}/app"));
+        std::fs::create_dir_all(&c)?;
+        std::fs::write(
+            c.join("0.log"),
+            format!("2026-11-27T10:00:00.{f:09}Z stdout F started {f}\n"),
+        )?;
+    }
+    let (grpc, http) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{grpc}");
+    let _agg = spawn(
+        &[
+            "aggregator",
+            "--data-dir",
+            &data.display().to_string(),
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+        ],
+        &dir.join("aggregator-idle.log"),
+    )?;
+    let mut c = client(&url).await?;
+    let agent = spawn(
+        &[
+            "agent",
+            "--node-name",
+            "idle",
+            "--log-root",
+            &root.display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+            "--aggregator",
+            &url,
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &dir.join("agent-idle.log"),
+    )?;
+    let t0 = Instant::now();
+    while stored_lines(&mut c).await? < files as u64 {
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("agent did not catch up");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = agent.0.id();
+    let cpu0 = cpu_seconds(pid)?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = cpu_seconds(pid)? - cpu0;
+    println!(
+        "  idle tailing {files} files for {seconds} s: {:.2}% of a core, RSS peak {:.1} MiB",
+        cpu / seconds as f64 * 100.0,
+        peak_rss(pid)? as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+/// Default scratch directory for benchmarks.
+pub fn default_dir() -> PathBuf {
+    std::env::temp_dir().join("logfleet-bench")
+}

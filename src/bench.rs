@@ -44,7 +44,7 @@ pub fn generate(dir: &Path, size: u64, files: usize) -> Result<Workload> {
             ts += 1_234_567;
             let t = chrono::DateTime::from_timestamp_nanos(ts)
                 .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-            let stream = if lines % 10 == 0 { "stderr" } else { "stdout" };
+            let stream = if lines.is_multiple_of(10) { "stderr" } else { "stdout" };
             let msg = msgs.next_message();
             let rec = if lines % 500 == 499 {
                 // A 20 KiB line: containerd writes it as a P chunk and an F chunk.

@@ -44,7 +44,11 @@ pub fn generate(dir: &Path, size: u64, files: usize) -> Result<Workload> {
             ts += 1_234_567;
             let t = chrono::DateTime::from_timestamp_nanos(ts)
                 .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-            let stream = if lines.is_multiple_of(10) { "stderr" } else { "stdout" };
+            let stream = if lines.is_multiple_of(10) {
+                "stderr"
+            } else {
+                "stdout"
+            };
             let msg = msgs.next_message();
             let rec = if lines % 500 == 499 {
                 // A 20 KiB line: containerd writes it as a P chunk and an F chunk.
@@ -395,6 +399,7 @@ pub async fn tail(dir: &Path, pushes: usize) -> Result<()> {
                 if let Some(i) = std::str::from_utf8(&e.line)
                     .ok()
                     .and_then(|l| l.strip_prefix("tail "))
+                    .and_then(|l| l.split(' ').next())
                     .and_then(|n| n.parse().ok())
                 {
                     let _ = tx.send((i, now));

@@ -153,7 +153,7 @@ struct AgentArgs {
     /// Batch compression.
     #[arg(long, env = "LOGFLEET_COMPRESSION", value_enum, default_value = "gzip")]
     compression: CompressionArg,
-    /// Compression level (zstd 1-22, gzip 0-9); default: 1 for zstd, 6 for gzip.
+    /// Compression level (zstd 1-22, gzip 0-9); default 1 for both, the cheapest on node CPU.
     #[arg(long, env = "LOGFLEET_COMPRESSION_LEVEL")]
     compression_level: Option<i32>,
     /// Seal a batch at this much line text.
@@ -377,7 +377,7 @@ fn agent_config(a: AgentArgs) -> Result<logfleet_agent::AgentConfig> {
         .filter(|n| !n.is_empty())
         .context("no node name: pass --node-name or set NODE_NAME")?;
     let (compression, level) = match a.compression {
-        CompressionArg::Gzip => (Compression::Gzip, a.compression_level.unwrap_or(6)),
+        CompressionArg::Gzip => (Compression::Gzip, a.compression_level.unwrap_or(1)),
         CompressionArg::Zstd => (Compression::Zstd, a.compression_level.unwrap_or(1)),
         CompressionArg::None => (Compression::None, 0),
     };
@@ -460,6 +460,14 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli.cmd)) {
+        // `logfleet tail ... | head` closes our stdout: that is the end of
+        // the output, not an error.
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
+            std::process::exit(0);
+        }
         eprintln!("logfleet: {e:#}");
         std::process::exit(1);
     }

@@ -399,9 +399,12 @@ impl Tailer {
         let cfg = self.cfg.clone();
         let t = &mut self.files[i];
         let mut deleted = t.deleted;
+        let mut unchanged = false;
         if let Source::Plain(f) = &t.source {
             let md = f.metadata()?;
             deleted = md.nlink() == 0;
+            // Nothing new: skip the read (and its buffer) altogether.
+            unchanged = md.len() == t.framer.read_offset();
             if md.len() < t.framer.read_offset() {
                 self.stats.truncations += 1;
                 tracing::info!(path = %t.path.display(), "file truncated, reading from the start");
@@ -417,8 +420,8 @@ impl Tailer {
         }
         let t = &mut self.files[i];
         let mut read_total = 0usize;
-        let mut eof = false;
-        while read_total < cfg.read_budget {
+        let mut eof = unchanged;
+        while !eof && read_total < cfg.read_budget {
             let spare = t.framer.spare(64 << 10);
             let n = match t.source.read(spare) {
                 Ok(n) => n,
@@ -442,6 +445,9 @@ impl Tailer {
         let grew = read_total > 0;
         if grew {
             t.last_growth = now;
+        }
+        if eof {
+            t.framer.shrink();
         }
         self.stats.bytes += read_total as u64;
         let gz = matches!(t.source, Source::Gz(_));

@@ -88,7 +88,8 @@ fn truncated_file_is_read_from_the_start() {
     let cdir = root.join("ns_p_uid/c");
     std::fs::create_dir_all(&cdir).unwrap();
     let (_agg, url) = aggregator(dir.path(), &[]);
-    let _agent = agent(dir.path(), "n1", &root, &url, &[]);
+    let http = format!("127.0.0.1:{}", free_port());
+    let _agent = agent(dir.path(), "n1", &root, &url, &["--http-addr", &http]);
     let rec = |i: usize| format!("2026-11-27T10:00:00.{i:09}Z stdout F before {i}\n");
     let first: String = (0..20).map(rec).collect();
     std::fs::write(cdir.join("0.log"), &first).unwrap();

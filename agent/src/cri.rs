@@ -384,13 +384,15 @@ fn unterminated(p: Pending, slot: usize) -> Line {
 
 /// Cuts a byte stream into newline-terminated records, never holding more
 /// than `max_record` bytes of one record: longer ones are cut into pieces.
+///
+/// Records are cut straight out of the caller's read buffer; only the
+/// unfinished record at its end is copied and kept.
 #[derive(Debug)]
 pub struct Framer {
+    /// The unfinished record (at most `max_record` bytes).
     buf: Vec<u8>,
-    /// File offset of `buf[0]`.
+    /// File offset of `buf[0]` (of the next byte, when `buf` is empty).
     base: u64,
-    /// Bytes of `buf` already scanned for a newline.
-    scanned: usize,
     max_record: usize,
     /// The next record continues a cut one.
     cont: bool,
@@ -402,7 +404,6 @@ impl Framer {
         Framer {
             buf: Vec::new(),
             base: offset,
-            scanned: 0,
             max_record: max_record.max(1),
             cont: false,
         }
@@ -413,80 +414,73 @@ impl Framer {
         self.base + self.buf.len() as u64
     }
 
-    /// How many bytes may be read next without passing the record limit.
-    pub fn room(&self) -> usize {
-        (self.max_record + 1).saturating_sub(self.buf.len())
-    }
-
-    /// Appends bytes read from the file.
-    pub fn extend(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
-
-    /// Gives buffer space for a direct read of up to `n` bytes; call
-    /// [`Framer::commit`] with what was read.
-    pub fn spare(&mut self, n: usize) -> &mut [u8] {
-        let len = self.buf.len();
-        self.buf.resize(len + n, 0);
-        &mut self.buf[len..]
-    }
-
-    /// Keeps `n` bytes of the last [`Framer::spare`] and drops the rest.
-    pub fn commit(&mut self, spare: usize, n: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - spare + n);
-    }
-
-    /// Calls `f` for every complete record in the buffer and for pieces of
-    /// records over the limit; `f` receives the record and the file offset
-    /// just after it. Keeps the unfinished tail.
-    pub fn drain(&mut self, mut f: impl FnMut(RawRecord<'_>, u64)) {
+    /// Emits every complete record in `data` (and pieces of over-long ones)
+    /// starting at file offset `base`; returns how many bytes it consumed.
+    fn cut(
+        cont: &mut bool,
+        max: usize,
+        data: &[u8],
+        base: u64,
+        f: &mut impl FnMut(RawRecord<'_>, u64),
+    ) -> usize {
         let mut start = 0;
         loop {
-            let hay = &self.buf[start.max(self.scanned)..];
-            let nl = memchr::memchr(b'\n', hay).map(|i| i + start.max(self.scanned));
-            match nl {
-                Some(nl) if nl - start <= self.max_record => {
-                    let offset = self.base + start as u64;
-                    f(
-                        RawRecord {
-                            offset,
-                            bytes: &self.buf[start..nl],
-                            cont: self.cont,
-                            more: false,
-                        },
-                        self.base + nl as u64 + 1,
-                    );
-                    self.cont = false;
-                    start = nl + 1;
-                    self.scanned = start;
+            let window = &data[start..data.len().min(start + max + 1)];
+            match memchr::memchr(b'\n', window) {
+                Some(i) => {
+                    let offset = base + start as u64;
+                    let rec = RawRecord {
+                        offset,
+                        bytes: &window[..i],
+                        cont: *cont,
+                        more: false,
+                    };
+                    f(rec, offset + i as u64 + 1);
+                    *cont = false;
+                    start += i + 1;
                 }
-                _ => {
-                    if self.buf.len() - start > self.max_record {
-                        let end = start + self.max_record;
-                        f(
-                            RawRecord {
-                                offset: self.base + start as u64,
-                                bytes: &self.buf[start..end],
-                                cont: self.cont,
-                                more: true,
-                            },
-                            self.base + end as u64,
-                        );
-                        self.cont = true;
-                        start = end;
-                        self.scanned = start;
-                        continue;
-                    }
-                    self.scanned = self.buf.len();
-                    break;
+                None if data.len() - start > max => {
+                    let offset = base + start as u64;
+                    let rec = RawRecord {
+                        offset,
+                        bytes: &data[start..start + max],
+                        cont: *cont,
+                        more: true,
+                    };
+                    f(rec, offset + max as u64);
+                    *cont = true;
+                    start += max;
                 }
+                None => return start,
             }
         }
-        if start > 0 {
-            self.buf.drain(..start);
-            self.base += start as u64;
-            self.scanned -= start;
+    }
+
+    /// Takes bytes read from the file: calls `f` with every record they
+    /// complete, and the file offset just after it; keeps the unfinished
+    /// rest.
+    pub fn feed(&mut self, mut data: &[u8], mut f: impl FnMut(RawRecord<'_>, u64)) {
+        // First complete the record left over from the last read.
+        while !self.buf.is_empty() && !data.is_empty() {
+            let room = (self.max_record + 1).saturating_sub(self.buf.len()).max(1);
+            let take = memchr::memchr(b'\n', &data[..data.len().min(room)])
+                .map_or(data.len().min(room), |i| i + 1);
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            let n = Self::cut(
+                &mut self.cont,
+                self.max_record,
+                &self.buf,
+                self.base,
+                &mut f,
+            );
+            self.buf.drain(..n);
+            self.base += n as u64;
+        }
+        if self.buf.is_empty() && !data.is_empty() {
+            let n = Self::cut(&mut self.cont, self.max_record, data, self.base, &mut f);
+            self.base += n as u64;
+            self.buf.extend_from_slice(&data[n..]);
         }
     }
 
@@ -506,7 +500,6 @@ impl Framer {
             );
             self.base = end;
             self.buf.clear();
-            self.scanned = 0;
             self.cont = false;
         }
     }
@@ -516,9 +509,7 @@ impl Framer {
         self.buf.len()
     }
 
-    /// Gives back buffer memory beyond what the unfinished tail needs: an
-    /// idle file should not pin a read buffer (1,000 idle files would pin
-    /// 64 MiB).
+    /// Gives back buffer memory the unfinished record no longer needs.
     pub fn shrink(&mut self) {
         if self.buf.capacity() > 4096 && self.buf.capacity() > 2 * self.buf.len() {
             self.buf.shrink_to(self.buf.len().max(1024));
@@ -540,8 +531,7 @@ mod tests {
         let mut out = Vec::new();
         let now = Instant::now();
         for c in data.chunks(chunk.max(1)) {
-            fr.extend(c);
-            fr.drain(|r, end| asm.feed(r, end, now, 7, &mut odd, &mut out));
+            fr.feed(c, |r, end| asm.feed(r, end, now, 7, &mut odd, &mut out));
         }
         (out, odd, asm.safe_offset())
     }
@@ -643,9 +633,10 @@ mod tests {
         let mut odd = Oddities::default();
         let mut out = Vec::new();
         for c in data.chunks(333) {
-            fr.extend(c);
-            fr.drain(|r, e| asm.feed(r, e, Instant::now(), 0, &mut odd, &mut out));
-            assert!(fr.buffered() <= max + 333);
+            fr.feed(c, |r, e| {
+                asm.feed(r, e, Instant::now(), 0, &mut odd, &mut out)
+            });
+            assert!(fr.buffered() <= max);
             assert!(asm.pending_bytes() <= max);
         }
         let total: usize = out[..out.len() - 1].iter().map(|l| l.text.len()).sum();
@@ -669,8 +660,9 @@ mod tests {
         let mut odd = Oddities::default();
         let mut out = Vec::new();
         let t0 = Instant::now();
-        fr.extend(data.as_bytes());
-        fr.drain(|r, e| asm.feed(r, e, t0, 0, &mut odd, &mut out));
+        fr.feed(data.as_bytes(), |r, e| {
+            asm.feed(r, e, t0, 0, &mut odd, &mut out)
+        });
         assert!(out.is_empty());
         asm.flush_stale(
             t0,
@@ -694,24 +686,62 @@ mod tests {
     }
 
     #[test]
-    fn drained_framer_gives_its_buffer_back() {
+    fn framer_keeps_only_the_unfinished_record() {
         let mut fr = Framer::new(0, 1 << 20);
-        let n = fr.spare(64 << 10).len();
-        fr.commit(n, 0);
-        fr.extend(b"abc\ndef");
-        fr.drain(|_, _| {});
-        assert!(fr.buf.capacity() >= 64 << 10);
+        let mut big = b"x".repeat(100_000);
+        big.extend_from_slice(b"\nab");
+        fr.feed(&big[..50_000], |_, _| {});
+        assert_eq!(fr.buffered(), 50_000);
+        let mut n = 0;
+        fr.feed(&big[50_000..], |r, end| {
+            assert_eq!((r.offset, r.bytes.len(), end), (0, 100_000, 100_001));
+            n += 1;
+        });
+        assert_eq!(n, 1);
         fr.shrink();
+        assert_eq!(fr.buf, b"ab");
         assert!(fr.buf.capacity() <= 1024, "{}", fr.buf.capacity());
-        assert_eq!(fr.buf, b"def", "the unfinished tail is kept");
+        assert_eq!(fr.read_offset(), big.len() as u64);
+    }
+
+    proptest::proptest! {
+        /// Whatever the read sizes and the record limit, the pieces put
+        /// back together are the input, and every offset is right.
+        #[test]
+        fn pieces_reassemble_the_input(
+            data in proptest::collection::vec(proptest::sample::select(vec![b'a', b'b', b'\n']), 0..400),
+            chunk in 1usize..50,
+            max in 1usize..40,
+        ) {
+            let mut fr = Framer::new(1000, max);
+            let mut rebuilt = Vec::new();
+            let mut next = 1000u64;
+            let mut check = |r: RawRecord<'_>, end: u64| {
+                assert_eq!(r.offset, next);
+                assert!(r.bytes.len() <= max);
+                rebuilt.extend_from_slice(r.bytes);
+                if !r.more {
+                    rebuilt.push(b'\n');
+                }
+                next = end;
+            };
+            for c in data.chunks(chunk) {
+                fr.feed(c, &mut check);
+                assert!(fr.buffered() <= max);
+            }
+            let tail = fr.buffered();
+            proptest::prop_assert_eq!(&rebuilt[..], &data[..data.len() - tail]);
+            proptest::prop_assert_eq!(fr.read_offset(), 1000 + data.len() as u64);
+        }
     }
 
     #[test]
     fn framer_finish_emits_tail_without_newline() {
         let mut fr = Framer::new(10, 100);
-        fr.extend(b"abc\ndef");
         let mut got = Vec::new();
-        fr.drain(|r, e| got.push((r.offset, r.bytes.to_vec(), e)));
+        fr.feed(b"abc\ndef", |r, e| {
+            got.push((r.offset, r.bytes.to_vec(), e))
+        });
         fr.finish(|r, e| got.push((r.offset, r.bytes.to_vec(), e)));
         assert_eq!(
             got,

@@ -160,6 +160,8 @@ pub struct Tailer {
     /// Statistics.
     pub stats: TailStats,
     scratch: Vec<Line>,
+    /// One read buffer for all files: records are cut straight out of it.
+    readbuf: Vec<u8>,
 }
 
 fn inode(md: &std::fs::Metadata) -> Inode {
@@ -197,6 +199,7 @@ impl Tailer {
             checkpoints,
             stats: TailStats::default(),
             scratch: Vec::new(),
+            readbuf: vec![0; 64 << 10],
         }
     }
 
@@ -422,15 +425,7 @@ impl Tailer {
         let mut read_total = 0usize;
         let mut eof = unchanged;
         while !eof && read_total < cfg.read_budget {
-            let spare = t.framer.spare(64 << 10);
-            let n = match t.source.read(spare) {
-                Ok(n) => n,
-                Err(e) => {
-                    t.framer.commit(64 << 10, 0);
-                    return Err(e);
-                }
-            };
-            t.framer.commit(64 << 10, n);
+            let n = t.source.read(&mut self.readbuf)?;
             if n == 0 {
                 eof = true;
                 break;
@@ -439,16 +434,18 @@ impl Tailer {
             let (asm, out) = (&mut t.asm, &mut self.scratch);
             let odd = &mut self.stats.odd;
             let ts = now_ns();
-            t.framer
-                .drain(|rec, end| asm.feed(rec, end, now, ts, odd, out));
+            t.framer.feed(&self.readbuf[..n], |rec, end| {
+                asm.feed(rec, end, now, ts, odd, out)
+            });
         }
         let grew = read_total > 0;
         if grew {
             t.last_growth = now;
         }
-        if eof {
-            t.framer.shrink();
-        }
+        // Between passes a file keeps only its unfinished tail: with
+        // hundreds of files catching up at once, read buffers kept per file
+        // would otherwise add up to more than everything else.
+        t.framer.shrink();
         self.stats.bytes += read_total as u64;
         let gz = matches!(t.source, Source::Gz(_));
         let finished = eof

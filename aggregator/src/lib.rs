@@ -79,21 +79,50 @@ pub async fn run(
     let (shared, writer) = ingest::open(cfg.store.clone(), metrics.clone())?;
     let auth = service::Auth::new(cfg.token.clone(), metrics.clone());
 
-    let http_listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .map_err(|source| AggregatorError::Bind {
-            addr: cfg.http_addr,
-            source,
-        })?;
     let app = http::router(http::HttpState {
         shared: shared.clone(),
         registry: Arc::new(registry),
     });
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, app).await {
-            tracing::error!(error = %e, "http endpoint failed");
+    let http_listener = std::net::TcpListener::bind(cfg.http_addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| AggregatorError::Bind {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    match &cfg.tls {
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|source| AggregatorError::Tls {
+                    path: cert.clone(),
+                    source,
+                })?;
+            let server = axum_server::from_tcp_rustls(http_listener, tls).map_err(|source| {
+                AggregatorError::Bind {
+                    addr: cfg.http_addr,
+                    source,
+                }
+            })?;
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(app.into_make_service()).await {
+                    tracing::error!(error = %e, "https endpoint failed");
+                }
+            });
         }
-    });
+        None => {
+            let listener = tokio::net::TcpListener::from_std(http_listener).map_err(|source| {
+                AggregatorError::Bind {
+                    addr: cfg.http_addr,
+                    source,
+                }
+            })?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "http endpoint failed");
+                }
+            });
+        }
+    }
 
     let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
         .await

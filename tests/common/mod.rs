@@ -177,8 +177,6 @@ pub fn agent(dir: &Path, node: &str, root: &Path, url: &str, extra: &[&str]) -> 
         &dir.join(format!("state-{node}")).display().to_string(),
         "--aggregator",
         url,
-        "--http-addr",
-        "127.0.0.1:0",
         "--batch-wait",
         "200ms",
         "--batch-size",
@@ -195,8 +193,34 @@ pub fn agent(dir: &Path, node: &str, root: &Path, url: &str, extra: &[&str]) -> 
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if !extra.contains(&"--http-addr") {
+        args.extend(["--http-addr".to_string(), "127.0.0.1:0".to_string()]);
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     Proc::start(&format!("agent-{node}"), &args, dir)
+}
+
+/// The body of an HTTP GET on loopback.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The value of a Prometheus sample (first line starting with `name`).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Counts occurrences of each key.

@@ -1,0 +1,59 @@
+//! TLS on both aggregator ports: agents and the CLI verify the server with
+//! --tls-ca; a plaintext client gets a clear error.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn agent_and_cli_over_tls_and_plaintext_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let (agg, plain_url) = aggregator(dir.path(), &["--tls-cert", &c, "--tls-key", &k]);
+    let url = plain_url.replace("http://", "https://");
+
+    let root = dir.path().join("pods");
+    let cdir = root.join("ns_pod_uid/c");
+    std::fs::create_dir_all(&cdir).unwrap();
+    std::fs::write(
+        cdir.join("0.log"),
+        "2026-11-27T10:00:00.000000001Z stdout F over tls\n",
+    )
+    .unwrap();
+    let _agent = agent(dir.path(), "n1", &root, &url, &["--tls-ca", &c]);
+
+    let got = wait_for("the line over TLS", Duration::from_secs(30), || {
+        let v = query_all(&url, "{}", &["--tls-ca", &c])?;
+        (!v.is_empty()).then_some(v)
+    });
+    assert_eq!(got[0]["line"], "over tls");
+
+    // Plaintext against the TLS port: a clear, single-line error.
+    let out = cli(&["agents", "--aggregator", &plain_url]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // Without the CA the server is not trusted.
+    let out = cli(&["agents", "--aggregator", &url]);
+    assert!(!out.status.success());
+
+    // The HTTP port speaks TLS too: a plaintext request gets no metrics.
+    let mut s = std::net::TcpStream::connect(&agg.http).unwrap();
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("logfleet_aggregator"),
+        "metrics served in plaintext"
+    );
+}

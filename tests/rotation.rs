@@ -79,6 +79,54 @@ fn resumes_inside_gzipped_rotation_after_agent_crash() {
     );
 }
 
+/// `logfleet tail` shows lines as they are stored, and only matching ones.
+#[test]
+fn tail_follows_new_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pods");
+    let cdir = root.join("ns_p_uid/c");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    let _agent = agent(dir.path(), "n1", &root, &url, &[]);
+    let out_path = dir.path().join("tail.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut tail = std::process::Command::new(bin())
+        .args([
+            "tail",
+            "--aggregator",
+            &url,
+            r#"{namespace="ns"} |= "wanted""#,
+            "--output",
+            "jsonl",
+        ])
+        .stdout(out)
+        .spawn()
+        .unwrap();
+    // Keep appending until the tail shows a wanted line (the tail may
+    // start after the first lines are stored).
+    let mut i = 0;
+    let got = wait_for("tail output", Duration::from_secs(30), || {
+        i += 1;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cdir.join("0.log"))
+            .unwrap();
+        use std::io::Write;
+        writeln!(f, "2026-11-27T10:00:00.{i:09}Z stdout F wanted {i}").unwrap();
+        writeln!(f, "2026-11-27T10:00:00.{i:09}Z stdout F other {i}").unwrap();
+        let text = std::fs::read_to_string(&out_path).unwrap();
+        (text.lines().count() >= 3).then_some(text)
+    });
+    let _ = tail.kill();
+    let _ = tail.wait();
+    for l in got.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["line"].as_str().unwrap().starts_with("wanted"), "{l}");
+        assert_eq!(v["node"], "n1");
+    }
+}
+
 /// A file that shrinks under the agent (copy-truncate) is read again from
 /// its start as a new file; what was there before is not re-sent.
 #[test]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use logfleet_proto::lines::{CUT, UNPARSED, UNTERMINATED};
-use logfleet_proto::v1::{Compression, FileLabels, FileRange, PushRequest};
+use logfleet_proto::v1::{Compression, FileLabels, FileRange, PushRequest, Stream};
 use logfleet_proto::LinesBuilder;
 
 use crate::cri::Line;
@@ -47,8 +47,66 @@ pub struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    /// Adds `lines` of one file, read from `start`, and records that the file
-    /// is accounted for up to `end`.
+    /// The index of `file_id`'s range in this batch, adding the range
+    /// (starting at `start`) if the file has none yet.
+    pub fn range(
+        &mut self,
+        file_id: u64,
+        labels: &FileLabels,
+        path: &std::path::Path,
+        start: u64,
+        now: Instant,
+    ) -> u32 {
+        if let Some(&i) = self.index.get(&file_id) {
+            return i as u32;
+        }
+        let i = self.ranges.len();
+        self.ranges.push(FileRange {
+            file_id,
+            labels: Some(labels.clone()),
+            start,
+            end: start,
+        });
+        self.paths.push(path.to_owned());
+        self.index.insert(file_id, i);
+        self.started.get_or_insert(now);
+        i as u32
+    }
+
+    /// Appends a line of range `idx`.
+    pub fn push(
+        &mut self,
+        idx: u32,
+        offset: u64,
+        ts: i64,
+        stream: Stream,
+        flags: u32,
+        text: &[u8],
+    ) {
+        self.lines.push(idx, ts, offset, stream as i32, flags, text);
+    }
+
+    /// Records that the file is accounted for up to `end` (adding its range
+    /// if needed): the checkpoint moves there once the batch is acknowledged.
+    pub fn account(
+        &mut self,
+        file_id: u64,
+        labels: &FileLabels,
+        path: &std::path::Path,
+        start: u64,
+        end: u64,
+        now: Instant,
+    ) {
+        let idx = self.range(file_id, labels, path, start, now) as usize;
+        let r = &mut self.ranges[idx];
+        r.end = r.end.max(end);
+        if self.paths[idx] != path {
+            self.paths[idx] = path.to_owned();
+        }
+    }
+
+    /// Adds whole lines of one file, read from `start`, and accounts the
+    /// file up to `end`.
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
@@ -60,36 +118,14 @@ impl BatchBuilder {
         lines: &mut Vec<Line>,
         now: Instant,
     ) {
-        let idx = match self.index.get(&file_id) {
-            Some(&i) => i,
-            None => {
-                let i = self.ranges.len();
-                self.ranges.push(FileRange {
-                    file_id,
-                    labels: Some(labels.clone()),
-                    start,
-                    end,
-                });
-                self.paths.push(path.to_owned());
-                self.index.insert(file_id, i);
-                i
-            }
-        };
-        let r = &mut self.ranges[idx];
-        r.end = r.end.max(end);
-        if self.paths[idx] != path {
-            self.paths[idx] = path.to_owned();
-        }
+        let idx = self.range(file_id, labels, path, start, now);
         for l in lines.drain(..) {
             let flags = (l.unterminated as u32 * UNTERMINATED)
                 | (l.cut as u32 * CUT)
                 | (l.unparsed as u32 * UNPARSED);
-            self.lines
-                .push(idx as u32, l.ts, l.offset, l.stream as i32, flags, &l.text);
+            self.push(idx, l.offset, l.ts, l.stream, flags, &l.text);
         }
-        if self.started.is_none() && (!self.lines.is_empty() || self.ranges[idx].end > start) {
-            self.started = Some(now);
-        }
+        self.account(file_id, labels, path, start, end, now);
     }
 
     /// Whether there is nothing to send.

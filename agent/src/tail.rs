@@ -15,9 +15,10 @@ use logfleet_proto::v1::FileLabels;
 
 use crate::batch::BatchBuilder;
 use crate::checkpoint::Checkpoints;
-use crate::cri::{Assembler, Framer, Line, Oddities};
+use crate::cri::{Assembler, Framer, LineSink, Oddities};
 use crate::discover::{FileKind, Found};
 use crate::fingerprint::{self, FINGERPRINT_MAX};
+use logfleet_proto::v1::Stream;
 
 /// Settings of the tailer.
 #[derive(Debug, Clone)]
@@ -118,6 +119,53 @@ impl Tracked {
     }
 }
 
+/// Writes one file's lines straight into the batch, opening the file's
+/// range on its first line.
+struct BatchSink<'a> {
+    batch: &'a mut BatchBuilder,
+    file_id: u64,
+    labels: &'a FileLabels,
+    path: &'a Path,
+    start: u64,
+    idx: Option<u32>,
+    lines: u64,
+    now: Instant,
+}
+
+impl LineSink for BatchSink<'_> {
+    fn line(&mut self, offset: u64, ts: i64, stream: Stream, flags: u32, text: &[u8]) {
+        let idx = match self.idx {
+            Some(i) => i,
+            None => {
+                let i =
+                    self.batch
+                        .range(self.file_id, self.labels, self.path, self.start, self.now);
+                self.idx = Some(i);
+                i
+            }
+        };
+        self.batch.push(idx, offset, ts, stream, flags, text);
+        self.lines += 1;
+    }
+}
+
+impl BatchSink<'_> {
+    /// Accounts the file up to `end` and returns how many lines it added.
+    fn close(self, end: u64) -> u64 {
+        if self.idx.is_some() || end > self.start {
+            self.batch.account(
+                self.file_id,
+                self.labels,
+                self.path,
+                self.start,
+                end,
+                self.now,
+            );
+        }
+        self.lines
+    }
+}
+
 /// A file read to its end, remembered until it disappears from disk.
 struct Done {
     final_end: u64,
@@ -159,7 +207,6 @@ pub struct Tailer {
     checkpoints: Arc<Mutex<Checkpoints>>,
     /// Statistics.
     pub stats: TailStats,
-    scratch: Vec<Line>,
     /// One read buffer for all files: records are cut straight out of it.
     readbuf: Vec<u8>,
 }
@@ -198,7 +245,6 @@ impl Tailer {
             generation: 0,
             checkpoints,
             stats: TailStats::default(),
-            scratch: Vec::new(),
             readbuf: vec![0; 64 << 10],
         }
     }
@@ -421,72 +467,74 @@ impl Tailer {
                 return Ok(r);
             }
         }
+        let readbuf = &mut self.readbuf;
+        let odd = &mut self.stats.odd;
         let t = &mut self.files[i];
+        let Some(id) = t.id else {
+            return Ok((false, false));
+        };
+        let Tracked {
+            source,
+            framer,
+            asm,
+            labels,
+            path,
+            range_start,
+            last_growth,
+            kind,
+            ..
+        } = t;
+        let mut sink = BatchSink {
+            batch,
+            file_id: id,
+            labels,
+            path,
+            start: *range_start,
+            idx: None,
+            lines: 0,
+            now,
+        };
         let mut read_total = 0usize;
         let mut eof = unchanged;
         while !eof && read_total < cfg.read_budget {
-            let n = t.source.read(&mut self.readbuf)?;
+            let n = source.read(readbuf)?;
             if n == 0 {
                 eof = true;
                 break;
             }
             read_total += n;
-            let (asm, out) = (&mut t.asm, &mut self.scratch);
-            let odd = &mut self.stats.odd;
             let ts = now_ns();
-            t.framer.feed(&self.readbuf[..n], |rec, end| {
-                asm.feed(rec, end, now, ts, odd, out)
+            framer.feed(&readbuf[..n], |rec, end| {
+                asm.feed(rec, end, now, ts, odd, &mut sink)
             });
         }
         let grew = read_total > 0;
         if grew {
-            t.last_growth = now;
+            *last_growth = now;
         }
-        // Between passes a file keeps only its unfinished tail: with
+        // Between passes a file keeps only its unfinished record: with
         // hundreds of files catching up at once, read buffers kept per file
         // would otherwise add up to more than everything else.
-        t.framer.shrink();
-        self.stats.bytes += read_total as u64;
-        let gz = matches!(t.source, Source::Gz(_));
+        framer.shrink();
+        let gz = matches!(source, Source::Gz(_));
         let finished = eof
             && (gz
                 || deleted
-                || (t.kind != FileKind::Live
-                    && now.saturating_duration_since(t.last_growth) >= cfg.rotate_wait));
-        let consumed = t.framer.read_offset();
+                || (*kind != FileKind::Live
+                    && now.saturating_duration_since(*last_growth) >= cfg.rotate_wait));
+        let consumed = framer.read_offset();
         if finished {
-            let (asm, out, odd) = (&mut t.asm, &mut self.scratch, &mut self.stats.odd);
             let ts = now_ns();
-            t.framer
-                .finish(|rec, end| asm.feed(rec, end, now, ts, odd, out));
-            t.asm
-                .flush_all(consumed, &mut self.stats.odd, &mut self.scratch);
+            framer.finish(|rec, end| asm.feed(rec, end, now, ts, odd, &mut sink));
+            asm.flush_all(consumed, odd, &mut sink);
         } else {
-            t.asm.flush_stale(
-                now,
-                cfg.partial_timeout,
-                consumed,
-                &mut self.stats.odd,
-                &mut self.scratch,
-            );
+            asm.flush_stale(now, cfg.partial_timeout, consumed, odd, &mut sink);
         }
-        let end = t.asm.safe_offset();
-        if let Some(id) = t.id {
-            if !self.scratch.is_empty() || end > t.range_start {
-                self.stats.lines += self.scratch.len() as u64;
-                batch.add(
-                    id,
-                    &t.labels,
-                    &t.path,
-                    t.range_start,
-                    end,
-                    &mut self.scratch,
-                    now,
-                );
-                t.range_start = end;
-            }
-        }
-        self.scratch.clear();
+        let end = asm.safe_offset();
+        let lines = sink.close(end);
+        *range_start = end.max(*range_start);
+        self.stats.lines += lines;
+        self.stats.bytes += read_total as u64;
         Ok((grew, finished))
     }
 
@@ -536,25 +584,27 @@ impl Tailer {
         batch: &mut BatchBuilder,
     ) -> std::io::Result<()> {
         let max_line = self.cfg.max_line;
+        let odd = &mut self.stats.odd;
         let t = &mut self.files[i];
-        let consumed = t.framer.read_offset();
-        let (asm, out, odd) = (&mut t.asm, &mut self.scratch, &mut self.stats.odd);
-        let ts = now_ns();
-        t.framer
-            .finish(|rec, end| asm.feed(rec, end, now, ts, odd, out));
-        t.asm
-            .flush_all(consumed, &mut self.stats.odd, &mut self.scratch);
         if let Some(id) = t.id {
-            let end = t.asm.safe_offset();
-            batch.add(
-                id,
-                &t.labels,
-                &t.path,
-                t.range_start,
-                end,
-                &mut self.scratch,
+            let mut sink = BatchSink {
+                batch,
+                file_id: id,
+                labels: &t.labels,
+                path: &t.path,
+                start: t.range_start,
+                idx: None,
+                lines: 0,
                 now,
-            );
+            };
+            let consumed = t.framer.read_offset();
+            let ts = now_ns();
+            let asm = &mut t.asm;
+            t.framer
+                .finish(|rec, end| asm.feed(rec, end, now, ts, odd, &mut sink));
+            asm.flush_all(consumed, odd, &mut sink);
+            let end = asm.safe_offset();
+            self.stats.lines += sink.close(end);
             self.known.remove(&t.inode);
             self.done.insert(
                 id,
@@ -565,7 +615,6 @@ impl Tailer {
                 },
             );
         }
-        self.scratch.clear();
         if let Source::Plain(f) = &mut t.source {
             f.seek(SeekFrom::Start(0))?;
         }

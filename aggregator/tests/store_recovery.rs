@@ -179,3 +179,37 @@ async fn retention_deletes_old_segments_but_remembers_what_it_stored() {
     assert_eq!(all(&shared).len(), before);
     assert_eq!(shared.index.read().unwrap().agents["node-a"].lines, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_keeps_recent_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path(), 1, None);
+    c.retention_age = Some(Duration::from_secs(86_400));
+    let (shared, w) = open(c);
+    // Lines from 1970 (the helper's timestamps), then lines from now.
+    for i in 0..5 {
+        w.push(push(1, i * 10, 10, Compression::Zstd), Default::default())
+            .await
+            .unwrap();
+    }
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let mut b = LinesBuilder::default();
+    b.push(0, now, 0, 1, 0, b"fresh");
+    let (payload, raw_len) =
+        logfleet_proto::encode_payload(&b.finish(), Compression::Zstd, 1).unwrap();
+    let mut fresh = push(2, 0, 1, Compression::Zstd);
+    fresh.payload = payload;
+    fresh.raw_len = raw_len;
+    // With one-byte segments every push seals one, and retention runs at
+    // each seal.
+    w.push(fresh, Default::default()).await.unwrap();
+    w.push(push(3, 0, 1, Compression::Zstd), Default::default())
+        .await
+        .unwrap();
+    let lines = all(&shared);
+    assert!(lines.contains(&"fresh".to_string()), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.starts_with("file 1 ")),
+        "old lines deleted: {lines:?}"
+    );
+}

@@ -416,7 +416,8 @@ impl Assembler {
     }
 
     /// Emits partial runs idle for at least `timeout` as unterminated lines.
-    /// `consumed` is the file offset read so far.
+    /// `consumed` is the framer's [`Framer::record_offset`]: the end of the
+    /// last record fed, not of the last byte read.
     pub fn flush_stale(
         &mut self,
         now: Instant,
@@ -501,6 +502,13 @@ impl Framer {
     /// File offset just after the bytes handed to the framer so far.
     pub fn read_offset(&self) -> u64 {
         self.base + self.buf.len() as u64
+    }
+
+    /// File offset of the first byte not yet handed out in a record: the
+    /// start of the unfinished record. Everything before it reached the
+    /// assembler; a checkpoint can never lie past it.
+    pub fn record_offset(&self) -> u64 {
+        self.base
     }
 
     /// Emits every complete record in `data` (and pieces of over-long ones)

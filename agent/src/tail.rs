@@ -34,6 +34,8 @@ pub struct TailConfig {
     /// At most this many bytes are read from one file per pass, so that a
     /// busy file does not starve the others.
     pub read_budget: usize,
+    /// Size of one read.
+    pub read_chunk: usize,
 }
 
 impl Default for TailConfig {
@@ -43,6 +45,7 @@ impl Default for TailConfig {
             partial_timeout: Duration::from_secs(5),
             rotate_wait: Duration::from_secs(30),
             read_budget: 4 << 20,
+            read_chunk: 64 << 10,
         }
     }
 }
@@ -236,6 +239,7 @@ fn read_head(path: &Path, gz: bool) -> std::io::Result<Vec<u8>> {
 impl Tailer {
     /// A tailer that resumes from `checkpoints`.
     pub fn new(cfg: TailConfig, checkpoints: Arc<Mutex<Checkpoints>>) -> Self {
+        let readbuf = vec![0; cfg.read_chunk.max(1)];
         Tailer {
             cfg,
             files: Vec::new(),
@@ -245,7 +249,7 @@ impl Tailer {
             generation: 0,
             checkpoints,
             stats: TailStats::default(),
-            readbuf: vec![0; 64 << 10],
+            readbuf,
         }
     }
 
@@ -522,13 +526,18 @@ impl Tailer {
                 || deleted
                 || (*kind != FileKind::Live
                     && now.saturating_duration_since(*last_growth) >= cfg.rotate_wait));
-        let consumed = framer.read_offset();
         if finished {
             let ts = now_ns();
             framer.finish(|rec, end| asm.feed(rec, end, now, ts, odd, &mut sink));
-            asm.flush_all(consumed, odd, &mut sink);
+            asm.flush_all(framer.record_offset(), odd, &mut sink);
         } else {
-            asm.flush_stale(now, cfg.partial_timeout, consumed, odd, &mut sink);
+            asm.flush_stale(
+                now,
+                cfg.partial_timeout,
+                framer.record_offset(),
+                odd,
+                &mut sink,
+            );
         }
         let end = asm.safe_offset();
         let lines = sink.close(end);
@@ -597,12 +606,11 @@ impl Tailer {
                 lines: 0,
                 now,
             };
-            let consumed = t.framer.read_offset();
             let ts = now_ns();
             let asm = &mut t.asm;
             t.framer
                 .finish(|rec, end| asm.feed(rec, end, now, ts, odd, &mut sink));
-            asm.flush_all(consumed, odd, &mut sink);
+            asm.flush_all(t.framer.record_offset(), odd, &mut sink);
             let end = asm.safe_offset();
             self.stats.lines += sink.close(end);
             self.known.remove(&t.inode);

@@ -128,12 +128,15 @@ impl Store {
     }
 }
 
-fn cfg() -> TailConfig {
+/// Reads of `chunk` bytes, and at most `budget` bytes per file and pass:
+/// small values end reads in the middle of records.
+fn cfg(chunk: usize, budget: usize) -> TailConfig {
     TailConfig {
         max_line: 1 << 20,
         partial_timeout: Duration::from_secs(3600),
         rotate_wait: Duration::ZERO,
-        read_budget: 1 << 20,
+        read_budget: budget,
+        read_chunk: chunk,
     }
 }
 
@@ -178,6 +181,10 @@ fn poll(
 }
 
 fn run(actions: Vec<Action>) {
+    run_with(actions, 64 << 10, 1 << 20)
+}
+
+fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("pods");
     let dir = root.join("ns_pod_uid/c");
@@ -191,7 +198,7 @@ fn run(actions: Vec<Action>) {
     };
     let ckpt = Arc::new(Mutex::new(Checkpoints::default()));
     let mut saved = Checkpoints::default();
-    let mut tailer = Tailer::new(cfg(), ckpt.clone());
+    let mut tailer = Tailer::new(cfg(chunk, budget), ckpt.clone());
     let mut store = Store::default();
     let mut unacked = Unacked::new();
     let un = &mut unacked;
@@ -230,10 +237,10 @@ fn run(actions: Vec<Action>) {
             Action::Crash => {
                 un.clear();
                 *ckpt.lock().unwrap() = saved.clone();
-                tailer = Tailer::new(cfg(), ckpt.clone());
+                tailer = Tailer::new(cfg(chunk, budget), ckpt.clone());
             }
             Action::Truncate => {
-                for _ in 0..10 {
+                for _ in 0..100_000 {
                     if !poll(&mut tailer, &root, &mut store, &ckpt, un, true) {
                         break;
                     }
@@ -250,7 +257,7 @@ fn run(actions: Vec<Action>) {
         }
     }
     // Drain: poll until nothing moves, acknowledging everything.
-    for _ in 0..50 {
+    for _ in 0..100_000 {
         if !poll(&mut tailer, &root, &mut store, &ckpt, un, true) {
             break;
         }
@@ -284,6 +291,16 @@ proptest! {
     #[test]
     fn every_line_once_whatever_happens(actions in proptest::collection::vec(action(), 1..40)) {
         run(actions);
+    }
+
+    /// The same with reads that end in the middle of records.
+    #[test]
+    fn every_line_once_with_tiny_reads(
+        actions in proptest::collection::vec(action(), 1..30),
+        chunk in 1usize..48,
+        budget in 1usize..200,
+    ) {
+        run_with(actions, chunk, budget);
     }
 }
 

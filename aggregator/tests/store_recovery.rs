@@ -176,7 +176,11 @@ async fn retention_deletes_old_segments_but_remembers_what_it_stored() {
         .await
         .unwrap();
     assert_eq!((r.stored_lines, r.duplicate_lines), (0, 200));
-    assert_eq!(all(&shared).len(), before);
+    // Nothing stored again (retention may have deleted more meanwhile: the
+    // reopened store seals its active segment at the first commit).
+    let after = all(&shared);
+    assert!(after.len() <= before, "{} > {before}", after.len());
+    assert!(after.contains(&"file 7 line 199".to_string()));
     assert_eq!(shared.index.read().unwrap().agents["node-a"].lines, 200);
 }
 

@@ -159,7 +159,17 @@ pub async fn run(
         .add_service(ingest)
         .add_service(query)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            // Small replies (acks, query chunks) must not wait for Nagle's
+            // algorithm and the peer's delayed ACK: that costs ~40 ms each.
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                |conn| {
+                    if let Ok(c) = &conn {
+                        let _ = c.set_nodelay(true);
+                    }
+                    conn
+                },
+            ),
             shutdown,
         )
         .await?;

@@ -119,6 +119,32 @@ fn spawn(args: &[&str], log: &Path) -> Result<Bg> {
     Ok(Bg(child))
 }
 
+/// An aggregator on free loopback ports with its store in `data`, and a
+/// query client connected to it.
+async fn start_aggregator(
+    data: &Path,
+    log: &Path,
+) -> Result<(Bg, String, QueryClient<tonic::transport::Channel>)> {
+    let (grpc, http) = (free_port()?, free_port()?);
+    let url = format!("http://127.0.0.1:{grpc}");
+    let agg = spawn(
+        &[
+            "aggregator",
+            "--data-dir",
+            &data.display().to_string(),
+            "--grpc-addr",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-addr",
+            &format!("127.0.0.1:{http}"),
+            "--retention-age",
+            "0s",
+        ],
+        log,
+    )?;
+    let c = client(&url).await?;
+    Ok((agg, url, c))
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -172,23 +198,7 @@ pub async fn pipeline(dir: &Path, compression: &str) -> Result<()> {
             std::fs::remove_dir_all(d)?;
         }
     }
-    let (grpc, http) = (free_port()?, free_port()?);
-    let url = format!("http://127.0.0.1:{grpc}");
-    let agg = spawn(
-        &[
-            "aggregator",
-            "--data-dir",
-            &data.display().to_string(),
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http}"),
-            "--retention-age",
-            "0s",
-        ],
-        &dir.join("aggregator.log"),
-    )?;
-    let mut c = client(&url).await?;
+    let (agg, url, mut c) = start_aggregator(&data, &dir.join("aggregator.log")).await?;
     let started = Instant::now();
     let agent = spawn(
         &[
@@ -288,23 +298,7 @@ impl Write for Counter {
 pub async fn query(dir: &Path, compression: &str) -> Result<()> {
     let w: Workload = serde_json::from_slice(&std::fs::read(dir.join("workload.json"))?)?;
     let data = dir.join(format!("data-{compression}"));
-    let (grpc, http) = (free_port()?, free_port()?);
-    let url = format!("http://127.0.0.1:{grpc}");
-    let agg = spawn(
-        &[
-            "aggregator",
-            "--data-dir",
-            &data.display().to_string(),
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http}"),
-            "--retention-age",
-            "0s",
-        ],
-        &dir.join("aggregator-query.log"),
-    )?;
-    let mut c = client(&url).await?;
+    let (agg, url, mut c) = start_aggregator(&data, &dir.join("aggregator-query.log")).await?;
     let pid = agg.0.id();
     // A substring that occurs nowhere: every stored line is scanned.
     for _ in 0..3 {
@@ -369,21 +363,7 @@ pub async fn tail(dir: &Path, pushes: usize) -> Result<()> {
     if data.exists() {
         std::fs::remove_dir_all(&data)?;
     }
-    let (grpc, http) = (free_port()?, free_port()?);
-    let url = format!("http://127.0.0.1:{grpc}");
-    let _agg = spawn(
-        &[
-            "aggregator",
-            "--data-dir",
-            &data.display().to_string(),
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http}"),
-        ],
-        &dir.join("aggregator-tail.log"),
-    )?;
-    let mut qc = client(&url).await?;
+    let (_agg, url, mut qc) = start_aggregator(&data, &dir.join("aggregator-tail.log")).await?;
     let mut ingest = IngestClient::connect(url.clone()).await?;
     let mut stream = qc
         .tail(TailRequest {
@@ -477,21 +457,7 @@ pub async fn idle(dir: &Path, files: usize, seconds: u64) -> Result<()> {
             format!("2026-11-27T10:00:00.{f:09}Z stdout F started {f}\n"),
         )?;
     }
-    let (grpc, http) = (free_port()?, free_port()?);
-    let url = format!("http://127.0.0.1:{grpc}");
-    let _agg = spawn(
-        &[
-            "aggregator",
-            "--data-dir",
-            &data.display().to_string(),
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http}"),
-        ],
-        &dir.join("aggregator-idle.log"),
-    )?;
-    let mut c = client(&url).await?;
+    let (_agg, url, mut c) = start_aggregator(&data, &dir.join("aggregator-idle.log")).await?;
     let agent = spawn(
         &[
             "agent",

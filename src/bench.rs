@@ -298,7 +298,7 @@ impl Write for Counter {
 pub async fn query(dir: &Path, compression: &str) -> Result<()> {
     let w: Workload = serde_json::from_slice(&std::fs::read(dir.join("workload.json"))?)?;
     let data = dir.join(format!("data-{compression}"));
-    let (agg, url, mut c) = start_aggregator(&data, &dir.join("aggregator-query.log")).await?;
+    let (agg, _, mut c) = start_aggregator(&data, &dir.join("aggregator-query.log")).await?;
     let pid = agg.0.id();
     // A substring that occurs nowhere: every stored line is scanned.
     for _ in 0..3 {

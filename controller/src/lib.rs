@@ -1,0 +1,9 @@
+//! The logfleet controller: from one `LogCollector` resource it rolls out
+//! the agent DaemonSet and the aggregator, and reports which nodes lack a
+//! working agent, and why.
+//!
+//! Pure logic comes first, apart from any I/O, so it is tested on real
+//! k8s-openapi values without a cluster: [`placement`] decides, as the
+//! DaemonSet controller does, whether a daemon pod belongs on a node.
+
+pub mod placement;

@@ -4,6 +4,8 @@
 //!
 //! Pure logic comes first, apart from any I/O, so it is tested on real
 //! k8s-openapi values without a cluster: [`placement`] decides, as the
-//! DaemonSet controller does, whether a daemon pod belongs on a node.
+//! DaemonSet controller does, whether a daemon pod belongs on a node;
+//! [`coverage`] says which expected nodes lack a working agent, and why.
 
+pub mod coverage;
 pub mod placement;

@@ -165,6 +165,21 @@ pub async fn tail(c: &ConnArgs, query: String, jsonl: bool) -> Result<()> {
     Ok(())
 }
 
+/// Each node's last push, ns since the epoch.
+pub async fn last_pushes(c: &ConnArgs) -> Result<std::collections::BTreeMap<String, i64>> {
+    let mut client = connect(c).await?;
+    let list = client
+        .list_agents(ListAgentsRequest {})
+        .await
+        .map_err(|s| status(&c.url, s))?
+        .into_inner();
+    Ok(list
+        .agents
+        .into_iter()
+        .map(|a| (a.node, a.last_push_unix_nano))
+        .collect())
+}
+
 /// Lists agents.
 pub async fn agents(c: &ConnArgs, jsonl: bool) -> Result<()> {
     let mut client = connect(c).await?;

@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod demo;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,9 +42,48 @@ enum Cmd {
     /// Run the whole pipeline on this machine: an aggregator and three
     /// simulated nodes, each with a kubelet-style writer and an agent.
     Demo(DemoArgs),
+    /// One row per expected node: its agent pod, readiness, revision, last
+    /// push, and why it lacks a working agent; then a summary.
+    Status(StatusArgsCli),
     /// Measure the real processes on a generated workload (docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusOutput {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct StatusArgsCli {
+    /// A `kubectl get nodes,pods,daemonsets -A -o json` dump (support
+    /// bundles, must-gather). Reading the live cluster comes with the
+    /// controller; until then this flag is required.
+    #[arg(long, env = "LOGFLEET_FROM_FILE")]
+    from_file: std::path::PathBuf,
+    /// Namespace of the LogCollector (default: any).
+    #[arg(long, env = "LOGFLEET_NAMESPACE")]
+    namespace: Option<String>,
+    /// Name of the LogCollector (default: any).
+    #[arg(long, env = "LOGFLEET_NAME")]
+    name: Option<String>,
+    /// Output format.
+    #[arg(long, env = "LOGFLEET_OUTPUT", value_enum, default_value = "table")]
+    output: StatusOutput,
+    /// Aggregator to ask for each node's last push (LAST PUSH, NotReporting).
+    #[arg(long, env = "LOGFLEET_AGGREGATOR")]
+    aggregator: Option<String>,
+    /// File holding the aggregator's bearer token.
+    #[arg(long, env = "LOGFLEET_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate for the aggregator's TLS.
+    #[arg(long, env = "LOGFLEET_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// A ready agent the aggregator has not heard from for this long is NotReporting.
+    #[arg(long, env = "LOGFLEET_SILENCE", default_value = "5m", value_parser = parse_duration)]
+    silence: Duration,
 }
 
 #[derive(Subcommand)]
@@ -507,6 +547,30 @@ async fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Agents(a) => {
             client::agents(&a.conn.into(), matches!(a.output, TableArg::Jsonl)).await?;
+        }
+        Cmd::Status(s) => {
+            let last_push = match &s.aggregator {
+                Some(url) => {
+                    client::last_pushes(&client::ConnArgs {
+                        url: url.clone(),
+                        token_file: s.token_file.clone(),
+                        tls_ca: s.tls_ca.clone(),
+                    })
+                    .await?
+                }
+                // Without an aggregator nothing is known of pushes: every
+                // ready agent would look silent, so silence is not judged.
+                None => Default::default(),
+            };
+            let silence = s.aggregator.is_some().then_some(s.silence);
+            status::run(status::StatusArgs {
+                from_file: &s.from_file,
+                namespace: s.namespace.as_deref(),
+                name: s.name.as_deref(),
+                json: matches!(s.output, StatusOutput::Json),
+                silence,
+                last_push,
+            })?;
         }
         Cmd::Bench(b) => match b {
             BenchCmd::Generate { dir, size, files } => {

@@ -104,16 +104,20 @@ pub struct Inputs<'a> {
     pub pods: &'a [Pod],
     /// The DaemonSet's pod template spec.
     pub template: &'a PodSpec,
-    /// The template's current revision hash, when known.
+    /// The template's current revision, when known.
     pub current_revision: Option<&'a str>,
+    /// The pod label that holds a pod's revision (`controller-revision-hash`,
+    /// or `pod-template-generation` against the DaemonSet's generation).
+    pub revision_label: &'a str,
     /// Which nodes the user expects covered; `None`: every Linux node.
     pub scope: Option<&'a NodeSelector>,
     /// Last push per node name, from the aggregator's agents API.
     pub last_push: &'a BTreeMap<String, Timestamp>,
     /// Now.
     pub now: Timestamp,
-    /// A ready agent silent for longer than this is `NotReporting`.
-    pub silence: std::time::Duration,
+    /// A ready agent silent for longer than this is `NotReporting`; `None`
+    /// when nothing is known of pushes (no aggregator to ask).
+    pub silence: Option<std::time::Duration>,
 }
 
 fn condition<'a>(pod: &'a Pod, kind: &str) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
@@ -247,7 +251,7 @@ pub fn classify(inp: Inputs<'_>) -> (Vec<NodeCoverage>, Summary) {
         let ready = pod.is_some_and(|p| condition(p, "Ready").is_some_and(|c| c.status == "True"));
         let revision = pod
             .and_then(|p| p.metadata.labels.as_ref())
-            .and_then(|l| l.get("controller-revision-hash"))
+            .and_then(|l| l.get(inp.revision_label))
             .cloned();
         let current = match (inp.current_revision, revision.as_deref()) {
             (Some(want), Some(have)) => want == have,
@@ -283,8 +287,9 @@ pub fn classify(inp: Inputs<'_>) -> (Vec<NodeCoverage>, Summary) {
                     })
                 })
                 .or_else(|| {
+                    let limit = inp.silence?;
                     let silent = last_push.is_none_or(|t| {
-                        inp.now.duration_since(t).as_secs_f64() > inp.silence.as_secs_f64()
+                        inp.now.duration_since(t).as_secs_f64() > limit.as_secs_f64()
                     });
                     silent.then(|| Gap {
                         reason: Reason::NotReporting,
@@ -488,10 +493,11 @@ mod tests {
             pods: &pods,
             template: &template,
             current_revision: Some("r2"),
+            revision_label: "controller-revision-hash",
             scope: None,
             last_push: &last_push,
             now,
-            silence: std::time::Duration::from_secs(300),
+            silence: Some(std::time::Duration::from_secs(300)),
         });
         let got: Vec<(&str, Option<&str>)> = rows
             .iter()
@@ -565,10 +571,11 @@ mod tests {
             pods: &[p],
             template: &PodSpec::default(),
             current_revision: None,
+            revision_label: "controller-revision-hash",
             scope: None,
             last_push: &BTreeMap::new(),
             now: "2026-11-27T10:00:00Z".parse().unwrap(),
-            silence: std::time::Duration::from_secs(60),
+            silence: None,
         });
         assert_eq!(rows[0].pod.as_deref(), Some("p"));
         assert_eq!(

@@ -8,4 +8,5 @@
 //! [`coverage`] says which expected nodes lack a working agent, and why.
 
 pub mod coverage;
+pub mod dump;
 pub mod placement;

@@ -1,0 +1,142 @@
+//! Reading a `kubectl get nodes,pods,daemonsets -A -o json` dump (a `v1
+//! List`), as support bundles and must-gather archives hold, into the
+//! objects [`crate::coverage::classify`] needs.
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+/// Label every logfleet object carries (`app.kubernetes.io/part-of`).
+pub const PART_OF: &str = "logfleet";
+/// `app.kubernetes.io/component` of the agent DaemonSet.
+pub const AGENT_COMPONENT: &str = "agent";
+
+/// The objects of a dump.
+#[derive(Debug, Default)]
+pub struct Dump {
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// DaemonSets.
+    pub daemonsets: Vec<DaemonSet>,
+}
+
+/// A dump that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    /// Not JSON, or not a List.
+    #[error("not a kubectl JSON list: {0}")]
+    NotAList(String),
+    /// An item of a known kind did not parse.
+    #[error("item {index} ({kind} {name}): {source}")]
+    Item {
+        /// Position in the list.
+        index: usize,
+        /// Its kind.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// No logfleet agent DaemonSet in the dump.
+    #[error("no logfleet agent DaemonSet (labels app.kubernetes.io/part-of=logfleet, app.kubernetes.io/component=agent) in the dump{0}")]
+    NoAgents(String),
+}
+
+/// Parses a dump; items of other kinds are skipped.
+pub fn parse(data: &[u8]) -> Result<Dump, DumpError> {
+    let v: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| DumpError::NotAList(e.to_string()))?;
+    let items = v
+        .get("items")
+        .and_then(|i| i.as_array())
+        .ok_or_else(|| DumpError::NotAList("no \"items\" array".into()))?;
+    let mut d = Dump::default();
+    for (index, item) in items.iter().enumerate() {
+        let kind = item
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let err = |source| DumpError::Item {
+            index,
+            kind: kind.clone(),
+            name: item
+                .pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("?")
+                .to_owned(),
+            source,
+        };
+        match kind.as_str() {
+            "Node" => d
+                .nodes
+                .push(serde_json::from_value(item.clone()).map_err(err)?),
+            "Pod" => d
+                .pods
+                .push(serde_json::from_value(item.clone()).map_err(err)?),
+            "DaemonSet" => d
+                .daemonsets
+                .push(serde_json::from_value(item.clone()).map_err(err)?),
+            _ => {}
+        }
+    }
+    Ok(d)
+}
+
+fn label<'a>(
+    meta: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// The agent DaemonSet of the `LogCollector` named `name` (any, when
+/// `None`) in `namespace` (any, when `None`).
+pub fn agent_daemonset<'a>(
+    d: &'a Dump,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<&'a DaemonSet, DumpError> {
+    d.daemonsets
+        .iter()
+        .find(|ds| {
+            let m = &ds.metadata;
+            label(m, "app.kubernetes.io/part-of") == Some(PART_OF)
+                && label(m, "app.kubernetes.io/component") == Some(AGENT_COMPONENT)
+                && namespace.is_none_or(|ns| m.namespace.as_deref() == Some(ns))
+                && name.is_none_or(|n| label(m, "app.kubernetes.io/instance") == Some(n))
+        })
+        .ok_or_else(|| {
+            DumpError::NoAgents(match (namespace, name) {
+                (Some(ns), Some(n)) => format!(" for {ns}/{n}"),
+                (Some(ns), None) => format!(" in namespace {ns}"),
+                (None, Some(n)) => format!(" named {n}"),
+                (None, None) => String::new(),
+            })
+        })
+}
+
+/// The pods a DaemonSet owns.
+pub fn owned_pods(d: &Dump, ds: &DaemonSet) -> Vec<Pod> {
+    let uid = ds.metadata.uid.as_deref();
+    d.pods
+        .iter()
+        .filter(|p| {
+            p.metadata.namespace == ds.metadata.namespace
+                && p.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| o.kind == "DaemonSet" && Some(o.uid.as_str()) == uid)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The DaemonSet's template generation, which its up-to-date pods carry in
+/// their `pod-template-generation` label.
+pub fn template_generation(ds: &DaemonSet) -> Option<String> {
+    ds.metadata.generation.map(|g| g.to_string())
+}

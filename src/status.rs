@@ -1,0 +1,98 @@
+//! `logfleet status`: one row per expected node, from a kubectl dump.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use logfleet_controller::coverage::{self, Inputs};
+use logfleet_controller::dump;
+
+pub struct StatusArgs<'a> {
+    pub from_file: &'a Path,
+    pub namespace: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub json: bool,
+    pub silence: Option<Duration>,
+    /// Last push per node (from the aggregator, when one was given).
+    pub last_push: BTreeMap<String, i64>,
+}
+
+fn ts(ns: i64) -> Option<k8s_openapi::jiff::Timestamp> {
+    k8s_openapi::jiff::Timestamp::from_nanosecond(ns as i128).ok()
+}
+
+pub fn run(a: StatusArgs<'_>) -> Result<()> {
+    let data =
+        std::fs::read(a.from_file).with_context(|| format!("reading {}", a.from_file.display()))?;
+    let d = dump::parse(&data).with_context(|| format!("reading {}", a.from_file.display()))?;
+    let ds = dump::agent_daemonset(&d, a.namespace, a.name)?;
+    let pods = dump::owned_pods(&d, ds);
+    let template = ds.spec.template.spec.clone().unwrap_or_default();
+    let generation = dump::template_generation(ds);
+    let last_push: BTreeMap<String, k8s_openapi::jiff::Timestamp> = a
+        .last_push
+        .iter()
+        .filter_map(|(n, t)| Some((n.clone(), ts(*t)?)))
+        .collect();
+    let now =
+        ts(chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)).context("clock out of range")?;
+    let (rows, sum) = coverage::classify(Inputs {
+        nodes: &d.nodes,
+        pods: &pods,
+        template: &template,
+        current_revision: generation.as_deref(),
+        revision_label: "pod-template-generation",
+        scope: None,
+        last_push: &last_push,
+        now,
+        silence: a.silence,
+    });
+    if a.json {
+        let nodes: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "node": r.node,
+                    "pod": r.pod,
+                    "ready": r.ready,
+                    "revision": r.revision,
+                    "lastPush": r.last_push.map(|t| t.to_string()),
+                    "reason": r.gap.as_ref().map(|g| g.reason.as_str()),
+                    "message": r.gap.as_ref().map(|g| g.message.clone()),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "nodes": nodes,
+            "summary": {"expected": sum.expected, "ready": sum.ready, "upToDate": sum.up_to_date, "missing": sum.missing},
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!(
+            "{:<24} {:<32} {:<6} {:<9} {:<22} REASON",
+            "NODE", "AGENT POD", "READY", "REVISION", "LAST PUSH"
+        );
+        for r in &rows {
+            println!(
+                "{:<24} {:<32} {:<6} {:<9} {:<22} {}",
+                r.node,
+                r.pod.as_deref().unwrap_or("-"),
+                r.ready,
+                r.revision.as_deref().unwrap_or("-"),
+                r.last_push
+                    .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.gap
+                    .as_ref()
+                    .map(|g| format!("{}: {}", g.reason.as_str(), g.message))
+                    .unwrap_or_default()
+            );
+        }
+        println!(
+            "{} nodes expected, {} with a ready agent, {} up to date, {} missing an agent",
+            sum.expected, sum.ready, sum.up_to_date, sum.missing
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! `logfleet status --from-file`: the coverage report from a kubectl dump.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+fn node(name: &str, os: &str, ready: bool, taints: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/os": os}},
+        "spec": {"taints": taints},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+fn pod(
+    name: &str,
+    node: &str,
+    ready: bool,
+    generation: &str,
+    waiting: Option<(&str, &str)>,
+) -> serde_json::Value {
+    let mut statuses = vec![];
+    if let Some((reason, last)) = waiting {
+        statuses.push(json!({
+            "name": "agent", "image": "logfleet:1", "ready": false, "restartCount": 5, "imageID": "", "containerID": "",
+            "state": {"waiting": {"reason": reason}},
+            "lastState": {"terminated": {"reason": last, "exitCode": 137}}
+        }));
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": "logfleet",
+            "labels": {"pod-template-generation": generation},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "logfleet-agent", "uid": "ds-uid", "controller": true}]
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "logfleet:1"}]},
+        "status": {
+            "phase": if ready { "Running" } else { "Pending" },
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            "containerStatuses": statuses
+        }
+    })
+}
+
+fn dump() -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            node("n1", "linux", true, json!([])),
+            node("n2", "linux", true, json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])),
+            node("n3", "linux", true, json!([])),
+            node("n4", "linux", true, json!([])),
+            node("n5", "linux", false, json!([])),
+            node("win1", "windows", true, json!([])),
+            {
+                "apiVersion": "apps/v1", "kind": "DaemonSet",
+                "metadata": {
+                    "name": "logfleet-agent", "namespace": "logfleet", "uid": "ds-uid", "generation": 2,
+                    "labels": {"app.kubernetes.io/part-of": "logfleet", "app.kubernetes.io/component": "agent", "app.kubernetes.io/instance": "default"}
+                },
+                "spec": {
+                    "selector": {"matchLabels": {"app.kubernetes.io/component": "agent"}},
+                    "template": {"spec": {"containers": [{"name": "agent", "image": "logfleet:1"}]}}
+                }
+            },
+            pod("agent-n1", "n1", true, "2", None),
+            pod("agent-n3", "n3", true, "1", None),
+            pod("agent-n4", "n4", false, "2", Some(("CrashLoopBackOff", "OOMKilled"))),
+            // A pod of something else on n1 is not an agent.
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"}, "spec": {"nodeName": "n1", "containers": []}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ignored"}}
+        ]
+    })
+}
+
+#[test]
+fn reports_every_expected_node_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dump.json");
+    std::fs::write(&file, serde_json::to_vec(&dump()).unwrap()).unwrap();
+    let f = file.display().to_string();
+
+    let out = cli(&["status", "--from-file", &f, "--output", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reasons: Vec<(String, serde_json::Value)> = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_owned(), n["reason"].clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("n1".into(), json!(null)),
+            ("n2".into(), json!("TaintNotTolerated")),
+            ("n3".into(), json!("Outdated")),
+            ("n4".into(), json!("CrashLoopBackOff")),
+            ("n5".into(), json!("NodeNotReady")),
+        ],
+        "the Windows node is not expected"
+    );
+    assert_eq!(
+        doc["summary"],
+        json!({"expected": 5, "ready": 2, "upToDate": 1, "missing": 4})
+    );
+    assert!(doc["nodes"][3]["message"]
+        .as_str()
+        .unwrap()
+        .contains("OOMKilled"));
+    assert_eq!(doc["nodes"][0]["pod"], "agent-n1");
+
+    let out = cli(&["status", "--from-file", &f]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("NODE"), "{table}");
+    assert!(table.contains("TaintNotTolerated: taint node-role.kubernetes.io/control-plane:NoSchedule is not tolerated"), "{table}");
+    assert!(
+        table
+            .trim_end()
+            .ends_with("5 nodes expected, 2 with a ready agent, 1 up to date, 4 missing an agent"),
+        "{table}"
+    );
+
+    // With the aggregator: n1 pushed, n3 is ready but silent.
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    let root = dir.path().join("pods");
+    let c = root.join("ns_p_uid/c");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(
+        c.join("0.log"),
+        "2026-11-27T10:00:00.000000001Z stdout F hi\n",
+    )
+    .unwrap();
+    let _agent = agent(dir.path(), "n1", &root, &url, &[]);
+    wait_for("n1 to push", Duration::from_secs(30), || {
+        query_all(&url, "{}", &[])
+            .filter(|v| !v.is_empty())
+            .map(|_| ())
+    });
+    let out = cli(&[
+        "status",
+        "--from-file",
+        &f,
+        "--output",
+        "json",
+        "--aggregator",
+        &url,
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["nodes"][0]["lastPush"].is_string(), "{doc}");
+    assert_eq!(doc["nodes"][0]["reason"], json!(null));
+    // n3's pod is outdated; make it current to see the silence.
+    let mut d = dump();
+    for item in d["items"].as_array_mut().unwrap() {
+        if item["metadata"]["name"] == "agent-n3" {
+            item["metadata"]["labels"]["pod-template-generation"] = json!("2");
+        }
+    }
+    std::fs::write(&file, serde_json::to_vec(&d).unwrap()).unwrap();
+    let out = cli(&[
+        "status",
+        "--from-file",
+        &f,
+        "--output",
+        "json",
+        "--aggregator",
+        &url,
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["nodes"][2]["reason"], "NotReporting", "{doc}");
+}
+
+#[test]
+fn unreadable_dumps_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, r#"{"apiVersion":"v1","kind":"List","items":[]}"#).unwrap();
+    for (file, want) in [
+        (dir.path().join("missing.json"), "reading"),
+        (bad, "not a kubectl JSON list"),
+        (empty, "no logfleet agent DaemonSet"),
+    ] {
+        let out = cli(&["status", "--from-file", &file.display().to_string()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+}

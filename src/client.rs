@@ -165,16 +165,21 @@ pub async fn tail(c: &ConnArgs, query: String, jsonl: bool) -> Result<()> {
     Ok(())
 }
 
-/// Each node's last push, ns since the epoch.
-pub async fn last_pushes(c: &ConnArgs) -> Result<std::collections::BTreeMap<String, i64>> {
+/// Every agent the aggregator knows.
+async fn list_agents(c: &ConnArgs) -> Result<Vec<logfleet_proto::v1::AgentInfo>> {
     let mut client = connect(c).await?;
     let list = client
         .list_agents(ListAgentsRequest {})
         .await
         .map_err(|s| status(&c.url, s))?
         .into_inner();
-    Ok(list
-        .agents
+    Ok(list.agents)
+}
+
+/// Each node's last push, ns since the epoch.
+pub async fn last_pushes(c: &ConnArgs) -> Result<std::collections::BTreeMap<String, i64>> {
+    Ok(list_agents(c)
+        .await?
         .into_iter()
         .map(|a| (a.node, a.last_push_unix_nano))
         .collect())
@@ -182,15 +187,10 @@ pub async fn last_pushes(c: &ConnArgs) -> Result<std::collections::BTreeMap<Stri
 
 /// Lists agents.
 pub async fn agents(c: &ConnArgs, jsonl: bool) -> Result<()> {
-    let mut client = connect(c).await?;
-    let list = client
-        .list_agents(ListAgentsRequest {})
-        .await
-        .map_err(|s| status(&c.url, s))?
-        .into_inner();
+    let agents = list_agents(c).await?;
     let mut out = std::io::stdout().lock();
     if jsonl {
-        for a in &list.agents {
+        for a in &agents {
             let v = serde_json::json!({
                 "node": a.node,
                 "first_push": rfc3339(a.first_push_unix_nano),
@@ -206,7 +206,7 @@ pub async fn agents(c: &ConnArgs, jsonl: bool) -> Result<()> {
             "{:<24} {:<32} {:<32} {:>12} {:>14}",
             "NODE", "FIRST PUSH", "LAST PUSH", "LINES", "BYTES"
         )?;
-        for a in &list.agents {
+        for a in &agents {
             writeln!(
                 out,
                 "{:<24} {:<32} {:<32} {:>12} {:>14}",

@@ -47,6 +47,19 @@ fn pod(
     })
 }
 
+/// `logfleet status --output json` on `file`, with extra arguments.
+fn status_json(file: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["status", "--from-file", file, "--output", "json"];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn dump() -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "List",
@@ -85,13 +98,7 @@ fn reports_every_expected_node_with_its_reason() {
     std::fs::write(&file, serde_json::to_vec(&dump()).unwrap()).unwrap();
     let f = file.display().to_string();
 
-    let out = cli(&["status", "--from-file", &f, "--output", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = status_json(&f, &[]);
     let reasons: Vec<(String, serde_json::Value)> = doc["nodes"]
         .as_array()
         .unwrap()
@@ -146,16 +153,7 @@ fn reports_every_expected_node_with_its_reason() {
             .filter(|v| !v.is_empty())
             .map(|_| ())
     });
-    let out = cli(&[
-        "status",
-        "--from-file",
-        &f,
-        "--output",
-        "json",
-        "--aggregator",
-        &url,
-    ]);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = status_json(&f, &["--aggregator", &url]);
     assert!(doc["nodes"][0]["lastPush"].is_string(), "{doc}");
     assert_eq!(doc["nodes"][0]["reason"], json!(null));
     // n3's pod is outdated; make it current to see the silence.
@@ -166,16 +164,7 @@ fn reports_every_expected_node_with_its_reason() {
         }
     }
     std::fs::write(&file, serde_json::to_vec(&d).unwrap()).unwrap();
-    let out = cli(&[
-        "status",
-        "--from-file",
-        &f,
-        "--output",
-        "json",
-        "--aggregator",
-        &url,
-    ]);
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = status_json(&f, &["--aggregator", &url]);
     assert_eq!(doc["nodes"][2]["reason"], "NotReporting", "{doc}");
 }
 

@@ -17,7 +17,7 @@ pub struct AgentMetrics {
     cut: Counter,
     unterminated: Counter,
     truncations: Counter,
-    lost_files: Counter,
+    forgotten_files: Counter,
     read_errors: Counter,
     open_files: Gauge,
     /// Batches acknowledged by the aggregator.
@@ -55,7 +55,7 @@ impl AgentMetrics {
             cut: Counter::default(),
             unterminated: Counter::default(),
             truncations: Counter::default(),
-            lost_files: Counter::default(),
+            forgotten_files: Counter::default(),
             read_errors: Counter::default(),
             open_files: Gauge::default(),
             batches_acked: Counter::default(),
@@ -99,9 +99,9 @@ impl AgentMetrics {
             m.truncations.clone(),
         );
         r.register(
-            "lost_files",
-            "Checkpointed files deleted before they were read to the end",
-            m.lost_files.clone(),
+            "forgotten_files",
+            "Checkpoints dropped at start-up because their file is gone (anything past the checkpoint was deleted unread)",
+            m.forgotten_files.clone(),
         );
         r.register(
             "read_errors",
@@ -157,7 +157,7 @@ impl AgentMetrics {
         self.unterminated
             .inc_by(s.odd.unterminated - l.odd.unterminated);
         self.truncations.inc_by(s.truncations - l.truncations);
-        self.lost_files.inc_by(s.lost_files - l.lost_files);
+        self.forgotten_files.inc_by(s.lost_files - l.lost_files);
         self.read_errors.inc_by(s.errors - l.errors);
         self.open_files.set(s.open_files as i64);
         self.last = *s;

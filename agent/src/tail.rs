@@ -187,8 +187,9 @@ pub struct TailStats {
     pub odd: Oddities,
     /// Files truncated under us.
     pub truncations: u64,
-    /// Files that vanished before their acknowledged position was reached
-    /// and data was lost (deleted by kubelet before we read them).
+    /// Checkpoints dropped at start-up because their file is gone: deleted
+    /// while the agent was down (anything past the checkpoint was lost, or
+    /// the file had been read to its end; the agent cannot tell which).
     pub lost_files: u64,
     /// Open files.
     pub open_files: u64,

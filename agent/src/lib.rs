@@ -195,6 +195,9 @@ async fn save_checkpoints(
     }
 }
 
+/// Delay of the extra scan after a change under the log root.
+const FOLLOWUP_SCAN: Duration = Duration::from_millis(200);
+
 fn read_loop(
     cfg: AgentConfig,
     checkpoints: Arc<Mutex<checkpoint::Checkpoints>>,
@@ -223,6 +226,7 @@ fn read_loop(
     let mut builder = batch::BatchBuilder::default();
     let mut last_scan: Option<Instant> = None;
     let mut rescan = true;
+    let mut followup: Option<Instant> = None;
     let mut closed = false;
     while !stop.load(Ordering::Relaxed) && !closed {
         let now = Instant::now();
@@ -235,9 +239,18 @@ fn read_loop(
                 rescan |= watching;
             }
         }
-        if rescan || last_scan.is_none_or(|t| now.duration_since(t) >= cfg.rescan_interval) {
+        let followup_due = followup.is_some_and(|t| now >= t);
+        if rescan
+            || followup_due
+            || last_scan.is_none_or(|t| now.duration_since(t) >= cfg.rescan_interval)
+        {
             tailer.apply_scan(discover::scan(&cfg.log_root, &cfg.filter));
             last_scan = Some(now);
+            // A directory's watch is added only after its creation event:
+            // a file created in it meanwhile raises no event (kubelet makes
+            // the pod directory, then the container directory and file).
+            // One more scan shortly after every change catches those.
+            followup = rescan.then(|| now + FOLLOWUP_SCAN);
             rescan = false;
         }
         let mut ship = |b: &mut batch::BatchBuilder| {
@@ -270,6 +283,9 @@ fn read_loop(
         let mut wait = cfg.poll_interval;
         if let Some(d) = builder.deadline(cfg.batch_wait) {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        if let Some(f) = followup {
+            wait = wait.min(f.saturating_duration_since(Instant::now()));
         }
         match ev_rx.recv_timeout(wait) {
             Ok(structural) => {

@@ -148,29 +148,25 @@ impl Writer {
     /// Decodes, validates and stores one push; returns once it is durable.
     pub async fn push(&self, req: PushRequest, limits: Limits) -> Result<PushResponse, PushError> {
         let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        let (req, batch) = tokio::task::spawn_blocking(move || {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.clone();
+        // One trip to the blocking pool: decode, validate, then queue. The
+        // queue is bounded, so a full queue blocks here, which is
+        // backpressure towards the agents.
+        tokio::task::spawn_blocking(move || {
             let batch = logfleet_proto::decode_payload(&req, limits)?;
             validate(&req, &batch)?;
-            Ok::<_, PushError>((req, batch))
+            let w = WriteReq {
+                node: req.node.clone(),
+                req,
+                batch,
+                received,
+                reply,
+            };
+            tx.send(w).map_err(|_| PushError::Closed)
         })
         .await
         .map_err(|_| PushError::Closed)??;
-        let (reply, rx) = oneshot::channel();
-        let tx = self.tx.clone();
-        let w = WriteReq {
-            node: req.node.clone(),
-            req,
-            batch,
-            received,
-            reply,
-        };
-        // The queue is bounded: a full queue blocks this handler (on a
-        // blocking thread), which is backpressure towards the agents.
-        tokio::task::spawn_blocking(move || tx.send(w).is_ok())
-            .await
-            .map_err(|_| PushError::Closed)?
-            .then_some(())
-            .ok_or(PushError::Closed)?;
         Ok(rx.await.map_err(|_| PushError::Closed)??)
     }
 }

@@ -5,11 +5,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use logfleet_proto::lines::{CUT, UNPARSED, UNTERMINATED};
 use logfleet_proto::v1::{Compression, FileLabels, FileRange, PushRequest, Stream};
 use logfleet_proto::LinesBuilder;
-
-use crate::cri::Line;
 
 /// Where a sealed batch leaves a file: the checkpoint to save once the
 /// aggregator acknowledged it.
@@ -105,29 +102,6 @@ impl BatchBuilder {
         }
     }
 
-    /// Adds whole lines of one file, read from `start`, and accounts the
-    /// file up to `end`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add(
-        &mut self,
-        file_id: u64,
-        labels: &FileLabels,
-        path: &std::path::Path,
-        start: u64,
-        end: u64,
-        lines: &mut Vec<Line>,
-        now: Instant,
-    ) {
-        let idx = self.range(file_id, labels, path, start, now);
-        for l in lines.drain(..) {
-            let flags = (l.unterminated as u32 * UNTERMINATED)
-                | (l.cut as u32 * CUT)
-                | (l.unparsed as u32 * UNPARSED);
-            self.push(idx, l.offset, l.ts, l.stream, flags, &l.text);
-        }
-        self.account(file_id, labels, path, start, end, now);
-    }
-
     /// Whether there is nothing to send.
     pub fn is_empty(&self) -> bool {
         self.ranges.is_empty()
@@ -193,19 +167,22 @@ impl BatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use logfleet_proto::v1::Stream;
 
-    fn line(offset: u64, text: &str) -> Line {
-        Line {
-            offset,
-            ts: offset as i64,
-            stream: Stream::Stdout,
-            text: Bytes::from(text.to_owned()),
-            unterminated: false,
-            cut: false,
-            unparsed: false,
-        }
+    /// Adds one line of a file, as the tailer's sink does, and accounts
+    /// the file up to `end`.
+    fn add(
+        b: &mut BatchBuilder,
+        id: u64,
+        l: &FileLabels,
+        path: &str,
+        start: u64,
+        end: u64,
+        text: &str,
+        t: Instant,
+    ) {
+        let idx = b.range(id, l, path.as_ref(), start, t);
+        b.push(idx, start, start as i64, Stream::Stdout, 0, text.as_bytes());
+        b.account(id, l, path.as_ref(), start, end, t);
     }
 
     #[test]
@@ -220,9 +197,9 @@ mod tests {
             pod: "b".into(),
             ..Default::default()
         };
-        b.add(1, &la, "/a".as_ref(), 0, 10, &mut vec![line(0, "x")], t);
-        b.add(2, &lb, "/b".as_ref(), 5, 20, &mut vec![line(5, "yy")], t);
-        b.add(1, &la, "/a.1".as_ref(), 10, 30, &mut vec![line(10, "z")], t);
+        add(&mut b, 1, &la, "/a", 0, 10, "x", t);
+        add(&mut b, 2, &lb, "/b", 5, 20, "yy", t);
+        add(&mut b, 1, &la, "/a.1", 10, 30, "z", t);
         assert_eq!(b.bytes(), 4);
         assert!(!b.due(t, 100, Duration::from_secs(1)));
         assert!(b.due(t + Duration::from_secs(1), 100, Duration::from_secs(1)));

@@ -639,12 +639,4 @@ impl Tailer {
     pub fn open_files(&self) -> usize {
         self.files.len()
     }
-
-    /// Bytes buffered in framers and partial runs (memory accounting).
-    pub fn buffered(&self) -> usize {
-        self.files
-            .iter()
-            .map(|f| f.framer.buffered() + f.asm.pending_bytes())
-            .sum()
-    }
 }

@@ -45,6 +45,8 @@ enum Cmd {
     /// One row per expected node: its agent pod, readiness, revision, last
     /// push, and why it lacks a working agent; then a summary.
     Status(StatusArgsCli),
+    /// Print the LogCollector CustomResourceDefinition as YAML.
+    Crd,
     /// Measure the real processes on a generated workload (docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -571,6 +573,11 @@ async fn run(cmd: Cmd) -> Result<()> {
                 silence,
                 last_push,
             })?;
+        }
+        Cmd::Crd => {
+            let yaml = logfleet_controller::crd::crd_yaml()
+                .context("rendering the CustomResourceDefinition")?;
+            print!("{yaml}");
         }
         Cmd::Bench(b) => match b {
             BenchCmd::Generate { dir, size, files } => {

@@ -8,5 +8,6 @@
 //! [`coverage`] says which expected nodes lack a working agent, and why.
 
 pub mod coverage;
+pub mod crd;
 pub mod dump;
 pub mod placement;

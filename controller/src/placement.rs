@@ -325,7 +325,9 @@ mod tests {
         let gpu = ("nvidia.com/gpu", Some("true"), "NoExecute");
         let soft = ("spot", Some("true"), "PreferNoSchedule");
         let tolerate_all = vec![tol(None, "Exists", None, None)];
-        let cases: Vec<(&str, Node, Vec<Toleration>, Result<(), &str>)> = vec![
+        // (case, node, tolerations, expected placement)
+        type Case<'a> = (&'a str, Node, Vec<Toleration>, Result<(), &'a str>);
+        let cases: Vec<Case> = vec![
             (
                 "untainted node",
                 node("a", &linux(), &[], false),

@@ -1,0 +1,608 @@
+//! The `LogCollector` custom resource (`logfleet.dev/v1alpha1`): what the
+//! user asks for (`spec`) and what the controller found (`status`).
+//!
+//! The CRD is derived from these types; cross-field rules are CEL
+//! (`x-kubernetes-validations`) so the API server refuses a bad resource
+//! before the controller sees it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{NodeAffinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the resource.
+pub const GROUP: &str = "logfleet.dev";
+
+/// The image that holds the `logfleet` binary, when the spec names none.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/logfleet/logfleet:0.1.0";
+
+/// One set of agents (a DaemonSet) and the aggregator they push to.
+// Two printer columns share `type_ = "string"`, which clippy mistakes for a
+// repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "logfleet.dev",
+    version = "v1alpha1",
+    kind = "LogCollector",
+    namespaced,
+    status = "LogCollectorStatus",
+    derive = "PartialEq",
+    shortname = "lc",
+    category = "logfleet",
+    doc = "A LogCollector runs a logfleet agent on every node and an aggregator that stores their logs.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.ready",
+        description = "Expected nodes with a ready, up-to-date agent"
+    ),
+    printcolumn(
+        name = "Missing",
+        type_ = "integer",
+        json_path = ".status.coverage.missing",
+        description = "Expected nodes without a working agent"
+    ),
+    printcolumn(
+        name = "Config",
+        type_ = "string",
+        json_path = ".status.configHash",
+        description = "Hash of the rendered agent configuration"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LogCollectorSpec {
+    /// Image holding the `logfleet` binary, for the agents and the aggregator.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Pull policy for that image.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// The per-node agents.
+    #[serde(default)]
+    pub agent: AgentSpec,
+    /// The aggregator that stores the logs.
+    #[serde(default)]
+    pub aggregator: AggregatorSpec,
+    /// Which nodes you expect to be covered, independent of where the
+    /// DaemonSet may place pods, so that exclusions show up as gaps.
+    #[serde(default)]
+    pub node_scope: NodeScope,
+}
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.into()
+}
+
+/// Container image pull policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when the node lacks the image.
+    #[default]
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Batch compression between agents and aggregator.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip (default: the widest compatibility).
+    #[default]
+    Gzip,
+    /// zstd: faster and smaller.
+    Zstd,
+    /// No compression.
+    None,
+}
+
+impl Compression {
+    /// The agent's `--compression` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
+        }
+    }
+}
+
+/// The agent DaemonSet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.tolerations) || size(self.tolerations) == 0 || !self.tolerateAllTaints")
+    .message("tolerations apply only when tolerateAllTaints is false")
+    .field_path(".tolerations"))]
+pub struct AgentSpec {
+    /// Only nodes with these labels run an agent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Node affinity for the agent pods (the only affinity that matters to
+    /// a DaemonSet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_affinity: Option<NodeAffinity>,
+    /// Tolerate every taint, so agents land on control-plane and tainted
+    /// nodes too. Set to false to use `tolerations` instead.
+    #[serde(default = "yes")]
+    pub tolerate_all_taints: bool,
+    /// Tolerations when `tolerateAllTaints` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Priority class; the default lets the scheduler preempt other pods to
+    /// place an agent.
+    #[serde(default = "default_priority_class")]
+    pub priority_class_name: String,
+    /// Resources of the agent container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// How changes roll out over the nodes.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+    /// A rollout that has not finished after this many seconds is reported
+    /// as stalled (`Progressing=False`, `Degraded=True`).
+    #[serde(default = "default_progress_deadline")]
+    #[x_kube(validation = kube::core::Rule::new("self > 0").message("progressDeadlineSeconds must be positive"))]
+    pub progress_deadline_seconds: i32,
+    /// Host directories the agent reads and writes.
+    #[serde(default)]
+    pub host_paths: HostPaths,
+    /// Which containers' logs to collect.
+    #[serde(default)]
+    pub filters: Filters,
+    /// Seal a batch at this many bytes of raw log text (e.g. `1MiB`).
+    #[serde(default = "default_batch_size")]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(B|KiB|MiB)?$')").message("batchSize is a byte size such as 512KiB or 1MiB"))]
+    pub batch_size: String,
+    /// Seal a batch when its oldest line waited this long (e.g. `1s`).
+    #[serde(default = "default_batch_wait")]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(ms|s|m)$')").message("batchWait is a duration such as 500ms or 1s"))]
+    pub batch_wait: String,
+    /// Batch compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Run the agent as this non-root user instead of root. Container
+    /// runtimes write logs as root with mode 0640, so this only works where
+    /// the host makes them readable to `supplementalGroups`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("self > 0").message("runAsUser must be a non-root uid; leave it unset to run as root"))]
+    pub run_as_user: Option<i64>,
+    /// Extra groups for the agent process (with `runAsUser`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supplemental_groups: Vec<i64>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_priority_class() -> String {
+    "system-node-critical".into()
+}
+fn default_progress_deadline() -> i32 {
+    600
+}
+fn default_batch_size() -> String {
+    "1MiB".into()
+}
+fn default_batch_wait() -> String {
+    "1s".into()
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        AgentSpec {
+            node_selector: BTreeMap::new(),
+            node_affinity: None,
+            tolerate_all_taints: true,
+            tolerations: None,
+            priority_class_name: default_priority_class(),
+            resources: None,
+            update_strategy: UpdateStrategy::default(),
+            progress_deadline_seconds: default_progress_deadline(),
+            host_paths: HostPaths::default(),
+            filters: Filters::default(),
+            batch_size: default_batch_size(),
+            batch_wait: default_batch_wait(),
+            compression: Compression::default(),
+            run_as_user: None,
+            supplemental_groups: Vec::new(),
+        }
+    }
+}
+
+/// DaemonSet update strategy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.type == 'RollingUpdate' || (!has(self.maxUnavailable) && !has(self.maxSurge))")
+    .message("maxUnavailable and maxSurge apply only to RollingUpdate"))]
+pub struct UpdateStrategy {
+    /// `RollingUpdate` (default) or `OnDelete`.
+    #[serde(default, rename = "type")]
+    pub type_: UpdateStrategyType,
+    /// Nodes whose agent may be down during a rolling update (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+    /// Nodes that may run an old and a new agent at once (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_surge: Option<IntOrString>,
+}
+
+/// How agent pods are replaced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum UpdateStrategyType {
+    /// Replace pods node by node.
+    #[default]
+    RollingUpdate,
+    /// Replace a pod only when it is deleted.
+    OnDelete,
+}
+
+/// Host directories mounted into the agent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPaths {
+    /// Kubelet's pod log directory (read-only).
+    #[serde(default = "default_pods_path")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
+    pub pod_logs: String,
+    /// Kubelet's symlinks to the pod logs (read-only).
+    #[serde(default = "default_containers_path")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
+    pub container_logs: String,
+    /// Docker's container directory, the target of docker json-file logs (read-only).
+    #[serde(default = "default_docker_path")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
+    pub docker_containers: String,
+    /// Where the agent keeps its checkpoints (read-write).
+    #[serde(default = "default_state_path")]
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
+    pub state: String,
+}
+
+fn default_pods_path() -> String {
+    "/var/log/pods".into()
+}
+fn default_containers_path() -> String {
+    "/var/log/containers".into()
+}
+fn default_docker_path() -> String {
+    "/var/lib/docker/containers".into()
+}
+fn default_state_path() -> String {
+    "/var/lib/logfleet-agent".into()
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths {
+            pod_logs: default_pods_path(),
+            container_logs: default_containers_path(),
+            docker_containers: default_docker_path(),
+            state: default_state_path(),
+        }
+    }
+}
+
+/// Include/exclude patterns (regular expressions, whole-name match) over
+/// namespace, pod and container names. Empty include lists include all.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.includeNamespaces) || !has(self.excludeNamespaces) || self.includeNamespaces.all(n, !(n in self.excludeNamespaces))")
+    .message("a namespace pattern cannot be both included and excluded"))]
+pub struct Filters {
+    /// Namespaces to collect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_namespaces: Vec<String>,
+    /// Namespaces to skip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_namespaces: Vec<String>,
+    /// Pods to collect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_pods: Vec<String>,
+    /// Pods to skip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_pods: Vec<String>,
+    /// Containers to collect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include_containers: Vec<String>,
+    /// Containers to skip.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_containers: Vec<String>,
+}
+
+/// The aggregator StatefulSet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.retentionAge != '0' || self.retentionSize != '0'")
+    .message("set retentionAge or retentionSize, or the aggregator's disk fills up"))]
+pub struct AggregatorSpec {
+    /// Replicas; each stores on its own volume and the agents push to one,
+    /// so only 0 (paused) and 1 are supported.
+    #[serde(default = "one")]
+    #[x_kube(validation = kube::core::Rule::new("self == 0 || self == 1").message("replicas must be 0 or 1: one aggregator stores all logs"))]
+    pub replicas: i32,
+    /// The data volume. Fixed at creation: a StatefulSet's volume claim
+    /// template cannot change.
+    #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("storage cannot change after creation (the StatefulSet's volume claim template is immutable)"))]
+    pub storage: Storage,
+    /// Delete data older than this (e.g. `7d`, `0` for no limit by age).
+    #[serde(default = "default_retention_age")]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^(0|[0-9]+(m|h|d))$')").message("retentionAge is a duration such as 12h or 7d, or 0"))]
+    pub retention_age: String,
+    /// Delete the oldest data beyond this size (e.g. `50GiB`, `0` for no limit by size).
+    #[serde(default = "zero")]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(B|KiB|MiB|GiB|TiB)?$')").message("retentionSize is a byte size such as 50GiB, or 0"))]
+    pub retention_size: String,
+    /// Resources of the aggregator container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn one() -> i32 {
+    1
+}
+fn default_retention_age() -> String {
+    "7d".into()
+}
+fn zero() -> String {
+    "0".into()
+}
+
+impl Default for AggregatorSpec {
+    fn default() -> Self {
+        AggregatorSpec {
+            replicas: 1,
+            storage: Storage::default(),
+            retention_age: default_retention_age(),
+            retention_size: zero(),
+            resources: None,
+        }
+    }
+}
+
+/// The aggregator's volume.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Requested size (a Kubernetes quantity).
+    #[serde(default = "default_storage_size")]
+    pub size: String,
+    /// Storage class; unset uses the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> String {
+    "10Gi".into()
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// Which nodes should have an agent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeScope {
+    /// Nodes with these labels are expected to be covered; empty means every
+    /// Linux node.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// What the controller observed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogCollectorStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Available`, `Progressing` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `ready/expected` nodes, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+    /// Hash of the rendered agent configuration (the pod template annotation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// The agent DaemonSet's own counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<AgentCounts>,
+    /// Coverage of the expected nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<Coverage>,
+    /// Up to 50 expected nodes without a working agent (the most basic
+    /// causes first); `coverage.missing` is the exact count.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_nodes: Vec<MissingNode>,
+}
+
+/// The DaemonSet's counts, as its status reports them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCounts {
+    /// Nodes the DaemonSet wants a pod on (excludes nodes it cannot place on).
+    pub desired: i32,
+    /// Nodes running a pod.
+    pub current: i32,
+    /// Nodes with a ready pod.
+    pub ready: i32,
+    /// Nodes running the current template.
+    pub updated: i32,
+    /// Nodes with an available pod.
+    pub available: i32,
+}
+
+/// Coverage of the expected nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Coverage {
+    /// Nodes in scope.
+    pub expected: i32,
+    /// Of those, nodes with a ready agent.
+    pub ready: i32,
+    /// Of those, nodes with a ready agent of the current revision.
+    pub up_to_date: i32,
+    /// Nodes without a working agent.
+    pub missing: i32,
+    /// Missing nodes per reason (exact).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_reason: BTreeMap<String, i32>,
+}
+
+/// A node without a working agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingNode {
+    /// Node name.
+    pub node: String,
+    /// Why, e.g. `TaintNotTolerated`.
+    pub reason: String,
+    /// What to look at.
+    pub message: String,
+    /// Since when the node has lacked an agent for this reason (RFC 3339).
+    pub since: String,
+}
+
+/// The CustomResourceDefinition as YAML, as `logfleet crd` prints it.
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&LogCollector::crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::cel::{validate_cel, validate_cel_update};
+
+    /// The resource as the API server sees it: defaults filled in, as
+    /// `serde(default)` mirrors the schema's defaults.
+    fn lc(spec: serde_json::Value) -> LogCollector {
+        let obj = serde_json::json!({
+            "apiVersion": "logfleet.dev/v1alpha1",
+            "kind": "LogCollector",
+            "metadata": {"name": "logs", "namespace": "logfleet"},
+            "spec": spec,
+        });
+        serde_json::from_value(obj).expect("test spec deserializes")
+    }
+
+    fn errors(obj: &LogCollector) -> String {
+        match validate_cel(obj) {
+            Ok(()) => String::new(),
+            Err(e) => format!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_spec_is_valid_and_gets_defaults() {
+        let l = lc(serde_json::json!({}));
+        assert_eq!(errors(&l), "");
+        assert_eq!(l.spec.image, DEFAULT_IMAGE);
+        assert!(l.spec.agent.tolerate_all_taints);
+        assert_eq!(l.spec.agent.priority_class_name, "system-node-critical");
+        assert_eq!(l.spec.aggregator.replicas, 1);
+    }
+
+    #[test]
+    fn cross_field_rules_refuse_bad_specs() {
+        let cases = [
+            (
+                serde_json::json!({"agent": {"tolerations": [{"operator": "Exists"}]}}),
+                "tolerateAllTaints",
+            ),
+            (
+                serde_json::json!({"agent": {"updateStrategy": {"type": "OnDelete", "maxUnavailable": 2}}}),
+                "apply only to RollingUpdate",
+            ),
+            (
+                serde_json::json!({"agent": {"filters": {"includeNamespaces": ["a", "b"], "excludeNamespaces": ["b"]}}}),
+                "both included and excluded",
+            ),
+            (
+                serde_json::json!({"agent": {"batchSize": "lots"}}),
+                "batchSize",
+            ),
+            (
+                serde_json::json!({"agent": {"batchWait": "1 hour"}}),
+                "batchWait",
+            ),
+            (
+                serde_json::json!({"agent": {"runAsUser": 0}}),
+                "non-root uid",
+            ),
+            (
+                serde_json::json!({"agent": {"hostPaths": {"podLogs": "var/log/pods"}}}),
+                "absolute path",
+            ),
+            (
+                serde_json::json!({"aggregator": {"replicas": 2}}),
+                "replicas must be 0 or 1",
+            ),
+            (
+                serde_json::json!({"aggregator": {"retentionAge": "0", "retentionSize": "0"}}),
+                "disk fills up",
+            ),
+            (
+                serde_json::json!({"aggregator": {"retentionAge": "a week"}}),
+                "retentionAge",
+            ),
+        ];
+        for (spec, want) in cases {
+            let e = errors(&lc(spec.clone()));
+            assert!(e.contains(want), "{spec}: expected {want:?}, got {e:?}");
+        }
+        // The same fields, valid.
+        let ok = [
+            serde_json::json!({"agent": {"tolerateAllTaints": false, "tolerations": [{"operator": "Exists"}]}}),
+            serde_json::json!({"agent": {"updateStrategy": {"type": "RollingUpdate", "maxUnavailable": "10%", "maxSurge": 1}}}),
+            serde_json::json!({"agent": {"updateStrategy": {"type": "OnDelete"}}}),
+            serde_json::json!({"agent": {"batchSize": "512KiB", "batchWait": "250ms", "runAsUser": 65532}}),
+            serde_json::json!({"aggregator": {"replicas": 0, "retentionAge": "0", "retentionSize": "50GiB"}}),
+        ];
+        for spec in ok {
+            assert_eq!(errors(&lc(spec.clone())), "", "{spec}");
+        }
+    }
+
+    #[test]
+    fn storage_cannot_change_after_creation() {
+        let old = lc(serde_json::json!({"aggregator": {"storage": {"size": "10Gi"}}}));
+        let grown = lc(serde_json::json!({"aggregator": {"storage": {"size": "20Gi"}}}));
+        let e = validate_cel_update(&grown, &old).expect_err("storage change refused");
+        assert!(format!("{e:?}").contains("immutable"), "{e:?}");
+        // Other fields may change.
+        let other = lc(
+            serde_json::json!({"aggregator": {"storage": {"size": "10Gi"}, "retentionAge": "3d"}}),
+        );
+        assert!(validate_cel_update(&other, &old).is_ok());
+    }
+}

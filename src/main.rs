@@ -47,9 +47,32 @@ enum Cmd {
     Status(StatusArgsCli),
     /// Print the LogCollector CustomResourceDefinition as YAML.
     Crd,
+    /// Print every object the controller would apply for a LogCollector,
+    /// like `helm template`.
+    Render(RenderArgs),
+    /// Print the install bundle (deploy/logfleet.yaml).
+    Bundle {
+        /// Image for the controller and the default LogCollector.
+        #[arg(long, env = "LOGFLEET_IMAGE", default_value = logfleet_controller::crd::DEFAULT_IMAGE)]
+        image: String,
+    },
     /// Measure the real processes on a generated workload (docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// A LogCollector in YAML or JSON (`-` for stdin); default: the default
+    /// one (`logfleet/logfleet`, every default).
+    #[arg(short = 'f', long = "filename", env = "LOGFLEET_FILENAME")]
+    file: Option<PathBuf>,
+    /// Namespace when the file names none.
+    #[arg(long, env = "LOGFLEET_NAMESPACE", default_value = "logfleet")]
+    namespace: String,
+    /// Render for OpenShift (adds the agents' SecurityContextConstraints).
+    #[arg(long, env = "LOGFLEET_OPENSHIFT")]
+    openshift: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -578,6 +601,32 @@ async fn run(cmd: Cmd) -> Result<()> {
             let yaml = logfleet_controller::crd::crd_yaml()
                 .context("rendering the CustomResourceDefinition")?;
             print!("{yaml}");
+        }
+        Cmd::Render(r) => {
+            use logfleet_controller::render;
+            let lc = match &r.file {
+                None => logfleet_controller::bundle::default_collector(),
+                Some(p) => {
+                    let text = if p.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+                    } else {
+                        std::fs::read_to_string(p)
+                            .with_context(|| format!("reading {}", p.display()))?
+                    };
+                    render::parse_collector(&text, &r.namespace)
+                        .with_context(|| format!("reading {}", p.display()))?
+                }
+            };
+            let objs = render::render(
+                &lc,
+                &render::Options {
+                    openshift: r.openshift,
+                },
+            )?;
+            print!("{}", render::to_yaml(&objs)?);
+        }
+        Cmd::Bundle { image } => {
+            print!("{}", logfleet_controller::bundle::bundle_yaml(&image)?);
         }
         Cmd::Bench(b) => match b {
             BenchCmd::Generate { dir, size, files } => {

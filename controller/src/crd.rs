@@ -77,10 +77,28 @@ pub struct LogCollectorSpec {
     /// DaemonSet may place pods, so that exclusions show up as gaps.
     #[serde(default)]
     pub node_scope: NodeScope,
+    /// A Secret in this namespace whose key `token` is the bearer token the
+    /// agents present and the aggregator requires. Unset: no token (keep
+    /// the aggregator's ports private with a NetworkPolicy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
 }
 
 fn default_image() -> String {
     DEFAULT_IMAGE.into()
+}
+
+impl Default for LogCollectorSpec {
+    fn default() -> Self {
+        LogCollectorSpec {
+            image: default_image(),
+            image_pull_policy: PullPolicy::default(),
+            agent: AgentSpec::default(),
+            aggregator: AggregatorSpec::default(),
+            node_scope: NodeScope::default(),
+            token_secret_name: None,
+        }
+    }
 }
 
 /// Container image pull policy.

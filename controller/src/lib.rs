@@ -7,7 +7,9 @@
 //! DaemonSet controller does, whether a daemon pod belongs on a node;
 //! [`coverage`] says which expected nodes lack a working agent, and why.
 
+pub mod bundle;
 pub mod coverage;
 pub mod crd;
 pub mod dump;
 pub mod placement;
+pub mod render;

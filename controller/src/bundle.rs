@@ -1,0 +1,151 @@
+//! The install bundle (`deploy/logfleet.yaml`): the CRD, a namespace, the
+//! controller's RBAC and Deployment, and a default `LogCollector`. Rendered
+//! from code so the controller's permissions and the CRD cannot drift from
+//! what the controller does; a test compares the checked-in file.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use serde_json::{json, Value};
+
+use crate::crd::{LogCollector, LogCollectorSpec, DEFAULT_IMAGE};
+
+/// Namespace the bundle installs into.
+pub const NAMESPACE: &str = "logfleet";
+/// Name of the default collector and of the controller's objects.
+pub const NAME: &str = "logfleet";
+/// The controller's metrics/probe port.
+pub const CONTROLLER_HTTP_PORT: i32 = 9103;
+
+/// The default `LogCollector`, as `logfleet render` renders it without `-f`.
+pub fn default_collector() -> LogCollector {
+    let mut lc = LogCollector::new(NAME, LogCollectorSpec::default());
+    lc.metadata.namespace = Some(NAMESPACE.into());
+    lc
+}
+
+/// Rules of the controller's ClusterRole: exactly what reconcile, the
+/// watches, events and the finalizer use.
+pub fn controller_rules() -> Value {
+    let all = [
+        "get", "list", "watch", "create", "patch", "update", "delete",
+    ];
+    json!([
+        {"apiGroups": ["logfleet.dev"], "resources": ["logcollectors"],
+         "verbs": ["get", "list", "watch", "patch", "update"]},
+        {"apiGroups": ["logfleet.dev"], "resources": ["logcollectors/status"],
+         "verbs": ["get", "patch", "update"]},
+        {"apiGroups": ["logfleet.dev"], "resources": ["logcollectors/finalizers"],
+         "verbs": ["update"]},
+        {"apiGroups": ["apps"], "resources": ["daemonsets", "statefulsets"], "verbs": all},
+        {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": all},
+        // Coverage: nodes and the agent pods; namespaces for OpenShift's
+        // project node selector.
+        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        // OpenShift only; harmless elsewhere.
+        {"apiGroups": ["security.openshift.io"], "resources": ["securitycontextconstraints"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    ])
+}
+
+/// Every document of the bundle, in apply order.
+pub fn bundle(image: &str) -> Result<Vec<Value>, serde_json::Error> {
+    let labels = json!({
+        "app.kubernetes.io/name": "logfleet",
+        "app.kubernetes.io/component": "controller",
+        "app.kubernetes.io/part-of": "logfleet",
+    });
+    let crd: CustomResourceDefinition = LogCollector::crd();
+    let mut collector = serde_json::to_value(default_collector())?;
+    if let Some(m) = collector.as_object_mut() {
+        m.remove("status");
+    }
+    collector["spec"] = json!({"image": image});
+    Ok(vec![
+        serde_json::to_value(crd)?,
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": NAMESPACE, "labels": {
+                   // The agents mount host directories: the namespace must allow that.
+                   "pod-security.kubernetes.io/enforce": "privileged",
+                   "app.kubernetes.io/part-of": "logfleet"}}}),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": "logfleet-controller", "namespace": NAMESPACE, "labels": labels}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": "logfleet-controller", "labels": labels},
+               "rules": controller_rules()}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "logfleet-controller", "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "logfleet-controller"},
+               "subjects": [{"kind": "ServiceAccount", "name": "logfleet-controller", "namespace": NAMESPACE}]}),
+        // Leader election only needs its Lease, in its own namespace.
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "logfleet-controller-lease", "namespace": NAMESPACE, "labels": labels},
+               "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                          "verbs": ["get", "create", "update", "patch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "logfleet-controller-lease", "namespace": NAMESPACE, "labels": labels},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "logfleet-controller-lease"},
+               "subjects": [{"kind": "ServiceAccount", "name": "logfleet-controller", "namespace": NAMESPACE}]}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "logfleet-controller", "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "logfleet", "app.kubernetes.io/component": "controller"}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": "logfleet-controller",
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{
+                        "name": "controller",
+                        "image": image,
+                        "args": ["controller"],
+                        "env": [
+                            {"name": "LOGFLEET_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "LOGFLEET_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                        ],
+                        "ports": [{"name": "http", "containerPort": CONTROLLER_HTTP_PORT}],
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 20},
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 10},
+                        "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                            "capabilities": {"drop": ["ALL"]}},
+                    }],
+                },
+            },
+        }}),
+        collector,
+    ])
+}
+
+/// The bundle as one multi-document YAML text.
+pub fn bundle_yaml(image: &str) -> Result<String, BundleError> {
+    let docs = bundle(image)?;
+    let mut out = String::from(
+        "# logfleet: kubectl apply --server-side -f deploy/logfleet.yaml\n\
+         # Generated by `logfleet bundle`; do not edit (a test compares it).\n",
+    );
+    for d in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&d)?);
+    }
+    Ok(out)
+}
+
+/// The bundle could not be rendered (a bug).
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// YAML.
+    #[error(transparent)]
+    Yaml(#[from] serde_saphyr::SerializeError),
+}
+
+/// Default image of the bundle.
+pub fn default_image() -> &'static str {
+    DEFAULT_IMAGE
+}

@@ -1,0 +1,904 @@
+//! Every object a `LogCollector` asks for, as pure functions of it: the
+//! controller applies them, `logfleet render` prints them.
+//!
+//! Names derive from the collector's name `N`: `N-agent` (ServiceAccount,
+//! ConfigMap, DaemonSet), `N-agent-metrics` (headless Service over the
+//! agents' metrics ports), `N-aggregator` (ServiceAccount, StatefulSet,
+//! Service) and `N-aggregator-headless` (the StatefulSet's governing
+//! Service). The agents read host files and never call the Kubernetes API,
+//! so they get no RBAC and no API token.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::core::ApiResource;
+use kube::Resource;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::crd::{LogCollector, UpdateStrategyType};
+
+/// Annotation on the agent pod template: hash of the rendered agent
+/// configuration. It changes exactly when the configuration does, which
+/// rolls the agents (they read it from the environment at start).
+pub const CONFIG_HASH: &str = "logfleet.dev/config-hash";
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "logfleet-controller";
+/// Agent metrics/probe port.
+pub const AGENT_HTTP_PORT: i32 = 9102;
+/// Aggregator gRPC port (ingest and query).
+pub const AGGREGATOR_GRPC_PORT: i32 = 4317;
+/// Aggregator HTTP port (metrics, probes, agents API).
+pub const AGGREGATOR_HTTP_PORT: i32 = 8080;
+/// The uid the aggregator runs as.
+pub const NONROOT_UID: i64 = 65532;
+/// Where the agent and the aggregator find the token, when one is set.
+const TOKEN_DIR: &str = "/etc/logfleet/token";
+
+/// Environment the rendering depends on, beyond the resource.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The cluster serves `security.openshift.io`: add a
+    /// SecurityContextConstraints for the agents.
+    pub openshift: bool,
+}
+
+/// One object to apply.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// Its API resource (group, version, kind, plural).
+    pub api: ApiResource,
+    /// Namespaced (else cluster-scoped).
+    pub namespaced: bool,
+    /// Its name.
+    pub name: String,
+    /// The full object as sent with server-side apply.
+    pub body: Value,
+}
+
+/// Rendering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The resource has no name or namespace.
+    #[error("the LogCollector needs a name and a namespace")]
+    Unnamed,
+    /// A rendered object did not serialize (a bug).
+    #[error("rendering {0}: {1}")]
+    Serialize(&'static str, serde_json::Error),
+}
+
+/// Conventional labels; the first three are the (immutable) selector.
+pub fn selector_labels(name: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "logfleet".into()),
+        ("app.kubernetes.io/instance".into(), name.into()),
+        ("app.kubernetes.io/component".into(), component.into()),
+    ])
+}
+
+/// Selector labels plus `part-of` and `managed-by`.
+pub fn labels(name: &str, component: &str) -> BTreeMap<String, String> {
+    let mut l = selector_labels(name, component);
+    l.insert("app.kubernetes.io/part-of".into(), "logfleet".into());
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "logfleet-controller".into(),
+    );
+    l
+}
+
+/// Name of the agent DaemonSet (and its ServiceAccount and ConfigMap).
+pub fn agent_name(lc: &str) -> String {
+    format!("{lc}-agent")
+}
+
+/// Name of the aggregator StatefulSet (and its Service).
+pub fn aggregator_name(lc: &str) -> String {
+    format!("{lc}-aggregator")
+}
+
+/// The aggregator's in-cluster HTTP URL (agents API, metrics).
+pub fn aggregator_http_url(lc: &str, ns: &str) -> String {
+    format!(
+        "http://{}.{ns}.svc:{AGGREGATOR_HTTP_PORT}",
+        aggregator_name(lc)
+    )
+}
+
+struct Ctx<'a> {
+    lc: &'a LogCollector,
+    name: &'a str,
+    ns: &'a str,
+    owner: Option<OwnerReference>,
+}
+
+impl Ctx<'_> {
+    fn meta(&self, name: &str, component: &str) -> Value {
+        let mut m = json!({
+            "name": name,
+            "namespace": self.ns,
+            "labels": labels(self.name, component),
+        });
+        if let Some(o) = &self.owner {
+            m["ownerReferences"] = json!([o]);
+        }
+        m
+    }
+}
+
+/// Renders every object, namespaced ones first. Owner references are set
+/// when the resource has a uid (it came from the cluster).
+pub fn render(lc: &LogCollector, opts: &Options) -> Result<Vec<Object>, RenderError> {
+    let name = lc.metadata.name.as_deref().ok_or(RenderError::Unnamed)?;
+    let ns = lc
+        .metadata
+        .namespace
+        .as_deref()
+        .ok_or(RenderError::Unnamed)?;
+    let owner = lc.controller_owner_ref(&());
+    let cx = Ctx {
+        lc,
+        name,
+        ns,
+        owner,
+    };
+    let mut out = vec![
+        typed(service_account(&cx, &agent_name(name), "agent")?)?,
+        typed(service_account(&cx, &aggregator_name(name), "aggregator")?)?,
+        typed(agent_config_map(&cx)?)?,
+        typed(agent_daemonset_of(&cx)?)?,
+        typed(agent_metrics_service(&cx)?)?,
+        typed(aggregator_service(&cx, false)?)?,
+        typed(aggregator_service(&cx, true)?)?,
+        typed(aggregator_statefulset(&cx)?)?,
+    ];
+    if opts.openshift {
+        out.push(openshift_scc(&cx));
+    }
+    Ok(out)
+}
+
+fn typed<K>(k: K) -> Result<Object, RenderError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Serialize,
+{
+    let api = ApiResource::erase::<K>(&());
+    let name = k.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(&k).map_err(|e| RenderError::Serialize("object", e))?;
+    // Server-side apply needs apiVersion and kind in the body.
+    body["apiVersion"] = json!(api.api_version);
+    body["kind"] = json!(api.kind);
+    Ok(Object {
+        api,
+        namespaced: true,
+        name,
+        body,
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    v: Value,
+) -> Result<T, RenderError> {
+    serde_json::from_value(v).map_err(|e| RenderError::Serialize(what, e))
+}
+
+fn service_account(
+    cx: &Ctx<'_>,
+    name: &str,
+    component: &str,
+) -> Result<ServiceAccount, RenderError> {
+    // Neither agents nor aggregator talk to the API server: no token.
+    from_json(
+        "ServiceAccount",
+        json!({"metadata": cx.meta(name, component), "automountServiceAccountToken": false}),
+    )
+}
+
+/// The agent's configuration: the `LOGFLEET_*` environment of `logfleet
+/// agent`. Deterministic (sorted keys), so equal specs hash equally.
+pub fn agent_config(lc: &LogCollector, name: &str, ns: &str) -> BTreeMap<String, String> {
+    let a = &lc.spec.agent;
+    let mut c = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        c.insert(k.to_owned(), v);
+    };
+    put(
+        "LOGFLEET_AGGREGATOR",
+        format!(
+            "http://{}.{ns}.svc:{AGGREGATOR_GRPC_PORT}",
+            aggregator_name(name)
+        ),
+    );
+    put("LOGFLEET_LOG_ROOT", a.host_paths.pod_logs.clone());
+    put("LOGFLEET_STATE_DIR", "/var/lib/logfleet-agent".into());
+    put("LOGFLEET_HTTP_ADDR", format!("0.0.0.0:{AGENT_HTTP_PORT}"));
+    put("LOGFLEET_COMPRESSION", a.compression.as_str().into());
+    put("LOGFLEET_BATCH_SIZE", a.batch_size.clone());
+    put("LOGFLEET_BATCH_WAIT", a.batch_wait.clone());
+    let f = &a.filters;
+    for (k, v) in [
+        ("LOGFLEET_INCLUDE_NAMESPACE", &f.include_namespaces),
+        ("LOGFLEET_EXCLUDE_NAMESPACE", &f.exclude_namespaces),
+        ("LOGFLEET_INCLUDE_POD", &f.include_pods),
+        ("LOGFLEET_EXCLUDE_POD", &f.exclude_pods),
+        ("LOGFLEET_INCLUDE_CONTAINER", &f.include_containers),
+        ("LOGFLEET_EXCLUDE_CONTAINER", &f.exclude_containers),
+    ] {
+        if !v.is_empty() {
+            put(k, v.join(","));
+        }
+    }
+    if lc.spec.token_secret_name.is_some() {
+        put("LOGFLEET_TOKEN_FILE", format!("{TOKEN_DIR}/token"));
+    }
+    c
+}
+
+/// Hash of the agent configuration, 16 hex digits (xxh3: stable across
+/// releases and platforms, unlike std's hasher).
+pub fn config_hash(config: &BTreeMap<String, String>) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (k, v) in config {
+        // Length-prefixed so that ("ab","c") and ("a","bc") differ.
+        for s in [k, v] {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+    }
+    format!("{:016x}", h.digest())
+}
+
+fn agent_config_map(cx: &Ctx<'_>) -> Result<ConfigMap, RenderError> {
+    Ok(ConfigMap {
+        metadata: from_json("metadata", cx.meta(&agent_name(cx.name), "agent"))?,
+        data: Some(agent_config(cx.lc, cx.name, cx.ns)),
+        ..Default::default()
+    })
+}
+
+/// The agent DaemonSet of a named, namespaced collector.
+pub fn agent_daemonset(lc: &LogCollector) -> Result<DaemonSet, RenderError> {
+    let cx = Ctx {
+        lc,
+        name: lc.metadata.name.as_deref().ok_or(RenderError::Unnamed)?,
+        ns: lc
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or(RenderError::Unnamed)?,
+        owner: lc.controller_owner_ref(&()),
+    };
+    agent_daemonset_of(&cx)
+}
+
+fn agent_daemonset_of(cx: &Ctx<'_>) -> Result<DaemonSet, RenderError> {
+    let spec = &cx.lc.spec;
+    let a = &spec.agent;
+    let name = agent_name(cx.name);
+    let hash = config_hash(&agent_config(cx.lc, cx.name, cx.ns));
+    let mut node_selector = a.node_selector.clone();
+    node_selector
+        .entry("kubernetes.io/os".into())
+        .or_insert_with(|| "linux".into());
+    let tolerations = if a.tolerate_all_taints {
+        json!([{"operator": "Exists"}])
+    } else {
+        json!(a.tolerations.clone().unwrap_or_default())
+    };
+    let strategy = match a.update_strategy.type_ {
+        UpdateStrategyType::OnDelete => json!({"type": "OnDelete"}),
+        UpdateStrategyType::RollingUpdate => json!({
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxUnavailable": a.update_strategy.max_unavailable.clone().unwrap_or(
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1)),
+                "maxSurge": a.update_strategy.max_surge.clone().unwrap_or(
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)),
+            },
+        }),
+    };
+    let resources = a.resources.clone().map(|r| json!(r)).unwrap_or_else(
+        || json!({"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}),
+    );
+    // Container runtimes write logs as root, mode 0640: reading them takes
+    // uid 0 (no capability needed, as the owner). Everything else is
+    // locked down: no capabilities, no privilege escalation, read-only
+    // root filesystem.
+    let run_as = match a.run_as_user {
+        Some(uid) => json!({"runAsUser": uid, "runAsNonRoot": true}),
+        None => json!({"runAsUser": 0, "runAsNonRoot": false}),
+    };
+    let mut container_sc = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "privileged": false,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    merge(&mut container_sc, &run_as);
+    let mut pod_sc = json!({});
+    if !a.supplemental_groups.is_empty() {
+        pod_sc["supplementalGroups"] = json!(a.supplemental_groups);
+    }
+    let hp = &a.host_paths;
+    let mut volumes = vec![
+        json!({"name": "pod-logs", "hostPath": {"path": hp.pod_logs, "type": "Directory"}}),
+        json!({"name": "container-logs", "hostPath": {"path": hp.container_logs, "type": ""}}),
+        json!({"name": "docker-containers", "hostPath": {"path": hp.docker_containers, "type": ""}}),
+        // One state directory per collector, so two collectors on a node
+        // keep apart checkpoints.
+        json!({"name": "state", "hostPath": {
+            "path": format!("{}/{}_{}", hp.state.trim_end_matches('/'), cx.ns, cx.name),
+            "type": "DirectoryOrCreate"}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "pod-logs", "mountPath": hp.pod_logs, "readOnly": true}),
+        json!({"name": "container-logs", "mountPath": hp.container_logs, "readOnly": true}),
+        json!({"name": "docker-containers", "mountPath": hp.docker_containers, "readOnly": true}),
+        json!({"name": "state", "mountPath": "/var/lib/logfleet-agent"}),
+    ];
+    if let Some(secret) = &spec.token_secret_name {
+        volumes.push(json!({"name": "token", "secret": {"secretName": secret}}));
+        mounts.push(json!({"name": "token", "mountPath": TOKEN_DIR, "readOnly": true}));
+    }
+    let probe = |path: &str, period: i32| {
+        json!({
+            "httpGet": {"path": path, "port": "metrics"},
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        })
+    };
+    let pod_labels = labels(cx.name, "agent");
+    let mut pod_spec = json!({
+        "serviceAccountName": name,
+        "automountServiceAccountToken": false,
+        "priorityClassName": a.priority_class_name,
+        "nodeSelector": node_selector,
+        "tolerations": tolerations,
+        "securityContext": pod_sc,
+        "terminationGracePeriodSeconds": 30,
+        "containers": [{
+            "name": "agent",
+            "image": spec.image,
+            "imagePullPolicy": spec.image_pull_policy.as_str(),
+            "args": ["agent"],
+            "envFrom": [{"configMapRef": {"name": name}}],
+            "env": [{"name": "LOGFLEET_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+            "ports": [{"name": "metrics", "containerPort": AGENT_HTTP_PORT, "protocol": "TCP"}],
+            "livenessProbe": probe("/healthz", 20),
+            "readinessProbe": probe("/readyz", 10),
+            "resources": resources,
+            "securityContext": container_sc,
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    });
+    if let Some(aff) = &a.node_affinity {
+        pod_spec["affinity"] = json!({"nodeAffinity": aff});
+    }
+    from_json(
+        "DaemonSet",
+        json!({
+            "metadata": cx.meta(&name, "agent"),
+            "spec": {
+                "selector": {"matchLabels": selector_labels(cx.name, "agent")},
+                "updateStrategy": strategy,
+                "template": {
+                    "metadata": {"labels": pod_labels, "annotations": {CONFIG_HASH: hash}},
+                    "spec": pod_spec,
+                },
+            },
+        }),
+    )
+}
+
+fn agent_metrics_service(cx: &Ctx<'_>) -> Result<Service, RenderError> {
+    from_json(
+        "Service",
+        json!({
+            "metadata": cx.meta(&format!("{}-metrics", agent_name(cx.name)), "agent"),
+            "spec": {
+                "clusterIP": "None",
+                "selector": selector_labels(cx.name, "agent"),
+                "ports": [{"name": "metrics", "port": AGENT_HTTP_PORT, "targetPort": "metrics"}],
+            },
+        }),
+    )
+}
+
+fn aggregator_service(cx: &Ctx<'_>, headless: bool) -> Result<Service, RenderError> {
+    let name = if headless {
+        format!("{}-headless", aggregator_name(cx.name))
+    } else {
+        aggregator_name(cx.name)
+    };
+    let mut spec = json!({
+        "selector": selector_labels(cx.name, "aggregator"),
+        "ports": [
+            {"name": "grpc", "port": AGGREGATOR_GRPC_PORT, "targetPort": "grpc", "appProtocol": "grpc"},
+            {"name": "http", "port": AGGREGATOR_HTTP_PORT, "targetPort": "http"},
+        ],
+    });
+    if headless {
+        spec["clusterIP"] = json!("None");
+        spec["publishNotReadyAddresses"] = json!(true);
+    }
+    from_json(
+        "Service",
+        json!({"metadata": cx.meta(&name, "aggregator"), "spec": spec}),
+    )
+}
+
+fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
+    let spec = &cx.lc.spec;
+    let g = &spec.aggregator;
+    let name = aggregator_name(cx.name);
+    let resources = g.resources.clone().map(|r| json!(r)).unwrap_or_else(
+        || json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}),
+    );
+    let probe = |path: &str, period: i32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "timeoutSeconds": 2});
+    let mut env = vec![
+        json!({"name": "LOGFLEET_DATA_DIR", "value": "/var/lib/logfleet"}),
+        json!({"name": "LOGFLEET_GRPC_ADDR", "value": format!("0.0.0.0:{AGGREGATOR_GRPC_PORT}")}),
+        json!({"name": "LOGFLEET_HTTP_ADDR", "value": format!("0.0.0.0:{AGGREGATOR_HTTP_PORT}")}),
+        json!({"name": "LOGFLEET_RETENTION_AGE", "value": g.retention_age}),
+        json!({"name": "LOGFLEET_RETENTION_SIZE", "value": g.retention_size}),
+    ];
+    let mut mounts = vec![json!({"name": "data", "mountPath": "/var/lib/logfleet"})];
+    let mut volumes = vec![];
+    if let Some(secret) = &spec.token_secret_name {
+        env.push(json!({"name": "LOGFLEET_TOKEN_FILE", "value": format!("{TOKEN_DIR}/token")}));
+        volumes.push(json!({"name": "token", "secret": {"secretName": secret}}));
+        mounts.push(json!({"name": "token", "mountPath": TOKEN_DIR, "readOnly": true}));
+    }
+    let mut claim = json!({
+        "metadata": {"name": "data", "labels": labels(cx.name, "aggregator")},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": g.storage.size}},
+        },
+    });
+    if let Some(class) = &g.storage.storage_class_name {
+        claim["spec"]["storageClassName"] = json!(class);
+    }
+    from_json(
+        "StatefulSet",
+        json!({
+            "metadata": cx.meta(&name, "aggregator"),
+            "spec": {
+                "replicas": g.replicas,
+                "serviceName": format!("{name}-headless"),
+                "selector": {"matchLabels": selector_labels(cx.name, "aggregator")},
+                "template": {
+                    "metadata": {"labels": labels(cx.name, "aggregator")},
+                    "spec": {
+                        "serviceAccountName": name,
+                        "automountServiceAccountToken": false,
+                        "securityContext": {
+                            "runAsUser": NONROOT_UID, "runAsGroup": NONROOT_UID,
+                            "fsGroup": NONROOT_UID, "runAsNonRoot": true,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        // Lets the aggregator finish its group commit.
+                        "terminationGracePeriodSeconds": 60,
+                        "containers": [{
+                            "name": "aggregator",
+                            "image": spec.image,
+                            "imagePullPolicy": spec.image_pull_policy.as_str(),
+                            "args": ["aggregator"],
+                            "env": env,
+                            "ports": [
+                                {"name": "grpc", "containerPort": AGGREGATOR_GRPC_PORT},
+                                {"name": "http", "containerPort": AGGREGATOR_HTTP_PORT},
+                            ],
+                            "livenessProbe": probe("/healthz", 20),
+                            "readinessProbe": probe("/readyz", 10),
+                            "resources": resources,
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": mounts,
+                        }],
+                        "volumes": volumes,
+                    },
+                },
+                "volumeClaimTemplates": [claim],
+            },
+        }),
+    )
+}
+
+/// Name of the agents' SecurityContextConstraints (cluster-scoped, so it
+/// carries the namespace).
+pub fn scc_name(lc: &str, ns: &str) -> String {
+    format!("logfleet-{ns}-{lc}-agent")
+}
+
+/// OpenShift: what the agents need and no more. Host directories, uid 0
+/// for reading root-owned logs; not privileged, no capabilities, no host
+/// network or PIDs. Granted to the agent ServiceAccount through `users`,
+/// which spares the controller the right to grant `use` through RBAC.
+fn openshift_scc(cx: &Ctx<'_>) -> Object {
+    let hp = &cx.lc.spec.agent.host_paths;
+    // A namespaced owner cannot own a cluster-scoped object: no owner
+    // reference; the finalizer finds it by its labels and deletes it.
+    let meta = json!({"name": scc_name(cx.name, cx.ns), "labels": labels(cx.name, "agent")});
+    let body = json!({
+        "apiVersion": "security.openshift.io/v1",
+        "kind": "SecurityContextConstraints",
+        "metadata": meta,
+        "allowHostDirVolumePlugin": true,
+        "allowedHostPaths": [
+            {"pathPrefix": hp.pod_logs, "readOnly": true},
+            {"pathPrefix": hp.container_logs, "readOnly": true},
+            {"pathPrefix": hp.docker_containers, "readOnly": true},
+            {"pathPrefix": hp.state, "readOnly": false},
+        ],
+        "allowHostIPC": false,
+        "allowHostNetwork": false,
+        "allowHostPID": false,
+        "allowHostPorts": false,
+        "allowPrivilegeEscalation": false,
+        "allowPrivilegedContainer": false,
+        "allowedCapabilities": [],
+        "requiredDropCapabilities": ["ALL"],
+        "readOnlyRootFilesystem": true,
+        "runAsUser": {"type": "RunAsAny"},
+        "seLinuxContext": {"type": "RunAsAny"},
+        "fsGroup": {"type": "RunAsAny"},
+        "supplementalGroups": {"type": "RunAsAny"},
+        "seccompProfiles": ["runtime/default"],
+        "volumes": ["hostPath", "configMap", "secret", "projected", "emptyDir"],
+        "users": [format!("system:serviceaccount:{}:{}", cx.ns, agent_name(cx.name))],
+    });
+    Object {
+        api: scc_api(),
+        namespaced: false,
+        name: scc_name(cx.name, cx.ns),
+        body,
+    }
+}
+
+/// The API resource of OpenShift's SecurityContextConstraints.
+pub fn scc_api() -> ApiResource {
+    ApiResource {
+        group: "security.openshift.io".into(),
+        version: "v1".into(),
+        api_version: "security.openshift.io/v1".into(),
+        kind: "SecurityContextConstraints".into(),
+        plural: "securitycontextconstraints".into(),
+    }
+}
+
+/// Objects as multi-document YAML, as `logfleet render` prints them.
+pub fn to_yaml(objects: &[Object]) -> Result<String, serde_saphyr::SerializeError> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&o.body)?);
+    }
+    Ok(out)
+}
+
+/// Reads a `LogCollector` from YAML (or JSON); a missing namespace becomes
+/// `default_namespace`.
+pub fn parse_collector(text: &str, default_namespace: &str) -> Result<LogCollector, ParseError> {
+    let mut lc: LogCollector =
+        serde_saphyr::from_str(text).map_err(|e| ParseError(e.to_string()))?;
+    if lc.metadata.name.is_none() {
+        return Err(ParseError("metadata.name is missing".into()));
+    }
+    if lc.metadata.namespace.is_none() {
+        lc.metadata.namespace = Some(default_namespace.into());
+    }
+    Ok(lc)
+}
+
+/// A `LogCollector` document that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("not a LogCollector: {0}")]
+pub struct ParseError(String);
+
+fn merge(into: &mut Value, from: &Value) {
+    if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+        for (k, v) in b {
+            a.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::LogCollectorSpec;
+
+    fn lc(spec: Value) -> LogCollector {
+        let mut l = LogCollector::new(
+            "logs",
+            serde_json::from_value::<LogCollectorSpec>(spec).expect("spec"),
+        );
+        l.metadata.namespace = Some("logfleet".into());
+        l
+    }
+
+    fn ds(spec: Value) -> DaemonSet {
+        agent_daemonset(&lc(spec)).expect("renders")
+    }
+
+    fn hash(d: &DaemonSet) -> String {
+        d.spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()[CONFIG_HASH]
+            .clone()
+    }
+
+    #[test]
+    fn agent_daemonset_is_locked_down_and_reads_host_logs() {
+        let d = ds(json!({}));
+        let pod = d.spec.template.spec.as_ref().unwrap();
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.privileged, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        assert!(sc.capabilities.as_ref().unwrap().add.is_none());
+        // Root only to read root-owned 0640 logs; a uid in the spec makes it non-root.
+        assert_eq!(sc.run_as_user, Some(0));
+        let nonroot = ds(json!({"agent": {"runAsUser": 1000, "supplementalGroups": [4]}}));
+        let np = nonroot.spec.template.spec.as_ref().unwrap();
+        let nsc = np.containers[0].security_context.as_ref().unwrap();
+        assert_eq!(
+            (nsc.run_as_user, nsc.run_as_non_root),
+            (Some(1000), Some(true))
+        );
+        assert_eq!(
+            np.security_context.as_ref().unwrap().supplemental_groups,
+            Some(vec![4])
+        );
+
+        let vols: BTreeMap<_, _> = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| (v.name.as_str(), v.host_path.as_ref().unwrap().path.as_str()))
+            .collect();
+        assert_eq!(vols["pod-logs"], "/var/log/pods");
+        assert_eq!(vols["container-logs"], "/var/log/containers");
+        assert_eq!(vols["docker-containers"], "/var/lib/docker/containers");
+        assert_eq!(vols["state"], "/var/lib/logfleet-agent/logfleet_logs");
+        for m in c.volume_mounts.as_ref().unwrap() {
+            assert_eq!(m.read_only == Some(true), m.name != "state", "{}", m.name);
+        }
+        let env = c.env.as_ref().unwrap();
+        let node = env.iter().find(|e| e.name == "LOGFLEET_NODE_NAME").unwrap();
+        assert_eq!(
+            node.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "spec.nodeName"
+        );
+        let live = c
+            .liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (live.path.as_deref(), ready.path.as_deref()),
+            (Some("/healthz"), Some("/readyz"))
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("system-node-critical")
+        );
+        // Every taint tolerated by default; narrowed on request.
+        assert_eq!(
+            pod.tolerations.as_ref().unwrap()[0].operator.as_deref(),
+            Some("Exists")
+        );
+        let narrow = ds(json!({"agent": {"tolerateAllTaints": false,
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}}));
+        let t = &narrow
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .tolerations
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(t.key.as_deref(), Some("gpu"));
+        assert_eq!(
+            pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
+            "linux"
+        );
+    }
+
+    #[test]
+    fn labels_are_conventional_and_the_selector_is_a_subset() {
+        let d = ds(json!({}));
+        let l = d.metadata.labels.as_ref().unwrap();
+        for (k, v) in [
+            ("app.kubernetes.io/name", "logfleet"),
+            ("app.kubernetes.io/instance", "logs"),
+            ("app.kubernetes.io/component", "agent"),
+            ("app.kubernetes.io/part-of", "logfleet"),
+            ("app.kubernetes.io/managed-by", "logfleet-controller"),
+        ] {
+            assert_eq!(l.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        let sel = d.spec.selector.match_labels.as_ref().unwrap();
+        let pod_labels = d
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert!(sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
+    }
+
+    #[test]
+    fn config_hash_changes_with_the_agent_config_only() {
+        let base = hash(&ds(json!({})));
+        assert_eq!(base, hash(&ds(json!({}))), "same spec, same hash");
+        assert_eq!(base.len(), 16);
+        for changed in [
+            json!({"agent": {"compression": "zstd"}}),
+            json!({"agent": {"batchSize": "2MiB"}}),
+            json!({"agent": {"filters": {"excludeNamespaces": ["kube-system"]}}}),
+            json!({"tokenSecretName": "logfleet-token"}),
+        ] {
+            assert_ne!(base, hash(&ds(changed.clone())), "{changed}");
+        }
+        // Not agent configuration: the pod template changes (and rolls) by
+        // itself, the config hash must not.
+        for unrelated in [
+            json!({"image": "example.com/logfleet:2"}),
+            json!({"agent": {"resources": {"limits": {"memory": "1Gi"}}}}),
+            json!({"agent": {"priorityClassName": "high"}}),
+            json!({"aggregator": {"retentionAge": "1d"}}),
+        ] {
+            assert_eq!(base, hash(&ds(unrelated.clone())), "{unrelated}");
+        }
+    }
+
+    #[test]
+    fn update_strategy_and_owner_references() {
+        let d = ds(
+            json!({"agent": {"updateStrategy": {"type": "RollingUpdate", "maxUnavailable": "10%"}}}),
+        );
+        let s = d.spec.update_strategy.unwrap();
+        let ru = s.rolling_update.unwrap();
+        assert_eq!(format!("{:?}", ru.max_unavailable), "Some(String(\"10%\"))");
+        let d = ds(json!({"agent": {"updateStrategy": {"type": "OnDelete"}}}));
+        let s = d.spec.update_strategy.unwrap();
+        assert_eq!(s.type_.as_deref(), Some("OnDelete"));
+        assert!(s.rolling_update.is_none());
+
+        // Without a uid (rendered offline) there is no owner; from the
+        // cluster every namespaced object is owned by the collector.
+        let mut l = lc(json!({}));
+        assert!(render(&l, &Options::default())
+            .unwrap()
+            .iter()
+            .all(|o| o.body["metadata"].get("ownerReferences").is_none()));
+        l.metadata.uid = Some("u-1".into());
+        let objs = render(&l, &Options { openshift: true }).unwrap();
+        for o in &objs {
+            let refs = &o.body["metadata"]["ownerReferences"];
+            if o.namespaced {
+                assert_eq!(refs[0]["uid"], "u-1", "{}", o.name);
+                assert_eq!(refs[0]["controller"], true);
+                assert_eq!(o.body["metadata"]["namespace"], "logfleet");
+            } else {
+                assert!(
+                    refs.is_null(),
+                    "cluster-scoped {} cannot have a namespaced owner",
+                    o.name
+                );
+            }
+            assert!(o.body["apiVersion"].is_string() && o.body["kind"].is_string());
+        }
+        let kinds: Vec<_> = objs
+            .iter()
+            .map(|o| format!("{}/{}", o.api.kind, o.name))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ServiceAccount/logs-agent",
+                "ServiceAccount/logs-aggregator",
+                "ConfigMap/logs-agent",
+                "DaemonSet/logs-agent",
+                "Service/logs-agent-metrics",
+                "Service/logs-aggregator",
+                "Service/logs-aggregator-headless",
+                "StatefulSet/logs-aggregator",
+                "SecurityContextConstraints/logfleet-logfleet-logs-agent",
+            ]
+        );
+        let scc = &objs[8].body;
+        assert_eq!(scc["allowPrivilegedContainer"], false);
+        assert_eq!(scc["users"][0], "system:serviceaccount:logfleet:logs-agent");
+    }
+
+    #[test]
+    fn aggregator_statefulset_is_non_root_with_its_volume() {
+        let mut l = lc(
+            json!({"aggregator": {"storage": {"size": "50Gi", "storageClassName": "fast"}, "retentionSize": "40GiB"}}),
+        );
+        l.metadata.uid = Some("u".into());
+        let objs = render(&l, &Options::default()).unwrap();
+        let sts: StatefulSet = serde_json::from_value(
+            objs.iter()
+                .find(|o| o.api.kind == "StatefulSet")
+                .unwrap()
+                .body
+                .clone(),
+        )
+        .unwrap();
+        let spec = sts.spec;
+        assert_eq!(spec.replicas, Some(1));
+        let pod = spec.template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(
+            (psc.run_as_non_root, psc.run_as_user),
+            (Some(true), Some(NONROOT_UID))
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        let env: BTreeMap<_, _> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(env["LOGFLEET_RETENTION_SIZE"], "40GiB");
+        let claim = &spec.volume_claim_templates.unwrap()[0];
+        let cs = claim.spec.as_ref().unwrap();
+        assert_eq!(cs.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
+            "50Gi"
+        );
+    }
+}

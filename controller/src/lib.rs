@@ -13,3 +13,4 @@ pub mod crd;
 pub mod dump;
 pub mod placement;
 pub mod render;
+pub mod status;

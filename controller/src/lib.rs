@@ -11,6 +11,8 @@ pub mod bundle;
 pub mod coverage;
 pub mod crd;
 pub mod dump;
+pub mod metrics;
 pub mod placement;
+pub mod reconcile;
 pub mod render;
 pub mod status;

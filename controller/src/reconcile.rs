@@ -1,0 +1,346 @@
+//! One reconcile of a `LogCollector`: apply what [`crate::render`] renders
+//! (server-side apply, one field manager, skipped when the cluster already
+//! holds it), observe, and write the status and events [`crate::status`]
+//! computes — only when they changed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::{json, Value};
+
+use crate::crd::LogCollector;
+use crate::metrics::Metrics;
+use crate::render::{self, Object, Options, FIELD_MANAGER};
+use crate::status::{self, Observed};
+
+/// The finalizer that removes the cluster-scoped objects.
+pub const FINALIZER: &str = "logfleet.dev/cleanup";
+
+/// Last push per node, from the aggregator's agents API.
+pub trait PushSource: Send + Sync {
+    /// `None` when the aggregator cannot be asked (then silence is not judged).
+    fn last_pushes(
+        &self,
+        name: &str,
+        namespace: &str,
+    ) -> BoxFuture<'static, Option<BTreeMap<String, Timestamp>>>;
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Every node (a reflector's cache).
+    pub nodes: Store<Node>,
+    /// Every logfleet agent pod (a reflector's cache).
+    pub pods: Store<Pod>,
+    /// Publishes events.
+    pub recorder: Recorder,
+    /// Rendering options (OpenShift or not).
+    pub options: Options,
+    /// The aggregator's agents API.
+    pub pushes: Arc<dyn PushSource>,
+    /// A ready agent silent this long is NotReporting.
+    pub silence: Duration,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The clock (a fixed one in tests).
+    pub now: fn() -> Timestamp,
+}
+
+/// A reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: kube::Error,
+    },
+    /// Rendering failed.
+    #[error(transparent)]
+    Render(#[from] render::RenderError),
+    /// The finalizer machinery failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// An object did not (de)serialize.
+    #[error("{0}: {1}")]
+    Json(&'static str, serde_json::Error),
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Kube { what, source }
+}
+
+/// Reconciles one collector (the controller's reconcile function).
+pub async fn reconcile(lc: Arc<LogCollector>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = lc.namespace().unwrap_or_default();
+    let api: Api<LogCollector> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, lc, |event| async {
+        match event {
+            FinalizerEvent::Apply(lc) => apply(&lc, &ctx).await,
+            FinalizerEvent::Cleanup(lc) => cleanup(&lc, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
+    ctx.metrics.reconciled(started.elapsed(), result.is_ok());
+    result
+}
+
+/// Whether `live` holds everything `want` says: every field of `want`
+/// with the same value (the server adds defaults and others' fields).
+pub fn contains(live: &Value, want: &Value) -> bool {
+    match (live, want) {
+        (Value::Object(l), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| l.get(k).is_some_and(|lv| contains(lv, wv))),
+        (Value::Array(l), Value::Array(w)) => {
+            l.len() == w.len() && l.iter().zip(w).all(|(lv, wv)| contains(lv, wv))
+        }
+        (Value::Number(l), Value::Number(w)) => l.as_f64() == w.as_f64(),
+        (l, w) => l == w,
+    }
+}
+
+fn dyn_api(client: &Client, ns: &str, o: &Object) -> Api<DynamicObject> {
+    if o.namespaced {
+        Api::namespaced_with(client.clone(), ns, &o.api)
+    } else {
+        Api::all_with(client.clone(), &o.api)
+    }
+}
+
+/// Applies one object unless the cluster already holds it; returns it as
+/// the cluster has it.
+async fn ensure(ctx: &Context, ns: &str, o: &Object) -> Result<Value, Error> {
+    let api = dyn_api(&ctx.client, ns, o);
+    let what = format!("{} {}", o.api.kind, o.name);
+    let live = api
+        .get_opt(&o.name)
+        .await
+        .map_err(kube_err(format!("reading {what}")))?;
+    if let Some(l) = live {
+        let l = serde_json::to_value(l).map_err(|e| Error::Json("live object", e))?;
+        if contains(&l, &o.body) {
+            return Ok(l);
+        }
+    }
+    tracing::info!(kind = %o.api.kind, name = %o.name, "applying");
+    // force: this controller owns these fields; another manager's edit of
+    // them is drift to undo.
+    let applied = api
+        .patch(
+            &o.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&o.body),
+        )
+        .await
+        .map_err(kube_err(format!("applying {what}")))?;
+    ctx.metrics.applied(&o.api.kind);
+    serde_json::to_value(applied).map_err(|e| Error::Json("applied object", e))
+}
+
+async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
+    let name = lc.name_any();
+    let ns = lc.namespace().unwrap_or_default();
+    let objects = render::render(lc, &ctx.options)?;
+    let mut daemonset: Option<DaemonSet> = None;
+    let mut aggregator: Option<StatefulSet> = None;
+    let mut rendered_template = Default::default();
+    for o in &objects {
+        let live = ensure(ctx, &ns, o).await?;
+        match o.api.kind.as_str() {
+            "DaemonSet" => {
+                let rendered: DaemonSet = serde_json::from_value(o.body.clone())
+                    .map_err(|e| Error::Json("rendered DaemonSet", e))?;
+                rendered_template = rendered.spec.template.spec.unwrap_or_default();
+                daemonset =
+                    Some(serde_json::from_value(live).map_err(|e| Error::Json("DaemonSet", e))?);
+            }
+            "StatefulSet" => {
+                aggregator =
+                    Some(serde_json::from_value(live).map_err(|e| Error::Json("StatefulSet", e))?);
+            }
+            _ => {}
+        }
+    }
+
+    let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
+    let pods: Vec<Pod> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str())
+                && p.labels().get("app.kubernetes.io/instance") == Some(&name)
+                && p.labels()
+                    .get("app.kubernetes.io/component")
+                    .map(String::as_str)
+                    == Some("agent")
+        })
+        .map(|p| (**p).clone())
+        .collect();
+    let project = if ctx.options.openshift {
+        let namespace = Api::<Namespace>::all(ctx.client.clone())
+            .get(&ns)
+            .await
+            .map_err(kube_err(format!("reading namespace {ns}")))?;
+        namespace
+            .annotations()
+            .get("openshift.io/node-selector")
+            .filter(|s| !s.trim().is_empty())
+            .cloned()
+    } else {
+        None
+    };
+    let pushes = ctx.pushes.last_pushes(&name, &ns).await;
+    // Whole seconds: what the API keeps of condition times, so that an
+    // unchanged status reads back equal.
+    let now = Timestamp::from_second((ctx.now)().as_second()).unwrap_or((ctx.now)());
+    let config_hash = render::config_hash(&render::agent_config(lc, &name, &ns));
+    let old = lc.status.clone().unwrap_or_default();
+    let outcome = status::compute(
+        Observed {
+            generation: lc.metadata.generation,
+            daemonset: daemonset.as_ref(),
+            rendered_template: &rendered_template,
+            aggregator: aggregator.as_ref(),
+            nodes: &nodes,
+            pods: &pods,
+            scope: &lc.spec.node_scope,
+            project_node_selector: project.as_deref(),
+            namespace: &ns,
+            last_push: pushes.as_ref(),
+            silence: ctx.silence,
+            config_hash: &config_hash,
+            progress_deadline: Duration::from_secs(
+                lc.spec.agent.progress_deadline_seconds.max(1) as u64
+            ),
+            now,
+        },
+        &old,
+    );
+    ctx.metrics.coverage(&ns, &name, &outcome.rows);
+
+    if outcome.status != old {
+        let api: Api<LogCollector> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = json!({
+            "apiVersion": LogCollector::api_version(&()),
+            "kind": LogCollector::kind(&()),
+            "status": outcome.status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(kube_err(format!("writing the status of {ns}/{name}")))?;
+    }
+    let reference = lc.object_ref(&());
+    for n in &outcome.notices {
+        let ev = Event {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason.into(),
+            note: Some(truncate(&n.note, 1000)),
+            action: n.action.into(),
+            secondary: None,
+        };
+        // An event that cannot be written is logged, not retried: the
+        // status holds the same facts.
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, reason = n.reason, "publishing an event");
+        }
+    }
+    // Silence and progress deadlines change with time alone.
+    let rolling = outcome
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == status::PROGRESSING && c.status == "True");
+    Ok(Action::requeue(Duration::from_secs(if rolling {
+        15
+    } else {
+        60
+    })))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Removes what owner references cannot: the cluster-scoped objects.
+async fn cleanup(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
+    let name = lc.name_any();
+    let ns = lc.namespace().unwrap_or_default();
+    if ctx.options.openshift {
+        let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &render::scc_api());
+        let scc = render::scc_name(&name, &ns);
+        match api.delete(&scc, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_err(format!("deleting {scc}"))(e)),
+        }
+    }
+    tracing::info!(%ns, %name, "cleaned up");
+    Ok(Action::await_change())
+}
+
+/// What the controller does after a failed reconcile: retry soon.
+pub fn error_policy(_lc: Arc<LogCollector>, err: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %err, "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contains_ignores_what_the_server_adds_only() {
+        let want = json!({"a": 1, "b": {"c": [{"d": "x"}]}});
+        let live = json!({"a": 1.0, "z": 2, "b": {"c": [{"d": "x", "e": "default"}], "f": 3}});
+        assert!(contains(&live, &want));
+        assert!(!contains(&json!({"a": 2, "b": {"c": [{"d": "x"}]}}), &want));
+        assert!(!contains(&json!({"a": 1, "b": {"c": [{"d": "y"}]}}), &want));
+        assert!(!contains(&json!({"a": 1, "b": {"c": []}}), &want));
+        assert!(!contains(&json!({"a": 1}), &want));
+    }
+
+    #[test]
+    fn truncate_keeps_utf8_whole() {
+        assert_eq!(truncate("héllo", 2), "h…");
+        assert_eq!(truncate("abc", 5), "abc");
+    }
+}

@@ -1,0 +1,509 @@
+//! Reconcile against kube's mock API service: a small in-memory API server
+//! answers every request and records it, and the tests check each one —
+//! method, path, field manager, applied body, status patch, events — and
+//! that an unchanged cluster gets no writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::Client;
+use logfleet_controller::crd::LogCollector;
+use logfleet_controller::metrics::Metrics;
+use logfleet_controller::reconcile::{self, Context, PushSource, FINALIZER};
+use logfleet_controller::render::{self, Options};
+use serde_json::{json, Value};
+
+/// One request as the API server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+impl Seen {
+    fn is_write(&self) -> bool {
+        self.method != "GET"
+    }
+}
+
+#[derive(Default)]
+struct ApiState {
+    objects: HashMap<String, Value>,
+    seen: Vec<Seen>,
+}
+
+type Shared = Arc<Mutex<ApiState>>;
+
+const LC_PATH: &str = "/apis/logfleet.dev/v1alpha1/namespaces/logfleet/logcollectors/logs";
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, ApiState> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_found() -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+               "message": "not found", "reason": "NotFound", "code": 404}),
+    )
+}
+
+/// What the cluster's own controllers would add to an applied object.
+fn as_stored(path: &str, mut obj: Value, prev: Option<&Value>) -> Value {
+    let generation = prev
+        .and_then(|p| p["metadata"]["generation"].as_i64())
+        .unwrap_or(1);
+    let meta = obj["metadata"].as_object_mut().expect("metadata");
+    meta.insert("uid".into(), json!(format!("uid-{}", path.len())));
+    meta.insert("resourceVersion".into(), json!("1"));
+    meta.insert("generation".into(), json!(generation));
+    match obj["kind"].as_str() {
+        Some("DaemonSet") => {
+            obj["status"] = json!({"observedGeneration": generation, "desiredNumberScheduled": 2,
+                "currentNumberScheduled": 2, "numberReady": 2, "updatedNumberScheduled": 2,
+                "numberAvailable": 2, "numberMisscheduled": 0});
+        }
+        Some("StatefulSet") => {
+            obj["status"] = json!({"observedGeneration": generation, "replicas": 1,
+                "readyReplicas": 1, "updatedReplicas": 1, "availableReplicas": 1});
+        }
+        _ => {}
+    }
+    obj
+}
+
+fn answer(state: &Shared, seen: &Seen) -> (StatusCode, Value) {
+    let mut st = lock(state);
+    let path = seen.path.clone();
+    match seen.method.as_str() {
+        "GET" => match st.objects.get(&path) {
+            Some(o) => (StatusCode::OK, o.clone()),
+            None => not_found(),
+        },
+        "POST" => (StatusCode::CREATED, seen.body.clone()),
+        "DELETE" => match st.objects.remove(&path) {
+            Some(o) => (StatusCode::OK, o),
+            None => not_found(),
+        },
+        "PATCH" if seen.content_type == "application/apply-patch+yaml" => {
+            if let Some(base) = path.strip_suffix("/status") {
+                let Some(obj) = st.objects.get_mut(base) else {
+                    return not_found();
+                };
+                obj["status"] = seen.body["status"].clone();
+                (StatusCode::OK, obj.clone())
+            } else {
+                let stored = as_stored(&path, seen.body.clone(), st.objects.get(&path));
+                st.objects.insert(path, stored.clone());
+                (StatusCode::OK, stored)
+            }
+        }
+        "PATCH" if seen.content_type == "application/json-patch+json" => {
+            // The finalizer helper's add/remove of metadata.finalizers.
+            let Some(obj) = st.objects.get_mut(&path) else {
+                return not_found();
+            };
+            for op in seen.body.as_array().into_iter().flatten() {
+                match op["op"].as_str() {
+                    Some("add") if op["path"] == "/metadata/finalizers" => {
+                        obj["metadata"]["finalizers"] = op["value"].clone();
+                    }
+                    Some("add") => {
+                        obj["metadata"]["finalizers"]
+                            .as_array_mut()
+                            .expect("finalizers")
+                            .push(op["value"].clone());
+                    }
+                    Some("remove") => {
+                        obj["metadata"]["finalizers"] = json!([]);
+                    }
+                    _ => {}
+                }
+            }
+            (StatusCode::OK, obj.clone())
+        }
+        "PATCH" => (StatusCode::OK, seen.body.clone()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, json!({})),
+    }
+}
+
+/// Starts the mock API; returns the client and the shared state.
+fn mock_api(state: Shared) -> Client {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let seen = Seen {
+                method: parts.method.to_string(),
+                path: parts.uri.path().to_owned(),
+                query: parts.uri.query().unwrap_or("").to_owned(),
+                content_type: parts
+                    .headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned(),
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            };
+            let (code, value) = answer(&state, &seen);
+            lock(&state).seen.push(seen);
+            let resp = Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&value).unwrap_or_default()))
+                .expect("response");
+            send.send_response(resp);
+        }
+    });
+    Client::new(svc, "logfleet")
+}
+
+struct NoAggregator;
+impl PushSource for NoAggregator {
+    fn last_pushes(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> BoxFuture<'static, Option<BTreeMap<String, Timestamp>>> {
+        Box::pin(async { None })
+    }
+}
+
+fn fixed_now() -> Timestamp {
+    "2026-11-28T10:00:00Z".parse().expect("time")
+}
+
+fn node(name: &str) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .expect("node")
+}
+
+fn agent_pod(node: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("logs-agent-{node}"), "namespace": "logfleet",
+            "labels": {"app.kubernetes.io/instance": "logs", "app.kubernetes.io/component": "agent",
+                       "app.kubernetes.io/name": "logfleet", "pod-template-generation": "1"}},
+        "spec": {"nodeName": node, "containers": []},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+    .expect("pod")
+}
+
+fn stores(nodes: &[&str], pods_on: &[&str]) -> (Store<Node>, Store<Pod>) {
+    let (nr, mut nw) = reflector::store::<Node>();
+    for n in nodes {
+        nw.apply_watcher_event(&watcher::Event::Apply(node(n)));
+    }
+    let (pr, mut pw) = reflector::store::<Pod>();
+    for n in pods_on {
+        pw.apply_watcher_event(&watcher::Event::Apply(agent_pod(n)));
+    }
+    (nr, pr)
+}
+
+fn collector(spec: Value, finalizers: &[&str], deleting: bool) -> Value {
+    let mut meta = json!({"name": "logs", "namespace": "logfleet", "uid": "lc-uid",
+                          "generation": 1, "resourceVersion": "1", "finalizers": finalizers});
+    if deleting {
+        meta["deletionTimestamp"] = json!("2026-11-28T09:00:00Z");
+    }
+    json!({"apiVersion": "logfleet.dev/v1alpha1", "kind": "LogCollector", "metadata": meta, "spec": spec})
+}
+
+struct Harness {
+    state: Shared,
+    ctx: Arc<Context>,
+}
+
+impl Harness {
+    fn new(lc: Value, nodes: &[&str], pods_on: &[&str], openshift: bool) -> Self {
+        let state: Shared = Arc::default();
+        lock(&state).objects.insert(LC_PATH.into(), lc);
+        lock(&state).objects.insert(
+            "/api/v1/namespaces/logfleet".into(),
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": "logfleet", "annotations": {"openshift.io/node-selector": ""}}}),
+        );
+        let client = mock_api(state.clone());
+        let (nodes, pods) = stores(nodes, pods_on);
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            nodes,
+            pods,
+            recorder: Recorder::new(
+                client,
+                Reporter {
+                    controller: "logfleet-controller".into(),
+                    instance: None,
+                },
+            ),
+            options: Options { openshift },
+            pushes: Arc::new(NoAggregator),
+            silence: std::time::Duration::from_secs(300),
+            metrics: Arc::new(Metrics::new()),
+            now: fixed_now,
+        });
+        Harness { state, ctx }
+    }
+
+    fn lc(&self) -> LogCollector {
+        serde_json::from_value(lock(&self.state).objects[LC_PATH].clone())
+            .expect("stored LogCollector")
+    }
+
+    /// Runs one reconcile of the stored collector; returns its requests.
+    async fn reconcile(&self) -> Vec<Seen> {
+        let before = lock(&self.state).seen.len();
+        reconcile::reconcile(Arc::new(self.lc()), self.ctx.clone())
+            .await
+            .expect("reconcile");
+        lock(&self.state).seen[before..].to_vec()
+    }
+}
+
+fn writes(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .filter(|s| s.is_write())
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect()
+}
+
+#[tokio::test]
+async fn first_reconcile_applies_everything_then_a_second_writes_nothing() {
+    // Three nodes, agents ready on two: node-c lacks one.
+    let h = Harness::new(
+        collector(json!({}), &[FINALIZER], false),
+        &["node-a", "node-b", "node-c"],
+        &["node-a", "node-b"],
+        false,
+    );
+    let seen = h.reconcile().await;
+
+    // Every rendered object: read, then applied with our field manager,
+    // forced, as an apply patch whose body is exactly the rendered object.
+    let rendered = render::render(&h.lc(), &Options::default()).expect("render");
+    for o in &rendered {
+        let patches: Vec<&Seen> = seen
+            .iter()
+            .filter(|s| {
+                s.method == "PATCH"
+                    && s.path.ends_with(&format!("/{}", o.name))
+                    && s.path.contains(&o.api.plural)
+            })
+            .collect();
+        assert_eq!(
+            patches.len(),
+            1,
+            "{} {}: {:?}",
+            o.api.kind,
+            o.name,
+            writes(&seen)
+        );
+        let p = patches[0];
+        assert_eq!(p.content_type, "application/apply-patch+yaml");
+        assert!(
+            p.query.contains("fieldManager=logfleet-controller"),
+            "{}",
+            p.query
+        );
+        assert!(p.query.contains("force=true"), "{}", p.query);
+        assert_eq!(p.body, o.body, "{} body", o.name);
+        assert!(
+            p.path.starts_with(if o.api.group.is_empty() {
+                "/api/v1/namespaces/logfleet/"
+            } else {
+                "/apis/"
+            }),
+            "{}",
+            p.path
+        );
+    }
+    let ds = seen
+        .iter()
+        .find(|s| {
+            s.method == "PATCH"
+                && s.path == "/apis/apps/v1/namespaces/logfleet/daemonsets/logs-agent"
+        })
+        .expect("DaemonSet applied");
+    assert_eq!(ds.body["metadata"]["ownerReferences"][0]["uid"], "lc-uid");
+
+    // The status: one apply on the status subresource.
+    let status: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.path == format!("{LC_PATH}/status"))
+        .collect();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].method, "PATCH");
+    assert!(status[0].query.contains("fieldManager=logfleet-controller"));
+    let st = &status[0].body["status"];
+    assert_eq!(st["observedGeneration"], 1);
+    assert_eq!(st["coverage"]["expected"], 3);
+    assert_eq!(st["coverage"]["missing"], 1);
+    assert_eq!(st["ready"], "2/3");
+    assert_eq!(st["missingNodes"][0]["node"], "node-c");
+    assert_eq!(st["missingNodes"][0]["reason"], "FailedCreate");
+    assert_eq!(st["missingNodes"][0]["since"], "2026-11-28T10:00:00Z");
+    let conds: BTreeMap<&str, (&str, &str)> = st["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap_or(""),
+                (
+                    c["status"].as_str().unwrap_or(""),
+                    c["reason"].as_str().unwrap_or(""),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(conds["Available"], ("False", "NodesMissing"));
+    assert_eq!(conds["Progressing"], ("False", "RolloutComplete"));
+    assert_eq!(conds["Degraded"], ("True", "NodesMissing"));
+
+    // One event: node-c lost coverage, regarding the collector.
+    let events: Vec<&Seen> = seen.iter().filter(|s| s.path.contains("/events")).collect();
+    assert_eq!(events.len(), 1, "{:?}", writes(&seen));
+    let e = events[0];
+    assert_eq!(
+        (e.method.as_str(), e.path.as_str()),
+        ("POST", "/apis/events.k8s.io/v1/namespaces/logfleet/events")
+    );
+    assert_eq!(e.body["reason"], "NodeLostCoverage");
+    assert_eq!(e.body["type"], "Warning");
+    assert_eq!(e.body["regarding"]["kind"], "LogCollector");
+    assert!(e.body["note"].as_str().unwrap_or("").contains("node-c"));
+    assert_eq!(e.body["reportingController"], "logfleet-controller");
+
+    // Nothing changed: the second reconcile only reads.
+    let again = h.reconcile().await;
+    assert!(!again.is_empty());
+    assert_eq!(writes(&again), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn drift_and_config_changes_are_applied_others_fields_survive() {
+    let h = Harness::new(
+        collector(json!({}), &[FINALIZER], false),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    h.reconcile().await;
+    let ds_path = "/apis/apps/v1/namespaces/logfleet/daemonsets/logs-agent";
+    let hash_of = |v: &Value| {
+        v["spec"]["template"]["metadata"]["annotations"]["logfleet.dev/config-hash"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let first_hash = hash_of(&lock(&h.state).objects[ds_path]);
+
+    // `kubectl rollout restart` (another field manager) adds a template
+    // annotation: not ours, nothing to undo.
+    {
+        let mut st = lock(&h.state);
+        let ds = st.objects.get_mut(ds_path).expect("ds");
+        ds["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"] =
+            json!("2026-11-28T09:59:00Z");
+    }
+    assert_eq!(writes(&h.reconcile().await), Vec::<String>::new());
+
+    // Someone edits a field we own: applied back.
+    {
+        let mut st = lock(&h.state);
+        let ds = st.objects.get_mut(ds_path).expect("ds");
+        ds["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:latest");
+    }
+    assert_eq!(writes(&h.reconcile().await), [format!("PATCH {ds_path}")]);
+
+    // A configuration change: the ConfigMap and a new hash on the template.
+    {
+        let mut st = lock(&h.state);
+        let lc = st.objects.get_mut(LC_PATH).expect("lc");
+        lc["spec"]["agent"] = json!({"compression": "zstd"});
+        lc["metadata"]["generation"] = json!(2);
+    }
+    let seen = h.reconcile().await;
+    let w = writes(&seen);
+    assert!(
+        w.contains(&"PATCH /api/v1/namespaces/logfleet/configmaps/logs-agent".to_string()),
+        "{w:?}"
+    );
+    assert!(w.contains(&format!("PATCH {ds_path}")), "{w:?}");
+    assert!(
+        !w.iter().any(|p| p.contains("statefulsets")),
+        "the aggregator is not touched: {w:?}"
+    );
+    let ds = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path == ds_path)
+        .expect("ds patch");
+    assert_ne!(hash_of(&ds.body), first_hash);
+    assert_eq!(
+        ds.body["spec"]["template"]["metadata"]["annotations"]
+            .get("kubectl.kubernetes.io/restartedAt"),
+        None,
+        "we never send fields we do not own"
+    );
+}
+
+#[tokio::test]
+async fn finalizer_is_added_first_and_cleanup_removes_cluster_scoped_objects() {
+    // A new collector: the only write is adding the finalizer.
+    let h = Harness::new(collector(json!({}), &[], false), &["node-a"], &[], true);
+    let seen = h.reconcile().await;
+    assert_eq!(writes(&seen), [format!("PATCH {LC_PATH}")]);
+    assert_eq!(
+        seen.last().map(|s| s.content_type.as_str()),
+        Some("application/json-patch+json")
+    );
+    assert_eq!(
+        h.lc().metadata.finalizers,
+        Some(vec![FINALIZER.to_string()])
+    );
+
+    // Next: everything applied, including OpenShift's SCC (cluster-scoped, no owner).
+    let seen = h.reconcile().await;
+    let scc_path =
+        "/apis/security.openshift.io/v1/securitycontextconstraints/logfleet-logfleet-logs-agent";
+    let scc = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path == scc_path)
+        .expect("SCC applied");
+    assert!(scc.body["metadata"].get("ownerReferences").is_none());
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "GET" && s.path == "/api/v1/namespaces/logfleet"),
+        "project node selector read"
+    );
+
+    // Deleted: the SCC goes, then the finalizer.
+    {
+        let mut st = lock(&h.state);
+        let lc = st.objects.get_mut(LC_PATH).expect("lc");
+        lc["metadata"]["deletionTimestamp"] = json!("2026-11-28T10:01:00Z");
+    }
+    let seen = h.reconcile().await;
+    assert_eq!(
+        writes(&seen),
+        [format!("DELETE {scc_path}"), format!("PATCH {LC_PATH}")]
+    );
+    assert!(!lock(&h.state).objects.contains_key(scc_path));
+    assert_eq!(h.lc().metadata.finalizers, Some(vec![]));
+}

@@ -45,6 +45,9 @@ enum Cmd {
     /// One row per expected node: its agent pod, readiness, revision, last
     /// push, and why it lacks a working agent; then a summary.
     Status(StatusArgsCli),
+    /// Run the operator: roll out agents and aggregators from LogCollector
+    /// resources and report coverage in their status.
+    Controller(ControllerArgs),
     /// Print the LogCollector CustomResourceDefinition as YAML.
     Crd,
     /// Print every object the controller would apply for a LogCollector,
@@ -59,6 +62,31 @@ enum Cmd {
     /// Measure the real processes on a generated workload (docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Only LogCollectors of this namespace (default: every namespace).
+    #[arg(long, env = "LOGFLEET_NAMESPACE")]
+    namespace: Option<String>,
+    /// Metrics (/metrics) and probes (/healthz, /readyz).
+    #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = "0.0.0.0:9103")]
+    http_addr: SocketAddr,
+    /// A ready agent the aggregator has not heard from for this long is NotReporting.
+    #[arg(long, env = "LOGFLEET_SILENCE", default_value = "5m", value_parser = parse_duration)]
+    silence: Duration,
+    /// Changes closer together than this make one reconcile.
+    #[arg(long, env = "LOGFLEET_DEBOUNCE", default_value = "2s", value_parser = parse_duration)]
+    debounce: Duration,
+    /// Act only while holding the Lease, so that replicas can run side by side.
+    #[arg(long, env = "LOGFLEET_LEADER_ELECTION", default_value = "true", action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease (the controller's own).
+    #[arg(long, env = "LOGFLEET_POD_NAMESPACE", default_value = "logfleet")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (default: the host name).
+    #[arg(long, env = "LOGFLEET_POD_NAME")]
+    identity: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -83,11 +111,11 @@ enum StatusOutput {
 
 #[derive(clap::Args)]
 struct StatusArgsCli {
-    /// A `kubectl get nodes,pods,daemonsets -A -o json` dump (support
-    /// bundles, must-gather). Reading the live cluster comes with the
-    /// controller; until then this flag is required.
+    /// A `kubectl get nodes,pods,daemonsets,logcollectors -A -o json` dump
+    /// (support bundles, must-gather) instead of the live cluster of the
+    /// current kubeconfig.
     #[arg(long, env = "LOGFLEET_FROM_FILE")]
-    from_file: std::path::PathBuf,
+    from_file: Option<std::path::PathBuf>,
     /// Namespace of the LogCollector (default: any).
     #[arg(long, env = "LOGFLEET_NAMESPACE")]
     namespace: Option<String>,
@@ -589,13 +617,38 @@ async fn run(cmd: Cmd) -> Result<()> {
             };
             let silence = s.aggregator.is_some().then_some(s.silence);
             status::run(status::StatusArgs {
-                from_file: &s.from_file,
+                from_file: s.from_file.as_deref(),
                 namespace: s.namespace.as_deref(),
                 name: s.name.as_deref(),
                 json: matches!(s.output, StatusOutput::Json),
                 silence,
                 last_push,
-            })?;
+            })
+            .await?;
+        }
+        Cmd::Controller(c) => {
+            let identity = c
+                .identity
+                .or_else(|| {
+                    std::fs::read_to_string("/etc/hostname")
+                        .ok()
+                        .map(|h| h.trim().to_owned())
+                })
+                .filter(|i| !i.is_empty())
+                .unwrap_or_else(|| format!("logfleet-controller-{}", std::process::id()));
+            logfleet_controller::run::run(
+                logfleet_controller::run::ControllerConfig {
+                    namespace: c.namespace,
+                    http_addr: c.http_addr,
+                    silence: c.silence,
+                    debounce: c.debounce,
+                    leader_election: c.leader_election,
+                    lease_namespace: c.lease_namespace,
+                    identity,
+                },
+                shutdown_signal(),
+            )
+            .await?;
         }
         Cmd::Crd => {
             let yaml = logfleet_controller::crd::crd_yaml()

@@ -9,7 +9,8 @@ use logfleet_controller::coverage::{self, Inputs};
 use logfleet_controller::dump;
 
 pub struct StatusArgs<'a> {
-    pub from_file: &'a Path,
+    /// A kubectl dump; `None`: the cluster of the current kubeconfig.
+    pub from_file: Option<&'a Path>,
     pub namespace: Option<&'a str>,
     pub name: Option<&'a str>,
     pub json: bool,
@@ -22,10 +23,22 @@ fn ts(ns: i64) -> Option<k8s_openapi::jiff::Timestamp> {
     k8s_openapi::jiff::Timestamp::from_nanosecond(ns as i128).ok()
 }
 
-pub fn run(a: StatusArgs<'_>) -> Result<()> {
-    let data =
-        std::fs::read(a.from_file).with_context(|| format!("reading {}", a.from_file.display()))?;
-    let d = dump::parse(&data).with_context(|| format!("reading {}", a.from_file.display()))?;
+pub async fn run(a: StatusArgs<'_>) -> Result<()> {
+    let d = match a.from_file {
+        Some(path) => {
+            let data =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            dump::parse(&data).with_context(|| format!("reading {}", path.display()))?
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the cluster of the current kubeconfig")?;
+            dump::from_cluster(client, a.namespace)
+                .await
+                .context("reading nodes, agent DaemonSets and pods")?
+        }
+    };
     let ds = dump::agent_daemonset(&d, a.namespace, a.name)?;
     let pods = dump::owned_pods(&d, ds);
     let template = ds.spec.template.spec.clone().unwrap_or_default();

@@ -140,3 +140,32 @@ pub fn owned_pods(d: &Dump, ds: &DaemonSet) -> Vec<Pod> {
 pub fn template_generation(ds: &DaemonSet) -> Option<String> {
     ds.metadata.generation.map(|g| g.to_string())
 }
+
+/// Reads the same objects from the cluster the current kubeconfig (or the
+/// pod's service account) points at: every node, and the logfleet agent
+/// DaemonSets and pods of `namespace` (every namespace when `None`).
+pub async fn from_cluster(
+    client: kube::Client,
+    namespace: Option<&str>,
+) -> Result<Dump, kube::Error> {
+    use kube::api::ListParams;
+    use kube::Api;
+    let agents = ListParams::default().labels(&format!(
+        "app.kubernetes.io/part-of={PART_OF},app.kubernetes.io/component={AGENT_COMPONENT}"
+    ));
+    let (ds_api, pod_api): (Api<DaemonSet>, Api<Pod>) = match namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    Ok(Dump {
+        nodes: Api::<Node>::all(client)
+            .list(&ListParams::default())
+            .await?
+            .items,
+        pods: pod_api.list(&agents).await?.items,
+        daemonsets: ds_api.list(&agents).await?.items,
+    })
+}

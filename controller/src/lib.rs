@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod placement;
 pub mod reconcile;
 pub mod render;
+pub mod run;
 pub mod status;

@@ -76,6 +76,9 @@ pub enum Error {
     /// The finalizer machinery failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The node or pod cache has not been filled yet.
+    #[error("the node and pod caches are not filled yet")]
+    CacheNotReady,
     /// An object did not (de)serialize.
     #[error("{0}: {1}")]
     Json(&'static str, serde_json::Error),
@@ -161,6 +164,16 @@ async fn ensure(ctx: &Context, ns: &str, o: &Object) -> Result<Value, Error> {
 }
 
 async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
+    // Coverage from half-filled caches would report nodes missing that
+    // are not; the watches fill them within seconds of start.
+    let wait = Duration::from_secs(30);
+    let ready = async {
+        ctx.nodes.wait_until_ready().await.ok()?;
+        ctx.pods.wait_until_ready().await.ok()
+    };
+    if !matches!(tokio::time::timeout(wait, ready).await, Ok(Some(()))) {
+        return Err(Error::CacheNotReady);
+    }
     let name = lc.name_any();
     let ns = lc.namespace().unwrap_or_default();
     let objects = render::render(lc, &ctx.options)?;

@@ -205,14 +205,19 @@ fn agent_pod(node: &str) -> Pod {
 }
 
 fn stores(nodes: &[&str], pods_on: &[&str]) -> (Store<Node>, Store<Pod>) {
+    // As a watcher fills them: a listing, then ready.
     let (nr, mut nw) = reflector::store::<Node>();
+    nw.apply_watcher_event(&watcher::Event::Init);
     for n in nodes {
-        nw.apply_watcher_event(&watcher::Event::Apply(node(n)));
+        nw.apply_watcher_event(&watcher::Event::InitApply(node(n)));
     }
+    nw.apply_watcher_event(&watcher::Event::InitDone);
     let (pr, mut pw) = reflector::store::<Pod>();
+    pw.apply_watcher_event(&watcher::Event::Init);
     for n in pods_on {
-        pw.apply_watcher_event(&watcher::Event::Apply(agent_pod(n)));
+        pw.apply_watcher_event(&watcher::Event::InitApply(agent_pod(n)));
     }
+    pw.apply_watcher_event(&watcher::Event::InitDone);
     (nr, pr)
 }
 

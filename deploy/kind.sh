@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Creates a three-node kind cluster, builds and loads the image, installs
+# the bundle and waits until every node has a ready agent.
+# Needs docker, kind and kubectl. Usage: deploy/kind.sh [cluster-name]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+name=${1:-logfleet}
+image=ghcr.io/logfleet/logfleet:0.1.0
+
+if ! kind get clusters | grep -qx "$name"; then
+  kind create cluster --name "$name" --config - <<'KIND'
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+nodes:
+  - role: control-plane
+  - role: worker
+  - role: worker
+KIND
+fi
+docker build -f deploy/Dockerfile -t "$image" .
+kind load docker-image "$image" --name "$name"
+
+# The CRD must be established before the LogCollector of the same bundle
+# can be applied; a second apply after the wait takes it.
+kubectl apply --server-side -f deploy/logfleet.yaml || true
+kubectl wait --for=condition=Established --timeout=60s crd/logcollectors.logfleet.dev
+kubectl apply --server-side -f deploy/logfleet.yaml
+kubectl -n logfleet rollout status deployment/logfleet-controller --timeout=180s
+kubectl -n logfleet wait --for=condition=Available --timeout=300s logcollector/logfleet
+kubectl -n logfleet get logcollector logfleet

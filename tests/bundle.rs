@@ -1,0 +1,164 @@
+//! The install bundle and the rendered objects, through the real binary:
+//! the checked-in bundle is what `logfleet bundle` prints, its CRD is what
+//! `logfleet crd` prints, and every document parses into its type.
+
+mod common;
+
+use common::*;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use logfleet_controller::crd::LogCollector;
+use serde_json::Value;
+
+fn stdout(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "logfleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(yaml)
+        .expect("valid YAML")
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// Parses a document into the k8s-openapi type of its kind; the kind list
+/// is closed, so an unexpected kind fails.
+fn parse_typed(d: &Value) -> String {
+    fn p<T: serde::de::DeserializeOwned>(d: &Value) {
+        if let Err(e) = serde_json::from_value::<T>(d.clone()) {
+            panic!("{} does not parse: {e}", d["kind"]);
+        }
+    }
+    let kind = d["kind"].as_str().unwrap_or("").to_owned();
+    match kind.as_str() {
+        "CustomResourceDefinition" => p::<CustomResourceDefinition>(d),
+        "Namespace" => p::<Namespace>(d),
+        "ServiceAccount" => p::<ServiceAccount>(d),
+        "ClusterRole" => p::<ClusterRole>(d),
+        "ClusterRoleBinding" => p::<ClusterRoleBinding>(d),
+        "Role" => p::<Role>(d),
+        "RoleBinding" => p::<RoleBinding>(d),
+        "Deployment" => p::<Deployment>(d),
+        "DaemonSet" => p::<DaemonSet>(d),
+        "StatefulSet" => p::<StatefulSet>(d),
+        "Service" => p::<Service>(d),
+        "ConfigMap" => p::<ConfigMap>(d),
+        "LogCollector" => p::<LogCollector>(d),
+        other => panic!("unexpected kind {other:?} in the bundle"),
+    }
+    kind
+}
+
+#[test]
+fn checked_in_bundle_is_what_the_binary_prints() {
+    let checked_in =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/logfleet.yaml"))
+            .expect("deploy/logfleet.yaml");
+    let printed = stdout(&["bundle"]);
+    assert!(
+        checked_in == printed,
+        "deploy/logfleet.yaml is stale: run `cargo run -- bundle > deploy/logfleet.yaml`"
+    );
+    let crd_docs = docs(&stdout(&["crd"]));
+    assert_eq!(crd_docs.len(), 1);
+    let bundle = docs(&checked_in);
+    assert_eq!(bundle[0], crd_docs[0], "the bundle's CRD is `logfleet crd`");
+
+    let kinds: Vec<String> = bundle.iter().map(parse_typed).collect();
+    assert_eq!(
+        kinds,
+        [
+            "CustomResourceDefinition",
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            "LogCollector",
+        ]
+    );
+    // The controller runs non-root on a read-only root filesystem.
+    let dep: Deployment = serde_json::from_value(bundle[7].clone()).expect("deployment");
+    let pod = dep.spec.template.spec.expect("pod spec");
+    assert_eq!(
+        pod.security_context.and_then(|s| s.run_as_non_root),
+        Some(true)
+    );
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem),
+        Some(true)
+    );
+    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+}
+
+#[test]
+fn render_prints_typed_objects_and_refuses_bad_input() {
+    let kinds: Vec<String> = docs(&stdout(&["render"])).iter().map(parse_typed).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "ServiceAccount",
+            "ConfigMap",
+            "DaemonSet",
+            "Service",
+            "Service",
+            "Service",
+            "StatefulSet",
+        ]
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("lc.yaml");
+    std::fs::write(&file, "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollector\nmetadata:\n  name: edge\n  namespace: obs\nspec:\n  agent:\n    compression: zstd\n").expect("write");
+    let objs = docs(&stdout(&[
+        "render",
+        "-f",
+        file.to_str().expect("path"),
+        "--openshift",
+    ]));
+    assert_eq!(objs.len(), 9);
+    assert!(objs.iter().all(|o| o["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n.contains("edge"))));
+    let cm = objs
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap")
+        .expect("configmap");
+    assert_eq!(cm["data"]["LOGFLEET_COMPRESSION"], "zstd");
+    assert_eq!(cm["metadata"]["namespace"], "obs");
+    assert_eq!(objs[8]["kind"], "SecurityContextConstraints");
+
+    for (text, want) in [
+        ("kind: LogCollector\nspec: {}\n", "missing field `metadata`"),
+        (
+            "metadata: {namespace: x}\nspec: {}\n",
+            "metadata.name is missing",
+        ),
+        (
+            "metadata: {name: x}\nspec:\n  agent:\n    compression: lz4\n",
+            "lz4",
+        ),
+        (": : :\n", "not a LogCollector"),
+    ] {
+        std::fs::write(&file, text).expect("write");
+        let out = cli(&["render", "-f", file.to_str().expect("path")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} accepted");
+        assert!(err.contains(want), "{text:?}: {err}");
+    }
+}

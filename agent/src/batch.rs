@@ -169,7 +169,9 @@ mod tests {
     use super::*;
 
     /// Adds one line of a file, as the tailer's sink does, and accounts
-    /// the file up to `end`.
+    /// the file up to `end`. (Test helper: flat arguments read best at
+    /// the call sites.)
+    #[allow(clippy::too_many_arguments)]
     fn add(
         b: &mut BatchBuilder,
         id: u64,

@@ -113,7 +113,7 @@ async fn acknowledged_data_survives_a_torn_tail_and_resends_are_dropped() {
         .path();
     let mut data = std::fs::read(&seg).unwrap();
     let whole = data.len();
-    data.extend_from_slice(&data[..40].to_vec());
+    data.extend_from_within(..40);
     std::fs::write(&seg, &data).unwrap();
 
     let (shared, w) = open(cfg(&crashed, 1 << 30, None));

@@ -145,3 +145,69 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coverage::{Gap, Reason};
+
+    fn row(node: &str, gap: Option<Reason>) -> NodeCoverage {
+        NodeCoverage {
+            node: node.into(),
+            pod: None,
+            ready: gap.is_none(),
+            revision: None,
+            last_push: None,
+            gap: gap.map(|reason| Gap {
+                reason,
+                message: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn node_gauges_follow_the_latest_coverage() {
+        let m = Metrics::new();
+        m.coverage(
+            "logfleet",
+            "logs",
+            &[
+                row("a", None),
+                row("b", None),
+                row("c", Some(Reason::TaintNotTolerated)),
+            ],
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"logfleet_nodes{namespace="logfleet",name="logs",state="covered",reason=""} 2"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"logfleet_nodes{namespace="logfleet",name="logs",state="missing",reason="TaintNotTolerated"} 1"#), "{text}");
+        // The gap closes: its series goes, rather than staying at 1.
+        m.coverage(
+            "logfleet",
+            "logs",
+            &[row("a", None), row("b", None), row("c", None)],
+        );
+        let text = m.encode();
+        assert!(!text.contains("TaintNotTolerated"), "{text}");
+        assert!(text.contains(r#"state="covered",reason=""} 3"#), "{text}");
+        m.reconciled(Duration::from_millis(3), false);
+        m.applied("DaemonSet");
+        let text = m.encode();
+        assert!(
+            text.contains("logfleet_controller_reconciles_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("logfleet_controller_reconcile_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"logfleet_controller_applies_total{kind="DaemonSet"} 1"#),
+            "{text}"
+        );
+    }
+}

@@ -41,6 +41,7 @@ pub async fn run(a: StatusArgs<'_>) -> Result<()> {
     };
     let ds = dump::agent_daemonset(&d, a.namespace, a.name)?;
     let pods = dump::owned_pods(&d, ds);
+    let scope = dump::scope_of(&d, ds);
     let template = ds.spec.template.spec.clone().unwrap_or_default();
     let generation = dump::template_generation(ds);
     let last_push: BTreeMap<String, k8s_openapi::jiff::Timestamp> = a
@@ -56,7 +57,7 @@ pub async fn run(a: StatusArgs<'_>) -> Result<()> {
         template: &template,
         current_revision: generation.as_deref(),
         revision_label: "pod-template-generation",
-        scope: None,
+        scope: scope.as_ref(),
         last_push: &last_push,
         now,
         silence: a.silence,

@@ -314,3 +314,31 @@ fn reads_the_live_cluster_through_the_kubeconfig() {
         "{err}"
     );
 }
+
+#[test]
+fn the_collectors_node_scope_decides_which_nodes_are_expected() {
+    let mut d = dump();
+    let items = d["items"].as_array_mut().unwrap();
+    for item in items.iter_mut() {
+        if item["metadata"]["name"] == "n1" || item["metadata"]["name"] == "n2" {
+            item["metadata"]["labels"]["pool"] = json!("logging");
+        }
+    }
+    items.push(json!({
+        "apiVersion": "logfleet.dev/v1alpha1", "kind": "LogCollector",
+        "metadata": {"name": "default", "namespace": "logfleet"},
+        "spec": {"nodeScope": {"nodeSelector": {"pool": "logging"}}}
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dump.json");
+    std::fs::write(&file, serde_json::to_vec(&d).unwrap()).unwrap();
+    let doc = status_json(&file.display().to_string(), &[]);
+    let nodes: Vec<&str> = doc["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["n1", "n2"]);
+    assert_eq!(doc["summary"]["expected"], 2);
+}

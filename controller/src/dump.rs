@@ -1,4 +1,4 @@
-//! Reading a `kubectl get nodes,pods,daemonsets -A -o json` dump (a `v1
+//! Reading a `kubectl get nodes,pods,daemonsets,logcollectors -A -o json` dump (a `v1
 //! List`), as support bundles and must-gather archives hold, into the
 //! objects [`crate::coverage::classify`] needs.
 
@@ -19,6 +19,8 @@ pub struct Dump {
     pub pods: Vec<Pod>,
     /// DaemonSets.
     pub daemonsets: Vec<DaemonSet>,
+    /// LogCollectors (for their `nodeScope`).
+    pub collectors: Vec<crate::crd::LogCollector>,
 }
 
 /// A dump that could not be read.
@@ -79,6 +81,9 @@ pub fn parse(data: &[u8]) -> Result<Dump, DumpError> {
             "DaemonSet" => d
                 .daemonsets
                 .push(serde_json::from_value(item.clone()).map_err(err)?),
+            "LogCollector" => d
+                .collectors
+                .push(serde_json::from_value(item.clone()).map_err(err)?),
             _ => {}
         }
     }
@@ -116,6 +121,17 @@ pub fn agent_daemonset<'a>(
                 (None, None) => String::new(),
             })
         })
+}
+
+/// The expected-node scope of the collector that owns an agent DaemonSet
+/// (`None`, every Linux node, when the collector is not known).
+pub fn scope_of(d: &Dump, ds: &DaemonSet) -> Option<k8s_openapi::api::core::v1::NodeSelector> {
+    let instance = label(&ds.metadata, "app.kubernetes.io/instance")?;
+    let lc = d.collectors.iter().find(|c| {
+        c.metadata.name.as_deref() == Some(instance)
+            && c.metadata.namespace == ds.metadata.namespace
+    })?;
+    crate::status::scope_selector(&lc.spec.node_scope)
 }
 
 /// The pods a DaemonSet owns.
@@ -160,6 +176,16 @@ pub async fn from_cluster(
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let lc_api: Api<crate::crd::LogCollector> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    // Without the CRD (agents deployed by hand) there is no scope to read.
+    let collectors = match lc_api.list(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => Vec::new(),
+        Err(e) => return Err(e),
+    };
     Ok(Dump {
         nodes: Api::<Node>::all(client)
             .list(&ListParams::default())
@@ -167,5 +193,6 @@ pub async fn from_cluster(
             .items,
         pods: pod_api.list(&agents).await?.items,
         daemonsets: ds_api.list(&agents).await?.items,
+        collectors,
     })
 }

@@ -377,6 +377,10 @@ pub struct AggregatorSpec {
     /// Resources of the aggregator container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Keep the data volume when the LogCollector is deleted (default:
+    /// delete it, so that deleting the collector leaves nothing behind).
+    #[serde(default)]
+    pub retain_volume_on_delete: bool,
 }
 
 fn one() -> i32 {
@@ -397,6 +401,7 @@ impl Default for AggregatorSpec {
             retention_age: default_retention_age(),
             retention_size: zero(),
             resources: None,
+            retain_volume_on_delete: false,
         }
     }
 }

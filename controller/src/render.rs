@@ -509,6 +509,12 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
                     },
                 },
                 "volumeClaimTemplates": [claim],
+                // Claims from a template outlive their StatefulSet unless
+                // told otherwise (GA in Kubernetes 1.32).
+                "persistentVolumeClaimRetentionPolicy": {
+                    "whenDeleted": if g.retain_volume_on_delete { "Retain" } else { "Delete" },
+                    "whenScaled": "Retain",
+                },
             },
         }),
     )
@@ -893,6 +899,15 @@ mod tests {
             .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
             .collect();
         assert_eq!(env["LOGFLEET_RETENTION_SIZE"], "40GiB");
+        let policy = spec
+            .persistent_volume_claim_retention_policy
+            .clone()
+            .unwrap();
+        assert_eq!(
+            policy.when_deleted.as_deref(),
+            Some("Delete"),
+            "deleting the collector leaves no volume"
+        );
         let claim = &spec.volume_claim_templates.unwrap()[0];
         let cs = claim.spec.as_ref().unwrap();
         assert_eq!(cs.storage_class_name.as_deref(), Some("fast"));

@@ -9,9 +9,4 @@ image=ghcr.io/logfleet/logfleet:0.1.0
 k3d cluster list "$name" >/dev/null 2>&1 || k3d cluster create "$name" --agents 2
 docker build -f deploy/Dockerfile -t "$image" .
 k3d image import "$image" --cluster "$name"
-kubectl apply --server-side -f deploy/logfleet.yaml || true
-kubectl wait --for=condition=Established --timeout=60s crd/logcollectors.logfleet.dev
-kubectl apply --server-side -f deploy/logfleet.yaml
-kubectl -n logfleet rollout status deployment/logfleet-controller --timeout=180s
-kubectl -n logfleet wait --for=condition=Available --timeout=300s logcollector/logfleet
-kubectl -n logfleet get logcollector logfleet
+deploy/install.sh

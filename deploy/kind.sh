@@ -20,11 +20,4 @@ fi
 docker build -f deploy/Dockerfile -t "$image" .
 kind load docker-image "$image" --name "$name"
 
-# The CRD must be established before the LogCollector of the same bundle
-# can be applied; a second apply after the wait takes it.
-kubectl apply --server-side -f deploy/logfleet.yaml || true
-kubectl wait --for=condition=Established --timeout=60s crd/logcollectors.logfleet.dev
-kubectl apply --server-side -f deploy/logfleet.yaml
-kubectl -n logfleet rollout status deployment/logfleet-controller --timeout=180s
-kubectl -n logfleet wait --for=condition=Available --timeout=300s logcollector/logfleet
-kubectl -n logfleet get logcollector logfleet
+deploy/install.sh

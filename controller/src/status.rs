@@ -276,6 +276,9 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
         .map(|(_, n)| *n)
         .sum();
     let gen = o.generation;
+    let set = |type_: &str, status: bool, reason: &str, message: String| {
+        cond(&old.conditions, type_, status, reason, message, gen, o.now)
+    };
 
     // Progressing, with a deadline counted from when this rollout began.
     let old_prog = old.conditions.iter().find(|c| c.type_ == PROGRESSING);
@@ -292,8 +295,7 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             && old_prog.is_some_and(|c| c.reason == "ProgressDeadlineExceeded"))
             || o.now.duration_since(started).unsigned_abs() > o.progress_deadline;
         if stalled {
-            cond(
-                &old.conditions,
+            set(
                 PROGRESSING,
                 false,
                 "ProgressDeadlineExceeded",
@@ -301,18 +303,13 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
                     "the rollout has not finished within {}s",
                     o.progress_deadline.as_secs()
                 ),
-                gen,
-                o.now,
             )
         } else {
-            let mut c = cond(
-                &old.conditions,
+            let mut c = set(
                 PROGRESSING,
                 true,
                 "RollingOut",
                 "agents or aggregator are being updated".into(),
-                gen,
-                o.now,
             );
             if !same_rollout {
                 c.last_transition_time = Time(o.now);
@@ -320,41 +317,31 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             c
         }
     } else {
-        cond(
-            &old.conditions,
+        set(
             PROGRESSING,
             false,
             "RolloutComplete",
             "every agent and the aggregator run the current spec".into(),
-            gen,
-            o.now,
         )
     };
     let stalled = progressing.reason == "ProgressDeadlineExceeded";
 
     let available = if summary.expected == 0 {
-        cond(
-            &old.conditions,
+        set(
             AVAILABLE,
             false,
             "NoEligibleNodes",
             "no node is in scope (nodeScope) of this collector".into(),
-            gen,
-            o.now,
         )
     } else if !agg_ready {
-        cond(
-            &old.conditions,
+        set(
             AVAILABLE,
             false,
             "AggregatorNotReady",
             "the aggregator is not ready".into(),
-            gen,
-            o.now,
         )
     } else if serious > 0 {
-        cond(
-            &old.conditions,
+        set(
             AVAILABLE,
             false,
             "NodesMissing",
@@ -363,18 +350,13 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
                 summary.expected,
                 by_reason_text(&by_reason)
             ),
-            gen,
-            o.now,
         )
     } else {
-        cond(
-            &old.conditions,
+        set(
             AVAILABLE,
             true,
             "AllNodesCovered",
             format!("all {} expected nodes have a ready agent", summary.expected),
-            gen,
-            o.now,
         )
     };
 
@@ -393,28 +375,16 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
         })
     });
     let degraded = if summary.expected == 0 {
-        cond(
-            &old.conditions,
+        set(
             DEGRADED,
             true,
             "NoEligibleNodes",
             "no node is in scope (nodeScope) of this collector".into(),
-            gen,
-            o.now,
         )
     } else if let Some(msg) = blocked {
-        cond(
-            &old.conditions,
-            DEGRADED,
-            true,
-            "ProjectNodeSelector",
-            msg,
-            gen,
-            o.now,
-        )
+        set(DEGRADED, true, "ProjectNodeSelector", msg)
     } else if stalled {
-        cond(
-            &old.conditions,
+        set(
             DEGRADED,
             true,
             "ProgressDeadlineExceeded",
@@ -426,12 +396,9 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
                     by_reason_text(&by_reason)
                 }
             ),
-            gen,
-            o.now,
         )
     } else if !is_rolling && serious > 0 {
-        cond(
-            &old.conditions,
+        set(
             DEGRADED,
             true,
             "NodesMissing",
@@ -439,19 +406,9 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
                 "{serious} expected nodes lack a working agent: {}",
                 by_reason_text(&by_reason)
             ),
-            gen,
-            o.now,
         )
     } else {
-        cond(
-            &old.conditions,
-            DEGRADED,
-            false,
-            "AsExpected",
-            String::new(),
-            gen,
-            o.now,
-        )
+        set(DEGRADED, false, "AsExpected", String::new())
     };
 
     // Events for the transitions.

@@ -24,6 +24,10 @@ use crate::crd::{LogCollector, UpdateStrategyType};
 /// configuration. It changes exactly when the configuration does, which
 /// rolls the agents (they read it from the environment at start).
 pub const CONFIG_HASH: &str = "logfleet.dev/config-hash";
+/// Annotation on every applied object: hash of what was applied. A field
+/// we stop sending (a removed filter, a dropped toleration) leaves the live
+/// object still holding everything we send; the hash is what tells it apart.
+pub const APPLIED_HASH: &str = "logfleet.dev/applied-hash";
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "logfleet-controller";
 /// Agent metrics/probe port.
@@ -170,6 +174,8 @@ where
     // Server-side apply needs apiVersion and kind in the body.
     body["apiVersion"] = json!(api.api_version);
     body["kind"] = json!(api.kind);
+    prune(&mut body);
+    stamp(&mut body);
     Ok(Object {
         api,
         namespaced: true,
@@ -563,6 +569,9 @@ fn openshift_scc(cx: &Ctx<'_>) -> Object {
         "volumes": ["hostPath", "configMap", "secret", "projected", "emptyDir"],
         "users": [format!("system:serviceaccount:{}:{}", cx.ns, agent_name(cx.name))],
     });
+    let mut body = body;
+    prune(&mut body);
+    stamp(&mut body);
     Object {
         api: scc_api(),
         namespaced: false,
@@ -579,6 +588,42 @@ pub fn scc_api() -> ApiResource {
         api_version: "security.openshift.io/v1".into(),
         kind: "SecurityContextConstraints".into(),
         plural: "securitycontextconstraints".into(),
+    }
+}
+
+/// Sets [`APPLIED_HASH`] to the hash of the body without it.
+fn stamp(body: &mut Value) {
+    let h = xxhash_rust::xxh3::xxh3_64(body.to_string().as_bytes());
+    body["metadata"]["annotations"][APPLIED_HASH] = json!(format!("{h:016x}"));
+}
+
+/// Drops nulls, empty lists and empty maps. The API server leaves them out
+/// of what it returns (Go's `omitempty`), so a body holding one would never
+/// look applied and would be applied again on every reconcile; leaving
+/// them out means the same to the server.
+pub fn prune(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                prune(x);
+            }
+            m.retain(|_, x| !is_empty(x));
+        }
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                prune(x);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.is_empty(),
+        _ => false,
     }
 }
 
@@ -747,6 +792,36 @@ mod tests {
             pod.node_selector.as_ref().unwrap()["kubernetes.io/os"],
             "linux"
         );
+    }
+
+    #[test]
+    fn rendered_bodies_hold_nothing_the_server_would_drop() {
+        fn check(v: &Value, at: &str) {
+            match v {
+                Value::Null => panic!("null at {at}"),
+                Value::Array(a) => {
+                    assert!(!a.is_empty(), "empty list at {at}");
+                    for (i, x) in a.iter().enumerate() {
+                        check(x, &format!("{at}[{i}]"));
+                    }
+                }
+                Value::Object(m) => {
+                    assert!(!m.is_empty() || at.is_empty(), "empty map at {at}");
+                    for (k, x) in m {
+                        check(x, &format!("{at}.{k}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut l = lc(json!({"agent": {"tolerateAllTaints": false}}));
+        l.metadata.uid = Some("u".into());
+        for o in render(&l, &Options { openshift: true }).unwrap() {
+            check(&o.body, &o.name);
+        }
+        let mut v = json!({"a": null, "b": [], "c": {"d": {}}, "e": [{"f": []}], "g": 0, "h": ""});
+        prune(&mut v);
+        assert_eq!(v, json!({"e": [{}], "g": 0, "h": ""}));
     }
 
     #[test]

@@ -466,6 +466,31 @@ async fn drift_and_config_changes_are_applied_others_fields_survive() {
         None,
         "we never send fields we do not own"
     );
+
+    // Taking a setting away is a change too: the live ConfigMap still
+    // holds every key we send, yet it must be applied without the old one.
+    {
+        let mut st = lock(&h.state);
+        st.objects.get_mut(LC_PATH).expect("lc")["spec"]["agent"] =
+            json!({"compression": "zstd", "filters": {"excludeNamespaces": ["kube-system"]}});
+    }
+    let with_filter = writes(&h.reconcile().await);
+    assert!(
+        with_filter
+            .iter()
+            .any(|w| w.ends_with("/configmaps/logs-agent")),
+        "{with_filter:?}"
+    );
+    {
+        let mut st = lock(&h.state);
+        st.objects.get_mut(LC_PATH).expect("lc")["spec"]["agent"] = json!({"compression": "zstd"});
+    }
+    let removed = h.reconcile().await;
+    let cm = removed
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path.ends_with("/configmaps/logs-agent"))
+        .expect("the ConfigMap is applied without the filter");
+    assert!(cm.body["data"].get("LOGFLEET_EXCLUDE_NAMESPACE").is_none());
 }
 
 #[tokio::test]

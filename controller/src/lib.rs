@@ -3,9 +3,16 @@
 //! working agent, and why.
 //!
 //! Pure logic comes first, apart from any I/O, so it is tested on real
-//! k8s-openapi values without a cluster: [`placement`] decides, as the
-//! DaemonSet controller does, whether a daemon pod belongs on a node;
-//! [`coverage`] says which expected nodes lack a working agent, and why.
+//! k8s-openapi values without a cluster: [`crd`] is the resource and its
+//! CRD; [`placement`] decides, as the DaemonSet controller does, whether a
+//! daemon pod belongs on a node; [`coverage`] says which expected nodes lack
+//! a working agent, and why; [`render`] turns a collector into the objects
+//! to apply; [`status`] turns what was observed into the status and events.
+//!
+//! I/O around them: [`reconcile`] applies, observes and writes the status;
+//! [`run`] is `logfleet controller` (Lease, watches, metrics endpoint);
+//! [`dump`] reads the same objects from a kubectl dump or the cluster for
+//! `logfleet status`; [`bundle`] is the install bundle.
 
 pub mod bundle;
 pub mod coverage;

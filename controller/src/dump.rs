@@ -152,9 +152,17 @@ pub fn owned_pods(d: &Dump, ds: &DaemonSet) -> Vec<Pod> {
 }
 
 /// The DaemonSet's template generation, which its up-to-date pods carry in
-/// their `pod-template-generation` label.
+/// their `pod-template-generation` label. The API server keeps it in the
+/// `deprecated.daemonset.template.generation` annotation and bumps it only
+/// when the template changes; `metadata.generation` also moves with other
+/// spec changes (the update strategy), after which no pod would match it.
 pub fn template_generation(ds: &DaemonSet) -> Option<String> {
-    ds.metadata.generation.map(|g| g.to_string())
+    ds.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("deprecated.daemonset.template.generation"))
+        .cloned()
+        .or_else(|| ds.metadata.generation.map(|g| g.to_string()))
 }
 
 /// Reads the same objects from the cluster the current kubeconfig (or the
@@ -195,4 +203,23 @@ pub async fn from_cluster(
         daemonsets: ds_api.list(&agents).await?.items,
         collectors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_generation_follows_the_template_not_the_spec() {
+        let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "generation": 5,
+                "annotations": {"deprecated.daemonset.template.generation": "3"}},
+            "spec": {"selector": {}, "template": {}},
+        }))
+        .unwrap();
+        assert_eq!(template_generation(&ds).as_deref(), Some("3"));
+        let mut bare = ds.clone();
+        bare.metadata.annotations = None;
+        assert_eq!(template_generation(&bare).as_deref(), Some("5"));
+    }
 }

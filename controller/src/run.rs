@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use crate::crd::LogCollector;
 use crate::metrics::Metrics;
@@ -239,9 +239,19 @@ pub async fn run(
     };
 
     let (nodes, node_writer) = reflector::store::<Node>();
+    // Keep of each node what placement and coverage read: the image list
+    // and managed fields are most of a Node and would dominate memory.
     let node_events = reflector(
         node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).modify(|n| {
+            n.managed_fields_mut().clear();
+            n.metadata.annotations = None;
+            if let Some(st) = n.status.as_mut() {
+                st.images = None;
+                st.volumes_attached = None;
+                st.volumes_in_use = None;
+            }
+        }),
     )
     .default_backoff()
     .touched_objects()
@@ -253,7 +263,9 @@ pub async fn run(
     let (pods, pod_writer) = reflector::store::<Pod>();
     let pod_events = reflector(
         pod_writer,
-        watcher(pod_api, watcher::Config::default().labels(OWNED)),
+        watcher(pod_api, watcher::Config::default().labels(OWNED)).modify(|p| {
+            p.managed_fields_mut().clear();
+        }),
     )
     .default_backoff()
     .touched_objects()

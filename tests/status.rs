@@ -188,87 +188,24 @@ fn unreadable_dumps_are_one_clear_line() {
     }
 }
 
-/// A stand-in API server: answers the three list requests `logfleet
-/// status` makes from `dump()`'s objects, over plain HTTP, and records the
-/// request lines.
-fn fake_api() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut request = String::new();
-            if reader.read_line(&mut request).is_err() {
-                continue;
-            }
-            // Skip the headers.
-            let mut h = String::new();
-            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
-                h.clear();
-            }
-            let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
-            log.lock().unwrap().push(path.clone());
-            let items = dump()["items"].as_array().unwrap().clone();
-            let of = |kind: &str| -> Vec<serde_json::Value> {
-                items
-                    .iter()
-                    .filter(|i| i["kind"] == kind)
-                    .cloned()
-                    .collect()
-            };
-            let (kind, list) = match path.split('?').next().unwrap_or("") {
-                "/api/v1/nodes" => ("NodeList", of("Node")),
-                "/api/v1/pods" => (
-                    "PodList",
-                    of("Pod")
-                        .into_iter()
-                        .filter(|p| p["metadata"]["name"] != "web")
-                        .collect(),
-                ),
-                "/apis/apps/v1/daemonsets" => ("DaemonSetList", of("DaemonSet")),
-                _ => ("", vec![]),
-            };
-            let (code, body) = if kind.is_empty() {
-                (
-                    "404 Not Found",
-                    json!({"kind": "Status", "apiVersion": "v1", "code": 404, "status": "Failure", "message": "not found"}),
-                )
-            } else {
-                (
-                    "200 OK",
-                    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": list}),
-                )
-            };
-            let body = serde_json::to_vec(&body).unwrap();
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(&body);
-        }
-    });
-    (url, seen)
-}
-
 #[test]
 fn reads_the_live_cluster_through_the_kubeconfig() {
-    let (server, seen) = fake_api();
+    // The dump's objects, served as a cluster would; the pod of something
+    // else is left out, as the agent label selector would.
+    let (server, state) = common::fake_api::fake_api();
+    for item in dump()["items"].as_array().unwrap() {
+        let name = item["metadata"]["name"].as_str().unwrap();
+        let ns = item["metadata"]["namespace"].as_str().unwrap_or("");
+        let path = match item["kind"].as_str().unwrap() {
+            "Node" => format!("/api/v1/nodes/{name}"),
+            "Pod" if name != "web" => format!("/api/v1/namespaces/{ns}/pods/{name}"),
+            "DaemonSet" => format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}"),
+            _ => continue,
+        };
+        common::fake_api::put(&state, &path, item.clone());
+    }
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("config");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
-             users:\n- name: me\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: me\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = common::fake_api::kubeconfig(dir.path(), &server);
     let out = std::process::Command::new(bin())
         .args(["status", "--output", "json"])
         .env("KUBECONFIG", &kubeconfig)
@@ -286,7 +223,11 @@ fn reads_the_live_cluster_through_the_kubeconfig() {
         json!({"expected": 5, "ready": 2, "upToDate": 1, "missing": 4})
     );
     assert_eq!(doc["nodes"][3]["reason"], "CrashLoopBackOff");
-    let seen = seen.lock().unwrap().clone();
+    let seen: Vec<String> = common::fake_api::lock(&state)
+        .requests
+        .iter()
+        .map(|(_, target)| target.clone())
+        .collect();
     let selector = "labelSelector=app.kubernetes.io%2Fpart-of%3Dlogfleet%2Capp.kubernetes.io%2Fcomponent%3Dagent";
     assert!(
         seen.iter().any(|p| p.starts_with("/api/v1/nodes")),

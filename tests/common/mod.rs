@@ -1,6 +1,8 @@
 //! Helpers for end-to-end tests that drive the real `logfleet` binary.
 #![allow(dead_code)]
 
+pub mod fake_api;
+
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -7,7 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::{json, Value};
 
-use crate::crd::{LogCollector, LogCollectorSpec, DEFAULT_IMAGE};
+use crate::crd::{LogCollector, LogCollectorSpec};
 
 /// Namespace the bundle installs into.
 pub const NAMESPACE: &str = "logfleet";
@@ -144,9 +144,4 @@ pub enum BundleError {
     /// YAML.
     #[error(transparent)]
     Yaml(#[from] serde_saphyr::SerializeError),
-}
-
-/// Default image of the bundle.
-pub fn default_image() -> &'static str {
-    DEFAULT_IMAGE
 }

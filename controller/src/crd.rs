@@ -14,9 +14,6 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of the resource.
-pub const GROUP: &str = "logfleet.dev";
-
 /// The image that holds the `logfleet` binary, when the spec names none.
 pub const DEFAULT_IMAGE: &str = "ghcr.io/logfleet/logfleet:0.1.0";
 

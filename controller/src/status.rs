@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::coverage::{self, Inputs, NodeCoverage, Reason, Summary};
+use crate::coverage::{self, Inputs, NodeCoverage, Reason};
 use crate::crd::{AgentCounts, Coverage, LogCollectorStatus, MissingNode, NodeScope};
 
 /// At most this many nodes are listed in `status.missingNodes`.
@@ -87,8 +87,6 @@ pub struct Outcome {
     pub notices: Vec<Notice>,
     /// Per-node coverage (for metrics).
     pub rows: Vec<NodeCoverage>,
-    /// Counts.
-    pub summary: Summary,
 }
 
 /// The node selector of a scope, as coverage takes it.
@@ -523,7 +521,6 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
         status,
         notices,
         rows,
-        summary,
     }
 }
 

@@ -109,7 +109,7 @@ pub fn bundle(image: &str) -> Result<Vec<Value>, serde_json::Error> {
                         "ports": [{"name": "http", "containerPort": CONTROLLER_HTTP_PORT}],
                         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 20},
                         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 10},
-                        // The node cache grows with the cluster: about 10-20 KiB per node.
+                        // The node cache grows with the cluster, hence the roomy limit.
                                "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}},
                         "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                                             "capabilities": {"drop": ["ALL"]}},

@@ -413,6 +413,7 @@ pub async fn tail(dir: &Path, pushes: usize) -> Result<()> {
                 }),
                 start: i * 200,
                 end: i * 200 + 200,
+                lines_end: 0,
             }],
             payload,
         };

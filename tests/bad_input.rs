@@ -89,6 +89,7 @@ fn range(id: u64, start: u64, end: u64) -> FileRange {
         }),
         start,
         end,
+        lines_end: 0,
     }
 }
 

@@ -63,6 +63,7 @@ impl BatchBuilder {
             labels: Some(labels.clone()),
             start,
             end: start,
+            lines_end: 0,
         });
         self.paths.push(path.to_owned());
         self.index.insert(file_id, i);
@@ -80,6 +81,12 @@ impl BatchBuilder {
         flags: u32,
         text: &[u8],
     ) {
+        // A line may lie past the range's end (the checkpoint) while a
+        // partial line of the other stream is open before it: the range
+        // says how far its lines reach.
+        if let Some(r) = self.ranges.get_mut(idx as usize) {
+            r.lines_end = r.lines_end.max(offset + 1);
+        }
         self.lines.push(idx, ts, offset, stream as i32, flags, text);
     }
 
@@ -137,7 +144,14 @@ impl BatchBuilder {
         let batch = self.lines.finish();
         let lines = batch.line_count() as u64;
         let (payload, raw_len) = logfleet_proto::encode_payload(&batch, compression, level)?;
-        let ranges = std::mem::take(&mut self.ranges);
+        let mut ranges = std::mem::take(&mut self.ranges);
+        for r in &mut ranges {
+            // Only lines past the checkpoint need saying (the common case
+            // leaves the field unset on the wire).
+            if r.lines_end <= r.end {
+                r.lines_end = 0;
+            }
+        }
         let ends = ranges
             .iter()
             .zip(self.paths.drain(..))
@@ -162,6 +176,50 @@ impl BatchBuilder {
             bytes,
         })
     }
+}
+
+/// Splits a sealed batch into one batch per file, each with its lines, its
+/// range and its checkpoint: when the aggregator refuses a batch for good,
+/// the files it can take are stored and only the file it refuses is set
+/// aside. Each part carries its file's range unchanged, so de-duplication
+/// and checkpoints work as for the whole.
+pub fn split_by_file(
+    sealed: &Sealed,
+    level: i32,
+) -> Result<Vec<Sealed>, logfleet_proto::CodecError> {
+    let req = &sealed.request;
+    let compression = Compression::try_from(req.compression)
+        .map_err(|_| logfleet_proto::CodecError::UnknownCompression(req.compression))?;
+    let batch = logfleet_proto::decode_payload(req, logfleet_proto::Limits::default())?;
+    let mut parts: Vec<LinesBuilder> = req.ranges.iter().map(|_| LinesBuilder::default()).collect();
+    for l in batch.lines() {
+        let mut one = l.clone();
+        one.range = 0;
+        parts[l.range as usize].push_line(&one);
+    }
+    req.ranges
+        .iter()
+        .zip(&sealed.ends)
+        .zip(parts.iter_mut())
+        .map(|((range, end), part)| {
+            let bytes = part.text_len() as u64;
+            let lines = part.finish();
+            let count = lines.line_count() as u64;
+            let (payload, raw_len) = logfleet_proto::encode_payload(&lines, compression, level)?;
+            Ok(Sealed {
+                request: PushRequest {
+                    node: req.node.clone(),
+                    compression: req.compression,
+                    raw_len,
+                    ranges: vec![range.clone()],
+                    payload,
+                },
+                ends: vec![end.clone()],
+                lines: count,
+                bytes,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -221,5 +279,31 @@ mod tests {
         assert_eq!(ranges, [0, 1, 0]);
         let texts: Vec<_> = decoded.lines().map(|l| l.text).collect();
         assert_eq!(texts, ["x", "yy", "z"]);
+    }
+
+    #[test]
+    fn splits_into_one_batch_per_file() {
+        let mut b = BatchBuilder::default();
+        let t = Instant::now();
+        let l = FileLabels::default();
+        add(&mut b, 1, &l, "/a", 0, 10, "x", t);
+        add(&mut b, 2, &l, "/b", 5, 20, "yy", t);
+        add(&mut b, 1, &l, "/a", 10, 30, "z", t);
+        let s = b.seal("node-1", Compression::Gzip, 1).unwrap();
+        let parts = split_by_file(&s, 1).unwrap();
+        assert_eq!(parts.len(), 2);
+        for (p, (id, texts, end)) in parts
+            .iter()
+            .zip([(1, vec!["x", "z"], 30), (2, vec!["yy"], 20)])
+        {
+            assert_eq!(p.request.ranges.len(), 1);
+            assert_eq!(p.request.ranges[0].file_id, id);
+            assert_eq!(p.ends[0].end, end);
+            assert_eq!(p.lines, texts.len() as u64);
+            let d = logfleet_proto::decode_payload(&p.request, Default::default()).unwrap();
+            let got: Vec<_> = d.lines().map(|l| l.text).collect();
+            assert_eq!(got, texts);
+            assert!(d.lines().all(|l| l.range == 0));
+        }
     }
 }

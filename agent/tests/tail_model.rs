@@ -4,6 +4,10 @@
 //! real files; the batches the tailer produces are fed to a model of the
 //! aggregator's de-duplication. Whatever the sequence, every written line
 //! must come out exactly once after de-duplication.
+//!
+//! Streams interleave as CRI-O writes them: a program prints without a
+//! newline (`stdout P`), the other stream writes whole lines meanwhile, and
+//! the `F` comes many polls later.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -34,6 +38,11 @@ enum Action {
     Truncate,
     /// Container restart: the next number's file.
     Restart,
+    /// stdout prints without a newline: a `P` chunk that stays open (lines
+    /// written meanwhile go to stderr) until `Close`.
+    Open,
+    /// The open stdout line gets its `F`.
+    Close,
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -45,6 +54,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::Crash),
         1 => Just(Action::Truncate),
         1 => Just(Action::Restart),
+        2 => Just(Action::Open),
+        2 => Just(Action::Close),
     ]
 }
 
@@ -54,6 +65,8 @@ struct World {
     rotations: u32,
     next: u64,
     written: Vec<String>,
+    /// The stdout line waiting for its `F`: its text and timestamp.
+    open: Option<(String, String)>,
 }
 
 impl World {
@@ -72,19 +85,47 @@ impl World {
 
     fn write(&mut self, n: usize, partial: bool) {
         let mut buf = Vec::new();
+        // While stdout waits for its F, whole lines come from stderr.
+        let stream = if self.open.is_some() {
+            "stderr"
+        } else {
+            "stdout"
+        };
         for i in 0..n {
             self.next += 1;
             let text = format!("line-{}", self.next);
             let ts = format!("2026-11-27T10:00:00.{:09}Z", self.next);
             if partial && i == 0 {
                 let (a, b) = text.split_at(3);
-                buf.extend_from_slice(format!("{ts} stdout P {a}\n{ts} stdout F {b}\n").as_bytes());
+                buf.extend_from_slice(
+                    format!("{ts} {stream} P {a}\n{ts} {stream} F {b}\n").as_bytes(),
+                );
             } else {
-                buf.extend_from_slice(format!("{ts} stdout F {text}\n").as_bytes());
+                buf.extend_from_slice(format!("{ts} {stream} F {text}\n").as_bytes());
             }
             self.written.push(text);
         }
         self.append(&buf);
+    }
+
+    /// stdout starts a line it does not finish yet.
+    fn open(&mut self) {
+        if self.open.is_some() {
+            return;
+        }
+        self.next += 1;
+        let text = format!("open-{}", self.next);
+        let ts = format!("2026-11-27T10:00:00.{:09}Z", self.next);
+        self.append(format!("{ts} stdout P {}\n", &text[..4]).as_bytes());
+        self.open = Some((text, ts));
+    }
+
+    /// The open stdout line gets its end.
+    fn close(&mut self) {
+        if let Some((text, ts)) = self.open.take() {
+            self.append(format!("{ts} stdout F {}\n", &text[4..]).as_bytes());
+            self.written.push(text);
+        }
     }
 
     fn rotated(&self, gz: bool) -> Vec<PathBuf> {
@@ -101,29 +142,42 @@ impl World {
     }
 }
 
-/// The aggregator's de-duplication, as a model.
+/// The aggregator's de-duplication, as a model: per file, every line below
+/// the range end is stored, and lines stored past it (while the other
+/// stream's line was open) are remembered one by one.
 #[derive(Default)]
 struct Store {
-    hwm: HashMap<u64, u64>,
+    marks: HashMap<u64, (u64, std::collections::BTreeSet<u64>)>,
     lines: Vec<String>,
 }
 
 impl Store {
     fn push(&mut self, req: &logfleet_proto::v1::PushRequest) {
         let batch = logfleet_proto::decode_payload(req, Default::default()).unwrap();
+        let mut ahead: Vec<Vec<u64>> = vec![Vec::new(); req.ranges.len()];
         for l in batch.lines() {
             let r = &req.ranges[l.range as usize];
             assert!(
-                l.offset >= r.start && l.offset < r.end,
-                "line outside its range"
+                l.offset >= r.start && l.offset < r.end.max(r.lines_end),
+                "line at {} outside its range [{}, {}) reaching {}: the aggregator refuses the batch",
+                l.offset,
+                r.start,
+                r.end,
+                r.lines_end
             );
-            if l.offset >= self.hwm.get(&r.file_id).copied().unwrap_or(0) {
+            let (end, seen) = self.marks.entry(r.file_id).or_default();
+            if l.offset >= *end && !seen.contains(&l.offset) {
                 self.lines.push(String::from_utf8(l.text.to_vec()).unwrap());
+                if l.offset >= r.end {
+                    ahead[l.range as usize].push(l.offset);
+                }
             }
         }
-        for r in &req.ranges {
-            let e = self.hwm.entry(r.file_id).or_insert(0);
-            *e = (*e).max(r.end);
+        for (r, ahead) in req.ranges.iter().zip(ahead) {
+            let (end, seen) = self.marks.entry(r.file_id).or_default();
+            *end = (*end).max(r.end);
+            seen.extend(ahead);
+            seen.retain(|o| o >= end);
         }
     }
 }
@@ -195,6 +249,7 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
         rotations: 0,
         next: 0,
         written: Vec::new(),
+        open: None,
     };
     let ckpt = Arc::new(Mutex::new(Checkpoints::default()));
     let mut saved = Checkpoints::default();
@@ -203,8 +258,16 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
     let mut unacked = Unacked::new();
     let un = &mut unacked;
     for a in actions {
+        // The runtime reopens its file, and kubelet truncates or a container
+        // restarts, only between lines in this model: a line open across a
+        // rotation arrives as two lines, which is another test's subject.
+        if matches!(a, Action::Rotate | Action::Truncate | Action::Restart) {
+            w.close();
+        }
         match a {
             Action::Write(n, p) => w.write(n, p),
+            Action::Open => w.open(),
+            Action::Close => w.close(),
             Action::Rotate => {
                 if w.live().exists() {
                     w.rotations += 1;
@@ -256,6 +319,7 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
             Action::Restart => w.restart += 1,
         }
     }
+    w.close();
     // Drain: poll until nothing moves, acknowledging everything.
     for _ in 0..100_000 {
         if !poll(&mut tailer, &root, &mut store, &ckpt, un, true) {
@@ -338,5 +402,29 @@ fn truncate_rotate_gzip_truncate() {
         Gzip,
         Write(1, false),
         Truncate,
+    ]);
+}
+
+/// The CRI-O case from issue #7: `stdout P`, then a whole stderr line, the
+/// tailer reads and ships (the stderr line must not wait for stdout), then
+/// the `F` many polls later; a crash before the checkpoint is saved makes
+/// the agent read the stderr line again.
+#[test]
+fn other_stream_ships_while_a_partial_line_is_open() {
+    use Action::*;
+    let poll = |ack| Poll { ack, save: ack };
+    run(vec![
+        Write(2, false),
+        poll(true),
+        Open,
+        Write(3, false),
+        poll(true),
+        poll(true),
+        Write(1, true),
+        poll(false),
+        Crash,
+        poll(true),
+        Close,
+        Write(2, false),
     ]);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use logfleet_proto::v1::{FileLabels, FileRange, LineBatch};
 use serde::{Deserialize, Serialize};
 
-use crate::store::BlockHeader;
+use crate::store::{BlockHeader, RangeAhead};
 
 /// A stored block, as the query planner sees it.
 #[derive(Debug, Clone)]
@@ -44,6 +44,16 @@ pub struct AgentStats {
     pub bytes: u64,
 }
 
+/// What an agent said of itself in its latest heartbeat, and when it was
+/// last in touch. Kept in memory only: it is about now, not about the data.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Liveness {
+    /// Latest contact of any kind (push or heartbeat), ns since epoch.
+    pub last_seen: i64,
+    /// The latest heartbeat, if one arrived since start-up.
+    pub heartbeat: Option<logfleet_proto::v1::HeartbeatRequest>,
+}
+
 /// The index of everything stored.
 #[derive(Debug, Default)]
 pub struct Index {
@@ -51,6 +61,8 @@ pub struct Index {
     pub blocks: Vec<Arc<BlockMeta>>,
     /// Agents by node name.
     pub agents: BTreeMap<String, AgentStats>,
+    /// Agents' liveness by node name.
+    pub live: BTreeMap<String, Liveness>,
 }
 
 impl Index {
@@ -91,18 +103,105 @@ impl Index {
         if let Some(a) = self.agents.get_mut(node) {
             a.last_push = a.last_push.max(now);
         }
+        self.seen(node, now);
+    }
+
+    /// Notes contact from an agent.
+    pub fn seen(&mut self, node: &str, now: i64) {
+        match self.live.get_mut(node) {
+            Some(l) => l.last_seen = l.last_seen.max(now),
+            None => {
+                self.live.insert(
+                    node.to_owned(),
+                    Liveness {
+                        last_seen: now,
+                        heartbeat: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Records a heartbeat received at `now`.
+    pub fn heartbeat(&mut self, hb: logfleet_proto::v1::HeartbeatRequest, now: i64) {
+        let node = hb.node.clone();
+        self.seen(&node, now);
+        if let Some(l) = self.live.get_mut(&node) {
+            l.heartbeat = Some(hb);
+        }
     }
 }
 
-/// High-water marks: for each (node, file), the offset up to which the
-/// file is stored.
-pub type HighWater = HashMap<(String, u64), u64>;
+/// What the aggregator has stored of one file: every line that starts
+/// below `end`, plus the lines at the offsets in `ahead`.
+///
+/// `ahead` holds lines stored past the file's range end: complete lines of
+/// one stream that the agent sent while a partial line of the other stream
+/// was still open before them. The agent's checkpoint cannot pass the open
+/// line, so after a crash it reads those lines again; this is what
+/// recognises them. The set empties as `end` moves past it (the open line
+/// completes or times out within the agent's partial timeout), so it stays
+/// small.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMark {
+    /// Every line starting below this offset is stored.
+    pub end: u64,
+    /// Offsets at or past `end` of lines stored, ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ahead: Vec<u64>,
+    /// The newest segment holding data of this file: when retention deletes
+    /// that segment the mark goes too.
+    #[serde(default)]
+    pub seq: u64,
+}
 
-/// Applies a stored header's ranges to the high-water marks.
-pub fn advance(hwm: &mut HighWater, h: &BlockHeader) {
-    for r in &h.ranges {
-        let e = hwm.entry((h.node.clone(), r.file_id)).or_insert(0);
-        *e = (*e).max(r.end);
+/// The mark of a file nothing of which is stored.
+pub static NO_MARK: FileMark = FileMark {
+    end: 0,
+    ahead: Vec::new(),
+    seq: 0,
+};
+
+impl FileMark {
+    /// Whether the line starting at `offset` is stored.
+    pub fn has(&self, offset: u64) -> bool {
+        offset < self.end || self.ahead.binary_search(&offset).is_ok()
+    }
+
+    /// Whether any line at or past `start` might be stored.
+    fn anything_from(&self, start: u64) -> bool {
+        start < self.end || self.ahead.last().is_some_and(|&a| a >= start)
+    }
+
+    /// Applies a stored range that ends at `end` and stored lines at the
+    /// offsets `stored_ahead` (at or past `end`), in segment `seq`.
+    pub fn apply(&mut self, end: u64, stored_ahead: &[u64], seq: u64) {
+        self.end = self.end.max(end);
+        if !stored_ahead.is_empty() {
+            self.ahead.extend_from_slice(stored_ahead);
+            self.ahead.sort_unstable();
+            self.ahead.dedup();
+        }
+        let keep_from = self.ahead.partition_point(|&a| a < self.end);
+        self.ahead.drain(..keep_from);
+        self.seq = self.seq.max(seq);
+    }
+}
+
+/// De-duplication state: for each (node, file), what is stored.
+pub type HighWater = HashMap<(String, u64), FileMark>;
+
+/// Applies a stored header (in segment `seq`) to the marks.
+pub fn advance(hwm: &mut HighWater, h: &BlockHeader, seq: u64) {
+    for (i, r) in h.ranges.iter().enumerate() {
+        let ahead = h
+            .ahead
+            .iter()
+            .find(|a| a.range as usize == i)
+            .map_or(&[][..], |a| &a.offsets[..]);
+        hwm.entry((h.node.clone(), r.file_id))
+            .or_default()
+            .apply(r.end, ahead, seq);
     }
 }
 
@@ -113,18 +212,20 @@ pub struct Dedup {
     pub keep: Option<Vec<bool>>,
     /// Lines dropped as already stored.
     pub duplicates: u64,
-    /// Whether any range moves a high-water mark (so a record is needed
-    /// even when no line is new).
+    /// Whether any range moves a mark (so a record is needed even when no
+    /// line is new).
     pub advances: bool,
 }
 
 /// Decides which lines of a batch are new: a line is a duplicate when its
-/// offset lies below its file's high-water mark.
-/// `mark` gives a file's high-water mark (0 when unknown).
-pub fn dedup(mark: impl Fn(u64) -> u64, ranges: &[FileRange], batch: &LineBatch) -> Dedup {
-    let marks: Vec<u64> = ranges.iter().map(|r| mark(r.file_id)).collect();
-    let advances = ranges.iter().zip(&marks).any(|(r, m)| r.end > *m);
-    if ranges.iter().zip(&marks).all(|(r, m)| r.start >= *m) {
+/// file's mark already has it. `marks[i]` is the mark of `ranges[i]`'s file.
+pub fn dedup(marks: &[&FileMark], ranges: &[FileRange], batch: &LineBatch) -> Dedup {
+    let advances = ranges.iter().zip(marks).any(|(r, m)| r.end > m.end);
+    if ranges
+        .iter()
+        .zip(marks)
+        .all(|(r, m)| !m.anything_from(r.start))
+    {
         return Dedup {
             keep: None,
             duplicates: 0,
@@ -133,7 +234,7 @@ pub fn dedup(mark: impl Fn(u64) -> u64, ranges: &[FileRange], batch: &LineBatch)
     }
     let keep: Vec<bool> = batch
         .lines()
-        .map(|l| l.offset >= marks[l.range as usize])
+        .map(|l| !marks[l.range as usize].has(l.offset))
         .collect();
     let duplicates = keep.iter().filter(|k| !**k).count() as u64;
     Dedup {
@@ -143,16 +244,67 @@ pub fn dedup(mark: impl Fn(u64) -> u64, ranges: &[FileRange], batch: &LineBatch)
     }
 }
 
+/// Offsets of the lines of `batch` that lie at or past their range's end,
+/// per range: what a stored block adds to its files' `ahead` sets.
+pub fn lines_ahead(ranges: &[FileRange], batch: &LineBatch) -> Vec<RangeAhead> {
+    let mut out: Vec<RangeAhead> = Vec::new();
+    if ranges.iter().all(|r| r.lines_end <= r.end) {
+        return out;
+    }
+    for l in batch.lines() {
+        let Some(r) = ranges.get(l.range as usize) else {
+            continue;
+        };
+        if l.offset < r.end {
+            continue;
+        }
+        match out.iter_mut().find(|a| a.range == l.range) {
+            Some(a) => a.offsets.push(l.offset),
+            None => out.push(RangeAhead {
+                range: l.range,
+                offsets: vec![l.offset],
+            }),
+        }
+    }
+    out
+}
+
 /// What `snapshot.json` holds: state of every segment up to `through`, so
 /// that retention can delete old segments without losing it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Last segment included.
     pub through: u64,
-    /// High-water marks as (node, file id, offset).
+    /// Marks as (node, file id, end) from versions before `marks`; read,
+    /// never written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hwm: Vec<(String, u64, u64)>,
+    /// Marks as (node, file id, mark).
+    #[serde(default)]
+    pub marks: Vec<(String, u64, FileMark)>,
     /// Agent counters.
     pub agents: BTreeMap<String, AgentStats>,
+}
+
+impl Snapshot {
+    /// The marks it holds, in either form.
+    pub fn high_water(&self) -> HighWater {
+        let old = self.hwm.iter().map(|(n, id, end)| {
+            (
+                (n.clone(), *id),
+                FileMark {
+                    end: *end,
+                    ahead: Vec::new(),
+                    seq: self.through,
+                },
+            )
+        });
+        let new = self
+            .marks
+            .iter()
+            .map(|(n, id, m)| ((n.clone(), *id), m.clone()));
+        old.chain(new).collect()
+    }
 }
 
 #[cfg(test)]
@@ -166,6 +318,7 @@ mod tests {
             start,
             end,
             labels: None,
+            lines_end: 0,
         }
     }
 
@@ -177,18 +330,18 @@ mod tests {
         b.finish()
     }
 
-    fn marks<'a>(hwm: &'a HighWater, node: &'a str) -> impl Fn(u64) -> u64 + 'a {
-        move |id| hwm.get(&(node.to_owned(), id)).copied().unwrap_or(0)
+    fn marks<'a>(hwm: &'a HighWater, node: &str, ranges: &[FileRange]) -> Vec<&'a FileMark> {
+        ranges
+            .iter()
+            .map(|r| hwm.get(&(node.to_owned(), r.file_id)).unwrap_or(&NO_MARK))
+            .collect()
     }
 
     #[test]
     fn fresh_ranges_keep_everything() {
         let hwm = HighWater::new();
-        let d = dedup(
-            marks(&hwm, "n"),
-            &[range(1, 0, 100)],
-            &lines(&[(0, 0), (0, 50)]),
-        );
+        let r = [range(1, 0, 100)];
+        let d = dedup(&marks(&hwm, "n", &r), &r, &lines(&[(0, 0), (0, 50)]));
         assert_eq!(
             d,
             Dedup {
@@ -207,20 +360,81 @@ mod tests {
             ranges: vec![range(1, 0, 100)],
             ..Default::default()
         };
-        advance(&mut hwm, &h);
+        advance(&mut hwm, &h, 1);
         // After a crash the agent re-sends from 0 with different batching.
         let b = lines(&[(0, 0), (0, 60), (0, 100), (1, 0)]);
-        let d = dedup(marks(&hwm, "n"), &[range(1, 0, 150), range(2, 0, 10)], &b);
+        let r = [range(1, 0, 150), range(2, 0, 10)];
+        let d = dedup(&marks(&hwm, "n", &r), &r, &b);
         assert_eq!(d.keep, Some(vec![false, false, true, true]));
         assert_eq!(d.duplicates, 2);
         assert!(d.advances);
         // The same file id from another node is another file.
-        let d = dedup(marks(&hwm, "m"), &[range(1, 0, 100)], &lines(&[(0, 0)]));
+        let r = [range(1, 0, 100)];
+        let d = dedup(&marks(&hwm, "m", &r), &r, &lines(&[(0, 0)]));
         assert_eq!(d.keep, None);
         // Entirely old: nothing kept, nothing advanced.
-        let d = dedup(marks(&hwm, "n"), &[range(1, 0, 100)], &lines(&[(0, 0)]));
+        let d = dedup(&marks(&hwm, "n", &r), &r, &lines(&[(0, 0)]));
         assert_eq!(d.keep, Some(vec![false]));
         assert!(!d.advances);
+    }
+
+    /// CRI-O: `stdout P` at 60, then `stderr F` at 115 while the partial
+    /// is open. The batch's range ends at 60 (the checkpoint cannot pass the
+    /// open line) but carries the stderr line; after a crash the agent
+    /// re-reads from 60 and sends the stderr line again with the merged
+    /// stdout line.
+    #[test]
+    fn lines_ahead_of_an_open_partial_are_recognised_when_re_sent() {
+        let mut hwm = HighWater::new();
+        let mut first = range(7, 60, 60);
+        first.lines_end = 116;
+        let b = lines(&[(0, 115)]);
+        let ahead = lines_ahead(std::slice::from_ref(&first), &b);
+        assert_eq!(
+            ahead,
+            vec![RangeAhead {
+                range: 0,
+                offsets: vec![115]
+            }]
+        );
+        let h = BlockHeader {
+            node: "n".into(),
+            ranges: vec![first],
+            ahead,
+            ..Default::default()
+        };
+        advance(&mut hwm, &h, 3);
+        let m = &hwm[&("n".to_owned(), 7)];
+        assert_eq!((m.end, &m.ahead[..], m.seq), (60, &[115][..], 3));
+        // The re-read: the merged stdout line (60) is new, stderr (115) is not.
+        let r = [range(7, 60, 200)];
+        let d = dedup(
+            &marks(&hwm, "n", &r),
+            &r,
+            &lines(&[(0, 60), (0, 115), (0, 150)]),
+        );
+        assert_eq!(d.keep, Some(vec![true, false, true]));
+        // Once the end passes them, the ahead offsets are forgotten.
+        advance(
+            &mut hwm,
+            &BlockHeader {
+                node: "n".into(),
+                ranges: vec![range(7, 60, 200)],
+                ..Default::default()
+            },
+            4,
+        );
+        let m = &hwm[&("n".to_owned(), 7)];
+        assert_eq!((m.end, m.ahead.len(), m.seq), (200, 0, 4));
+    }
+
+    #[test]
+    fn old_snapshots_still_load() {
+        let snap: Snapshot =
+            serde_json::from_str(r#"{"through":4,"hwm":[["n",7,100]],"agents":{}}"#).unwrap();
+        let hw = snap.high_water();
+        assert_eq!(hw[&("n".to_owned(), 7)].end, 100);
+        assert!(hw[&("n".to_owned(), 7)].has(99) && !hw[&("n".to_owned(), 7)].has(100));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use logfleet_proto::{Limits, LinesBuilder};
 use prost::Message;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::index::{self, BlockMeta, HighWater, Index, Snapshot};
+use crate::index::{self, BlockMeta, FileMark, HighWater, Index, Snapshot};
 use crate::metrics::Metrics;
 use crate::store::{self, ActiveSegment, BlockHeader, StoreError};
 
@@ -58,6 +58,9 @@ pub struct Shared {
     pub tail: broadcast::Sender<Arc<Committed>>,
     /// Metrics.
     pub metrics: Metrics,
+    /// Set, with the reason, when storage failed in a way that forbids any
+    /// further acknowledgement (a failed fsync): the aggregator must exit.
+    pub failed: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// A decoded, validated batch waiting for the writer.
@@ -134,10 +137,11 @@ pub fn validate(req: &PushRequest, batch: &LineBatch) -> Result<(), PushError> {
     }
     for (i, l) in batch.lines().enumerate() {
         let r = &req.ranges[l.range as usize];
-        if l.offset < r.start || l.offset >= r.end {
+        let reach = r.end.max(r.lines_end);
+        if l.offset < r.start || l.offset >= reach {
             return Err(PushError::Invalid(format!(
                 "line {i} at offset {} lies outside its range [{}, {})",
-                l.offset, r.start, r.end
+                l.offset, r.start, reach
             )));
         }
     }
@@ -195,11 +199,7 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Snapshot::default(),
         Err(e) => return Err(store::io_err(&snap_path)(e)),
     };
-    let mut hwm: HighWater = snap
-        .hwm
-        .iter()
-        .map(|(n, id, off)| ((n.clone(), *id), *off))
-        .collect();
+    let mut hwm: HighWater = snap.high_water();
     let mut ix = Index {
         agents: snap.agents.clone(),
         ..Default::default()
@@ -209,20 +209,31 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
     for (i, &seq) in seqs.iter().enumerate() {
         let last = i + 1 == seqs.len();
         let path = store::segment_path(&seg_dir, seq);
-        let (records, valid) = store::scan_segment(&path, last)?;
-        for r in &records {
+        let scan = store::scan_segment(&path, last)?;
+        metrics.damaged_records.inc_by(scan.damaged.len() as u64);
+        for r in &scan.records {
             ix.add_block(seq, r.offset, r.len, &r.header);
             if seq > snap.through {
-                index::advance(&mut hwm, &r.header);
+                index::advance(&mut hwm, &r.header, seq);
                 ix.count(&r.header);
             }
         }
         if last {
-            valid_end = valid;
+            valid_end = scan.valid_end;
         }
     }
-    let seq = seqs.last().copied().unwrap_or(1);
-    let active = ActiveSegment::open(&seg_dir, seq, valid_end)?;
+    // The newest segment is appended to, unless the snapshot already covers
+    // it (a crash between writing the snapshot and creating the next
+    // segment): records appended to it would then never be replayed into
+    // the marks, and re-sent data would be stored twice.
+    let active = match seqs.last() {
+        Some(&last) if last > snap.through => ActiveSegment::open(&seg_dir, last, valid_end)?,
+        last => ActiveSegment::open(
+            &seg_dir,
+            last.copied().unwrap_or(0).max(snap.through) + 1,
+            0,
+        )?,
+    };
     tracing::info!(
         segments = seqs.len(),
         blocks = ix.blocks.len(),
@@ -235,6 +246,7 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         segments_dir: seg_dir,
         tail,
         metrics,
+        failed: tokio::sync::watch::channel(None).0,
     });
     let (tx, rx) = mpsc::sync_channel(64);
     let st = WriterState {
@@ -253,8 +265,12 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
     Ok((shared, Writer { tx }))
 }
 
+/// A push of a group being committed: a record to write, or (no header)
+/// nothing but duplicates, answered once the group is durable.
 struct Pending {
-    header: BlockHeader,
+    header: Option<BlockHeader>,
+    node: String,
+    received: i64,
     batch: LineBatch,
     reply: oneshot::Sender<Result<PushResponse, StoreError>>,
     duplicates: u64,
@@ -278,30 +294,44 @@ impl WriterState {
                     Err(_) => break,
                 }
             }
-            self.commit(group);
+            if !self.commit(group) {
+                return;
+            }
             self.housekeeping(false);
         }
         let _ = self.active.sync();
     }
 
-    fn commit(&mut self, group: Vec<WriteReq>) {
+    /// Stores a group of pushes with one fsync. Returns false when the
+    /// store can no longer be trusted (an fsync failed): the writer stops.
+    fn commit(&mut self, group: Vec<WriteReq>) -> bool {
         let started = Instant::now();
         // Marks moved by this group: applied only once the group is durable,
         // so a failed write cannot make a retry look like a duplicate.
-        let mut overlay: HashMap<(String, u64), u64> = HashMap::new();
+        let mut overlay: HashMap<(String, u64), FileMark> = HashMap::new();
         let mut records = Vec::new();
         let mut pending = Vec::new();
+        let seq = self.active.seq;
         for w in group {
             let node = w.node;
-            let mark = |id: u64| {
-                let k = (node.clone(), id);
-                overlay
-                    .get(&k)
-                    .or_else(|| self.hwm.get(&k))
-                    .copied()
-                    .unwrap_or(0)
+            let keys: Vec<(String, u64)> = w
+                .req
+                .ranges
+                .iter()
+                .map(|r| (node.clone(), r.file_id))
+                .collect();
+            let d = {
+                let marks: Vec<&FileMark> = keys
+                    .iter()
+                    .map(|k| {
+                        overlay
+                            .get(k)
+                            .or_else(|| self.hwm.get(k))
+                            .unwrap_or(&index::NO_MARK)
+                    })
+                    .collect();
+                index::dedup(&marks, &w.req.ranges, &w.batch)
             };
-            let d = index::dedup(mark, &w.req.ranges, &w.batch);
             let kept_all = d.keep.is_none();
             let batch = match &d.keep {
                 None => w.batch,
@@ -315,14 +345,16 @@ impl WriterState {
             };
             let count = batch.line_count();
             if count == 0 && !d.advances {
-                self.shared.metrics.duplicate_lines.inc_by(d.duplicates);
-                if let Ok(mut ix) = self.shared.index.write() {
-                    ix.touch(&node, w.received);
-                }
-                let _ = w.reply.send(Ok(PushResponse {
-                    stored_lines: 0,
-                    duplicate_lines: d.duplicates,
-                }));
+                // All duplicates. The data they duplicate may belong to this
+                // very group: answer once the group is durable.
+                pending.push(Pending {
+                    header: None,
+                    node,
+                    received: w.received,
+                    batch,
+                    reply: w.reply,
+                    duplicates: d.duplicates,
+                });
                 continue;
             }
             let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
@@ -353,31 +385,49 @@ impl WriterState {
                 max_ts: if count == 0 { 0 } else { max_ts },
                 lines: count as u64,
                 text_bytes: text,
+                ahead: index::lines_ahead(&w.req.ranges, &batch),
                 ranges: w.req.ranges,
                 raw_len,
             };
-            for r in &header.ranges {
-                let e = overlay.entry((node.clone(), r.file_id)).or_insert(0);
-                *e = (*e).max(r.end);
+            for (i, (r, k)) in header.ranges.iter().zip(keys).enumerate() {
+                let ahead = header
+                    .ahead
+                    .iter()
+                    .find(|a| a.range as usize == i)
+                    .map_or(&[][..], |a| &a.offsets[..]);
+                let hwm = &self.hwm;
+                overlay
+                    .entry(k)
+                    .or_insert_with_key(|k| hwm.get(k).cloned().unwrap_or_default())
+                    .apply(r.end, ahead, seq);
             }
             records.push(store::encode_record(&header, &payload));
             pending.push(Pending {
-                header,
+                header: Some(header),
+                node,
+                received: w.received,
                 batch,
                 reply: w.reply,
                 duplicates: d.duplicates,
             });
         }
         if pending.is_empty() {
-            return;
+            return true;
         }
-        let written = self.active.append(&records).and_then(|offs| {
-            self.active.sync()?;
-            Ok(offs)
-        });
+        let written = if records.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.active
+                .append(&records)
+                .map_err(|e| (e, false))
+                .and_then(|offs| {
+                    self.active.sync().map_err(|e| (e, true))?;
+                    Ok(offs)
+                })
+        };
         let offsets = match written {
             Ok(o) => o,
-            Err(e) => {
+            Err((e, fsync)) => {
                 tracing::error!(error = %e, "storing batch failed");
                 self.shared.metrics.store_errors.inc();
                 let msg = e.to_string();
@@ -388,36 +438,62 @@ impl WriterState {
                         why: msg.clone(),
                     }));
                 }
-                return;
+                if fsync {
+                    // After a failed fsync the kernel may have dropped the
+                    // dirty pages and cleared the error: a later fsync can
+                    // succeed over lost data (PostgreSQL's "fsyncgate",
+                    // 2018). Acknowledge nothing more; a restart recovers
+                    // from what is really on disk.
+                    let _ = self.shared.failed.send(Some(format!(
+                        "fsync of {} failed: {msg}",
+                        self.active.path.display()
+                    )));
+                    return false;
+                }
+                return true;
             }
         };
         for (k, v) in overlay {
-            let e = self.hwm.entry(k).or_insert(0);
-            *e = (*e).max(v);
+            self.hwm.insert(k, v);
         }
         let m = &self.shared.metrics;
-        m.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        if !records.is_empty() {
+            m.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        }
         if let Ok(mut ix) = self.shared.index.write() {
-            for ((p, off), rec) in pending.iter().zip(&offsets).zip(&records) {
-                ix.add_block(self.active.seq, *off, rec.len() as u64, &p.header);
-                ix.count(&p.header);
+            let stored = pending.iter().filter_map(|p| p.header.as_ref());
+            for ((h, off), rec) in stored.zip(&offsets).zip(&records) {
+                ix.add_block(seq, *off, rec.len() as u64, h);
+                ix.count(h);
+                ix.seen(&h.node, h.received_unix_nano);
+            }
+            for p in pending.iter().filter(|p| p.header.is_none()) {
+                ix.touch(&p.node, p.received);
             }
         }
+        m.stored_bytes
+            .inc_by(records.iter().map(|r| r.len() as i64).sum());
         let now = Instant::now();
         for p in pending {
-            m.batches.inc();
-            m.lines.inc_by(p.header.lines);
-            m.bytes.inc_by(p.header.text_bytes);
             m.duplicate_lines.inc_by(p.duplicates);
+            let Some(header) = p.header else {
+                let _ = p.reply.send(Ok(PushResponse {
+                    stored_lines: 0,
+                    duplicate_lines: p.duplicates,
+                }));
+                continue;
+            };
+            m.batches.inc();
+            m.lines.inc_by(header.lines);
+            m.bytes.inc_by(header.text_bytes);
             let _ = p.reply.send(Ok(PushResponse {
-                stored_lines: p.header.lines,
+                stored_lines: header.lines,
                 duplicate_lines: p.duplicates,
             }));
             if self.shared.tail.receiver_count() > 0 && p.batch.line_count() > 0 {
                 let _ = self.shared.tail.send(Arc::new(Committed {
-                    node: Arc::from(p.header.node.as_str()),
-                    labels: p
-                        .header
+                    node: Arc::from(header.node.as_str()),
+                    labels: header
                         .ranges
                         .iter()
                         .map(|r| r.labels.clone().unwrap_or_default())
@@ -427,6 +503,7 @@ impl WriterState {
                 }));
             }
         }
+        true
     }
 
     /// Seals the segment when due; on a roll or when `idle`, also applies
@@ -464,10 +541,11 @@ impl WriterState {
             .unwrap_or_default();
         let snap = Snapshot {
             through,
-            hwm: self
+            hwm: Vec::new(),
+            marks: self
                 .hwm
                 .iter()
-                .map(|((n, id), off)| (n.clone(), *id, *off))
+                .map(|((n, id), m)| (n.clone(), *id, m.clone()))
                 .collect(),
             agents,
         };

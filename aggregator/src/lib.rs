@@ -67,6 +67,9 @@ pub enum AggregatorError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// Storage failed so that nothing more may be acknowledged.
+    #[error("stopped acknowledging: {0}")]
+    StorageFailed(String),
 }
 
 /// Runs the aggregator until `shutdown` resolves.
@@ -78,6 +81,14 @@ pub async fn run(
     let metrics = metrics::Metrics::new(&mut registry);
     let (shared, writer) = ingest::open(cfg.store.clone(), metrics.clone())?;
     let auth = service::Auth::new(cfg.token.clone(), metrics.clone());
+    let mut failed = shared.failed.subscribe();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = failed.wait_for(Option::is_some) => {}
+        }
+    };
+    let failed = shared.failed.subscribe();
 
     let app = http::router(http::HttpState {
         shared: shared.clone(),
@@ -135,6 +146,7 @@ pub async fn run(
             writer,
             limits: cfg.limits,
             metrics: metrics.clone(),
+            shared: shared.clone(),
         })
         .max_decoding_message_size(cfg.max_message),
         auth.clone(),
@@ -170,9 +182,13 @@ pub async fn run(
                     conn
                 },
             ),
-            shutdown,
+            stop,
         )
         .await?;
+    if let Some(why) = failed.borrow().clone() {
+        tracing::error!(reason = %why, "aggregator stopped: storage failed");
+        return Err(AggregatorError::StorageFailed(why));
+    }
     tracing::info!("aggregator stopped");
     Ok(())
 }

@@ -44,6 +44,12 @@ pub struct Metrics {
     pub tails: Gauge,
     /// Time to write and fsync a commit group.
     pub fsync_seconds: Histogram,
+    /// Stored records found damaged (at start-up or by a query) and skipped.
+    pub damaged_records: Counter,
+    /// Queries stopped at their deadline.
+    pub query_timeouts: Counter,
+    /// Pushes waiting for room to be decoded.
+    pub pushes_waiting: Gauge,
 }
 
 impl Metrics {
@@ -63,6 +69,9 @@ impl Metrics {
             queries: Counter::default(),
             tails: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            damaged_records: Counter::default(),
+            query_timeouts: Counter::default(),
+            pushes_waiting: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("logfleet_aggregator");
         r.register("batches", "Batches stored", m.batches.clone());
@@ -101,6 +110,21 @@ impl Metrics {
             "commit_seconds",
             "Time to write and fsync one commit group",
             m.fsync_seconds.clone(),
+        );
+        r.register(
+            "damaged_records",
+            "Stored records found damaged and skipped (at start-up or by a query)",
+            m.damaged_records.clone(),
+        );
+        r.register(
+            "query_timeouts",
+            "Queries stopped at their deadline",
+            m.query_timeouts.clone(),
+        );
+        r.register(
+            "pushes_waiting",
+            "Pushes waiting for decoding room (back-pressure)",
+            m.pushes_waiting.clone(),
         );
         m
     }

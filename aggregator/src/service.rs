@@ -6,8 +6,8 @@ use std::sync::Arc;
 use logfleet_proto::v1::ingest_server::Ingest;
 use logfleet_proto::v1::query_server;
 use logfleet_proto::v1::{
-    AgentInfo, Direction, ListAgentsRequest, ListAgentsResponse, PushRequest, PushResponse,
-    QueryRequest, QueryResponse, TailRequest,
+    AgentInfo, Direction, HeartbeatRequest, HeartbeatResponse, ListAgentsRequest,
+    ListAgentsResponse, PushRequest, PushResponse, QueryRequest, QueryResponse, TailRequest,
 };
 use logfleet_proto::Limits;
 use tokio::sync::broadcast::error::RecvError;
@@ -71,6 +71,8 @@ pub struct IngestService {
     pub limits: Limits,
     /// Metrics.
     pub metrics: Metrics,
+    /// Shared state (for heartbeats).
+    pub shared: Arc<Shared>,
 }
 
 #[tonic::async_trait]
@@ -93,6 +95,45 @@ impl Ingest for IngestService {
                 Err(e.into())
             }
         }
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.record_heartbeat(req.into_inner())?;
+        Ok(Response::new(HeartbeatResponse {}))
+    }
+}
+
+impl IngestService {
+    /// Records a heartbeat.
+    fn record_heartbeat(&self, hb: HeartbeatRequest) -> Result<(), Status> {
+        if hb.node.is_empty() || hb.node.len() > 253 {
+            return Err(Status::invalid_argument("node name must be 1 to 253 bytes"));
+        }
+        // The text fields are for people; keep them short whatever arrives.
+        let mut hb = hb;
+        truncate_utf8(&mut hb.version, 64);
+        truncate_utf8(&mut hb.last_error, 1024);
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        self.shared
+            .index
+            .write()
+            .map_err(|_| Status::internal("index unavailable"))?
+            .heartbeat(hb, now);
+        Ok(())
+    }
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 
@@ -191,24 +232,34 @@ impl query_server::Query for QueryService {
     }
 }
 
-/// Every agent that pushed, sorted by node.
+/// Every agent that pushed or sent a heartbeat, sorted by node.
 pub fn agents(shared: &Shared) -> Vec<AgentInfo> {
-    shared
-        .index
-        .read()
-        .map(|ix| {
-            ix.agents
-                .iter()
-                .map(|(node, a)| AgentInfo {
-                    node: node.clone(),
-                    first_push_unix_nano: a.first_push,
-                    last_push_unix_nano: a.last_push,
-                    lines: a.lines,
-                    bytes: a.bytes,
-                })
-                .collect()
+    let Ok(ix) = shared.index.read() else {
+        return Vec::new();
+    };
+    let nodes: std::collections::BTreeSet<&String> =
+        ix.agents.keys().chain(ix.live.keys()).collect();
+    nodes
+        .into_iter()
+        .map(|node| {
+            let a = ix.agents.get(node).cloned().unwrap_or_default();
+            let live = ix.live.get(node);
+            let hb = live.and_then(|l| l.heartbeat.clone()).unwrap_or_default();
+            AgentInfo {
+                node: node.clone(),
+                first_push_unix_nano: a.first_push,
+                last_push_unix_nano: a.last_push,
+                lines: a.lines,
+                bytes: a.bytes,
+                last_seen_unix_nano: live.map_or(0, |l| l.last_seen),
+                version: hb.version,
+                files: hb.files,
+                bytes_behind: hb.bytes_behind,
+                last_error: hb.last_error,
+                dead_letter_lines: hb.dead_letter_lines,
+            }
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 #[cfg(test)]

@@ -55,6 +55,23 @@ pub struct BlockHeader {
     /// Uncompressed payload size.
     #[prost(uint64, tag = "8")]
     pub raw_len: u64,
+    /// Offsets of the block's lines that lie at or past their range's end,
+    /// per range (only ranges that have such lines): with the ranges, what
+    /// replay needs to rebuild the de-duplication marks.
+    #[prost(message, repeated, tag = "9")]
+    pub ahead: Vec<RangeAhead>,
+}
+
+/// Lines of one range stored past the range's end (see
+/// [`crate::index::FileMark`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RangeAhead {
+    /// Index of the range in [`BlockHeader::ranges`].
+    #[prost(uint32, tag = "1")]
+    pub range: u32,
+    /// Line offsets, ascending.
+    #[prost(uint64, repeated, tag = "2")]
+    pub offsets: Vec<u64>,
 }
 
 /// Storage failure.
@@ -114,17 +131,58 @@ pub struct ScannedRecord {
     pub header: BlockHeader,
 }
 
+/// What a scan of a segment found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// The intact records, in order.
+    pub records: Vec<ScannedRecord>,
+    /// Where the last intact record ends: anything after it is a torn
+    /// write that was never acknowledged.
+    pub valid_end: u64,
+    /// Damaged stretches `(offset, len)` between intact records: skipped,
+    /// never served.
+    pub damaged: Vec<(u64, u64)>,
+}
+
+/// Parses the record at the start of `data` (at segment offset `pos`);
+/// with `verify` the payload checksum is checked too.
+fn parse_record(data: &[u8], pos: u64, verify: bool) -> Option<ScannedRecord> {
+    let prefix = data.get(..PREFIX)?;
+    let word =
+        |i: usize| u32::from_le_bytes([prefix[i], prefix[i + 1], prefix[i + 2], prefix[i + 3]]);
+    let (hl, pl, crc) = (word(4), word(8), word(12));
+    if prefix[..4] != MAGIC || hl > MAX_PART || pl > MAX_PART {
+        return None;
+    }
+    let total = PREFIX + hl as usize + pl as usize;
+    let body = data.get(PREFIX..total)?;
+    if verify && crc32fast::hash(body) != crc {
+        return None;
+    }
+    let header = BlockHeader::decode(&body[..hl as usize]).ok()?;
+    Some(ScannedRecord {
+        offset: pos,
+        len: total as u64,
+        header,
+    })
+}
+
 /// Reads every record of a segment. With `verify`, payload checksums are
-/// checked and the scan stops at the first bad record, returning the offset
-/// where valid data ends; without, only framing is checked (sealed
-/// segments were verified when they were the newest).
-pub fn scan_segment(path: &Path, verify: bool) -> Result<(Vec<ScannedRecord>, u64), StoreError> {
+/// checked; without, only framing (sealed segments were verified when they
+/// were the newest).
+///
+/// A bad record is not the end: the scan looks for the next intact record
+/// after it (by its magic, framing and, with `verify`, checksum), so one
+/// damaged record does not take the acknowledged records behind it along.
+/// Only what follows the last intact record is a torn tail.
+pub fn scan_segment(path: &Path, verify: bool) -> Result<Scan, StoreError> {
     let file = File::open(path).map_err(io_err(path))?;
     let size = file.metadata().map_err(io_err(path))?.len();
     let mut r = BufReader::with_capacity(1 << 20, file);
-    let mut out = Vec::new();
+    let mut scan = Scan::default();
     let mut pos = 0u64;
     let mut buf = Vec::new();
+    // The fast path: record after record, payloads skipped unless verified.
     while pos + PREFIX as u64 <= size {
         let mut prefix = [0u8; PREFIX];
         if r.read_exact(&mut prefix).is_err() {
@@ -158,14 +216,47 @@ pub fn scan_segment(path: &Path, verify: bool) -> Result<(Vec<ScannedRecord>, u6
         } else {
             r.seek_relative(pl as i64).map_err(io_err(path))?;
         }
-        out.push(ScannedRecord {
+        scan.records.push(ScannedRecord {
             offset: pos,
             len: total,
             header,
         });
         pos += total;
     }
-    Ok((out, pos))
+    scan.valid_end = pos;
+    if pos + PREFIX as u64 > size {
+        return Ok(scan);
+    }
+    // Something bad at `pos`: read the rest and look for intact records.
+    let mut rest = Vec::new();
+    let mut f = r.into_inner();
+    f.seek(SeekFrom::Start(pos)).map_err(io_err(path))?;
+    f.read_to_end(&mut rest).map_err(io_err(path))?;
+    let mut at = 0usize;
+    let mut bad_from: Option<usize> = Some(0);
+    while at + PREFIX <= rest.len() {
+        match parse_record(&rest[at..], pos + at as u64, verify) {
+            Some(rec) => {
+                if let Some(b) = bad_from.take() {
+                    scan.damaged.push((pos + b as u64, (at - b) as u64));
+                }
+                at += rec.len as usize;
+                scan.valid_end = rec.offset + rec.len;
+                scan.records.push(rec);
+            }
+            None => {
+                bad_from.get_or_insert(at);
+                at = match memchr::memmem::find(&rest[at + 1..], &MAGIC) {
+                    Some(i) => at + 1 + i,
+                    None => break,
+                };
+            }
+        }
+    }
+    for (off, len) in &scan.damaged {
+        tracing::error!(segment = %path.display(), offset = off, len, "skipping a damaged record; the records after it are intact");
+    }
+    Ok(scan)
 }
 
 /// Reads one record's payload and decodes its lines.
@@ -322,7 +413,8 @@ mod tests {
         seg.append(&[torn[..torn.len() / 2].to_vec()]).unwrap();
         drop(seg);
         let path = segment_path(dir.path(), 1);
-        let (scanned, valid) = scan_segment(&path, true).unwrap();
+        let scan = scan_segment(&path, true).unwrap();
+        let (scanned, valid) = (scan.records, scan.valid_end);
         assert_eq!(scanned.len(), 5);
         assert_eq!(valid, good_len);
         assert_eq!(scanned[4].header.node, "n4");
@@ -351,12 +443,54 @@ mod tests {
         let last = data.len() - 1;
         data[last] ^= 0xff;
         std::fs::write(&path, &data).unwrap();
-        let (scanned, _) = scan_segment(&path, true).unwrap();
+        let scan = scan_segment(&path, true).unwrap();
+        assert_eq!(scan.records.len(), 1, "the damaged last record is dropped");
         assert_eq!(
-            scanned.len(),
-            1,
-            "the damaged record and what follows are dropped"
+            scan.valid_end, scan.records[0].len,
+            "and cut as a torn tail"
         );
         assert_eq!(list_segments(dir.path()).unwrap(), vec![7]);
+    }
+
+    /// One damaged record in the middle of the newest segment: the
+    /// acknowledged records after it survive; only the damaged one is
+    /// skipped (the fault issue #7 names).
+    #[test]
+    fn records_after_a_damaged_one_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = ActiveSegment::open(dir.path(), 1, 0).unwrap();
+        let payload = zstd::bulk::compress(b"some payload bytes", 1).unwrap();
+        let recs: Vec<_> = (0..6)
+            .map(|i| encode_record(&header(i), &payload))
+            .collect();
+        let offs = seg.append(&recs).unwrap();
+        seg.sync().unwrap();
+        let end = seg.len;
+        drop(seg);
+        let path = segment_path(dir.path(), 1);
+        for (what, at) in [
+            ("payload byte", offs[2] as usize + recs[2].len() - 3),
+            ("magic", offs[2] as usize),
+            ("length", offs[2] as usize + 5),
+        ] {
+            let mut data = std::fs::read(&path).unwrap();
+            let good = data.clone();
+            data[at] ^= 0x5a;
+            std::fs::write(&path, &data).unwrap();
+            let scan = scan_segment(&path, true).unwrap();
+            let nodes: Vec<_> = scan
+                .records
+                .iter()
+                .map(|r| r.header.node.as_str())
+                .collect();
+            assert_eq!(nodes, ["n0", "n1", "n3", "n4", "n5"], "{what}");
+            assert_eq!(scan.valid_end, end, "{what}");
+            assert_eq!(
+                scan.damaged,
+                vec![(offs[2], recs[2].len() as u64)],
+                "{what}"
+            );
+            std::fs::write(&path, &good).unwrap();
+        }
     }
 }

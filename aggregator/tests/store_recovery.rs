@@ -54,6 +54,7 @@ fn push(file: u64, first: u64, n: u64, c: Compression) -> PushRequest {
             }),
             start: first * 100,
             end: (first + n) * 100,
+            lines_end: 0,
         }],
         payload,
     }

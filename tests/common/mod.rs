@@ -167,36 +167,29 @@ pub fn aggregator(dir: &Path, extra: &[&str]) -> (Proc, String) {
     (p, url)
 }
 
-/// An agent for `node` tailing `root`, tuned for fast tests.
+/// An agent for `node` tailing `root`, tuned for fast tests; a flag in
+/// `extra` replaces the default of the same name.
 pub fn agent(dir: &Path, node: &str, root: &Path, url: &str, extra: &[&str]) -> Proc {
-    let mut args: Vec<String> = [
-        "agent",
-        "--node-name",
-        node,
-        "--log-root",
-        &root.display().to_string(),
-        "--state-dir",
-        &dir.join(format!("state-{node}")).display().to_string(),
-        "--aggregator",
-        url,
-        "--batch-wait",
-        "200ms",
-        "--batch-size",
-        "64KiB",
-        "--partial-timeout",
-        "1s",
-        "--rotate-wait",
-        "2s",
-        "--poll-interval",
-        "200ms",
-        "--rescan-interval",
-        "1s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    if !extra.contains(&"--http-addr") {
-        args.extend(["--http-addr".to_string(), "127.0.0.1:0".to_string()]);
+    let state = dir.join(format!("state-{node}")).display().to_string();
+    let root = root.display().to_string();
+    let defaults: [(&str, &str); 11] = [
+        ("--node-name", node),
+        ("--log-root", &root),
+        ("--state-dir", &state),
+        ("--aggregator", url),
+        ("--batch-wait", "200ms"),
+        ("--batch-size", "64KiB"),
+        ("--partial-timeout", "1s"),
+        ("--rotate-wait", "2s"),
+        ("--poll-interval", "200ms"),
+        ("--rescan-interval", "1s"),
+        ("--http-addr", "127.0.0.1:0"),
+    ];
+    let mut args = vec!["agent".to_string()];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     Proc::start(&format!("agent-{node}"), &args, dir)

@@ -176,13 +176,22 @@ async fn list_agents(c: &ConnArgs) -> Result<Vec<logfleet_proto::v1::AgentInfo>>
     Ok(list.agents)
 }
 
-/// Each node's last push, ns since the epoch.
-pub async fn last_pushes(c: &ConnArgs) -> Result<std::collections::BTreeMap<String, i64>> {
+/// Each node's latest contact (heartbeat or push), ns since the epoch.
+pub async fn last_contacts(c: &ConnArgs) -> Result<std::collections::BTreeMap<String, i64>> {
     Ok(list_agents(c)
         .await?
         .into_iter()
-        .map(|a| (a.node, a.last_push_unix_nano))
+        .map(|a| (a.node, a.last_push_unix_nano.max(a.last_seen_unix_nano)))
         .collect())
+}
+
+/// RFC 3339, or `-` for "never" (0).
+fn time_or_dash(ns: i64) -> String {
+    if ns == 0 {
+        "-".into()
+    } else {
+        rfc3339(ns)
+    }
 }
 
 /// Lists agents.
@@ -191,30 +200,44 @@ pub async fn agents(c: &ConnArgs, jsonl: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if jsonl {
         for a in &agents {
+            let opt = |ns: i64| (ns != 0).then(|| rfc3339(ns));
             let v = serde_json::json!({
                 "node": a.node,
-                "first_push": rfc3339(a.first_push_unix_nano),
-                "last_push": rfc3339(a.last_push_unix_nano),
+                "first_push": opt(a.first_push_unix_nano),
+                "last_push": opt(a.last_push_unix_nano),
+                "last_seen": opt(a.last_seen_unix_nano),
                 "lines": a.lines,
                 "bytes": a.bytes,
+                "version": a.version,
+                "files": a.files,
+                "bytes_behind": a.bytes_behind,
+                "last_error": a.last_error,
+                "dead_letter_lines": a.dead_letter_lines,
             });
             writeln!(out, "{v}")?;
         }
     } else {
         writeln!(
             out,
-            "{:<24} {:<32} {:<32} {:>12} {:>14}",
-            "NODE", "FIRST PUSH", "LAST PUSH", "LINES", "BYTES"
+            "{:<24} {:<32} {:<32} {:>12} {:>14} {:>6} {:>12}  LAST ERROR",
+            "NODE", "LAST SEEN", "LAST PUSH", "LINES", "BYTES", "FILES", "BEHIND"
         )?;
         for a in &agents {
             writeln!(
                 out,
-                "{:<24} {:<32} {:<32} {:>12} {:>14}",
+                "{:<24} {:<32} {:<32} {:>12} {:>14} {:>6} {:>12}  {}",
                 a.node,
-                rfc3339(a.first_push_unix_nano),
-                rfc3339(a.last_push_unix_nano),
+                time_or_dash(a.last_seen_unix_nano),
+                time_or_dash(a.last_push_unix_nano),
                 a.lines,
-                a.bytes
+                a.bytes,
+                a.files,
+                a.bytes_behind,
+                if a.last_error.is_empty() {
+                    "-"
+                } else {
+                    &a.last_error
+                },
             )?;
         }
     }

@@ -196,6 +196,8 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
                 min: Duration::from_millis(100),
                 max: Duration::from_secs(5),
             },
+            heartbeat_interval: Duration::from_secs(10),
+            dead_letter_bytes: 64 << 20,
         };
         agents.push(tokio::spawn(logfleet_agent::run(
             agent_cfg,

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent (one per node, as a DaemonSet).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Run the aggregator.
     Aggregator(AggregatorArgs),
     /// Query stored lines.
@@ -288,6 +288,16 @@ struct AgentArgs {
     /// Skip containers matching this regex; repeatable.
     #[arg(long, env = "LOGFLEET_EXCLUDE_CONTAINER", value_delimiter = ',')]
     exclude_container: Vec<String>,
+    /// Tell the aggregator the agent is alive this often, lines or not.
+    #[arg(long, env = "LOGFLEET_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// Largest dead-letter file (lines the aggregator refused) before it is
+    /// rotated; one older file is kept.
+    #[arg(long, env = "LOGFLEET_DEAD_LETTER_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    dead_letter_size: u64,
+    /// Hold at most this many log files open; more wait until some finish.
+    #[arg(long, env = "LOGFLEET_MAX_OPEN_FILES", default_value = "1024")]
+    max_open_files: usize,
 }
 
 #[derive(clap::Args)]
@@ -494,8 +504,11 @@ fn agent_config(a: AgentArgs) -> Result<logfleet_agent::AgentConfig> {
             max_line: a.max_line as usize,
             partial_timeout: a.partial_timeout,
             rotate_wait: a.rotate_wait,
+            max_open_files: a.max_open_files.max(1),
             ..Default::default()
         },
+        heartbeat_interval: a.heartbeat_interval,
+        dead_letter_bytes: a.dead_letter_size,
         filter: logfleet_agent::discover::Filter {
             include_namespace: regexes(&a.include_namespace)?,
             exclude_namespace: regexes(&a.exclude_namespace)?,
@@ -569,7 +582,7 @@ fn main() {
 async fn run(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Agent(a) => {
-            let cfg = agent_config(a)?;
+            let cfg = agent_config(*a)?;
             logfleet_agent::run(cfg, shutdown_signal()).await?;
         }
         Cmd::Aggregator(a) => {
@@ -604,7 +617,7 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Status(s) => {
             let last_push = match &s.aggregator {
                 Some(url) => {
-                    client::last_pushes(&client::ConnArgs {
+                    client::last_contacts(&client::ConnArgs {
                         url: url.clone(),
                         token_file: s.token_file.clone(),
                         tls_ca: s.tls_ca.clone(),

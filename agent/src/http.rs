@@ -1,7 +1,8 @@
 //! The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`
-//! (the reader loop is alive) and `/readyz` (the last push succeeded).
+//! (the reader loop is alive) and `/readyz` (the log root is readable and
+//! the last push succeeded).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State as Extract;
@@ -10,14 +11,15 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::AgentMetrics;
+use crate::report::Report;
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct State {
     /// Metrics to render.
     pub metrics: Arc<Mutex<AgentMetrics>>,
-    /// Whether the last push succeeded.
-    pub healthy: Arc<AtomicBool>,
+    /// Readiness and errors.
+    pub report: Arc<Report>,
     /// Unix time of the reader loop's last turn.
     pub heartbeat: Arc<AtomicI64>,
 }
@@ -50,7 +52,7 @@ async fn healthz(Extract(s): Extract<State>) -> impl IntoResponse {
     // means it is stuck (handing over a batch blocks it, but only while the
     // shipper retries, which /readyz reports).
     let age = chrono::Utc::now().timestamp() - s.heartbeat.load(Ordering::Relaxed);
-    if age < 60 || !s.healthy.load(Ordering::Relaxed) {
+    if age < 60 || !s.report.pushes_ok() {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "reader loop stalled\n")
@@ -58,12 +60,8 @@ async fn healthz(Extract(s): Extract<State>) -> impl IntoResponse {
 }
 
 async fn readyz(Extract(s): Extract<State>) -> impl IntoResponse {
-    if s.healthy.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "aggregator not reachable\n",
-        )
+    match s.report.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }

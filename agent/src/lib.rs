@@ -5,22 +5,28 @@
 //! aggregator's de-duplication makes it exactly once.
 //!
 //! Data flow: [`discover`] -> [`tail`] (with [`cri`] and [`fingerprint`]) ->
-//! [`batch`] -> [`ship`] -> [`checkpoint`].
+//! [`batch`] -> [`ship`] -> [`checkpoint`]; lines the aggregator refuses go
+//! to [`deadletter`]; [`report`] says how the agent is doing (readiness,
+//! heartbeat).
 
 pub mod batch;
 pub mod checkpoint;
 pub mod cri;
+pub mod deadletter;
 pub mod discover;
 pub mod fingerprint;
 pub mod http;
 pub mod metrics;
+pub mod report;
 pub mod ship;
 pub mod tail;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::error::TrySendError;
 
 use logfleet_proto::v1::Compression;
 use tokio::sync::{mpsc, Notify};
@@ -56,6 +62,10 @@ pub struct AgentConfig {
     pub filter: discover::Filter,
     /// Retry delays.
     pub backoff: ship::Backoff,
+    /// Interval between heartbeats to the aggregator.
+    pub heartbeat_interval: Duration,
+    /// Largest dead-letter file before it is rotated (one older file kept).
+    pub dead_letter_bytes: u64,
 }
 
 /// Why the agent could not start or stopped.
@@ -100,7 +110,13 @@ pub async fn run(
     let cp_path = checkpoint::file_in(&cfg.state_dir);
     let checkpoints = Arc::new(Mutex::new(checkpoint::load(&cp_path)?));
     let metrics = Arc::new(Mutex::new(metrics::AgentMetrics::new()));
-    let healthy = Arc::new(AtomicBool::new(true));
+    let report = Arc::new(report::Report::new());
+    if let Some(problem) = report::check_log_root(&cfg.log_root) {
+        // Not fatal (the directory may appear later), but not a silent
+        // success either: /readyz and the heartbeat say it too.
+        tracing::warn!(problem = %problem, "cannot read the log root; is the host path mounted?");
+        report.set(report::Source::LogRoot, Some(problem));
+    }
     let heartbeat = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp()));
 
     let channel = ship::channel(&cfg.target)?;
@@ -115,7 +131,7 @@ pub async fn run(
             .map_err(|source| AgentError::Http { addr, source })?;
         let state = http::State {
             metrics: metrics.clone(),
-            healthy: healthy.clone(),
+            report: report.clone(),
             heartbeat: heartbeat.clone(),
         };
         tokio::spawn(http::serve(listener, state));
@@ -126,14 +142,21 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(1);
     let acked = Arc::new(Notify::new());
     let shipper = ship::Shipper {
-        client,
+        client: client.clone(),
         checkpoints: checkpoints.clone(),
         acked: acked.clone(),
         metrics: metrics.clone(),
         backoff: cfg.backoff,
-        healthy: healthy.clone(),
+        report: report.clone(),
+        dead_letters: deadletter::DeadLetters::new(&cfg.state_dir, cfg.dead_letter_bytes),
     };
     let ship_task = tokio::spawn(shipper.run(rx));
+    let beat_task = tokio::spawn(send_heartbeats(
+        client,
+        cfg.node_name.clone(),
+        cfg.heartbeat_interval,
+        report.clone(),
+    ));
     let saver = tokio::spawn(save_checkpoints(
         cp_path.clone(),
         checkpoints.clone(),
@@ -142,16 +165,18 @@ pub async fn run(
 
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (cfg, checkpoints, metrics, stop, heartbeat) = (
-            cfg.clone(),
-            checkpoints.clone(),
-            metrics.clone(),
-            stop.clone(),
-            heartbeat.clone(),
-        );
+        let ctx = ReadLoop {
+            cfg: cfg.clone(),
+            checkpoints: checkpoints.clone(),
+            metrics: metrics.clone(),
+            tx,
+            stop: stop.clone(),
+            heartbeat: heartbeat.clone(),
+            report: report.clone(),
+        };
         std::thread::Builder::new()
             .name("logfleet-reader".into())
-            .spawn(move || read_loop(cfg, checkpoints, metrics, tx, stop, heartbeat))
+            .spawn(move || ctx.run())
             .map_err(|e| AgentError::Reader(e.to_string()))?
     };
     tracing::info!(node = %cfg.node_name, root = %cfg.log_root.display(), aggregator = %cfg.target.url, "agent started");
@@ -162,6 +187,7 @@ pub async fn run(
     // The reader may be blocked handing over a batch; dropping the shipper
     // closes the channel and frees it. Unsent data is re-read next start.
     ship_task.abort();
+    beat_task.abort();
     let _ = ship_task.await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     saver.abort();
@@ -195,109 +221,210 @@ async fn save_checkpoints(
     }
 }
 
+/// Sends a heartbeat every `interval`, lines or not, so that the aggregator
+/// tells a quiet node from a dead agent. A failed heartbeat is retried at
+/// the next interval (pushes report their own failures).
+async fn send_heartbeats(
+    mut client: logfleet_proto::v1::ingest_client::IngestClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            ship::BearerToken,
+        >,
+    >,
+    node: String,
+    interval: Duration,
+    report: Arc<report::Report>,
+) {
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = client.heartbeat(report.heartbeat(&node)).await {
+            tracing::debug!(code = ?e.code(), message = e.message(), "heartbeat failed");
+        }
+    }
+}
+
 /// Delay of the extra scan after a change under the log root.
 const FOLLOWUP_SCAN: Duration = Duration::from_millis(200);
 
-fn read_loop(
+/// Wakes the reader on file-system changes. Bounded whatever the rate of
+/// events: a flag says whether any was structural, and at most one wake-up
+/// waits in the channel.
+#[derive(Clone)]
+struct Wake {
+    structural: Arc<AtomicBool>,
+    tx: SyncSender<()>,
+}
+
+impl Wake {
+    fn new() -> (Self, Receiver<()>) {
+        let (tx, rx) = sync_channel(1);
+        (
+            Wake {
+                structural: Arc::new(AtomicBool::new(false)),
+                tx,
+            },
+            rx,
+        )
+    }
+
+    fn event(&self, structural: bool) {
+        if structural {
+            self.structural.store(true, Ordering::Relaxed);
+        }
+        // Full: a wake-up is already pending, which is all that is needed.
+        let _ = self.tx.try_send(());
+    }
+
+    fn take_structural(&self) -> bool {
+        self.structural.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// The reader thread's state.
+struct ReadLoop {
     cfg: AgentConfig,
     checkpoints: Arc<Mutex<checkpoint::Checkpoints>>,
     metrics: Arc<Mutex<metrics::AgentMetrics>>,
     tx: mpsc::Sender<batch::Sealed>,
     stop: Arc<AtomicBool>,
     heartbeat: Arc<AtomicI64>,
-) {
-    use notify::Watcher;
-    let (ev_tx, ev_rx) = std::sync::mpsc::channel::<bool>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            use notify::event::{EventKind, ModifyKind};
-            let structural = matches!(
-                ev.kind,
-                EventKind::Create(_)
-                    | EventKind::Remove(_)
-                    | EventKind::Modify(ModifyKind::Name(_))
-            );
-            let _ = ev_tx.send(structural);
-        }
-    })
-    .ok();
-    let mut watching = false;
-    let mut tailer = tail::Tailer::new(cfg.tail.clone(), checkpoints);
-    let mut builder = batch::BatchBuilder::default();
-    let mut last_scan: Option<Instant> = None;
-    let mut rescan = true;
-    let mut followup: Option<Instant> = None;
-    let mut closed = false;
-    while !stop.load(Ordering::Relaxed) && !closed {
-        let now = Instant::now();
-        heartbeat.store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
-        if !watching {
-            if let Some(w) = watcher.as_mut() {
-                watching = w
-                    .watch(&cfg.log_root, notify::RecursiveMode::Recursive)
-                    .is_ok();
-                rescan |= watching;
+    report: Arc<report::Report>,
+}
+
+impl ReadLoop {
+    fn run(self) {
+        use notify::Watcher;
+        let cfg = &self.cfg;
+        let (wake, wake_rx) = Wake::new();
+        let w2 = wake.clone();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                use notify::event::{EventKind, ModifyKind};
+                w2.event(matches!(
+                    ev.kind,
+                    EventKind::Create(_)
+                        | EventKind::Remove(_)
+                        | EventKind::Modify(ModifyKind::Name(_))
+                ));
             }
-        }
-        let followup_due = followup.is_some_and(|t| now >= t);
-        if rescan
-            || followup_due
-            || last_scan.is_none_or(|t| now.duration_since(t) >= cfg.rescan_interval)
-        {
-            tailer.apply_scan(discover::scan(&cfg.log_root, &cfg.filter));
-            last_scan = Some(now);
-            // A directory's watch is added only after its creation event:
-            // a file created in it meanwhile raises no event (kubelet makes
-            // the pod directory, then the container directory and file).
-            // One more scan shortly after every change catches those.
-            followup = rescan.then(|| now + FOLLOWUP_SCAN);
-            rescan = false;
-        }
-        let mut ship = |b: &mut batch::BatchBuilder| {
-            if closed || b.is_empty() || !b.due(Instant::now(), cfg.batch_bytes, cfg.batch_wait) {
-                return;
+        })
+        .ok();
+        let mut watching = false;
+        let mut tailer = tail::Tailer::new(cfg.tail.clone(), self.checkpoints.clone());
+        let mut builder = batch::BatchBuilder::default();
+        let mut last_scan: Option<Instant> = None;
+        let mut rescan = true;
+        let mut followup: Option<Instant> = None;
+        let mut closed = false;
+        // A sealed batch the shipper had no room for. While it waits, files
+        // are still discovered and opened, but not read: the files are the
+        // buffer, memory stays at a few batches however long the outage.
+        let mut backlog: Option<batch::Sealed> = None;
+        while !self.stop.load(Ordering::Relaxed) && !closed {
+            let now = Instant::now();
+            self.heartbeat
+                .store(chrono::Utc::now().timestamp(), Ordering::Relaxed);
+            if !watching {
+                if let Some(w) = watcher.as_mut() {
+                    watching = w
+                        .watch(&cfg.log_root, notify::RecursiveMode::Recursive)
+                        .is_ok();
+                    rescan |= watching;
+                }
             }
-            match b.seal(&cfg.node_name, cfg.compression, cfg.compression_level) {
-                Ok(sealed) => {
-                    // Blocks while the shipper is busy: the files are the
-                    // buffer, memory stays bounded.
-                    if tx.blocking_send(sealed).is_err() {
-                        closed = true;
+            rescan |= wake.take_structural();
+            let followup_due = followup.is_some_and(|t| now >= t);
+            if rescan
+                || followup_due
+                || last_scan.is_none_or(|t| now.duration_since(t) >= cfg.rescan_interval)
+            {
+                let problem = report::check_log_root(&cfg.log_root);
+                if problem.is_some() != self.report.get(report::Source::LogRoot).is_some() {
+                    match &problem {
+                        Some(p) => tracing::warn!(problem = %p, "cannot read the log root"),
+                        None => tracing::info!(root = %cfg.log_root.display(), "log root readable"),
                     }
                 }
-                Err(e) => tracing::error!(error = %e, "sealing batch failed"),
+                self.report.set(report::Source::LogRoot, problem);
+                tailer.apply_scan(discover::scan(&cfg.log_root, &cfg.filter));
+                last_scan = Some(now);
+                // A directory's watch is added only after its creation
+                // event: a file created in it meanwhile raises no event
+                // (kubelet makes the pod directory, then the container
+                // directory and file). One more scan shortly after every
+                // change catches those.
+                followup = rescan.then(|| now + FOLLOWUP_SCAN);
+                rescan = false;
+                self.report
+                    .files
+                    .store(tailer.open_files() as u64, Ordering::Relaxed);
+                self.report
+                    .bytes_behind
+                    .store(tailer.bytes_behind(), Ordering::Relaxed);
             }
-        };
-        let progress = tailer.poll(&mut builder, &mut ship);
-        ship(&mut builder);
-        if let Ok(mut m) = metrics.lock() {
-            m.sync_tail(&tailer.stats);
-        }
-        if progress {
-            // More may be waiting; drain notifications without sleeping.
-            while let Ok(structural) = ev_rx.try_recv() {
-                rescan |= structural;
-            }
-            continue;
-        }
-        let mut wait = cfg.poll_interval;
-        if let Some(d) = builder.deadline(cfg.batch_wait) {
-            wait = wait.min(d.saturating_duration_since(Instant::now()));
-        }
-        if let Some(f) = followup {
-            wait = wait.min(f.saturating_duration_since(Instant::now()));
-        }
-        match ev_rx.recv_timeout(wait) {
-            Ok(structural) => {
-                rescan |= structural;
-                while let Ok(s) = ev_rx.try_recv() {
-                    rescan |= s;
+            if let Some(b) = backlog.take() {
+                match self.tx.try_send(b) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(b)) => backlog = Some(b),
+                    Err(TrySendError::Closed(_)) => closed = true,
                 }
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                watching = false;
-                std::thread::sleep(wait);
+            let mut progress = false;
+            if backlog.is_none() && !closed {
+                let mut ship = |b: &mut batch::BatchBuilder| -> bool {
+                    if closed || backlog.is_some() {
+                        return false;
+                    }
+                    if b.is_empty() || !b.due(Instant::now(), cfg.batch_bytes, cfg.batch_wait) {
+                        return true;
+                    }
+                    match b.seal(&cfg.node_name, cfg.compression, cfg.compression_level) {
+                        Ok(sealed) => match self.tx.try_send(sealed) {
+                            Ok(()) => true,
+                            Err(TrySendError::Full(s)) => {
+                                backlog = Some(s);
+                                false
+                            }
+                            Err(TrySendError::Closed(_)) => {
+                                closed = true;
+                                false
+                            }
+                        },
+                        Err(e) => {
+                            tracing::error!(error = %e, "sealing batch failed");
+                            true
+                        }
+                    }
+                };
+                progress = tailer.poll(&mut builder, &mut ship);
+                ship(&mut builder);
+            }
+            if let Ok(mut m) = self.metrics.lock() {
+                m.sync_tail(&tailer.stats);
+            }
+            if progress && backlog.is_none() {
+                continue;
+            }
+            let mut wait = cfg.poll_interval;
+            if backlog.is_some() {
+                // Offer the batch again soon; the shipper takes it as soon
+                // as the aggregator answers.
+                wait = wait.min(Duration::from_millis(50));
+            }
+            if let Some(d) = builder.deadline(cfg.batch_wait) {
+                wait = wait.min(d.saturating_duration_since(Instant::now()));
+            }
+            if let Some(f) = followup {
+                wait = wait.min(f.saturating_duration_since(Instant::now()));
+            }
+            match wake_rx.recv_timeout(wait) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    watching = false;
+                    std::thread::sleep(wait);
+                }
             }
         }
     }

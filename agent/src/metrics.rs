@@ -30,8 +30,11 @@ pub struct AgentMetrics {
     pub payload_bytes: Counter,
     /// Push attempts that failed and were retried.
     pub push_retries: Counter,
-    /// Batches the aggregator refused as invalid (dropped after logging).
+    /// Batches the aggregator refused as invalid (split per file, then
+    /// what is still refused goes to the dead-letter file).
     pub batches_rejected: Counter,
+    /// Lines kept in the dead-letter file because the aggregator refused them.
+    pub dead_letter_lines: Counter,
     /// Unix time of the last acknowledged push.
     pub last_ack_seconds: Gauge,
     last: TailStats,
@@ -64,6 +67,7 @@ impl AgentMetrics {
             payload_bytes: Counter::default(),
             push_retries: Counter::default(),
             batches_rejected: Counter::default(),
+            dead_letter_lines: Counter::default(),
             last_ack_seconds: Gauge::default(),
             last: TailStats::default(),
         };
@@ -138,6 +142,11 @@ impl AgentMetrics {
             "batches_rejected",
             "Batches refused by the aggregator as invalid",
             m.batches_rejected.clone(),
+        );
+        r.register(
+            "dead_letter_lines",
+            "Lines the aggregator refused, kept in the dead-letter file under the state dir",
+            m.dead_letter_lines.clone(),
         );
         r.register(
             "last_ack_timestamp_seconds",

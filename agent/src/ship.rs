@@ -10,9 +10,12 @@ use logfleet_proto::v1::ingest_client::IngestClient;
 use tokio::sync::{mpsc, Notify};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::batch::Sealed;
+use crate::batch::{split_by_file, Sealed};
 use crate::checkpoint::Checkpoints;
+use crate::deadletter::{DeadLetterError, DeadLetters};
 use crate::metrics::AgentMetrics;
+use crate::report::{Report, Source};
+use logfleet_proto::v1::PushResponse;
 
 /// Failure to set up the connection to the aggregator.
 #[derive(Debug, thiserror::Error)]
@@ -142,8 +145,16 @@ pub struct Shipper {
     pub metrics: Arc<Mutex<AgentMetrics>>,
     /// Retry delays.
     pub backoff: Backoff,
-    /// Whether the last push succeeded (for readiness).
-    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// Readiness and last error.
+    pub report: Arc<Report>,
+    /// Where refused lines are kept.
+    pub dead_letters: DeadLetters,
+}
+
+/// The outcome of sending one batch until it is answered.
+enum Answer {
+    Stored(PushResponse),
+    Refused(tonic::Status),
 }
 
 impl Shipper {
@@ -154,40 +165,80 @@ impl Shipper {
         }
     }
 
+    /// Pushes a batch until it is stored. A batch refused for good is split
+    /// per file, so that one bad file cannot take the others with it; what
+    /// is still refused goes to the dead-letter file. Checkpoints move only
+    /// past what is stored or kept there.
     async fn push(&mut self, batch: Sealed) {
-        let mut attempt = 0u32;
-        loop {
-            let payload_len = batch.request.payload.len() as u64;
-            match self.client.push(batch.request.clone()).await {
-                Ok(resp) => {
-                    let r = resp.into_inner();
-                    self.healthy
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut queue = std::collections::VecDeque::from([batch]);
+        while let Some(batch) = queue.pop_front() {
+            match self.send(&batch).await {
+                Answer::Stored(r) => {
                     if let Ok(m) = self.metrics.lock() {
                         m.batches_acked.inc();
                         m.lines_acked.inc_by(r.stored_lines);
                         m.lines_duplicate.inc_by(r.duplicate_lines);
-                        m.payload_bytes.inc_by(payload_len);
+                        m.payload_bytes.inc_by(batch.request.payload.len() as u64);
                         m.last_ack_seconds.set(chrono::Utc::now().timestamp());
                     }
                     self.advance(&batch);
-                    return;
                 }
-                Err(status) if is_permanent(status.code()) => {
-                    // Retrying cannot help, and stopping would stall every
-                    // file behind this batch. Say so loudly and move on.
-                    tracing::error!(code = ?status.code(), message = status.message(), lines = batch.lines, "aggregator refused batch; dropped");
+                Answer::Refused(status) => {
                     if let Ok(m) = self.metrics.lock() {
                         m.batches_rejected.inc();
                     }
+                    if batch.request.ranges.len() > 1 {
+                        match split_by_file(&batch, 1) {
+                            Ok(parts) => {
+                                tracing::warn!(code = ?status.code(), message = status.message(), files = parts.len(), "aggregator refused a batch; sending its files one by one");
+                                for p in parts.into_iter().rev() {
+                                    queue.push_front(p);
+                                }
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot split a refused batch; keeping it whole");
+                            }
+                        }
+                    }
+                    self.keep_refused(&batch, &status).await;
                     self.advance(&batch);
-                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends until the aggregator stores or refuses the batch for good;
+    /// anything else is retried with backoff.
+    async fn send(&mut self, batch: &Sealed) -> Answer {
+        let mut attempt = 0u32;
+        loop {
+            match self.client.push(batch.request.clone()).await {
+                Ok(resp) => {
+                    self.report.set(Source::Push, None);
+                    return Answer::Stored(resp.into_inner());
+                }
+                Err(status) if is_permanent(status.code()) => {
+                    self.report.set(Source::Push, None);
+                    return Answer::Refused(status);
                 }
                 Err(status) => {
-                    self.healthy
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     let delay = self.backoff.delay(attempt, rand::random::<f64>());
-                    tracing::warn!(code = ?status.code(), message = status.message(), attempt, ?delay, "push failed; retrying");
+                    if status.code() == tonic::Code::ResourceExhausted {
+                        // Back-pressure from a busy aggregator: wait, it is
+                        // not a failure.
+                        tracing::debug!(
+                            message = status.message(),
+                            ?delay,
+                            "aggregator busy; waiting"
+                        );
+                    } else {
+                        self.report.set(
+                            Source::Push,
+                            Some(format!("push failed: {}", status.message())),
+                        );
+                        tracing::warn!(code = ?status.code(), message = status.message(), attempt, ?delay, "push failed; retrying");
+                    }
                     if let Ok(m) = self.metrics.lock() {
                         m.push_retries.inc();
                     }
@@ -195,6 +246,55 @@ impl Shipper {
                     tokio::time::sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// Writes a refused batch's lines to the dead-letter file, retrying
+    /// until that works: a line may be set aside, never lost.
+    async fn keep_refused(&self, batch: &Sealed, status: &tonic::Status) {
+        let reason = format!("{:?}: {}", status.code(), status.message());
+        let mut attempt = 0u32;
+        loop {
+            let (dl, req, why) = (
+                self.dead_letters.clone(),
+                batch.request.clone(),
+                reason.clone(),
+            );
+            let kept = tokio::task::spawn_blocking(move || dl.keep(&req, &why)).await;
+            match kept {
+                Ok(Ok(n)) => {
+                    tracing::error!(reason = %reason, lines = n, file = %self.dead_letters.path().display(), "aggregator refused lines; kept them in the dead-letter file");
+                    self.report
+                        .dead_letter_lines
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    self.report.set(
+                        Source::Refused,
+                        Some(format!(
+                            "{n} lines refused ({reason}); see {}",
+                            self.dead_letters.path().display()
+                        )),
+                    );
+                    if let Ok(m) = self.metrics.lock() {
+                        m.dead_letter_lines.inc_by(n);
+                    }
+                    return;
+                }
+                Ok(Err(DeadLetterError::Decode(e))) => {
+                    // Our own payload does not decode: nothing can be kept.
+                    // Say so as loudly as we can and move on.
+                    tracing::error!(error = %e, lines = batch.lines, reason = %reason, "refused batch cannot be decoded; its lines are lost");
+                    if let Ok(m) = self.metrics.lock() {
+                        m.dead_letter_lines.inc_by(batch.lines);
+                    }
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "writing the dead-letter file failed; retrying");
+                }
+                Err(e) => tracing::error!(error = %e, "dead-letter task failed; retrying"),
+            }
+            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(self.backoff.delay(attempt, rand::random::<f64>())).await;
         }
     }
 

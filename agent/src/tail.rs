@@ -36,6 +36,10 @@ pub struct TailConfig {
     pub read_budget: usize,
     /// Size of one read.
     pub read_chunk: usize,
+    /// At most this many files are held open; more wait until some finish.
+    /// Files are opened as soon as they are found, even while the
+    /// aggregator is away, so a pod deleted meanwhile is still read.
+    pub max_open_files: usize,
 }
 
 impl Default for TailConfig {
@@ -46,6 +50,7 @@ impl Default for TailConfig {
             rotate_wait: Duration::from_secs(30),
             read_budget: 4 << 20,
             read_chunk: 64 << 10,
+            max_open_files: 1024,
         }
     }
 }
@@ -91,6 +96,8 @@ struct Tracked {
     range_start: u64,
     last_growth: Instant,
     deleted: bool,
+    /// Size at the last look (decompressed bytes read, for gzip).
+    size: u64,
 }
 
 impl Tracked {
@@ -195,6 +202,8 @@ pub struct TailStats {
     pub open_files: u64,
     /// I/O errors.
     pub errors: u64,
+    /// Files found but not opened because `max_open_files` were open.
+    pub deferred_files: u64,
 }
 
 /// The tailer: every tracked file and the state needed to find new ones.
@@ -213,6 +222,9 @@ pub struct Tailer {
     pub stats: TailStats,
     /// One read buffer for all files: records are cut straight out of it.
     readbuf: Vec<u8>,
+    /// Where the next pass starts: a pass cut short by a busy shipper
+    /// resumes with the files it did not reach.
+    next_file: usize,
 }
 
 fn inode(md: &std::fs::Metadata) -> Inode {
@@ -251,6 +263,7 @@ impl Tailer {
             checkpoints,
             stats: TailStats::default(),
             readbuf,
+            next_file: 0,
         }
     }
 
@@ -267,6 +280,7 @@ impl Tailer {
     pub fn apply_scan(&mut self, found: Vec<Found>) {
         self.generation += 1;
         let gen = self.generation;
+        let mut deferred = 0u64;
         for f in found {
             let Ok(md) = std::fs::metadata(&f.path) else {
                 continue;
@@ -289,8 +303,20 @@ impl Tailer {
                 // Same inode, other content: a new file on a reused inode.
                 self.known.remove(&ino);
             }
+            if self.files.len() >= self.cfg.max_open_files {
+                deferred += 1;
+                continue;
+            }
             self.open(f, &md, gen);
         }
+        if deferred > 0 {
+            tracing::warn!(
+                deferred,
+                open = self.files.len(),
+                "too many open log files; new ones wait until some are finished (--max-open-files)"
+            );
+        }
+        self.stats.deferred_files = deferred;
         // Finished files gone from disk: their checkpoints can go too, once
         // everything read from them is acknowledged.
         let gone: Vec<u64> = self
@@ -369,6 +395,7 @@ impl Tailer {
             range_start: offset,
             last_growth: Instant::now(),
             deleted: false,
+            size: offset,
         };
         tracing::debug!(path = %t.path.display(), offset, "tailing");
         self.by_inode.insert(ino, self.files.len());
@@ -394,17 +421,27 @@ impl Tailer {
     }
 
     /// Reads every file once (up to the per-file budget), passing lines to
-    /// `batch`; after each file `sink` may seal and ship the batch. Returns
-    /// true when any file produced data.
+    /// `batch`; after each file `sink` may seal and ship the batch, and
+    /// returns false to end the pass there (the shipper is busy: reading on
+    /// would only grow the batch). The next pass starts with the files this
+    /// one did not reach. Returns true when any file produced data.
     pub fn poll(
         &mut self,
         batch: &mut BatchBuilder,
-        sink: &mut dyn FnMut(&mut BatchBuilder),
+        sink: &mut dyn FnMut(&mut BatchBuilder) -> bool,
     ) -> bool {
         let now = Instant::now();
         let mut progress = false;
         let mut finished = Vec::new();
-        for i in 0..self.files.len() {
+        let n = self.files.len();
+        let first = if self.next_file < n {
+            self.next_file
+        } else {
+            0
+        };
+        self.next_file = 0;
+        for k in 0..n {
+            let i = (first + k) % n;
             match self.poll_file(i, now, batch) {
                 Ok((grew, fin)) => {
                     progress |= grew;
@@ -417,8 +454,12 @@ impl Tailer {
                     tracing::warn!(path = %self.files[i].path.display(), error = %e, "read failed");
                 }
             }
-            sink(batch);
+            if !sink(batch) {
+                self.next_file = (i + 1) % n;
+                break;
+            }
         }
+        finished.sort_unstable();
         for i in finished.into_iter().rev() {
             let t = self.files.swap_remove(i);
             self.by_inode.remove(&t.inode);
@@ -457,6 +498,7 @@ impl Tailer {
         if let Source::Plain(f) = &t.source {
             let md = f.metadata()?;
             deleted = md.nlink() == 0;
+            t.size = md.len();
             // Nothing new: skip the read (and its buffer) altogether.
             unchanged = md.len() == t.framer.read_offset();
             if md.len() < t.framer.read_offset() {
@@ -638,5 +680,21 @@ impl Tailer {
     /// Number of open files.
     pub fn open_files(&self) -> usize {
         self.files.len()
+    }
+
+    /// Bytes of the open files not yet acknowledged by the aggregator, as
+    /// of the last pass (decompressed bytes read so far, for gzip).
+    pub fn bytes_behind(&self) -> u64 {
+        let Ok(cp) = self.checkpoints.lock() else {
+            return 0;
+        };
+        self.files
+            .iter()
+            .map(|t| {
+                let size = t.size.max(t.framer.read_offset());
+                let acked = t.id.and_then(|id| cp.offset(id)).unwrap_or(0);
+                size.saturating_sub(acked)
+            })
+            .sum()
     }
 }

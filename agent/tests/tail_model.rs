@@ -191,6 +191,7 @@ fn cfg(chunk: usize, budget: usize) -> TailConfig {
         rotate_wait: Duration::ZERO,
         read_budget: budget,
         read_chunk: chunk,
+        max_open_files: 1024,
     }
 }
 
@@ -221,7 +222,7 @@ fn poll(
     }
     tailer.apply_scan(discover::scan(root, &Filter::default()));
     let mut b = BatchBuilder::default();
-    let progress = tailer.poll(&mut b, &mut |_| {});
+    let progress = tailer.poll(&mut b, &mut |_| true);
     if !b.is_empty() {
         let sealed = b.seal("n", Compression::None, 0).unwrap();
         // Stored, and the acknowledgement is lost unless `ack`.

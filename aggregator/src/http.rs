@@ -57,6 +57,19 @@ pub struct AgentJson {
     pub lines: u64,
     /// Bytes stored.
     pub bytes: u64,
+    /// Latest contact of any kind (push or heartbeat), RFC 3339; empty when
+    /// none since the aggregator started.
+    pub last_seen: String,
+    /// Agent version from its latest heartbeat.
+    pub version: String,
+    /// Files it has open.
+    pub files: u64,
+    /// Bytes it has not had acknowledged yet.
+    pub bytes_behind: u64,
+    /// Its latest error, empty when none.
+    pub last_error: String,
+    /// Lines it kept in its dead-letter file.
+    pub dead_letter_lines: u64,
 }
 
 /// Formats ns since the epoch as RFC 3339 with nine fractional digits, UTC.
@@ -74,6 +87,16 @@ async fn agents(State(s): State<HttpState>) -> Json<Vec<AgentJson>> {
                 last_push: rfc3339(a.last_push_unix_nano),
                 lines: a.lines,
                 bytes: a.bytes,
+                last_seen: if a.last_seen_unix_nano == 0 {
+                    String::new()
+                } else {
+                    rfc3339(a.last_seen_unix_nano)
+                },
+                version: a.version,
+                files: a.files,
+                bytes_behind: a.bytes_behind,
+                last_error: a.last_error,
+                dead_letter_lines: a.dead_letter_lines,
             })
             .collect(),
     )

@@ -97,18 +97,25 @@ impl Default for AggregatorAgents {
 struct AgentJson {
     node: String,
     last_push: String,
+    /// Any contact, heartbeats included (aggregators before heartbeats
+    /// lack it).
+    #[serde(default)]
+    last_seen: Option<String>,
 }
 
-/// Parses the aggregator's agent listing into last push per node.
+/// Parses the aggregator's agent listing into each node's latest contact:
+/// its last heartbeat or push, so that an agent on a quiet node is not
+/// taken for a silent one.
 pub fn parse_agents(body: &[u8]) -> Result<BTreeMap<String, Timestamp>, String> {
     let agents: Vec<AgentJson> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     agents
         .into_iter()
         .map(|a| {
-            let t = a
-                .last_push
-                .parse::<Timestamp>()
-                .map_err(|e| format!("{}: {e}", a.last_push))?;
+            let parse = |s: &str| s.parse::<Timestamp>().map_err(|e| format!("{s}: {e}"));
+            let mut t = parse(&a.last_push)?;
+            if let Some(seen) = a.last_seen.as_deref().filter(|s| !s.is_empty()) {
+                t = t.max(parse(seen)?);
+            }
             Ok((a.node, t))
         })
         .collect()
@@ -353,6 +360,11 @@ mod tests {
             m["a"],
             "2026-11-28T10:00:00.5Z".parse::<Timestamp>().unwrap()
         );
+        // A heartbeat after the last push counts: a quiet node is not silent.
+        let body = br#"[{"node":"q","last_push":"2026-11-28T09:00:00Z","last_seen":"2026-11-28T11:00:00Z"},{"node":"r","last_push":"2026-11-28T09:00:00Z","last_seen":""}]"#;
+        let m = parse_agents(body).unwrap();
+        assert_eq!(m["q"], "2026-11-28T11:00:00Z".parse::<Timestamp>().unwrap());
+        assert_eq!(m["r"], "2026-11-28T09:00:00Z".parse::<Timestamp>().unwrap());
         assert!(parse_agents(b"{}").is_err());
         assert!(parse_agents(br#"[{"node":"a","last_push":"yesterday"}]"#).is_err());
     }

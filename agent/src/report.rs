@@ -1,0 +1,157 @@
+//! What the agent says about itself: readiness (`/readyz`), its latest
+//! error, and the heartbeat it sends the aggregator, so that a quiet node is
+//! told apart from a dead agent.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use logfleet_proto::v1::HeartbeatRequest;
+
+/// Where a problem was seen; each keeps its latest message until cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The log root is missing or unreadable.
+    LogRoot,
+    /// Pushing to the aggregator fails (it is retried).
+    Push,
+    /// The aggregator refused lines for good (they went to the dead-letter
+    /// file).
+    Refused,
+}
+
+/// Shared by the reader, the shipper, the HTTP endpoint and the heartbeat.
+#[derive(Debug, Default)]
+pub struct Report {
+    errors: Mutex<[Option<String>; 3]>,
+    /// Whether the last push was acknowledged (or none was tried yet).
+    pushes_ok: AtomicBool,
+    /// Files open.
+    pub files: AtomicU64,
+    /// Bytes in open files not yet acknowledged.
+    pub bytes_behind: AtomicU64,
+    /// Lines written to the dead-letter file since start.
+    pub dead_letter_lines: AtomicU64,
+}
+
+fn slot(s: Source) -> usize {
+    match s {
+        Source::LogRoot => 0,
+        Source::Push => 1,
+        Source::Refused => 2,
+    }
+}
+
+impl Report {
+    /// A report with nothing wrong yet.
+    pub fn new() -> Self {
+        Report {
+            pushes_ok: AtomicBool::new(true),
+            ..Default::default()
+        }
+    }
+
+    /// Sets (`Some`) or clears (`None`) the problem of `source`.
+    pub fn set(&self, source: Source, problem: Option<String>) {
+        if let Ok(mut e) = self.errors.lock() {
+            e[slot(source)] = problem;
+        }
+        if source == Source::Push {
+            self.pushes_ok
+                .store(self.get(Source::Push).is_none(), Ordering::Relaxed);
+        }
+    }
+
+    /// The problem of `source`, if any.
+    pub fn get(&self, source: Source) -> Option<String> {
+        self.errors
+            .lock()
+            .ok()
+            .and_then(|e| e[slot(source)].clone())
+    }
+
+    /// Whether the agent can do its job: the log root is readable and the
+    /// aggregator takes pushes. `Err` says why not.
+    pub fn ready(&self) -> Result<(), String> {
+        if let Some(e) = self.get(Source::LogRoot) {
+            return Err(e);
+        }
+        if !self.pushes_ok.load(Ordering::Relaxed) {
+            return Err(self
+                .get(Source::Push)
+                .unwrap_or_else(|| "aggregator not reachable".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether the last push was acknowledged.
+    pub fn pushes_ok(&self) -> bool {
+        self.pushes_ok.load(Ordering::Relaxed)
+    }
+
+    /// The most important current problem, empty when none.
+    pub fn last_error(&self) -> String {
+        [Source::LogRoot, Source::Refused, Source::Push]
+            .into_iter()
+            .find_map(|s| self.get(s))
+            .unwrap_or_default()
+    }
+
+    /// The heartbeat to send now.
+    pub fn heartbeat(&self, node: &str) -> HeartbeatRequest {
+        HeartbeatRequest {
+            node: node.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            files: self.files.load(Ordering::Relaxed),
+            bytes_behind: self.bytes_behind.load(Ordering::Relaxed),
+            last_error: self.last_error(),
+            dead_letter_lines: self.dead_letter_lines.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Checks that the log root is a readable directory.
+pub fn check_log_root(root: &std::path::Path) -> Option<String> {
+    match std::fs::read_dir(root) {
+        Ok(_) => None,
+        Err(e) => Some(format!("log root {}: {e}", root.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_and_last_error_follow_the_problems() {
+        let r = Report::new();
+        assert_eq!(r.ready(), Ok(()));
+        assert_eq!(r.last_error(), "");
+        r.set(Source::Push, Some("connection refused".into()));
+        assert_eq!(r.ready(), Err("connection refused".into()));
+        r.set(Source::LogRoot, Some("log root /x: not found".into()));
+        assert_eq!(r.ready(), Err("log root /x: not found".into()));
+        assert_eq!(r.last_error(), "log root /x: not found");
+        r.set(Source::LogRoot, None);
+        r.set(Source::Push, None);
+        assert_eq!(r.ready(), Ok(()));
+        r.set(Source::Refused, Some("refused".into()));
+        assert_eq!(
+            r.ready(),
+            Ok(()),
+            "refused lines are kept, not a reason to stop"
+        );
+        let hb = r.heartbeat("n1");
+        assert_eq!(
+            (hb.node.as_str(), hb.last_error.as_str()),
+            ("n1", "refused")
+        );
+    }
+
+    #[test]
+    fn log_root_check() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(check_log_root(dir.path()), None);
+        let missing = dir.path().join("nope");
+        assert!(check_log_root(&missing).unwrap().contains("nope"));
+    }
+}

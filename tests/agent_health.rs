@@ -1,0 +1,196 @@
+//! What an agent does when the aggregator refuses its lines, when its node
+//! has nothing to say, and when its log root is missing: nothing vanishes
+//! silently, and a quiet agent is told apart from a dead one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use logfleet_kubesim::{Format, Pod, Rotation};
+
+fn agents_jsonl(url: &str) -> Vec<serde_json::Value> {
+    let out = cli(&["agents", "--aggregator", url, "--output", "jsonl"]);
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// One file's batch is refused for good (a line larger than the
+/// aggregator's payload limit): the other file's lines in the same batch
+/// are stored, the refused ones are kept in the dead-letter file, counted
+/// and reported, and the agent keeps shipping.
+#[test]
+fn a_refused_file_goes_to_the_dead_letter_file_and_the_rest_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pods");
+    std::fs::create_dir_all(&root).unwrap();
+    let (_agg, url) = aggregator(dir.path(), &["--max-payload", "200KiB"]);
+    let mut good = Pod::create(
+        &root,
+        "ns",
+        "good",
+        "u1",
+        &[("c", Format::Cri)],
+        Rotation::default(),
+    )
+    .unwrap();
+    let mut bad = Pod::create(
+        &root,
+        "ns",
+        "bad",
+        "u2",
+        &[("c", Format::Cri)],
+        Rotation::default(),
+    )
+    .unwrap();
+    let ts = 1_795_000_000_000_000_000i64;
+    for i in 0..50 {
+        good.containers[0]
+            .write(ts + i, "stdout", &format!("good {i}"), true)
+            .unwrap();
+    }
+    bad.containers[0]
+        .write(ts, "stdout", &"x".repeat(300 << 10), true)
+        .unwrap();
+    bad.containers[0]
+        .write(ts + 1, "stdout", "bad small", true)
+        .unwrap();
+    // One batch holds both files: large batches, a long wait.
+    let agent = agent(
+        dir.path(),
+        "n1",
+        &root,
+        &url,
+        &[
+            "--max-line",
+            "1MiB",
+            "--batch-size",
+            "4MiB",
+            "--batch-wait",
+            "1s",
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let got = wait_for("the good file's lines", Duration::from_secs(30), || {
+        let v = query_all(&url, r#"{pod="good"}"#, &[])?;
+        (v.len() >= 50).then_some(v)
+    });
+    assert_eq!(got.len(), 50);
+    let dl = dir.path().join("state-n1/dead-letter.jsonl");
+    let kept = wait_for("the dead-letter file", Duration::from_secs(30), || {
+        let t = std::fs::read_to_string(&dl).ok()?;
+        (t.lines().count() >= 2).then_some(t)
+    });
+    let rows: Vec<serde_json::Value> = kept
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "both lines of the refused file, once");
+    assert!(rows
+        .iter()
+        .all(|r| r["pod"] == "bad" && r["namespace"] == "ns"));
+    assert_eq!(rows[0]["line"].as_str().unwrap().len(), 300 << 10);
+    assert_eq!(rows[1]["line"], "bad small");
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("InvalidArgument"),
+        "{}",
+        rows[0]
+    );
+    // Shipping goes on, for both files.
+    good.containers[0]
+        .write(ts + 100, "stdout", "good later", true)
+        .unwrap();
+    bad.containers[0]
+        .write(ts + 100, "stdout", "bad later", true)
+        .unwrap();
+    wait_for("later lines of both files", Duration::from_secs(30), || {
+        let v = query_all(&url, r#"{pod=~"good|bad"} |~ "later""#, &[])?;
+        (v.len() == 2).then_some(())
+    });
+    assert!(query_all(&url, r#"{pod="bad"} |= "bad small""#, &[])
+        .unwrap()
+        .is_empty());
+    // Counted, and said at error level and in the heartbeat.
+    let log = agent.log_text();
+    assert!(log.contains("dead-letter"), "{log}");
+    let a = wait_for(
+        "the refusal in the agent listing",
+        Duration::from_secs(30),
+        || {
+            let a = agents_jsonl(&url).into_iter().find(|a| a["node"] == "n1")?;
+            (a["dead_letter_lines"] == 2).then_some(a)
+        },
+    );
+    assert!(a["last_error"].as_str().unwrap().contains("refused"), "{a}");
+}
+
+/// A node with no containers still shows up, and its agent stays "seen";
+/// a missing log root is reported, not taken for a quiet node.
+#[test]
+fn quiet_and_misconfigured_agents_report_through_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    let port = free_port();
+    let _quiet = agent(
+        dir.path(),
+        "quiet",
+        &empty,
+        &url,
+        &["--heartbeat-interval", "200ms"],
+    );
+    let _lost = agent(
+        dir.path(),
+        "lost",
+        &dir.path().join("no-such-root"),
+        &url,
+        &[
+            "--heartbeat-interval",
+            "200ms",
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    let (quiet, lost) = wait_for("both agents listed", Duration::from_secs(30), || {
+        let all = agents_jsonl(&url);
+        let find = |n: &str| all.iter().find(|a| a["node"] == n).cloned();
+        Some((find("quiet")?, find("lost")?))
+    });
+    assert!(quiet["last_push"].is_null(), "{quiet}");
+    assert!(quiet["last_seen"].as_str().is_some(), "{quiet}");
+    assert_eq!(quiet["last_error"], "");
+    assert!(
+        lost["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-root"),
+        "{lost}"
+    );
+    // last_seen moves on without any line.
+    let first = quiet["last_seen"].as_str().unwrap().to_owned();
+    wait_for("a later heartbeat", Duration::from_secs(30), || {
+        let all = agents_jsonl(&url);
+        let q = all.iter().find(|a| a["node"] == "quiet")?;
+        (q["last_seen"].as_str()? > first.as_str()).then_some(())
+    });
+    let ready = wait_for("the lost agent's readyz", Duration::from_secs(30), || {
+        http_get(&format!("127.0.0.1:{port}"), "/readyz")
+    });
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("no-such-root"), "{ready}");
+    // The table shows both times.
+    let out = cli(&["agents", "--aggregator", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("LAST SEEN") && text.contains("LAST PUSH"),
+        "{text}"
+    );
+}

@@ -341,6 +341,15 @@ struct AggregatorArgs {
     /// zstd level for payloads that arrive uncompressed or gzipped.
     #[arg(long, env = "LOGFLEET_ZSTD_LEVEL", default_value = "3")]
     zstd_level: i32,
+    /// gRPC requests handled at once; more wait (back-pressure, not errors).
+    #[arg(long, env = "LOGFLEET_MAX_CONCURRENT_REQUESTS", default_value = "32")]
+    max_concurrent_requests: usize,
+    /// Decompressed push bytes decoded and written at once; more wait.
+    #[arg(long, env = "LOGFLEET_MAX_INFLIGHT", default_value = "256MiB", value_parser = parse_size)]
+    max_inflight: u64,
+    /// A query stops after this long.
+    #[arg(long, env = "LOGFLEET_QUERY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    query_timeout: Duration,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -542,6 +551,9 @@ fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::Aggregato
             max_raw_len: a.max_payload,
         },
         max_message: a.max_message as usize,
+        max_concurrent_requests: a.max_concurrent_requests,
+        max_inflight_bytes: a.max_inflight,
+        query_timeout: a.query_timeout,
     })
 }
 

@@ -29,6 +29,18 @@ pub struct BlockMeta {
     pub labels: Vec<FileLabels>,
     /// Lines in the block.
     pub lines: u64,
+    /// When the aggregator received it, ns since epoch.
+    pub received: i64,
+}
+
+impl BlockMeta {
+    /// The time retention judges the block by: its newest line, but never
+    /// later than when it arrived. A line stamped in the future (clock skew,
+    /// or a crafted push) must not keep its segment, and everything stored
+    /// after it, from ever aging out.
+    pub fn retention_ts(&self) -> i64 {
+        self.max_ts.min(self.received)
+    }
 }
 
 /// Counters of one agent.
@@ -84,6 +96,7 @@ impl Index {
                 .map(|r| r.labels.clone().unwrap_or_default())
                 .collect(),
             lines: h.lines,
+            received: h.received_unix_nano,
         }));
     }
 

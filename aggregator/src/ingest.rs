@@ -61,6 +61,15 @@ pub struct Shared {
     /// Set, with the reason, when storage failed in a way that forbids any
     /// further acknowledgement (a failed fsync): the aggregator must exit.
     pub failed: tokio::sync::watch::Sender<Option<String>>,
+    /// Faults to inject, for tests of what a failing disk does.
+    pub faults: Faults,
+}
+
+/// Faults a test can make the writer meet, as a failing disk would.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The next fsync of a segment fails with EIO.
+    pub fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 /// A decoded, validated batch waiting for the writer.
@@ -76,6 +85,10 @@ struct WriteReq {
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::SyncSender<WriteReq>,
+    /// Room for decompressed payloads, in KiB.
+    room: Arc<tokio::sync::Semaphore>,
+    room_kib: u32,
+    metrics: Metrics,
 }
 
 /// Why a push was refused.
@@ -149,8 +162,23 @@ pub fn validate(req: &PushRequest, batch: &LineBatch) -> Result<(), PushError> {
 }
 
 impl Writer {
+    /// Bounds the decompressed bytes of pushes being decoded, validated and
+    /// written at once: a push waits for room (back-pressure, no error).
+    pub fn with_inflight_limit(mut self, bytes: u64) -> Self {
+        let kib = (bytes / 1024).clamp(1, u32::MAX as u64 >> 4) as u32;
+        self.room = Arc::new(tokio::sync::Semaphore::new(kib as usize));
+        self.room_kib = kib;
+        self
+    }
+
     /// Decodes, validates and stores one push; returns once it is durable.
     pub async fn push(&self, req: PushRequest, limits: Limits) -> Result<PushResponse, PushError> {
+        // A push larger than the whole room takes all of it.
+        let want = ((req.raw_len / 1024) as u32 + 1).min(self.room_kib);
+        self.metrics.pushes_waiting.inc();
+        let permit = self.room.clone().acquire_many_owned(want).await;
+        self.metrics.pushes_waiting.dec();
+        let _permit = permit.map_err(|_| PushError::Closed)?;
         let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.clone();
@@ -247,8 +275,10 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         tail,
         metrics,
         failed: tokio::sync::watch::channel(None).0,
+        faults: Faults::default(),
     });
-    let (tx, rx) = mpsc::sync_channel(64);
+    // Small: the pushes that wait here hold decoded batches.
+    let (tx, rx) = mpsc::sync_channel(16);
     let st = WriterState {
         cfg,
         shared: shared.clone(),
@@ -262,7 +292,15 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         .name("logfleet-writer".into())
         .spawn(move || st.run(rx))
         .map_err(store::io_err(Path::new("writer thread")))?;
-    Ok((shared, Writer { tx }))
+    let metrics = shared.metrics.clone();
+    let writer = Writer {
+        tx,
+        room: Arc::new(tokio::sync::Semaphore::new(256 << 10)),
+        room_kib: 256 << 10,
+        metrics,
+    }
+    .with_inflight_limit(256 << 20);
+    Ok((shared, writer))
 }
 
 /// A push of a group being committed: a record to write, or (no header)
@@ -421,6 +459,15 @@ impl WriterState {
                 .append(&records)
                 .map_err(|e| (e, false))
                 .and_then(|offs| {
+                    let injected = self
+                        .shared
+                        .faults
+                        .fail_next_sync
+                        .swap(false, std::sync::atomic::Ordering::Relaxed);
+                    if injected {
+                        let eio = std::io::Error::from_raw_os_error(5);
+                        return Err((store::io_err(&self.active.path)(eio), true));
+                    }
                     self.active.sync().map_err(|e| (e, true))?;
                     Ok(offs)
                 })
@@ -431,6 +478,18 @@ impl WriterState {
                 tracing::error!(error = %e, "storing batch failed");
                 self.shared.metrics.store_errors.inc();
                 let msg = e.to_string();
+                if fsync {
+                    // After a failed fsync the kernel may have dropped the
+                    // dirty pages and cleared the error: a later fsync can
+                    // succeed over lost data (PostgreSQL's "fsyncgate",
+                    // 2018). Acknowledge nothing more; a restart recovers
+                    // from what is really on disk. Said before anyone is
+                    // answered, so no caller sees the refusal first.
+                    self.shared.failed.send_replace(Some(format!(
+                        "fsync of {} failed: {msg}",
+                        self.active.path.display()
+                    )));
+                }
                 for p in pending {
                     let _ = p.reply.send(Err(StoreError::Corrupt {
                         path: self.active.path.clone(),
@@ -439,15 +498,6 @@ impl WriterState {
                     }));
                 }
                 if fsync {
-                    // After a failed fsync the kernel may have dropped the
-                    // dirty pages and cleared the error: a later fsync can
-                    // succeed over lost data (PostgreSQL's "fsyncgate",
-                    // 2018). Acknowledge nothing more; a restart recovers
-                    // from what is really on disk.
-                    let _ = self.shared.failed.send(Some(format!(
-                        "fsync of {} failed: {msg}",
-                        self.active.path.display()
-                    )));
                     return false;
                 }
                 return true;
@@ -593,7 +643,7 @@ impl WriterState {
             let mut m = HashMap::new();
             for b in &ix.blocks {
                 let e = m.entry(b.seq).or_insert(i64::MIN);
-                *e = (*e).max(b.max_ts);
+                *e = (*e).max(b.retention_ts());
             }
             m
         };
@@ -627,6 +677,20 @@ impl WriterState {
             std::fs::remove_file(&p).map_err(store::io_err(&p))?;
             self.shared.metrics.segments_deleted.inc();
             tracing::info!(segment = %p.display(), "deleted by retention");
+        }
+        // Marks of files whose newest data is gone with these segments:
+        // such a file is older than retention (kubelet has long removed
+        // it), and keeping its mark would grow the snapshot forever.
+        if let Some(&newest_deleted) = doomed.iter().max() {
+            let before = self.hwm.len();
+            self.hwm.retain(|_, m| m.seq > newest_deleted);
+            let pruned = before - self.hwm.len();
+            if pruned > 0 {
+                tracing::info!(
+                    pruned,
+                    "forgot the de-duplication marks of files past retention"
+                );
+            }
         }
         store::sync_dir(&dir)
     }

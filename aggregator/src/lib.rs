@@ -40,6 +40,13 @@ pub struct AggregatorConfig {
     pub limits: Limits,
     /// Largest accepted gRPC message (compressed push), bytes.
     pub max_message: usize,
+    /// Requests handled at once; more wait (HTTP/2 flow control holds their
+    /// bytes back) instead of failing: back-pressure towards agents.
+    pub max_concurrent_requests: usize,
+    /// Decompressed push bytes held at once; a push waits for room.
+    pub max_inflight_bytes: u64,
+    /// A query stops after this long.
+    pub query_timeout: std::time::Duration,
 }
 
 /// Why the aggregator could not start.
@@ -80,6 +87,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::new(&mut registry);
     let (shared, writer) = ingest::open(cfg.store.clone(), metrics.clone())?;
+    let writer = writer.with_inflight_limit(cfg.max_inflight_bytes);
     let auth = service::Auth::new(cfg.token.clone(), metrics.clone());
     let mut failed = shared.failed.subscribe();
     let stop = async move {
@@ -152,10 +160,22 @@ pub async fn run(
         auth.clone(),
     );
     let query = tonic::service::interceptor::InterceptedService::new(
-        QueryServer::new(service::QueryService { shared }).max_encoding_message_size(64 << 20),
+        QueryServer::new(service::QueryService {
+            shared,
+            timeout: cfg.query_timeout,
+        })
+        .max_encoding_message_size(cfg.limits.max_raw_len as usize + (1 << 20)),
         auth,
     );
-    let mut server = tonic::transport::Server::builder();
+    // Bounded: so many requests at once, so many streams per connection,
+    // and windows that hold back the bytes of those that wait.
+    let mut server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(64))
+        .initial_connection_window_size(Some(1 << 20))
+        .initial_stream_window_size(Some(1 << 20))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            cfg.max_concurrent_requests.max(1),
+        ));
     if let Some((cert, key)) = &cfg.tls {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|source| AggregatorError::Tls {

@@ -99,6 +99,33 @@ pub enum QueryError {
     /// Storage error while reading.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The query ran past its deadline.
+    #[error("query stopped after {0:?}: narrow the time range or the selector")]
+    Timeout(std::time::Duration),
+    /// The client went away.
+    #[error("query cancelled")]
+    Cancelled,
+}
+
+/// When a running query must stop early.
+#[derive(Debug, Default)]
+pub struct Control {
+    /// Set when the client went away.
+    pub cancelled: std::sync::atomic::AtomicBool,
+    /// Stop with [`QueryError::Timeout`] after this instant.
+    pub deadline: Option<(std::time::Instant, std::time::Duration)>,
+}
+
+impl Control {
+    fn check(&self) -> Result<(), QueryError> {
+        if self.cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(QueryError::Cancelled);
+        }
+        match self.deadline {
+            Some((at, after)) if std::time::Instant::now() >= at => Err(QueryError::Timeout(after)),
+            _ => Ok(()),
+        }
+    }
 }
 
 struct Parser<'a> {
@@ -371,8 +398,32 @@ pub fn entry(node: &str, labels: &FileLabels, l: &Line) -> Entry {
     }
 }
 
-/// Runs a query over the store.
+/// Runs a query over the store and collects the result (tests, tools).
 pub fn execute(shared: &Shared, q: &Query, b: Bounds) -> Result<Vec<Entry>, QueryError> {
+    let mut out = Vec::new();
+    execute_into(shared, q, b, &Control::default(), &mut |e| {
+        out.push(e);
+        true
+    })?;
+    Ok(out)
+}
+
+/// Runs a query over the store, handing each result line to `emit` in
+/// order; `emit` returns false to stop (the client went away).
+///
+/// With a limit, the best `limit` lines are kept in a heap and emitted at
+/// the end. Without one the result is streamed: blocks are read in time
+/// order, and a line is emitted as soon as no block still to be read can
+/// hold a line before it, so memory follows the overlap of blocks, not the
+/// size of the result. A block that cannot be read is skipped, logged and
+/// counted (`logfleet_aggregator_damaged_records_total`); the query goes on.
+pub fn execute_into(
+    shared: &Shared,
+    q: &Query,
+    b: Bounds,
+    ctl: &Control,
+    emit: &mut dyn FnMut(Entry) -> bool,
+) -> Result<(), QueryError> {
     let mut blocks: Vec<Arc<BlockMeta>> = {
         let ix = shared.index.read().map_err(|_| QueryError::Parse {
             pos: 0,
@@ -390,13 +441,36 @@ pub fn execute(shared: &Shared, q: &Query, b: Bounds) -> Result<Vec<Entry>, Quer
     } else {
         blocks.sort_by_key(|m| m.min_ts);
     }
+    let stream = b.limit == 0;
     let mut files: HashMap<u64, File> = HashMap::new();
-    // Forward keeps the `limit` smallest keys (a max-heap pops the largest);
-    // backward the largest (a min-heap via Reverse).
+    // `fwd` pops the largest key, `bwd` the smallest. With a limit, forward
+    // keeps the `limit` smallest keys in `fwd` (evicting the largest) and
+    // backward the largest in `bwd`. Streaming, forward emits the smallest
+    // first (from `bwd`) and backward the largest (from `fwd`).
     let mut fwd: BinaryHeap<(Key, EntryBox)> = BinaryHeap::new();
     let mut bwd: BinaryHeap<Reverse<(Key, EntryBox)>> = BinaryHeap::new();
     for m in &blocks {
-        if b.limit > 0 {
+        ctl.check()?;
+        if stream {
+            // Nothing from here on can come before these: emit them.
+            if backward {
+                while fwd.peek().is_some_and(|(k, _)| k.0 > m.max_ts) {
+                    let Some((_, e)) = fwd.pop() else { break };
+                    if !emit(e.0) {
+                        return Err(QueryError::Cancelled);
+                    }
+                }
+            } else {
+                while bwd.peek().is_some_and(|Reverse((k, _))| k.0 < m.min_ts) {
+                    let Some(Reverse((_, e))) = bwd.pop() else {
+                        break;
+                    };
+                    if !emit(e.0) {
+                        return Err(QueryError::Cancelled);
+                    }
+                }
+            }
+        } else {
             let done = if backward {
                 bwd.len() >= b.limit && bwd.peek().is_some_and(|Reverse((k, _))| m.max_ts < k.0)
             } else {
@@ -416,7 +490,14 @@ pub fn execute(shared: &Shared, q: &Query, b: Bounds) -> Result<Vec<Entry>, Quer
                 Err(e) => return Err(store::io_err(&path)(e).into()),
             },
         };
-        let batch = read_lines(file, &path, m)?;
+        let batch = match read_lines(file, &path, m) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "skipping a stored block that cannot be read");
+                shared.metrics.damaged_records.inc();
+                continue;
+            }
+        };
         let ok: Vec<bool> = m
             .labels
             .iter()
@@ -429,43 +510,66 @@ pub fn execute(shared: &Shared, q: &Query, b: Bounds) -> Result<Vec<Entry>, Quer
             {
                 continue;
             }
+            let Some(labels) = m.labels.get(l.range as usize) else {
+                continue;
+            };
             let key = (l.ts, m.seq, m.offset, i as u32);
-            // With a limit, skip building entries that cannot make the cut.
-            if b.limit > 0 {
-                let worse = if backward {
-                    bwd.len() >= b.limit && bwd.peek().is_some_and(|Reverse((k, _))| key < *k)
+            if stream {
+                let e = EntryBox(entry(&m.node, labels, &l));
+                if backward {
+                    fwd.push((key, e));
                 } else {
-                    fwd.len() >= b.limit && fwd.peek().is_some_and(|(k, _)| key > *k)
-                };
-                if worse {
-                    continue;
+                    bwd.push(Reverse((key, e)));
                 }
+                continue;
             }
-            let e = EntryBox(entry(&m.node, &m.labels[l.range as usize], &l));
+            // With a limit, skip building entries that cannot make the cut.
+            let worse = if backward {
+                bwd.len() >= b.limit && bwd.peek().is_some_and(|Reverse((k, _))| key < *k)
+            } else {
+                fwd.len() >= b.limit && fwd.peek().is_some_and(|(k, _)| key > *k)
+            };
+            if worse {
+                continue;
+            }
+            let e = EntryBox(entry(&m.node, labels, &l));
             if backward {
                 bwd.push(Reverse((key, e)));
-                if b.limit > 0 && bwd.len() > b.limit {
+                if bwd.len() > b.limit {
                     bwd.pop();
                 }
             } else {
                 fwd.push((key, e));
-                if b.limit > 0 && fwd.len() > b.limit {
+                if fwd.len() > b.limit {
                     fwd.pop();
                 }
             }
         }
     }
     shared.metrics.queries.inc();
-    Ok(if backward {
-        let mut v: Vec<_> = bwd.into_iter().map(|Reverse(x)| x).collect();
-        v.sort_by_key(|e| Reverse(e.0));
+    // What is left, in order: streaming, the tail of the merge; with a
+    // limit, the kept lines.
+    let rest: Vec<Entry> = if backward == stream {
+        // Forward-with-limit or backward-streaming: `fwd` holds them.
+        let mut v = fwd.into_sorted_vec();
+        if backward {
+            v.reverse();
+        }
         v.into_iter().map(|(_, e)| e.0).collect()
     } else {
-        fwd.into_sorted_vec()
-            .into_iter()
-            .map(|(_, e)| e.0)
-            .collect()
-    })
+        let mut v: Vec<_> = bwd.into_iter().map(|Reverse(x)| x).collect();
+        v.sort_by_key(|e| e.0);
+        if backward {
+            v.reverse();
+        }
+        v.into_iter().map(|(_, e)| e.0).collect()
+    };
+    for e in rest {
+        if !emit(e) {
+            return Err(QueryError::Cancelled);
+        }
+    }
+    Ok(())
 }
 
 fn read_lines(file: &File, path: &std::path::Path, m: &BlockMeta) -> Result<LineBatch, StoreError> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use logfleet_proto::v1::ingest_server::Ingest;
 use logfleet_proto::v1::query_server;
 use logfleet_proto::v1::{
-    AgentInfo, Direction, HeartbeatRequest, HeartbeatResponse, ListAgentsRequest,
+    AgentInfo, Direction, Entry, HeartbeatRequest, HeartbeatResponse, ListAgentsRequest,
     ListAgentsResponse, PushRequest, PushResponse, QueryRequest, QueryResponse, TailRequest,
 };
 use logfleet_proto::Limits;
@@ -20,6 +20,10 @@ use crate::query::{self, Bounds, QueryError};
 
 /// Entries per streamed response message.
 const CHUNK: usize = 1000;
+/// Text per streamed response message: well under the 64 MiB message limit
+/// (a single line is at most the payload limit, 64 MiB by default, and is
+/// sent alone).
+const CHUNK_BYTES: usize = 4 << 20;
 
 /// Checks `authorization: Bearer <token>` when a token is configured.
 #[derive(Clone)]
@@ -141,12 +145,16 @@ fn truncate_utf8(s: &mut String, max: usize) {
 pub struct QueryService {
     /// Shared state.
     pub shared: Arc<Shared>,
+    /// A query stops after this long.
+    pub timeout: std::time::Duration,
 }
 
 fn bad_query(e: QueryError) -> Status {
     match e {
         QueryError::Parse { .. } => Status::invalid_argument(e.to_string()),
         QueryError::Store(_) => Status::internal(e.to_string()),
+        QueryError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+        QueryError::Cancelled => Status::cancelled(e.to_string()),
     }
 }
 
@@ -167,20 +175,46 @@ impl query_server::Query for QueryService {
             direction: Direction::try_from(r.direction).unwrap_or(Direction::Forward),
         };
         let shared = self.shared.clone();
-        let entries = tokio::task::spawn_blocking(move || query::execute(&shared, &q, bounds))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(bad_query)?;
+        let ctl = Arc::new(query::Control {
+            cancelled: Default::default(),
+            deadline: Some((std::time::Instant::now() + self.timeout, self.timeout)),
+        });
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut entries = entries.into_iter();
-            loop {
-                let chunk: Vec<_> = entries.by_ref().take(CHUNK).collect();
-                if chunk.is_empty() {
-                    break;
+        // The query runs on the blocking pool and streams as it goes: a
+        // chunk is sent when it holds CHUNK entries or CHUNK_BYTES of text,
+        // so no message outgrows the limit whatever the line lengths, and a
+        // result without a limit is never held whole.
+        let timeouts = self.shared.metrics.query_timeouts.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = Vec::new();
+            let mut bytes = 0usize;
+            let send = |chunk: &mut Vec<Entry>, bytes: &mut usize| {
+                *bytes = 0;
+                let entries = std::mem::take(chunk);
+                tx.blocking_send(Ok(QueryResponse { entries })).is_ok()
+            };
+            let res = query::execute_into(&shared, &q, bounds, &ctl, &mut |e| {
+                bytes += e.line.len() + 64;
+                chunk.push(e);
+                if (chunk.len() >= CHUNK || bytes >= CHUNK_BYTES) && !send(&mut chunk, &mut bytes) {
+                    ctl.cancelled
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return false;
                 }
-                if tx.send(Ok(QueryResponse { entries: chunk })).await.is_err() {
-                    break;
+                true
+            });
+            match res {
+                Ok(()) => {
+                    if !chunk.is_empty() {
+                        send(&mut chunk, &mut bytes);
+                    }
+                }
+                Err(QueryError::Cancelled) => {}
+                Err(e) => {
+                    if matches!(e, QueryError::Timeout(_)) {
+                        timeouts.inc();
+                    }
+                    let _ = tx.blocking_send(Err(bad_query(e)));
                 }
             }
         });

@@ -76,6 +76,14 @@ pub enum CodecError {
     /// Compression failed (only on the encoding side).
     #[error("compressing payload: {0}")]
     Compress(std::io::Error),
+    /// Bytes follow the compressed stream.
+    #[error("{bytes} bytes follow the {compression} frame")]
+    Trailing {
+        /// Which format.
+        compression: &'static str,
+        /// How many bytes (at least).
+        bytes: u64,
+    },
 }
 
 /// Encodes and compresses `batch`, returning the payload and its raw length.
@@ -131,13 +139,33 @@ pub fn inflate(req: &PushRequest, limits: Limits) -> Result<Vec<u8>, CodecError>
             "gzip",
         )?,
         Compression::Zstd => {
-            let dec = zstd::stream::read::Decoder::with_buffer(req.payload.as_ref()).map_err(
-                |source| CodecError::Corrupt {
+            let corrupt = |source| CodecError::Corrupt {
+                compression: "zstd",
+                source,
+            };
+            let mut dec = zstd::stream::read::Decoder::with_buffer(req.payload.as_ref())
+                .map_err(corrupt)?
+                .single_frame();
+            let raw = read_bounded(&mut dec, declared, "zstd")?;
+            if raw.len() as u64 != declared {
+                return Err(CodecError::LengthMismatch {
+                    declared,
+                    actual: raw.len() as u64,
+                });
+            }
+            // The payload must be exactly one frame, read to its end: bytes
+            // after it would be stored as they came and then fail every
+            // query over the block.
+            let mut probe = [0u8; 1];
+            let extra = dec.read(&mut probe).map_err(corrupt)?;
+            let rest = dec.finish();
+            if extra != 0 || !rest.is_empty() {
+                return Err(CodecError::Trailing {
                     compression: "zstd",
-                    source,
-                },
-            )?;
-            read_bounded(dec.single_frame(), declared, "zstd")?
+                    bytes: rest.len() as u64 + extra as u64,
+                });
+            }
+            raw
         }
     };
     if raw.len() as u64 != declared {
@@ -263,6 +291,25 @@ mod tests {
             decode_payload(&req, Limits::default()),
             Err(CodecError::UnknownCompression(9))
         ));
+    }
+
+    /// A zstd frame with bytes after it used to be stored and then fail
+    /// every query over its block.
+    #[test]
+    fn refuses_bytes_after_the_zstd_frame() {
+        let mut req = request(&batch(10), Compression::Zstd);
+        assert!(decode_payload(&req, Limits::default()).is_ok());
+        let mut p = req.payload.to_vec();
+        p.extend_from_slice(b"junk");
+        req.payload = p.into();
+        let err = decode_payload(&req, Limits::default()).unwrap_err();
+        assert!(matches!(err, CodecError::Trailing { .. }), "{err}");
+        // A second frame is trailing data too.
+        let mut req = request(&batch(10), Compression::Zstd);
+        let mut p = req.payload.to_vec();
+        p.extend_from_slice(&zstd::bulk::compress(b"more", 1).unwrap());
+        req.payload = p.into();
+        assert!(decode_payload(&req, Limits::default()).is_err());
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/logfleet/logfleet:0.1.0";
 pub struct LogCollectorSpec {
     /// Image holding the `logfleet` binary, for the agents and the aggregator.
     #[serde(default = "default_image")]
+    #[schemars(length(min = 1, max = 512))]
     pub image: String,
     /// Pull policy for that image.
     #[serde(default)]
@@ -78,6 +79,7 @@ pub struct LogCollectorSpec {
     /// agents present and the aggregator requires. Unset: no token (keep
     /// the aggregator's ports private with a NetworkPolicy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub token_secret_name: Option<String>,
 }
 
@@ -169,6 +171,7 @@ pub struct AgentSpec {
     /// Priority class; the default lets the scheduler preempt other pods to
     /// place an agent.
     #[serde(default = "default_priority_class")]
+    #[schemars(length(max = 253))]
     pub priority_class_name: String,
     /// Resources of the agent container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,10 +192,12 @@ pub struct AgentSpec {
     pub filters: Filters,
     /// Seal a batch at this many bytes of raw log text (e.g. `1MiB`).
     #[serde(default = "default_batch_size")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(B|KiB|MiB)?$')").message("batchSize is a byte size such as 512KiB or 1MiB"))]
     pub batch_size: String,
     /// Seal a batch when its oldest line waited this long (e.g. `1s`).
     #[serde(default = "default_batch_wait")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(ms|s|m)$')").message("batchWait is a duration such as 500ms or 1s"))]
     pub batch_wait: String,
     /// Batch compression.
@@ -206,6 +211,7 @@ pub struct AgentSpec {
     pub run_as_user: Option<i64>,
     /// Extra groups for the agent process (with `runAsUser`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub supplemental_groups: Vec<i64>,
 }
 
@@ -252,6 +258,9 @@ impl Default for AgentSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.type == 'RollingUpdate' || (!has(self.maxUnavailable) && !has(self.maxSurge))")
     .message("maxUnavailable and maxSurge apply only to RollingUpdate"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.maxSurge) || self.maxSurge == 0 || self.maxSurge == '0' || self.maxSurge == '0%'")
+    .message("maxSurge must be 0: two agents on one node would share one state directory")
+    .field_path(".maxSurge"))]
 pub struct UpdateStrategy {
     /// `RollingUpdate` (default) or `OnDelete`.
     #[serde(default, rename = "type")]
@@ -259,7 +268,8 @@ pub struct UpdateStrategy {
     /// Nodes whose agent may be down during a rolling update (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
-    /// Nodes that may run an old and a new agent at once (default 0).
+    /// Must be 0 (the default): two agents on one node would share one
+    /// checkpoint directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_surge: Option<IntOrString>,
 }
@@ -280,18 +290,22 @@ pub enum UpdateStrategyType {
 pub struct HostPaths {
     /// Kubelet's pod log directory (read-only).
     #[serde(default = "default_pods_path")]
+    #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
     pub pod_logs: String,
     /// Kubelet's symlinks to the pod logs (read-only).
     #[serde(default = "default_containers_path")]
+    #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
     pub container_logs: String,
     /// Docker's container directory, the target of docker json-file logs (read-only).
     #[serde(default = "default_docker_path")]
+    #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
     pub docker_containers: String,
     /// Where the agent keeps its checkpoints (read-write).
     #[serde(default = "default_state_path")]
+    #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = kube::core::Rule::new("self.startsWith('/')").message("must be an absolute path"))]
     pub state: String,
 }
@@ -329,21 +343,27 @@ impl Default for HostPaths {
 pub struct Filters {
     /// Namespaces to collect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub include_namespaces: Vec<String>,
     /// Namespaces to skip.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub exclude_namespaces: Vec<String>,
     /// Pods to collect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub include_pods: Vec<String>,
     /// Pods to skip.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub exclude_pods: Vec<String>,
     /// Containers to collect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub include_containers: Vec<String>,
     /// Containers to skip.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
     pub exclude_containers: Vec<String>,
 }
 
@@ -365,10 +385,12 @@ pub struct AggregatorSpec {
     pub storage: Storage,
     /// Delete data older than this (e.g. `7d`, `0` for no limit by age).
     #[serde(default = "default_retention_age")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^(0|[0-9]+(m|h|d))$')").message("retentionAge is a duration such as 12h or 7d, or 0"))]
     pub retention_age: String,
     /// Delete the oldest data beyond this size (e.g. `50GiB`, `0` for no limit by size).
     #[serde(default = "zero")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(B|KiB|MiB|GiB|TiB)?$')").message("retentionSize is a byte size such as 50GiB, or 0"))]
     pub retention_size: String,
     /// Resources of the aggregator container.
@@ -409,9 +431,11 @@ impl Default for AggregatorSpec {
 pub struct Storage {
     /// Requested size (a Kubernetes quantity).
     #[serde(default = "default_storage_size")]
+    #[schemars(length(min = 1, max = 32))]
     pub size: String,
     /// Storage class; unset uses the cluster's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub storage_class_name: Option<String>,
 }
 
@@ -463,6 +487,7 @@ pub struct LogCollectorStatus {
     /// Up to 50 expected nodes without a working agent (the most basic
     /// causes first); `coverage.missing` is the exact count.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
     pub missing_nodes: Vec<MissingNode>,
 }
 
@@ -584,6 +609,14 @@ mod tests {
                 "absolute path",
             ),
             (
+                serde_json::json!({"agent": {"updateStrategy": {"maxSurge": 1}}}),
+                "maxSurge must be 0",
+            ),
+            (
+                serde_json::json!({"agent": {"updateStrategy": {"maxSurge": "25%"}}}),
+                "maxSurge must be 0",
+            ),
+            (
                 serde_json::json!({"aggregator": {"replicas": 2}}),
                 "replicas must be 0 or 1",
             ),
@@ -603,7 +636,8 @@ mod tests {
         // The same fields, valid.
         let ok = [
             serde_json::json!({"agent": {"tolerateAllTaints": false, "tolerations": [{"operator": "Exists"}]}}),
-            serde_json::json!({"agent": {"updateStrategy": {"type": "RollingUpdate", "maxUnavailable": "10%", "maxSurge": 1}}}),
+            serde_json::json!({"agent": {"updateStrategy": {"type": "RollingUpdate", "maxUnavailable": "10%", "maxSurge": 0}}}),
+            serde_json::json!({"agent": {"updateStrategy": {"type": "RollingUpdate", "maxSurge": "0%"}}}),
             serde_json::json!({"agent": {"updateStrategy": {"type": "OnDelete"}}}),
             serde_json::json!({"agent": {"batchSize": "512KiB", "batchWait": "250ms", "runAsUser": 65532}}),
             serde_json::json!({"aggregator": {"replicas": 0, "retentionAge": "0", "retentionSize": "50GiB"}}),

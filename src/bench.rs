@@ -98,7 +98,8 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
-struct Bg(Child);
+/// A child process, killed when dropped.
+pub struct Bg(pub Child);
 impl Drop for Bg {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -106,7 +107,8 @@ impl Drop for Bg {
     }
 }
 
-fn spawn(args: &[&str], log: &Path) -> Result<Bg> {
+/// Starts this binary with `args`, its output in `log`.
+pub fn spawn(args: &[&str], log: &Path) -> Result<Bg> {
     let exe = std::env::current_exe()?;
     let f = std::fs::File::create(log)?;
     let child = Command::new(exe)
@@ -121,7 +123,7 @@ fn spawn(args: &[&str], log: &Path) -> Result<Bg> {
 
 /// An aggregator on free loopback ports with its store in `data`, and a
 /// query client connected to it.
-async fn start_aggregator(
+pub async fn start_aggregator(
     data: &Path,
     log: &Path,
 ) -> Result<(Bg, String, QueryClient<tonic::transport::Channel>)> {
@@ -151,7 +153,8 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-async fn client(url: &str) -> Result<QueryClient<tonic::transport::Channel>> {
+/// A query client, retrying the connection for up to 30 s.
+pub async fn client(url: &str) -> Result<QueryClient<tonic::transport::Channel>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match QueryClient::connect(url.to_owned()).await {
@@ -162,7 +165,8 @@ async fn client(url: &str) -> Result<QueryClient<tonic::transport::Channel>> {
     }
 }
 
-async fn stored_lines(c: &mut QueryClient<tonic::transport::Channel>) -> Result<u64> {
+/// Lines stored for every agent.
+pub async fn stored_lines(c: &mut QueryClient<tonic::transport::Channel>) -> Result<u64> {
     let r = c.list_agents(ListAgentsRequest {}).await?.into_inner();
     Ok(r.agents.iter().map(|a| a.lines).sum())
 }

@@ -147,8 +147,8 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         tls: None,
         limits: logfleet_proto::Limits::default(),
         max_message: 32 << 20,
-        max_concurrent_requests: 32,
-        max_inflight_bytes: 256 << 20,
+        max_concurrent_requests: 16,
+        max_inflight_bytes: 64 << 20,
         query_timeout: Duration::from_secs(60),
     };
     let aggregator = tokio::spawn(logfleet_aggregator::run(agg_cfg, stopped(stop_rx.clone())));

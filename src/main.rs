@@ -2,6 +2,7 @@
 //! commands. This file only parses arguments and calls the libraries.
 
 mod bench;
+mod bench_load;
 mod client;
 mod demo;
 mod status;
@@ -188,6 +189,33 @@ enum BenchCmd {
         #[arg(long, default_value = "30")]
         seconds: u64,
     },
+    /// Many concurrent pushers with large batches against one aggregator:
+    /// its peak RSS and ack latency.
+    Pushers {
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
+        /// Concurrent pushers, each its own connection and node.
+        #[arg(long, default_value = "500")]
+        clients: usize,
+        /// Pushes per pusher.
+        #[arg(long, default_value = "4")]
+        pushes: usize,
+        /// Raw bytes per push.
+        #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+        batch_size: u64,
+    },
+    /// The aggregator down while a container keeps writing: the agent's
+    /// peak RSS, then its catch-up.
+    Outage {
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
+        /// Length of the outage.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        duration: Duration,
+        /// Bytes written per second.
+        #[arg(long, default_value = "5MB", value_parser = parse_size)]
+        rate: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -342,10 +370,10 @@ struct AggregatorArgs {
     #[arg(long, env = "LOGFLEET_ZSTD_LEVEL", default_value = "3")]
     zstd_level: i32,
     /// gRPC requests handled at once; more wait (back-pressure, not errors).
-    #[arg(long, env = "LOGFLEET_MAX_CONCURRENT_REQUESTS", default_value = "32")]
+    #[arg(long, env = "LOGFLEET_MAX_CONCURRENT_REQUESTS", default_value = "16")]
     max_concurrent_requests: usize,
     /// Decompressed push bytes decoded and written at once; more wait.
-    #[arg(long, env = "LOGFLEET_MAX_INFLIGHT", default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGFLEET_MAX_INFLIGHT", default_value = "64MiB", value_parser = parse_size)]
     max_inflight: u64,
     /// A query stops after this long.
     #[arg(long, env = "LOGFLEET_QUERY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -725,6 +753,17 @@ async fn run(cmd: Cmd) -> Result<()> {
                 files,
                 seconds,
             } => bench::idle(&dir, files, seconds).await?,
+            BenchCmd::Pushers {
+                dir,
+                clients,
+                pushes,
+                batch_size,
+            } => bench_load::pushers(&dir, clients, pushes, batch_size).await?,
+            BenchCmd::Outage {
+                dir,
+                duration,
+                rate,
+            } => bench_load::outage(&dir, duration.as_secs(), rate).await?,
         },
         Cmd::Demo(d) => {
             demo::run(demo::DemoConfig {

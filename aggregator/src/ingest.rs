@@ -299,7 +299,7 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         room_kib: 256 << 10,
         metrics,
     }
-    .with_inflight_limit(256 << 20);
+    .with_inflight_limit(64 << 20);
     Ok((shared, writer))
 }
 

@@ -38,6 +38,9 @@ async fn connect(c: &ConnArgs) -> Result<Client> {
 /// Turns a gRPC status into one readable line.
 fn status(url: &str, s: tonic::Status) -> anyhow::Error {
     match s.code() {
+        tonic::Code::Unavailable if s.message().contains("shutting down") => {
+            anyhow::anyhow!("aggregator at {url} is shutting down")
+        }
         tonic::Code::Unavailable => {
             anyhow::anyhow!("aggregator at {url} is unreachable: {}", s.message())
         }
@@ -162,7 +165,8 @@ pub async fn tail(c: &ConnArgs, query: String, jsonl: bool) -> Result<()> {
         print(&mut out, &msg.entries, jsonl)?;
         out.flush()?;
     }
-    Ok(())
+    // A tail only ends when the aggregator ends it.
+    anyhow::bail!("aggregator at {} ended the tail", c.url)
 }
 
 /// Every agent the aggregator knows.

@@ -63,6 +63,10 @@ pub struct Shared {
     pub failed: tokio::sync::watch::Sender<Option<String>>,
     /// Faults to inject, for tests of what a failing disk does.
     pub faults: Faults,
+    /// Set when the aggregator is stopping: live tails and running queries
+    /// end at once, with "aggregator shutting down", so that the server's
+    /// graceful shutdown does not wait for clients that never leave.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Faults a test can make the writer meet, as a failing disk would.
@@ -276,6 +280,7 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         metrics,
         failed: tokio::sync::watch::channel(None).0,
         faults: Faults::default(),
+        shutdown: tokio::sync::watch::channel(false).0,
     });
     // Small: the pushes that wait here hold decoded batches.
     let (tx, rx) = mpsc::sync_channel(16);

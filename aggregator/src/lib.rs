@@ -97,11 +97,14 @@ pub async fn run(
     let writer = writer.with_inflight_limit(cfg.max_inflight_bytes);
     let auth = service::Auth::new(cfg.token.clone(), metrics.clone());
     let mut failed = shared.failed.subscribe();
+    let stopping = shared.clone();
     let stop = async move {
         tokio::select! {
             () = shutdown => {}
             _ = failed.wait_for(Option::is_some) => {}
         }
+        tracing::info!("stopping: ending live tails and queries");
+        stopping.shutdown.send_replace(true);
     };
     let failed = shared.failed.subscribe();
 

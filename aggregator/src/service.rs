@@ -149,6 +149,23 @@ pub struct QueryService {
     pub timeout: std::time::Duration,
 }
 
+/// Resolves once the aggregator is stopping (or its state is gone).
+async fn until_stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What a tail or query hears when the aggregator stops.
+fn shutting_down() -> Status {
+    Status::unavailable("aggregator shutting down")
+}
+
 fn bad_query(e: QueryError) -> Status {
     match e {
         QueryError::Parse { .. } => Status::invalid_argument(e.to_string()),
@@ -185,6 +202,18 @@ impl query_server::Query for QueryService {
         // so no message outgrows the limit whatever the line lengths, and a
         // result without a limit is never held whole.
         let timeouts = self.shared.metrics.query_timeouts.clone();
+        // Stopping cancels the query; the client hears why.
+        let mut down = self.shared.shutdown.subscribe();
+        let (watch_ctl, watch_tx) = (ctl.clone(), tx.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = until_stopping(&mut down) => {
+                    watch_ctl.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                () = watch_tx.closed() => {}
+            }
+        });
+        let stopping = self.shared.shutdown.subscribe();
         tokio::task::spawn_blocking(move || {
             let mut chunk = Vec::new();
             let mut bytes = 0usize;
@@ -209,7 +238,11 @@ impl query_server::Query for QueryService {
                         send(&mut chunk, &mut bytes);
                     }
                 }
-                Err(QueryError::Cancelled) => {}
+                Err(QueryError::Cancelled) => {
+                    if *stopping.borrow() {
+                        let _ = tx.blocking_send(Err(shutting_down()));
+                    }
+                }
                 Err(e) => {
                     if matches!(e, QueryError::Timeout(_)) {
                         timeouts.inc();
@@ -225,12 +258,17 @@ impl query_server::Query for QueryService {
         let q = query::parse(&req.into_inner().query).map_err(bad_query)?;
         let mut sub = self.shared.tail.subscribe();
         let metrics = self.shared.metrics.clone();
+        let mut down = self.shared.shutdown.subscribe();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             metrics.tails.inc();
             loop {
                 tokio::select! {
                     _ = tx.closed() => break,
+                    () = until_stopping(&mut down) => {
+                        let _ = tx.send(Err(shutting_down())).await;
+                        break;
+                    }
                     got = sub.recv() => match got {
                         Ok(c) => {
                             let entries = query::matching(&q, &c.node, &c.labels, &c.batch);

@@ -15,8 +15,10 @@ use rand::Rng;
 
 pub struct DemoConfig {
     pub dir: Option<PathBuf>,
-    pub grpc_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    /// None: the default port, or a free one when it is taken.
+    pub grpc_addr: Option<SocketAddr>,
+    /// None: the default port, or a free one when it is taken.
+    pub http_addr: Option<SocketAddr>,
     pub duration: Option<Duration>,
 }
 
@@ -117,7 +119,60 @@ fn write_node(
     Ok(())
 }
 
+/// The demo's default addresses: the aggregator's own defaults, on loopback.
+const DEFAULT_GRPC: &str = "127.0.0.1:4317";
+const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+
+/// Binds `addr` when given (a taken address is an error: it was asked
+/// for), else `default`, else (taken) a free loopback port.
+fn bind(addr: Option<SocketAddr>, default: &str) -> Result<std::net::TcpListener> {
+    let l = match addr {
+        Some(a) => std::net::TcpListener::bind(a).with_context(|| format!("binding {a}"))?,
+        None => match std::net::TcpListener::bind(default) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding {default}")),
+        },
+    };
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// A path as a shell word: quoted when it holds anything but plain
+/// characters, so a printed command works when pasted.
+fn shell_word(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// The commands the demo suggests, for the binary at `exe` and the
+/// aggregator at `url`. Each works when pasted into a POSIX shell.
+pub fn hints(exe: &str, url: &str) -> Vec<String> {
+    let exe = shell_word(exe);
+    vec![
+        format!("{exe} agents --aggregator {url}"),
+        format!("{exe} query --aggregator {url} '{{namespace=\"shop\"}} |= \"ERROR\"' --limit 20"),
+        format!("{exe} query --aggregator {url} '{{node=\"node-2\", stream=\"stderr\"}}' --since 5m --output jsonl"),
+        // A raw (backtick) string keeps the regex free of escapes.
+        format!("{exe} tail --aggregator {url} '{{pod=~\"web-.*\"}} |~ `status=5..|\" 5[0-9][0-9] `'"),
+    ]
+}
+
 pub async fn run(cfg: DemoConfig) -> Result<()> {
+    // Ports first: nothing is printed or started until both are ours.
+    let listeners = logfleet_aggregator::Listeners {
+        grpc: bind(cfg.grpc_addr, DEFAULT_GRPC)?,
+        http: bind(cfg.http_addr, DEFAULT_HTTP)?,
+    };
+    let grpc_addr = listeners.grpc.local_addr()?;
+    let http_addr = listeners.http.local_addr()?;
     let (dir, _guard) = match cfg.dir {
         Some(d) => (d, None),
         None => {
@@ -141,8 +196,8 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
             retention_bytes: Some(1 << 30),
             zstd_level: 3,
         },
-        grpc_addr: cfg.grpc_addr,
-        http_addr: cfg.http_addr,
+        grpc_addr,
+        http_addr,
         token: None,
         tls: None,
         limits: logfleet_proto::Limits::default(),
@@ -151,12 +206,13 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         max_inflight_bytes: 64 << 20,
         query_timeout: Duration::from_secs(60),
     };
-    let aggregator = tokio::spawn(logfleet_aggregator::run(agg_cfg, stopped(stop_rx.clone())));
-    let url = format!("http://{}", cfg.grpc_addr);
-    println!(
-        "logfleet demo: aggregator on {url} (metrics on http://{}/metrics)",
-        cfg.http_addr
-    );
+    let aggregator = tokio::spawn(logfleet_aggregator::run_on(
+        agg_cfg,
+        listeners,
+        stopped(stop_rx.clone()),
+    ));
+    let url = format!("http://{grpc_addr}");
+    println!("logfleet demo: aggregator on {url} (metrics on http://{http_addr}/metrics)");
     println!("  files under {}", dir.display());
 
     let stop_writers = Arc::new(AtomicBool::new(false));
@@ -210,12 +266,13 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
     }
     println!();
     println!("Try, in another terminal:");
-    println!("  logfleet agents --aggregator {url}");
-    println!(
-        "  logfleet query --aggregator {url} '{{namespace=\"shop\"}} |= \"ERROR\"' --limit 20"
-    );
-    println!("  logfleet query --aggregator {url} '{{node=\"node-2\", stream=\"stderr\"}}' --since 5m --output jsonl");
-    println!("  logfleet tail --aggregator {url} '{{pod=~\"web-.*\"}} |~ \"status=5..|\\\\\" 5[0-9][0-9] \"'");
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "logfleet".into());
+    for h in hints(&exe, &url) {
+        println!("  {h}");
+    }
+    println!("(`cargo install --path .` puts `logfleet` on your PATH.)");
     println!();
     println!("Ctrl-C stops the demo.");
 

@@ -454,12 +454,14 @@ struct DemoArgs {
     /// Where the demo keeps its files (default: a fresh temporary directory).
     #[arg(long, env = "LOGFLEET_DEMO_DIR")]
     dir: Option<PathBuf>,
-    /// gRPC address of the demo's aggregator.
-    #[arg(long, env = "LOGFLEET_GRPC_ADDR", default_value = "127.0.0.1:4317")]
-    grpc_addr: SocketAddr,
-    /// HTTP address of the demo's aggregator.
-    #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    http_addr: SocketAddr,
+    /// gRPC address of the demo's aggregator (default 127.0.0.1:4317, or a
+    /// free port when that is taken).
+    #[arg(long, env = "LOGFLEET_DEMO_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP address of the demo's aggregator (default 127.0.0.1:8080, or a
+    /// free port when that is taken).
+    #[arg(long, env = "LOGFLEET_DEMO_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, env = "LOGFLEET_DEMO_DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,

@@ -86,9 +86,44 @@ pub enum AggregatorError {
     StorageFailed(String),
 }
 
+/// The aggregator's two listening sockets, bound before anything else
+/// happens, so that a taken port is an error at once.
+pub struct Listeners {
+    /// gRPC (ingest and queries).
+    pub grpc: std::net::TcpListener,
+    /// HTTP (metrics, health, agents).
+    pub http: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `cfg`.
+    pub fn bind(cfg: &AggregatorConfig) -> Result<Self, AggregatorError> {
+        let bind = |addr: SocketAddr| {
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|source| AggregatorError::Bind { addr, source })
+        };
+        Ok(Listeners {
+            grpc: bind(cfg.grpc_addr)?,
+            http: bind(cfg.http_addr)?,
+        })
+    }
+}
+
 /// Runs the aggregator until `shutdown` resolves.
 pub async fn run(
     cfg: AggregatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AggregatorError> {
+    let listeners = Listeners::bind(&cfg)?;
+    run_on(cfg, listeners, shutdown).await
+}
+
+/// Runs the aggregator on sockets already bound (their addresses win over
+/// the configuration's) until `shutdown` resolves.
+pub async fn run_on(
+    cfg: AggregatorConfig,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AggregatorError> {
     let mut registry = Registry::default();
@@ -112,12 +147,7 @@ pub async fn run(
         shared: shared.clone(),
         registry: Arc::new(registry),
     });
-    let http_listener = std::net::TcpListener::bind(cfg.http_addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| AggregatorError::Bind {
-            addr: cfg.http_addr,
-            source,
-        })?;
+    let http_listener = listeners.http;
     match &cfg.tls {
         Some((cert, key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
@@ -153,12 +183,12 @@ pub async fn run(
         }
     }
 
-    let grpc_listener = tokio::net::TcpListener::bind(cfg.grpc_addr)
-        .await
-        .map_err(|source| AggregatorError::Bind {
+    let grpc_listener = tokio::net::TcpListener::from_std(listeners.grpc).map_err(|source| {
+        AggregatorError::Bind {
             addr: cfg.grpc_addr,
             source,
-        })?;
+        }
+    })?;
     let ingest = tonic::service::interceptor::InterceptedService::new(
         IngestServer::new(service::IngestService {
             writer,

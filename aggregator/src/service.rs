@@ -203,18 +203,22 @@ impl query_server::Query for QueryService {
         // result without a limit is never held whole.
         let timeouts = self.shared.metrics.query_timeouts.clone();
         // Stopping cancels the query; the client hears why.
+        // (The watcher must not hold a sender: the response stream ends only
+        // when every sender is gone.)
         let mut down = self.shared.shutdown.subscribe();
-        let (watch_ctl, watch_tx) = (ctl.clone(), tx.clone());
+        let watch_ctl = ctl.clone();
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             tokio::select! {
                 () = until_stopping(&mut down) => {
                     watch_ctl.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
-                () = watch_tx.closed() => {}
+                _ = finished => {}
             }
         });
         let stopping = self.shared.shutdown.subscribe();
         tokio::task::spawn_blocking(move || {
+            let _done = done;
             let mut chunk = Vec::new();
             let mut bytes = 0usize;
             let send = |chunk: &mut Vec<Entry>, bytes: &mut usize| {

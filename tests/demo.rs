@@ -1,0 +1,91 @@
+//! A new user's first minutes: `logfleet demo` on a machine where its
+//! default ports are taken, and every command it prints, pasted into a
+//! shell as printed.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// The lines the demo printed so far.
+fn printed(p: &Proc) -> Vec<String> {
+    p.log_text().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
+    // Hold the defaults, as a developer's other servers would. (If
+    // something else holds them already, the case is the same.)
+    let _grpc = std::net::TcpListener::bind("127.0.0.1:4317");
+    let _http = std::net::TcpListener::bind("127.0.0.1:8080");
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Proc::start(
+        "demo",
+        &[
+            "demo".into(),
+            "--dir".into(),
+            dir.path().join("demo").display().to_string(),
+            "--duration".into(),
+            "5m".into(),
+        ],
+        dir.path(),
+    );
+    let hints: Vec<String> = wait_for("the demo's hints", Duration::from_secs(60), || {
+        let lines = printed(&demo);
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("Try, in another terminal"))?;
+        let hints: Vec<String> = lines[at + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("  "))
+            .map(|l| l.trim().to_owned())
+            .collect();
+        (hints.len() >= 4).then_some(hints)
+    });
+    let first = printed(&demo)
+        .into_iter()
+        .find(|l| l.starts_with("logfleet demo: aggregator on"))
+        .unwrap();
+    assert!(
+        !first.contains(":4317 ") && !first.contains(":8080/"),
+        "the demo printed a taken port: {first}"
+    );
+    for h in &hints {
+        assert!(!h.contains("127.0.0.1:4317"), "{h}");
+    }
+    // Every command, run by a shell exactly as printed.
+    for h in hints.iter().filter(|h| !h.contains(" tail ")) {
+        let out = wait_for(&format!("`{h}` to answer"), Duration::from_secs(60), || {
+            let out = Command::new("sh").arg("-c").arg(h).output().unwrap();
+            (out.status.success() && !out.stdout.is_empty()).then_some(out)
+        });
+        assert!(
+            out.stderr.is_empty(),
+            "{h}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The tail runs until stopped: it must print matching lines.
+    let tail = hints.iter().find(|h| h.contains(" tail ")).unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {tail}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        line.contains(" 500 ") || line.contains("status=5"),
+        "{tail} printed {line:?}; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -712,8 +712,8 @@ async fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Render(r) => {
             use logfleet_controller::render;
-            let lc = match &r.file {
-                None => logfleet_controller::bundle::default_collector(),
+            let collectors = match &r.file {
+                None => vec![logfleet_controller::bundle::default_collector()],
                 Some(p) => {
                     let text = if p.as_os_str() == "-" {
                         std::io::read_to_string(std::io::stdin()).context("reading stdin")?
@@ -721,16 +721,21 @@ async fn run(cmd: Cmd) -> Result<()> {
                         std::fs::read_to_string(p)
                             .with_context(|| format!("reading {}", p.display()))?
                     };
-                    render::parse_collector(&text, &r.namespace)
-                        .with_context(|| format!("reading {}", p.display()))?
+                    // What the API server and the controller would refuse
+                    // is refused here, before anything is applied.
+                    logfleet_controller::check::collectors_in(&text, &r.namespace)
+                        .with_context(|| format!("{} is refused", p.display()))?
                 }
             };
-            let objs = render::render(
-                &lc,
-                &render::Options {
-                    openshift: r.openshift,
-                },
-            )?;
+            let mut objs = Vec::new();
+            for lc in &collectors {
+                objs.extend(render::render(
+                    lc,
+                    &render::Options {
+                        openshift: r.openshift,
+                    },
+                )?);
+            }
             print!("{}", render::to_yaml(&objs)?);
         }
         Cmd::Bundle { image } => {

@@ -143,22 +143,52 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
     assert_eq!(cm["metadata"]["namespace"], "obs");
     assert_eq!(objs[8]["kind"], "SecurityContextConstraints");
 
+    // What the API server or the agents would refuse (issue 14), with a
+    // message naming the field.
+    let head = "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollector\n";
     for (text, want) in [
-        ("kind: LogCollector\nspec: {}\n", "missing field `metadata`"),
         (
-            "metadata: {namespace: x}\nspec: {}\n",
+            "kind: LogCollector\nmetadata: {name: x}\nspec: {}\n".to_string(),
+            "want apiVersion logfleet.dev/v1alpha1",
+        ),
+        (
+            format!("{head}metadata: {{namespace: x}}\nspec: {{}}\n"),
             "metadata.name is missing",
         ),
         (
-            "metadata: {name: x}\nspec:\n  agent:\n    compression: lz4\n",
+            format!("{head}metadata: {{name: x}}\nspec:\n  agent:\n    compression: lz4\n"),
             "lz4",
         ),
-        (": : :\n", "not a LogCollector"),
+        (
+            format!("{head}metadata: {{name: x}}\nspec:\n  agent:\n    tolerateAllTaint: false\n"),
+            "unknown field \"spec.agent.tolerateAllTaint\"",
+        ),
+        (
+            format!("{head}metadata: {{name: x}}\nspec:\n  aggregator:\n    retentionAge: 1 week\n"),
+            "retentionAge",
+        ),
+        (
+            format!("{head}metadata: {{name: x}}\nspec:\n  agent:\n    filters:\n      excludeNamespaces: [\"kube-(\"]\n"),
+            "not a valid regular expression",
+        ),
+        (
+            "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollection\nmetadata: {name: x}\nspec: {}\n".to_string(),
+            "LogCollection",
+        ),
+        (": : :\n".to_string(), "not YAML"),
     ] {
-        std::fs::write(&file, text).expect("write");
+        std::fs::write(&file, &text).expect("write");
         let out = cli(&["render", "-f", file.to_str().expect("path")]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{text:?} accepted");
         assert!(err.contains(want), "{text:?}: {err}");
     }
+
+    // A multi-document file (the bundle itself) renders its LogCollector.
+    let bundle =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/logfleet.yaml"))
+            .expect("bundle");
+    std::fs::write(&file, bundle).expect("write");
+    let objs = docs(&stdout(&["render", "-f", file.to_str().expect("path")]));
+    assert!(objs.iter().any(|o| o["kind"] == "DaemonSet"));
 }

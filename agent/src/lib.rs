@@ -140,6 +140,7 @@ pub async fn run(
     // One batch being built, one waiting, one in flight: memory stays at a
     // few batch sizes however far behind the aggregator is.
     let (tx, rx) = mpsc::channel(1);
+    let (wake, wake_rx) = Wake::new();
     let acked = Arc::new(Notify::new());
     let shipper = ship::Shipper {
         client: client.clone(),
@@ -149,6 +150,10 @@ pub async fn run(
         backoff: cfg.backoff,
         report: report.clone(),
         dead_letters: deadletter::DeadLetters::new(&cfg.state_dir, cfg.dead_letter_bytes),
+        on_taken: {
+            let w = wake.clone();
+            Box::new(move || w.event(false))
+        },
     };
     let ship_task = tokio::spawn(shipper.run(rx));
     let beat_task = tokio::spawn(send_heartbeats(
@@ -176,7 +181,7 @@ pub async fn run(
         };
         std::thread::Builder::new()
             .name("logfleet-reader".into())
-            .spawn(move || ctx.run())
+            .spawn(move || ctx.run(wake, wake_rx))
             .map_err(|e| AgentError::Reader(e.to_string()))?
     };
     tracing::info!(node = %cfg.node_name, root = %cfg.log_root.display(), aggregator = %cfg.target.url, "agent started");
@@ -294,10 +299,9 @@ struct ReadLoop {
 }
 
 impl ReadLoop {
-    fn run(self) {
+    fn run(self, wake: Wake, wake_rx: Receiver<()>) {
         use notify::Watcher;
         let cfg = &self.cfg;
-        let (wake, wake_rx) = Wake::new();
         let w2 = wake.clone();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res {
@@ -408,11 +412,8 @@ impl ReadLoop {
                 continue;
             }
             let mut wait = cfg.poll_interval;
-            if backlog.is_some() {
-                // Offer the batch again soon; the shipper takes it as soon
-                // as the aggregator answers.
-                wait = wait.min(Duration::from_millis(50));
-            }
+            // With a batch waiting, the shipper wakes us when it takes the
+            // one before it (`on_taken`); the poll interval backs that up.
             if let Some(d) = builder.deadline(cfg.batch_wait) {
                 wait = wait.min(d.saturating_duration_since(Instant::now()));
             }

@@ -149,6 +149,9 @@ pub struct Shipper {
     pub report: Arc<Report>,
     /// Where refused lines are kept.
     pub dead_letters: DeadLetters,
+    /// Called each time a batch is taken from the channel: the reader,
+    /// which stops reading while its next batch waits, goes on at once.
+    pub on_taken: Box<dyn Fn() + Send + Sync>,
 }
 
 /// The outcome of sending one batch until it is answered.
@@ -161,6 +164,7 @@ impl Shipper {
     /// Pushes every batch from `rx`, in order, until the channel closes.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Sealed>) {
         while let Some(batch) = rx.recv().await {
+            (self.on_taken)();
             self.push(batch).await;
         }
     }

@@ -82,6 +82,7 @@ fn main() {
                     silence: Duration::from_secs(300),
                     config_hash: "x",
                     progress_deadline: Duration::from_secs(600),
+                    invalid_spec: None,
                     now,
                 },
                 &old,

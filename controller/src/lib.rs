@@ -6,15 +6,20 @@
 //! k8s-openapi values without a cluster: [`crd`] is the resource and its
 //! CRD; [`placement`] decides, as the DaemonSet controller does, whether a
 //! daemon pod belongs on a node; [`coverage`] says which expected nodes lack
-//! a working agent, and why; [`render`] turns a collector into the objects
-//! to apply; [`status`] turns what was observed into the status and events.
+//! a working agent, and why; [`validate`] refuses what the CRD cannot (bad
+//! regexes, sizes, durations) before it reaches the agents; [`render`]
+//! turns a collector into the objects to apply; [`status`] turns what was
+//! observed into the status and events.
 //!
 //! I/O around them: [`reconcile`] applies, observes and writes the status;
 //! [`run`] is `logfleet controller` (Lease, watches, metrics endpoint);
 //! [`dump`] reads the same objects from a kubectl dump or the cluster for
-//! `logfleet status`; [`bundle`] is the install bundle.
+//! `logfleet status`; [`bundle`] is the install bundle; [`check`] says what
+//! the API server and the controller would refuse of a file, for
+//! `logfleet render -f`.
 
 pub mod bundle;
+pub mod check;
 pub mod coverage;
 pub mod crd;
 pub mod dump;
@@ -24,3 +29,4 @@ pub mod reconcile;
 pub mod render;
 pub mod run;
 pub mod status;
+pub mod validate;

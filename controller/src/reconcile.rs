@@ -133,6 +133,17 @@ fn dyn_api(client: &Client, ns: &str, o: &Object) -> Api<DynamicObject> {
     }
 }
 
+/// Reads one object as the cluster has it, without changing it.
+async fn read(ctx: &Context, ns: &str, o: &Object) -> Result<Option<Value>, Error> {
+    let what = format!("{} {}", o.api.kind, o.name);
+    dyn_api(&ctx.client, ns, o)
+        .get_opt(&o.name)
+        .await
+        .map_err(kube_err(format!("reading {what}")))?
+        .map(|l| serde_json::to_value(l).map_err(|e| Error::Json("live object", e)))
+        .transpose()
+}
+
 /// Applies one object unless the cluster already holds it; returns it as
 /// the cluster has it.
 async fn ensure(ctx: &Context, ns: &str, o: &Object) -> Result<Value, Error> {
@@ -176,12 +187,24 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     }
     let name = lc.name_any();
     let ns = lc.namespace().unwrap_or_default();
+    // A spec the agents or the aggregator would refuse at start is not
+    // applied: whatever runs now keeps running, and the status says why.
+    let invalid = crate::validate::validate(&lc.spec)
+        .err()
+        .map(|p| crate::validate::describe(&p));
     let objects = render::render(lc, &ctx.options)?;
     let mut daemonset: Option<DaemonSet> = None;
     let mut aggregator: Option<StatefulSet> = None;
     let mut rendered_template = Default::default();
     for o in &objects {
-        let live = ensure(ctx, &ns, o).await?;
+        let live = if invalid.is_some() {
+            match read(ctx, &ns, o).await? {
+                Some(l) => l,
+                None => continue,
+            }
+        } else {
+            ensure(ctx, &ns, o).await?
+        };
         match o.api.kind.as_str() {
             "DaemonSet" => {
                 let rendered: DaemonSet = serde_json::from_value(o.body.clone())
@@ -249,6 +272,7 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
             progress_deadline: Duration::from_secs(
                 lc.spec.agent.progress_deadline_seconds.max(1) as u64
             ),
+            invalid_spec: invalid.as_deref(),
             now,
         },
         &old,

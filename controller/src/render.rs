@@ -637,25 +637,6 @@ pub fn to_yaml(objects: &[Object]) -> Result<String, serde_saphyr::SerializeErro
     Ok(out)
 }
 
-/// Reads a `LogCollector` from YAML (or JSON); a missing namespace becomes
-/// `default_namespace`.
-pub fn parse_collector(text: &str, default_namespace: &str) -> Result<LogCollector, ParseError> {
-    let mut lc: LogCollector =
-        serde_saphyr::from_str(text).map_err(|e| ParseError(e.to_string()))?;
-    if lc.metadata.name.is_none() {
-        return Err(ParseError("metadata.name is missing".into()));
-    }
-    if lc.metadata.namespace.is_none() {
-        lc.metadata.namespace = Some(default_namespace.into());
-    }
-    Ok(lc)
-}
-
-/// A `LogCollector` document that could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("not a LogCollector: {0}")]
-pub struct ParseError(String);
-
 fn merge(into: &mut Value, from: &Value) {
     if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
         for (k, v) in b {

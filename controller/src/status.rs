@@ -61,6 +61,9 @@ pub struct Observed<'a> {
     pub config_hash: &'a str,
     /// A rollout older than this has stalled.
     pub progress_deadline: Duration,
+    /// Why the spec was not rolled out (see [`crate::validate`]), if it
+    /// was refused: the last good configuration keeps running.
+    pub invalid_spec: Option<&'a str>,
     /// Now.
     pub now: Timestamp,
 }
@@ -372,7 +375,14 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             )
         })
     });
-    let degraded = if summary.expected == 0 {
+    let degraded = if let Some(why) = o.invalid_spec {
+        set(
+            DEGRADED,
+            true,
+            "InvalidSpec",
+            format!("not rolled out, the last good configuration keeps running: {why}"),
+        )
+    } else if summary.expected == 0 {
         set(
             DEGRADED,
             true,
@@ -411,6 +421,18 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
 
     // Events for the transitions.
     let mut notices = Vec::new();
+    let was_invalid = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DEGRADED && c.reason == "InvalidSpec");
+    if let (Some(why), false) = (o.invalid_spec, was_invalid) {
+        notices.push(Notice {
+            warning: true,
+            reason: "InvalidSpec",
+            action: "Validate",
+            note: format!("not rolled out: {why}"),
+        });
+    }
     let old_reason = old_prog.map(|c| c.reason.as_str());
     match (old_reason, progressing.reason.as_str()) {
         (prev, "RollingOut")
@@ -578,6 +600,7 @@ mod tests {
         scope: NodeScope,
         project: Option<&'static str>,
         generation: i64,
+        invalid: Option<&'static str>,
     }
 
     fn at(t: &str) -> Timestamp {
@@ -600,6 +623,7 @@ mod tests {
                 silence: Duration::from_secs(300),
                 config_hash: "abc",
                 progress_deadline: Duration::from_secs(600),
+                invalid_spec: w.invalid,
                 now: at(now),
             },
             old,
@@ -623,6 +647,7 @@ mod tests {
             scope: NodeScope::default(),
             project: None,
             generation: 1,
+            invalid: None,
         }
     }
 
@@ -741,6 +766,43 @@ mod tests {
         let o5 = run(&w, "2026-11-27T10:21:00Z", &o4.status);
         assert_eq!(c(&o5.status, PROGRESSING), ("False", "RolloutComplete"));
         assert_eq!(c(&o5.status, DEGRADED), ("False", "AsExpected"));
+    }
+
+    /// A spec the agents would crash on is not rolled out: Degraded with
+    /// InvalidSpec and the reason, one warning event, not one per reconcile.
+    #[test]
+    fn an_invalid_spec_is_reported_once_and_wins_over_other_reasons() {
+        let mut w = world();
+        w.invalid = Some(
+            "spec.agent.filters.excludeNamespaces[0]: \"kube-(\" is not a valid regular expression",
+        );
+        let first = run(&w, "2026-11-28T10:00:00Z", &LogCollectorStatus::default());
+        assert_eq!(c(&first.status, DEGRADED), ("True", "InvalidSpec"));
+        let cond = first
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert!(cond.message.contains("kube-("), "{}", cond.message);
+        assert!(
+            cond.message.contains("last good configuration"),
+            "{}",
+            cond.message
+        );
+        let events: Vec<_> = first
+            .notices
+            .iter()
+            .filter(|n| n.reason == "InvalidSpec")
+            .collect();
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning);
+        let again = run(&w, "2026-11-28T10:01:00Z", &first.status);
+        assert!(again.notices.iter().all(|n| n.reason != "InvalidSpec"));
+        // Fixed: back to the ordinary reasons.
+        w.invalid = None;
+        let fixed = run(&w, "2026-11-28T10:02:00Z", &again.status);
+        assert_ne!(c(&fixed.status, DEGRADED).1, "InvalidSpec");
     }
 
     #[test]

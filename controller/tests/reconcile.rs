@@ -537,3 +537,64 @@ async fn finalizer_is_added_first_and_cleanup_removes_cluster_scoped_objects() {
     assert!(!lock(&h.state).objects.contains_key(scc_path));
     assert_eq!(h.lc().metadata.finalizers, Some(vec![]));
 }
+
+/// A spec every agent would crash on (`kube-(` passed the CRD, rendered,
+/// and each agent exited with "bad pattern") is not rolled out: the running
+/// ConfigMap and DaemonSet are left as they are, the status says
+/// Degraded/InvalidSpec with the reason, and a warning event is published.
+#[tokio::test]
+async fn an_invalid_spec_keeps_the_last_good_configuration_running() {
+    let h = Harness::new(
+        collector(json!({}), &[FINALIZER], false),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    h.reconcile().await;
+    {
+        let mut st = lock(&h.state);
+        let lc = st.objects.get_mut(LC_PATH).expect("lc");
+        lc["spec"]["agent"] = json!({"filters": {"excludeNamespaces": ["kube-("]}});
+        lc["metadata"]["generation"] = json!(2);
+    }
+    let seen = h.reconcile().await;
+    let w = writes(&seen);
+    assert!(
+        !w.iter()
+            .any(|p| p.contains("/configmaps/") || p.contains("/daemonsets/")),
+        "nothing rolled out: {w:?}"
+    );
+    let status = seen
+        .iter()
+        .find(|s| s.path.ends_with("/logcollectors/logs/status"))
+        .expect("status written");
+    let degraded = status.body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["reason"], "InvalidSpec", "{degraded}");
+    assert!(
+        degraded["message"].as_str().unwrap().contains("kube-("),
+        "{degraded}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "POST" && s.body["reason"] == "InvalidSpec"),
+        "a warning event: {w:?}"
+    );
+    // Fixed: rolled out as usual.
+    {
+        let mut st = lock(&h.state);
+        let lc = st.objects.get_mut(LC_PATH).expect("lc");
+        lc["spec"]["agent"] = json!({"filters": {"excludeNamespaces": ["kube-.*"]}});
+        lc["metadata"]["generation"] = json!(3);
+    }
+    let w = writes(&h.reconcile().await);
+    assert!(
+        w.iter().any(|p| p.ends_with("/configmaps/logs-agent")),
+        "{w:?}"
+    );
+}

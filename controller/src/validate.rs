@@ -1,0 +1,166 @@
+//! What the CRD cannot check but the agents and the aggregator would refuse
+//! at start: regexes that do not compile, sizes and durations their parsers
+//! do not take. A spec that fails here is never rolled out (every agent
+//! would crash-loop on it); the controller keeps the last good
+//! configuration running and reports `Degraded` with reason `InvalidSpec`.
+//!
+//! Pure: the same rules the binaries apply (`^(?:pattern)$` regexes as the
+//! agent's filters compile them, `bytesize` sizes and `humantime` durations
+//! as their flags parse them).
+
+use crate::crd::LogCollectorSpec;
+
+/// One problem with a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// JSON path of the field, e.g. `spec.agent.filters.excludeNamespaces[0]`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem, joined for a condition message.
+pub fn describe(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(Problem::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn size(field: &str, v: &str, zero_ok: bool, out: &mut Vec<Problem>) {
+    match v.parse::<bytesize::ByteSize>() {
+        Ok(b) if b.as_u64() == 0 && !zero_ok => out.push(Problem {
+            field: field.into(),
+            message: format!("{v:?} is zero"),
+        }),
+        Ok(_) => {}
+        Err(e) => out.push(Problem {
+            field: field.into(),
+            message: format!("{v:?} is not a byte size: {e}"),
+        }),
+    }
+}
+
+fn duration(field: &str, v: &str, zero_ok: bool, out: &mut Vec<Problem>) {
+    if zero_ok && v == "0" {
+        return;
+    }
+    match humantime::parse_duration(v) {
+        Ok(d) if d.is_zero() && !zero_ok => out.push(Problem {
+            field: field.into(),
+            message: format!("{v:?} is zero"),
+        }),
+        Ok(_) => {}
+        Err(e) => out.push(Problem {
+            field: field.into(),
+            message: format!("{v:?} is not a duration: {e}"),
+        }),
+    }
+}
+
+/// Checks a spec; `Err` lists every problem.
+pub fn validate(spec: &LogCollectorSpec) -> Result<(), Vec<Problem>> {
+    let mut out = Vec::new();
+    let a = &spec.agent;
+    let f = &a.filters;
+    for (name, list) in [
+        ("includeNamespaces", &f.include_namespaces),
+        ("excludeNamespaces", &f.exclude_namespaces),
+        ("includePods", &f.include_pods),
+        ("excludePods", &f.exclude_pods),
+        ("includeContainers", &f.include_containers),
+        ("excludeContainers", &f.exclude_containers),
+    ] {
+        for (i, p) in list.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(&format!("^(?:{p})$")) {
+                // The regex crate's message spans lines; one line reads
+                // better in a condition.
+                let msg = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                out.push(Problem {
+                    field: format!("spec.agent.filters.{name}[{i}]"),
+                    message: format!("{p:?} is not a valid regular expression: {msg}"),
+                });
+            }
+        }
+    }
+    size("spec.agent.batchSize", &a.batch_size, false, &mut out);
+    duration("spec.agent.batchWait", &a.batch_wait, false, &mut out);
+    let g = &spec.aggregator;
+    duration(
+        "spec.aggregator.retentionAge",
+        &g.retention_age,
+        true,
+        &mut out,
+    );
+    size(
+        "spec.aggregator.retentionSize",
+        &g.retention_size,
+        true,
+        &mut out,
+    );
+    if out.is_empty() {
+        Ok(())
+    } else {
+        Err(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(v: serde_json::Value) -> LogCollectorSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn the_default_spec_is_valid() {
+        assert_eq!(validate(&LogCollectorSpec::default()), Ok(()));
+        assert_eq!(
+            validate(&spec(serde_json::json!({
+                "agent": {"filters": {"excludeNamespaces": ["kube-.*", "openshift-(logging|monitoring)"]},
+                          "batchSize": "512KiB", "batchWait": "250ms"},
+                "aggregator": {"retentionAge": "0", "retentionSize": "50GiB"}
+            }))),
+            Ok(())
+        );
+    }
+
+    /// The case: `kube-(` passed the CRD, rendered, and every agent
+    /// exited at start with "bad pattern".
+    #[test]
+    fn what_would_crash_every_agent_is_refused() {
+        let e = validate(&spec(serde_json::json!({
+            "agent": {"filters": {"excludeNamespaces": ["ok", "kube-("]}, "batchSize": "0", "batchWait": "1 fortnight"},
+            "aggregator": {"retentionAge": "7x"}
+        })))
+        .unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.agent.filters.excludeNamespaces[1]",
+                "spec.agent.batchSize",
+                "spec.agent.batchWait",
+                "spec.aggregator.retentionAge"
+            ]
+        );
+        let text = describe(&e);
+        assert!(
+            text.contains("\"kube-(\" is not a valid regular expression"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'));
+    }
+}

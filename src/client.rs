@@ -37,6 +37,9 @@ async fn connect(c: &ConnArgs) -> Result<Client> {
 
 /// Turns a gRPC status into one readable line.
 fn status(url: &str, s: tonic::Status) -> anyhow::Error {
+    if let Some(why) = logfleet_agent::ship::explain(&s) {
+        return anyhow::anyhow!("{url}: {why}");
+    }
     match s.code() {
         tonic::Code::Unavailable if s.message().contains("shutting down") => {
             anyhow::anyhow!("aggregator at {url} is shutting down")

@@ -610,9 +610,14 @@ fn main() {
     if let Err(e) = rt.block_on(run(cli.cmd)) {
         // `logfleet tail ... | head` closes our stdout: that is the end of
         // the output, not an error.
+        // (serde_json keeps the io::Error inside, out of the chain.)
+        let broken = |k: Option<std::io::ErrorKind>| k == Some(std::io::ErrorKind::BrokenPipe);
         if e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            broken(c.downcast_ref::<std::io::Error>().map(|io| io.kind()))
+                || broken(
+                    c.downcast_ref::<serde_json::Error>()
+                        .and_then(|j| j.io_error_kind()),
+                )
         }) {
             std::process::exit(0);
         }

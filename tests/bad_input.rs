@@ -352,3 +352,90 @@ fn cli_errors_are_one_clear_line() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// Addresses as people type them: a bare `host:port` works, and the
+/// aggregator's HTTP port is named as the mistake it is (it used to say
+/// "grpc-status header missing, mapped from HTTP status code 404").
+#[test]
+fn bare_addresses_work_and_the_http_port_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agg, url) = aggregator(dir.path(), &[]);
+    let bare = url.trim_start_matches("http://");
+    let out = cli(&["agents", "--aggregator", bare]);
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(&["agents", "--aggregator", &format!("http://{}", agg.http)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not gRPC") && err.contains("gRPC port"),
+        "{err}"
+    );
+}
+
+/// `logfleet query --output jsonl | head -1`: a reader that stops early
+/// ends the command quietly with 0, as for `raw` (it printed "Broken pipe"
+/// and exited 1).
+#[test]
+fn a_closed_stdout_ends_a_query_quietly() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    let mut lines = logfleet_proto::LinesBuilder::default();
+    for i in 0..20_000u64 {
+        lines.push(
+            0,
+            1_000 + i as i64,
+            i * 100,
+            1,
+            0,
+            format!("line {i} {}", "x".repeat(60)).as_bytes(),
+        );
+    }
+    let (payload, raw_len) =
+        logfleet_proto::encode_payload(&lines.finish(), Compression::Zstd, 1).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = logfleet_proto::v1::ingest_client::IngestClient::connect(url.clone())
+            .await
+            .unwrap();
+        c.push(PushRequest {
+            node: "n".into(),
+            compression: Compression::Zstd as i32,
+            raw_len,
+            ranges: vec![range(1, 0, 2_000_000)],
+            payload,
+        })
+        .await
+        .unwrap();
+    });
+    for output in ["jsonl", "raw"] {
+        let mut child = std::process::Command::new(bin())
+            .args([
+                "query",
+                "--aggregator",
+                &url,
+                "{}",
+                "--limit",
+                "0",
+                "--output",
+                output,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut first,
+        )
+        .unwrap();
+        // The reader is gone (like `head -1`): the rest hits a closed pipe.
+        let out = child.wait_with_output().unwrap();
+        assert!(!first.is_empty());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{output}: {:?} {err}", out.status);
+        assert!(!err.contains("Broken pipe"), "{output}: {err}");
+        let _ = std::io::stderr().flush();
+    }
+}

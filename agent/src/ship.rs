@@ -52,18 +52,50 @@ pub struct Target {
     pub tls_ca: Option<PathBuf>,
 }
 
+/// The aggregator address as a URL: a bare `host:port` gets `http://`
+/// (`https://` when a CA is given), as people type it.
+pub fn normalize_url(url: &str, tls: bool) -> String {
+    let url = url.trim();
+    if url.contains("://") {
+        url.to_owned()
+    } else if tls {
+        format!("https://{url}")
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// Says what is wrong when a peer answered, but not as a logfleet gRPC
+/// endpoint would (for example the aggregator's HTTP port was given).
+pub fn explain(status: &tonic::Status) -> Option<String> {
+    let m = status.message();
+    let http = m
+        .split("HTTP status code ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .filter(|c| !c.is_empty());
+    if m.contains("grpc-status header missing") || http.is_some() {
+        return Some(format!(
+            "the server answered plain HTTP{}, not gRPC: give the aggregator's gRPC port (default 4317), not its HTTP port",
+            http.map(|c| format!(" {c}")).unwrap_or_default()
+        ));
+    }
+    None
+}
+
 /// Builds a lazily connecting channel to the aggregator.
 pub fn channel(t: &Target) -> Result<Channel, ConnectError> {
+    let url = normalize_url(&t.url, t.tls_ca.is_some());
     let addr_err = |source| ConnectError::Address {
-        addr: t.url.clone(),
+        addr: url.clone(),
         source,
     };
-    let mut ep = Endpoint::from_shared(t.url.clone())
+    let mut ep = Endpoint::from_shared(url.clone())
         .map_err(addr_err)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30));
-    if t.tls_ca.is_some() || t.url.starts_with("https://") {
+    if t.tls_ca.is_some() || url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &t.tls_ca {
             let pem = std::fs::read(ca).map_err(|source| ConnectError::Ca {
@@ -237,10 +269,9 @@ impl Shipper {
                             "aggregator busy; waiting"
                         );
                     } else {
-                        self.report.set(
-                            Source::Push,
-                            Some(format!("push failed: {}", status.message())),
-                        );
+                        let why = explain(&status).unwrap_or_else(|| status.message().to_owned());
+                        self.report
+                            .set(Source::Push, Some(format!("push failed: {why}")));
                         tracing::warn!(code = ?status.code(), message = status.message(), attempt, ?delay, "push failed; retrying");
                     }
                     if let Ok(m) = self.metrics.lock() {
@@ -327,6 +358,27 @@ mod tests {
         assert_eq!(b.delay(3, 1.0), Duration::from_millis(800));
         assert_eq!(b.delay(30, 1.0), Duration::from_secs(10));
         assert!(b.delay(30, 0.0) >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn bare_addresses_and_http_ports() {
+        assert_eq!(
+            normalize_url("127.0.0.1:4317", false),
+            "http://127.0.0.1:4317"
+        );
+        assert_eq!(normalize_url(" agg:4317 ", true), "https://agg:4317");
+        assert_eq!(normalize_url("https://a:1", false), "https://a:1");
+        let s =
+            tonic::Status::unknown("grpc-status header missing, mapped from HTTP status code 404");
+        let e = explain(&s).unwrap();
+        assert!(
+            e.contains("plain HTTP 404") && e.contains("gRPC port"),
+            "{e}"
+        );
+        assert_eq!(
+            explain(&tonic::Status::unavailable("tcp connect error")),
+            None
+        );
     }
 
     #[test]

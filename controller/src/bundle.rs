@@ -65,7 +65,11 @@ pub fn bundle(image: &str) -> Result<Vec<Value>, serde_json::Error> {
     Ok(vec![
         serde_json::to_value(crd)?,
         json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": NAMESPACE, "labels": {
+               // OpenShift: an empty project node selector, so that a
+               // cluster-wide default selector cannot keep agents off nodes.
+               "metadata": {"name": NAMESPACE,
+                   "annotations": {"openshift.io/node-selector": ""},
+                   "labels": {
                    // The agents mount host directories: the namespace must allow that.
                    "pod-security.kubernetes.io/enforce": "privileged",
                    "app.kubernetes.io/part-of": "logfleet"}}}),
@@ -96,7 +100,10 @@ pub fn bundle(image: &str) -> Result<Vec<Value>, serde_json::Error> {
                 "metadata": {"labels": labels},
                 "spec": {
                     "serviceAccountName": "logfleet-controller",
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                    // No fixed IDs: OpenShift's restricted-v2 assigns them
+                    // from the namespace's range and refuses others; elsewhere
+                    // the image's numeric USER (65532) satisfies runAsNonRoot.
+                    "securityContext": {"runAsNonRoot": true,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": "controller",

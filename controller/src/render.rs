@@ -116,6 +116,9 @@ struct Ctx<'a> {
     name: &'a str,
     ns: &'a str,
     owner: Option<OwnerReference>,
+    /// Rendering for OpenShift: pods get their user and group IDs from the
+    /// namespace's range (restricted-v2), and the agent its SELinux type.
+    openshift: bool,
 }
 
 impl Ctx<'_> {
@@ -147,6 +150,7 @@ pub fn render(lc: &LogCollector, opts: &Options) -> Result<Vec<Object>, RenderEr
         name,
         ns,
         owner,
+        openshift: opts.openshift,
     };
     let mut out = vec![
         typed(service_account(&cx, &agent_name(name), "agent")?)?,
@@ -276,6 +280,7 @@ pub fn agent_daemonset(lc: &LogCollector) -> Result<DaemonSet, RenderError> {
             .as_deref()
             .ok_or(RenderError::Unnamed)?,
         owner: lc.controller_owner_ref(&()),
+        openshift: false,
     };
     agent_daemonset_of(&cx)
 }
@@ -325,6 +330,12 @@ fn agent_daemonset_of(cx: &Ctx<'_>) -> Result<DaemonSet, RenderError> {
         "seccompProfile": {"type": "RuntimeDefault"},
     });
     merge(&mut container_sc, &run_as);
+    if cx.openshift {
+        // With SELinux enforcing, container_t cannot read /var/log/pods;
+        // spc_t can (as OpenShift's own log collector runs). The agent's
+        // SecurityContextConstraints allows exactly this type.
+        container_sc["seLinuxOptions"] = json!({"type": SELINUX_TYPE});
+    }
     let mut pod_sc = json!({});
     if !a.supplemental_groups.is_empty() {
         pod_sc["supplementalGroups"] = json!(a.supplemental_groups);
@@ -471,6 +482,18 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
     if let Some(class) = &g.storage.storage_class_name {
         claim["spec"]["storageClassName"] = json!(class);
     }
+    // Elsewhere a fixed non-root uid, with the volume's group, so it can
+    // write its claim. OpenShift's restricted-v2 refuses fixed IDs outside
+    // the namespace's range and assigns both itself.
+    let pod_sc = if cx.openshift {
+        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
+    } else {
+        json!({
+            "runAsUser": NONROOT_UID, "runAsGroup": NONROOT_UID,
+            "fsGroup": NONROOT_UID, "runAsNonRoot": true,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        })
+    };
     from_json(
         "StatefulSet",
         json!({
@@ -484,11 +507,7 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
                     "spec": {
                         "serviceAccountName": name,
                         "automountServiceAccountToken": false,
-                        "securityContext": {
-                            "runAsUser": NONROOT_UID, "runAsGroup": NONROOT_UID,
-                            "fsGroup": NONROOT_UID, "runAsNonRoot": true,
-                            "seccompProfile": {"type": "RuntimeDefault"},
-                        },
+                        "securityContext": pod_sc,
                         // Lets the aggregator finish its group commit.
                         "terminationGracePeriodSeconds": 60,
                         "containers": [{
@@ -526,6 +545,11 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
     )
 }
 
+/// The SELinux type of the agent on OpenShift: "super privileged
+/// container", which may read host files such as /var/log/pods; nothing
+/// else of privileged mode comes with it.
+pub const SELINUX_TYPE: &str = "spc_t";
+
 /// Name of the agents' SecurityContextConstraints (cluster-scoped, so it
 /// carries the namespace).
 pub fn scc_name(lc: &str, ns: &str) -> String {
@@ -562,7 +586,7 @@ fn openshift_scc(cx: &Ctx<'_>) -> Object {
         "requiredDropCapabilities": ["ALL"],
         "readOnlyRootFilesystem": true,
         "runAsUser": {"type": "RunAsAny"},
-        "seLinuxContext": {"type": "RunAsAny"},
+        "seLinuxContext": {"type": "MustRunAs", "seLinuxOptions": {"type": SELINUX_TYPE}},
         "fsGroup": {"type": "RunAsAny"},
         "supplementalGroups": {"type": "RunAsAny"},
         "seccompProfiles": ["runtime/default"],

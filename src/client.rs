@@ -74,6 +74,9 @@ pub fn time_range(
         (None, None) => 0,
     };
     let to = to.map(parse_time).transpose()?.unwrap_or(0);
+    if to != 0 && from >= to {
+        anyhow::bail!("the time range is empty: --from (or --since) must be before --to");
+    }
     Ok((from, to))
 }
 

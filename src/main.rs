@@ -107,6 +107,8 @@ struct RenderArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum StatusOutput {
     Table,
+    /// One JSON document (`jsonl` is accepted too).
+    #[value(alias = "jsonl")]
     Json,
 }
 
@@ -124,7 +126,12 @@ struct StatusArgsCli {
     #[arg(long, env = "LOGFLEET_NAME")]
     name: Option<String>,
     /// Output format.
-    #[arg(long, env = "LOGFLEET_OUTPUT", value_enum, default_value = "table")]
+    #[arg(
+        long,
+        env = "LOGFLEET_STATUS_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     output: StatusOutput,
     /// Aggregator to ask for each node's last push (LAST PUSH, NotReporting).
     #[arg(long, env = "LOGFLEET_AGGREGATOR")]
@@ -138,6 +145,10 @@ struct StatusArgsCli {
     /// A ready agent the aggregator has not heard from for this long is NotReporting.
     #[arg(long, env = "LOGFLEET_SILENCE", default_value = "5m", value_parser = parse_duration)]
     silence: Duration,
+    /// Exit 0 even when expected nodes lack a working agent (by default
+    /// that exits 3, for scripts and CI).
+    #[arg(long, env = "LOGFLEET_STATUS_EXIT_ZERO")]
+    exit_zero: bool,
 }
 
 #[derive(Subcommand)]
@@ -148,10 +159,10 @@ enum BenchCmd {
         #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
         dir: PathBuf,
         /// Total size.
-        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        #[arg(long, env = "LOGFLEET_BENCH_SIZE", default_value = "1GiB", value_parser = parse_size)]
         size: u64,
         /// Number of files.
-        #[arg(long, default_value = "100")]
+        #[arg(long, env = "LOGFLEET_BENCH_FILES", default_value = "100")]
         files: usize,
     },
     /// Agent -> aggregator over the generated tree: CPU, throughput, RSS, bytes on disk.
@@ -159,7 +170,7 @@ enum BenchCmd {
         #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
         dir: PathBuf,
         /// Agent compression.
-        #[arg(long, default_value = "zstd")]
+        #[arg(long, env = "LOGFLEET_BENCH_COMPRESSION", default_value = "zstd")]
         compression: String,
     },
     /// Queries over what a pipeline run stored.
@@ -167,7 +178,7 @@ enum BenchCmd {
         #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
         dir: PathBuf,
         /// Which pipeline run's data.
-        #[arg(long, default_value = "zstd")]
+        #[arg(long, env = "LOGFLEET_BENCH_COMPRESSION", default_value = "zstd")]
         compression: String,
     },
     /// Latency from acknowledgement to a tailing client.
@@ -175,7 +186,7 @@ enum BenchCmd {
         #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
         dir: PathBuf,
         /// Number of pushes.
-        #[arg(long, default_value = "1000")]
+        #[arg(long, env = "LOGFLEET_BENCH_PUSHES", default_value = "1000")]
         pushes: usize,
     },
     /// An agent idle-tailing many files.
@@ -183,10 +194,12 @@ enum BenchCmd {
         #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
         dir: PathBuf,
         /// Number of files.
-        #[arg(long, default_value = "1000")]
+        #[arg(long, env = "LOGFLEET_BENCH_FILES", default_value = "1000",
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         files: usize,
-        /// Measurement window.
-        #[arg(long, default_value = "30")]
+        /// Measurement window, seconds.
+        #[arg(long, env = "LOGFLEET_BENCH_SECONDS", default_value = "30",
+              value_parser = clap::value_parser!(u64).range(1..))]
         seconds: u64,
     },
     /// Many concurrent pushers with large batches against one aggregator:
@@ -195,13 +208,13 @@ enum BenchCmd {
         #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
         dir: PathBuf,
         /// Concurrent pushers, each its own connection and node.
-        #[arg(long, default_value = "500")]
+        #[arg(long, env = "LOGFLEET_BENCH_CLIENTS", default_value = "500")]
         clients: usize,
         /// Pushes per pusher.
-        #[arg(long, default_value = "4")]
+        #[arg(long, env = "LOGFLEET_BENCH_PUSHES", default_value = "4")]
         pushes: usize,
         /// Raw bytes per push.
-        #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+        #[arg(long, env = "LOGFLEET_BENCH_BATCH_SIZE", default_value = "4MiB", value_parser = parse_size)]
         batch_size: u64,
     },
     /// The aggregator down while a container keeps writing: the agent's
@@ -210,10 +223,10 @@ enum BenchCmd {
         #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
         dir: PathBuf,
         /// Length of the outage.
-        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        #[arg(long, env = "LOGFLEET_BENCH_DURATION", default_value = "10m", value_parser = parse_duration)]
         duration: Duration,
         /// Bytes written per second.
-        #[arg(long, default_value = "5MB", value_parser = parse_size)]
+        #[arg(long, env = "LOGFLEET_BENCH_RATE", default_value = "5MB", value_parser = parse_size)]
         rate: u64,
     },
 }
@@ -419,7 +432,7 @@ struct QueryArgs {
     )]
     direction: DirectionArg,
     /// Output format.
-    #[arg(long, env = "LOGFLEET_OUTPUT", value_enum, default_value = "raw")]
+    #[arg(long, env = "LOGFLEET_QUERY_OUTPUT", value_enum, default_value = "raw")]
     output: OutputArg,
 }
 
@@ -430,13 +443,15 @@ struct TailArgs {
     #[command(flatten)]
     conn: Conn,
     /// Output format.
-    #[arg(long, env = "LOGFLEET_OUTPUT", value_enum, default_value = "raw")]
+    #[arg(long, env = "LOGFLEET_TAIL_OUTPUT", value_enum, default_value = "raw")]
     output: OutputArg,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum TableArg {
     Table,
+    /// One JSON object per line (`json` is accepted too).
+    #[value(alias = "json")]
     Jsonl,
 }
 
@@ -445,7 +460,12 @@ struct AgentsArgs {
     #[command(flatten)]
     conn: Conn,
     /// Output format.
-    #[arg(long, env = "LOGFLEET_OUTPUT", value_enum, default_value = "table")]
+    #[arg(
+        long,
+        env = "LOGFLEET_AGENTS_OUTPUT",
+        value_enum,
+        default_value = "table"
+    )]
     output: TableArg,
 }
 
@@ -676,7 +696,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 None => Default::default(),
             };
             let silence = s.aggregator.is_some().then_some(s.silence);
-            status::run(status::StatusArgs {
+            let missing = status::run(status::StatusArgs {
                 from_file: s.from_file.as_deref(),
                 namespace: s.namespace.as_deref(),
                 name: s.name.as_deref(),
@@ -685,6 +705,12 @@ async fn run(cmd: Cmd) -> Result<()> {
                 last_push,
             })
             .await?;
+            if missing > 0 && !s.exit_zero {
+                // Distinct from 1 (an error): the answer is "not covered".
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(3);
+            }
         }
         Cmd::Controller(c) => {
             let identity = c

@@ -23,7 +23,9 @@ fn ts(ns: i64) -> Option<k8s_openapi::jiff::Timestamp> {
     k8s_openapi::jiff::Timestamp::from_nanosecond(ns as i128).ok()
 }
 
-pub async fn run(a: StatusArgs<'_>) -> Result<()> {
+/// Prints the rows and summary; returns how many expected nodes lack a
+/// working agent.
+pub async fn run(a: StatusArgs<'_>) -> Result<i32> {
     let d = match a.from_file {
         Some(path) => {
             let data =
@@ -31,9 +33,18 @@ pub async fn run(a: StatusArgs<'_>) -> Result<()> {
             dump::parse(&data).with_context(|| format!("reading {}", path.display()))?
         }
         None => {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the cluster of the current kubeconfig")?;
+            // kube explains a missing configuration three ways in one
+            // long line; one sentence with the way out serves better.
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(kube::Error::InferConfig(_)) => anyhow::bail!(
+                    "no cluster configured (no kubeconfig, not in a pod); \
+                     set KUBECONFIG or use --from-file dump.json"
+                ),
+                Err(e) => {
+                    return Err(e).context("connecting to the cluster of the current kubeconfig")
+                }
+            };
             dump::from_cluster(client, a.namespace)
                 .await
                 .context("reading nodes, agent DaemonSets and pods")?
@@ -108,5 +119,5 @@ pub async fn run(a: StatusArgs<'_>) -> Result<()> {
             sum.expected, sum.ready, sum.up_to_date, sum.missing
         );
     }
-    Ok(())
+    Ok(i32::try_from(sum.missing).unwrap_or(i32::MAX))
 }

@@ -328,6 +328,19 @@ fn cli_errors_are_one_clear_line() {
             "refused the token",
         ),
         (
+            vec![
+                "query",
+                "--aggregator",
+                url.as_str(),
+                "{}",
+                "--from",
+                "2026-11-28T10:00:00Z",
+                "--to",
+                "2026-11-27T10:00:00Z",
+            ],
+            "the time range is empty",
+        ),
+        (
             vec!["agents", "--aggregator", "http://127.0.0.1:1"],
             "unreachable",
         ),
@@ -437,5 +450,23 @@ fn a_closed_stdout_ends_a_query_quietly() {
         assert!(out.status.success(), "{output}: {:?} {err}", out.status);
         assert!(!err.contains("Broken pipe"), "{output}: {err}");
         let _ = std::io::stderr().flush();
+    }
+}
+
+/// Bench arguments that made no sense (`--seconds 0` printed "NaN%",
+/// `--files 0` a bare "No such file or directory") are refused up front.
+#[test]
+fn bench_arguments_are_checked() {
+    for (args, want) in [
+        (["bench", "idle", "--seconds", "0"], "--seconds"),
+        (["bench", "idle", "--files", "0"], "--files"),
+    ] {
+        let out = cli(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            err.contains(want) && err.contains("not in 1.."),
+            "{args:?}: {err}"
+        );
     }
 }

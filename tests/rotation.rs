@@ -42,6 +42,18 @@ fn resumes_inside_gzipped_rotation_after_agent_crash() {
     wait_for("first lines stored", Duration::from_secs(30), || {
         (count(&url, "{}") == 100).then_some(())
     });
+    // Killed mid-file with its checkpoint saved (it is written up to 200 ms
+    // after the acknowledgement): the restart must resume inside the gzip.
+    let checkpoints = dir.path().join("state-n1/checkpoints.json");
+    wait_for("the checkpoint saved", Duration::from_secs(30), || {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&checkpoints).ok()?).ok()?;
+        v["files"]
+            .as_object()?
+            .values()
+            .any(|p| p["offset"].as_u64() > Some(0))
+            .then_some(())
+    });
     agent.kill9();
     // More lines into the same file, then two rotations: the first renames
     // it, the second gzips it.

@@ -48,8 +48,29 @@ pub enum DumpError {
 
 /// Parses a dump; items of other kinds are skipped.
 pub fn parse(data: &[u8]) -> Result<Dump, DumpError> {
-    let v: serde_json::Value =
-        serde_json::from_slice(data).map_err(|e| DumpError::NotAList(e.to_string()))?;
+    // JSON, or YAML (`kubectl get -o yaml`, must-gather): JSON is YAML too,
+    // but the JSON parser is faster on large dumps.
+    let v: serde_json::Value = match serde_json::from_slice(data) {
+        Ok(v) => v,
+        // What looks like JSON gets JSON's error, which says where.
+        Err(json)
+            if data
+                .trim_ascii_start()
+                .first()
+                .is_some_and(|c| b"{[".contains(c)) =>
+        {
+            return Err(DumpError::NotAList(json.to_string()));
+        }
+        Err(_) => {
+            let text = std::str::from_utf8(data).map_err(|e| DumpError::NotAList(e.to_string()))?;
+            serde_saphyr::from_str(text).map_err(|yaml| {
+                // The YAML parser draws the place over several lines.
+                let first = yaml.to_string();
+                let first = first.lines().next().unwrap_or_default().to_owned();
+                DumpError::NotAList(format!("not JSON or YAML: {first}"))
+            })?
+        }
+    };
     let items = v
         .get("items")
         .and_then(|i| i.as_array())
@@ -111,7 +132,9 @@ pub fn agent_daemonset<'a>(
             label(m, "app.kubernetes.io/part-of") == Some(PART_OF)
                 && label(m, "app.kubernetes.io/component") == Some(AGENT_COMPONENT)
                 && namespace.is_none_or(|ns| m.namespace.as_deref() == Some(ns))
-                && name.is_none_or(|n| label(m, "app.kubernetes.io/instance") == Some(n))
+                && name.is_none_or(|n| {
+                    label(m, "app.kubernetes.io/instance") == Some(&crate::names::instance(n))
+                })
         })
         .ok_or_else(|| {
             DumpError::NoAgents(match (namespace, name) {
@@ -128,7 +151,10 @@ pub fn agent_daemonset<'a>(
 pub fn scope_of(d: &Dump, ds: &DaemonSet) -> Option<k8s_openapi::api::core::v1::NodeSelector> {
     let instance = label(&ds.metadata, "app.kubernetes.io/instance")?;
     let lc = d.collectors.iter().find(|c| {
-        c.metadata.name.as_deref() == Some(instance)
+        c.metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| crate::names::instance(n) == instance)
             && c.metadata.namespace == ds.metadata.namespace
     })?;
     crate::status::scope_selector(&lc.spec.node_scope)

@@ -8,7 +8,8 @@
 //! daemon pod belongs on a node; [`coverage`] says which expected nodes lack
 //! a working agent, and why; [`validate`] refuses what the CRD cannot (bad
 //! regexes, sizes, durations) before it reaches the agents; [`render`]
-//! turns a collector into the objects to apply; [`status`] turns what was
+//! turns a collector into the objects to apply ([`names`] keeps their names
+//! valid whatever the collector's); [`status`] turns what was
 //! observed into the status and events.
 //!
 //! I/O around them: [`reconcile`] applies, observes and writes the status;
@@ -24,6 +25,7 @@ pub mod coverage;
 pub mod crd;
 pub mod dump;
 pub mod metrics;
+pub mod names;
 pub mod placement;
 pub mod reconcile;
 pub mod render;

@@ -222,13 +222,14 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     }
 
     let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
+    let instance = crate::names::instance(&name);
     let pods: Vec<Pod> = ctx
         .pods
         .state()
         .iter()
         .filter(|p| {
             p.metadata.namespace.as_deref() == Some(ns.as_str())
-                && p.labels().get("app.kubernetes.io/instance") == Some(&name)
+                && p.labels().get("app.kubernetes.io/instance") == Some(&instance)
                 && p.labels()
                     .get("app.kubernetes.io/component")
                     .map(String::as_str)

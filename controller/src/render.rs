@@ -77,7 +77,10 @@ pub enum RenderError {
 pub fn selector_labels(name: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "logfleet".into()),
-        ("app.kubernetes.io/instance".into(), name.into()),
+        (
+            "app.kubernetes.io/instance".into(),
+            crate::names::instance(name),
+        ),
         ("app.kubernetes.io/component".into(), component.into()),
     ])
 }
@@ -95,12 +98,17 @@ pub fn labels(name: &str, component: &str) -> BTreeMap<String, String> {
 
 /// Name of the agent DaemonSet (and its ServiceAccount and ConfigMap).
 pub fn agent_name(lc: &str) -> String {
-    format!("{lc}-agent")
+    crate::names::child(lc, "-agent", crate::names::MAX_CHILD)
 }
 
 /// Name of the aggregator StatefulSet (and its Service).
 pub fn aggregator_name(lc: &str) -> String {
-    format!("{lc}-aggregator")
+    crate::names::child(lc, "-aggregator", crate::names::MAX_CHILD)
+}
+
+/// Name of the aggregator's headless (governing) Service.
+pub fn aggregator_headless_name(lc: &str) -> String {
+    crate::names::child(lc, "-aggregator-headless", 63)
 }
 
 /// The aggregator's in-cluster HTTP URL (agents API, metrics).
@@ -429,7 +437,7 @@ fn agent_metrics_service(cx: &Ctx<'_>) -> Result<Service, RenderError> {
 
 fn aggregator_service(cx: &Ctx<'_>, headless: bool) -> Result<Service, RenderError> {
     let name = if headless {
-        format!("{}-headless", aggregator_name(cx.name))
+        aggregator_headless_name(cx.name)
     } else {
         aggregator_name(cx.name)
     };
@@ -500,7 +508,7 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
             "metadata": cx.meta(&name, "aggregator"),
             "spec": {
                 "replicas": g.replicas,
-                "serviceName": format!("{name}-headless"),
+                "serviceName": aggregator_headless_name(cx.name),
                 "selector": {"matchLabels": selector_labels(cx.name, "aggregator")},
                 "template": {
                     "metadata": {"labels": labels(cx.name, "aggregator")},
@@ -553,7 +561,7 @@ pub const SELINUX_TYPE: &str = "spc_t";
 /// Name of the agents' SecurityContextConstraints (cluster-scoped, so it
 /// carries the namespace).
 pub fn scc_name(lc: &str, ns: &str) -> String {
-    format!("logfleet-{ns}-{lc}-agent")
+    crate::names::child(&format!("logfleet-{ns}-{lc}"), "-agent", 253)
 }
 
 /// OpenShift: what the agents need and no more. Host directories, uid 0
@@ -995,5 +1003,56 @@ mod tests {
             cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
             "50Gi"
         );
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+    use crate::crd::LogCollectorSpec;
+
+    fn label_value_ok(v: &str) -> bool {
+        v.len() <= 63
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    }
+
+    /// A LogCollector may be named with up to 253 characters and dots;
+    /// every object it renders must still be valid (issue 9).
+    #[test]
+    fn long_and_dotted_collector_names_render_valid_objects() {
+        let long = format!("{}.x", "a".repeat(251));
+        for name in ["team.prod.logs", long.as_str()] {
+            let mut l = LogCollector::new(name, LogCollectorSpec::default());
+            l.metadata.namespace = Some("logfleet".into());
+            let objs = render(&l, &Options { openshift: true }).unwrap();
+            for o in &objs {
+                let n = &o.name;
+                let max = match o.api.kind.as_str() {
+                    "Service" => 63,
+                    "StatefulSet" => crate::names::MAX_CHILD,
+                    _ => 253,
+                };
+                assert!(n.len() <= max, "{} {n}", o.api.kind);
+                if o.api.kind == "Service" {
+                    assert!(!n.contains('.'), "{n}");
+                }
+                for (k, v) in o.body["metadata"]["labels"].as_object().unwrap() {
+                    assert!(label_value_ok(v.as_str().unwrap()), "{k}={v}");
+                }
+            }
+            let ds = objs.iter().find(|o| o.api.kind == "DaemonSet").unwrap();
+            let sel = &ds.body["spec"]["selector"]["matchLabels"];
+            let tpl = &ds.body["spec"]["template"]["metadata"]["labels"];
+            for (k, v) in sel.as_object().unwrap() {
+                assert_eq!(&tpl[k], v, "the selector matches the pods");
+            }
+            let sts = objs.iter().find(|o| o.api.kind == "StatefulSet").unwrap();
+            assert_eq!(
+                sts.body["spec"]["serviceName"],
+                aggregator_headless_name(name),
+                "the governing Service exists under that name"
+            );
+        }
     }
 }

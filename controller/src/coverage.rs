@@ -27,6 +27,9 @@ pub enum Reason {
     FailedCreate,
     /// The agent image cannot be pulled.
     ImagePullBackOff,
+    /// The agent container cannot be created from its configuration,
+    /// typically a Secret or ConfigMap it refers to is missing.
+    CreateContainerConfigError,
     /// The agent keeps crashing.
     CrashLoopBackOff,
     /// The agent pod runs but is not ready.
@@ -48,6 +51,7 @@ impl Reason {
             Reason::Unschedulable => "Unschedulable",
             Reason::FailedCreate => "FailedCreate",
             Reason::ImagePullBackOff => "ImagePullBackOff",
+            Reason::CreateContainerConfigError => "CreateContainerConfigError",
             Reason::CrashLoopBackOff => "CrashLoopBackOff",
             Reason::NotReady => "NotReady",
             Reason::Outdated => "Outdated",
@@ -180,6 +184,18 @@ fn pod_gap(pod: &Pod) -> Option<Gap> {
                         waiting
                             .and_then(|w| w.message.as_deref())
                             .unwrap_or(&cs.image)
+                    ),
+                });
+            }
+            Some(r @ ("CreateContainerConfigError" | "CreateContainerError")) => {
+                return Some(Gap {
+                    reason: Reason::CreateContainerConfigError,
+                    message: format!(
+                        "pod {name} container {}: {r}: {}",
+                        cs.name,
+                        waiting
+                            .and_then(|w| w.message.as_deref())
+                            .unwrap_or("its configuration cannot be used")
                     ),
                 });
             }
@@ -582,5 +598,24 @@ mod tests {
             rows[0].gap.as_ref().map(|g| g.reason),
             Some(Reason::NotReady)
         );
+    }
+
+    /// A missing Secret (the token, say) keeps the container from being
+    /// created: its own reason, with the kubelet's message (issue 9).
+    #[test]
+    fn a_missing_secret_is_its_own_reason() {
+        let mut cs = waiting("CreateContainerConfigError", None);
+        if let Some(w) = cs.state.as_mut().and_then(|s| s.waiting.as_mut()) {
+            w.message = Some("secret \"logs-token\" not found".into());
+        }
+        let p = pod("p-k", "k", false, "r2", vec![cs], vec![]);
+        let g = pod_gap(&p).expect("a gap");
+        assert_eq!(g.reason, Reason::CreateContainerConfigError);
+        assert!(
+            g.message.contains("secret \"logs-token\" not found"),
+            "{}",
+            g.message
+        );
+        assert!(Reason::ImagePullBackOff < Reason::CreateContainerConfigError);
     }
 }

@@ -282,8 +282,22 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
     };
 
     // Progressing, with a deadline counted from when this rollout began.
+    // With OnDelete, pods change only when someone deletes them: no
+    // deadline can be missed, and waiting is not a fault.
+    let on_delete = o
+        .daemonset
+        .and_then(|d| d.spec.update_strategy.as_ref())
+        .and_then(|u| u.type_.as_deref())
+        == Some("OnDelete");
     let old_prog = old.conditions.iter().find(|c| c.type_ == PROGRESSING);
-    let progressing = if is_rolling {
+    let progressing = if is_rolling && on_delete {
+        set(
+            PROGRESSING,
+            false,
+            "WaitingForPodDeletion",
+            "updateStrategy OnDelete: an agent pod runs the new template once it is deleted".into(),
+        )
+    } else if is_rolling {
         let same_rollout = old_prog.is_some_and(|c| {
             c.observed_generation == gen
                 && (c.reason == "RollingOut" || c.reason == "ProgressDeadlineExceeded")
@@ -766,6 +780,29 @@ mod tests {
         let o5 = run(&w, "2026-11-27T10:21:00Z", &o4.status);
         assert_eq!(c(&o5.status, PROGRESSING), ("False", "RolloutComplete"));
         assert_eq!(c(&o5.status, DEGRADED), ("False", "AsExpected"));
+    }
+
+    /// OnDelete replaces a pod only when someone deletes it: an old
+    /// template long after the change is no stalled rollout (issue 9).
+    #[test]
+    fn on_delete_never_misses_a_deadline() {
+        let mut w = world();
+        let steady = run(&w, "2026-11-27T10:00:00Z", &LogCollectorStatus::default());
+        w.generation = 2;
+        w.ds = ds(2, 2, 3, 1, 3);
+        w.ds.spec.update_strategy = Some(k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy {
+            type_: Some("OnDelete".into()),
+            rolling_update: None,
+        });
+        w.pods[0] = pod("a", true, 2);
+        let o = run(&w, "2026-11-27T10:01:00Z", &steady.status);
+        let later = run(&w, "2026-11-28T10:00:00Z", &o.status);
+        assert_eq!(
+            c(&later.status, PROGRESSING),
+            ("False", "WaitingForPodDeletion")
+        );
+        assert_eq!(c(&later.status, DEGRADED), ("False", "AsExpected"));
+        assert!(later.notices.iter().all(|n| n.reason != "RolloutStalled"));
     }
 
     /// A spec the agents would crash on is not rolled out: Degraded with

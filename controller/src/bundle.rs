@@ -23,29 +23,33 @@ pub fn default_collector() -> LogCollector {
     lc
 }
 
-/// Rules of the controller's ClusterRole: exactly what reconcile, the
-/// watches, events and the finalizer use.
+/// Rules of the controller's ClusterRole: exactly the verbs reconcile, the
+/// watches, events and the finalizer use (the reconcile tests check every
+/// request they make against these rules).
 pub fn controller_rules() -> Value {
-    let all = [
-        "get", "list", "watch", "create", "patch", "update", "delete",
-    ];
     json!([
+        // Watched (list, watch), the finalizer added and removed (patch).
         {"apiGroups": ["logfleet.dev"], "resources": ["logcollectors"],
-         "verbs": ["get", "list", "watch", "patch", "update"]},
+         "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": ["logfleet.dev"], "resources": ["logcollectors/status"],
-         "verbs": ["get", "patch", "update"]},
+         "verbs": ["patch"]},
+        // Owner references with blockOwnerDeletion need it.
         {"apiGroups": ["logfleet.dev"], "resources": ["logcollectors/finalizers"],
          "verbs": ["update"]},
-        {"apiGroups": ["apps"], "resources": ["daemonsets", "statefulsets"], "verbs": all},
-        {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"], "verbs": all},
+        // Read, then server-side applied (create when absent); the owned
+        // DaemonSets and StatefulSets are watched too.
+        {"apiGroups": ["apps"], "resources": ["daemonsets", "statefulsets"],
+         "verbs": ["get", "list", "watch", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"],
+         "verbs": ["get", "create", "patch"]},
         // Coverage: nodes and the agent pods; namespaces for OpenShift's
         // project node selector.
-        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["list", "watch"]},
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        // OpenShift only; harmless elsewhere.
+        // OpenShift only; harmless elsewhere. Deleted by the finalizer.
         {"apiGroups": ["security.openshift.io"], "resources": ["securitycontextconstraints"],
-         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+         "verbs": ["get", "create", "patch", "delete"]},
     ])
 }
 

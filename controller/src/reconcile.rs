@@ -94,20 +94,54 @@ pub async fn reconcile(lc: Arc<LogCollector>, ctx: Arc<Context>) -> Result<Actio
     let started = Instant::now();
     let ns = lc.namespace().unwrap_or_default();
     let api: Api<LogCollector> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, lc, |event| async {
-        match event {
-            FinalizerEvent::Apply(lc) => apply(&lc, &ctx).await,
-            FinalizerEvent::Cleanup(lc) => cleanup(&lc, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    // A finalizer only where there is something owner references cannot
+    // clean: the cluster-scoped SCC on OpenShift. Elsewhere a finalizer
+    // would hold a deleted collector (and its namespace and CRD) in
+    // Terminating whenever the controller goes first, as with
+    // `kubectl delete -f deploy/logfleet.yaml`.
+    let result = if ctx.options.openshift {
+        finalizer(&api, FINALIZER, lc, |event| async {
+            match event {
+                FinalizerEvent::Apply(lc) => apply(&lc, &ctx).await,
+                FinalizerEvent::Cleanup(lc) => cleanup(&lc, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e)
+            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => Error::Finalizer(other.to_string()),
+        })
+    } else {
+        without_finalizer(&api, &lc, &ctx).await
+    };
     ctx.metrics.reconciled(started.elapsed(), result.is_ok());
     result
+}
+
+/// Reconciles where owner references clean up everything: takes off a
+/// finalizer an earlier version added, and applies unless deleting.
+async fn without_finalizer(
+    api: &Api<LogCollector>,
+    lc: &LogCollector,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let name = lc.name_any();
+    if lc.finalizers().iter().any(|f| f == FINALIZER) {
+        let keep: Vec<&String> = lc.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+        // resourceVersion: refused if the list changed meanwhile.
+        let patch = json!({"metadata": {
+            "finalizers": keep,
+            "resourceVersion": lc.resource_version(),
+        }});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_err(format!("removing the finalizer of {name}")))?;
+    }
+    if lc.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    apply(lc, ctx).await
 }
 
 /// Whether `live` holds everything `want` says: every field of `want`

@@ -133,6 +133,28 @@ fn answer(state: &Shared, seen: &Seen) -> (StatusCode, Value) {
             }
             (StatusCode::OK, obj.clone())
         }
+        "PATCH" if seen.content_type == "application/merge-patch+json" => {
+            // RFC 7386: objects merge, null deletes, anything else replaces.
+            fn merge(into: &mut Value, patch: &Value) {
+                match (into.as_object_mut(), patch.as_object()) {
+                    (Some(o), Some(p)) => {
+                        for (k, v) in p {
+                            if v.is_null() {
+                                o.remove(k);
+                            } else {
+                                merge(o.entry(k.clone()).or_insert(Value::Null), v);
+                            }
+                        }
+                    }
+                    _ => *into = patch.clone(),
+                }
+            }
+            let Some(obj) = st.objects.get_mut(&path) else {
+                return not_found();
+            };
+            merge(obj, &seen.body);
+            (StatusCode::OK, obj.clone())
+        }
         "PATCH" => (StatusCode::OK, seen.body.clone()),
         _ => (StatusCode::METHOD_NOT_ALLOWED, json!({})),
     }
@@ -271,13 +293,105 @@ impl Harness {
             .expect("stored LogCollector")
     }
 
-    /// Runs one reconcile of the stored collector; returns its requests.
+    /// Runs one reconcile of the stored collector; returns its requests,
+    /// each checked against the bundle's RBAC as the API server would.
     async fn reconcile(&self) -> Vec<Seen> {
         let before = lock(&self.state).seen.len();
         reconcile::reconcile(Arc::new(self.lc()), self.ctx.clone())
             .await
             .expect("reconcile");
-        lock(&self.state).seen[before..].to_vec()
+        let seen = lock(&self.state).seen[before..].to_vec();
+        let rules = logfleet_controller::bundle::controller_rules();
+        for s in &seen {
+            let (verb, group, resource) = authz_attributes(s);
+            assert!(
+                allowed(&rules, &verb, &group, &resource),
+                "the bundle's ClusterRole does not allow {verb} {group}/{resource} ({} {})",
+                s.method,
+                s.path
+            );
+        }
+        seen
+    }
+}
+
+/// The RBAC attributes of a request, as the API server's request-info
+/// resolver derives them (k8s.io/apiserver/pkg/endpoints/request): the verb
+/// from the method (GET of a name is get, of a collection list, or watch),
+/// the API group, and the resource with its subresource.
+fn authz_attributes(s: &Seen) -> (String, String, String) {
+    let seg: Vec<&str> = s.path.split('/').filter(|p| !p.is_empty()).collect();
+    let (group, mut rest) = match seg.first() {
+        Some(&"api") => (String::new(), &seg[2..]),
+        _ => (seg[1].to_string(), &seg[3..]),
+    };
+    if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+        rest = &rest[2..];
+    }
+    let resource = match rest {
+        [r, _, sub, ..] => format!("{r}/{sub}"),
+        [r, ..] => r.to_string(),
+        [] => String::new(),
+    };
+    let named = rest.len() > 1;
+    let verb = match s.method.as_str() {
+        "GET" if s.query.contains("watch=true") => "watch",
+        "GET" if named => "get",
+        "GET" => "list",
+        "POST" => "create",
+        "PUT" => "update",
+        "PATCH" => "patch",
+        "DELETE" if named => "delete",
+        "DELETE" => "deletecollection",
+        other => other,
+    };
+    (verb.to_string(), group, resource)
+}
+
+fn allowed(rules: &Value, verb: &str, group: &str, resource: &str) -> bool {
+    rules.as_array().into_iter().flatten().any(|r| {
+        let has = |k: &str, v: &str| {
+            r[k].as_array()
+                .into_iter()
+                .flatten()
+                .any(|x| x == v || x == "*")
+        };
+        has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
+    })
+}
+
+#[test]
+fn the_rbac_check_refuses_what_the_role_lacks() {
+    let rules = logfleet_controller::bundle::controller_rules();
+    let seen = |method: &str, path: &str| Seen {
+        method: method.into(),
+        path: path.into(),
+        query: String::new(),
+        content_type: String::new(),
+        body: Value::Null,
+    };
+    for (s, ok) in [
+        (
+            seen("PATCH", "/apis/apps/v1/namespaces/x/daemonsets/d"),
+            true,
+        ),
+        (
+            seen("DELETE", "/apis/apps/v1/namespaces/x/daemonsets/d"),
+            false,
+        ),
+        (seen("GET", "/api/v1/namespaces/x/secrets/s"), false),
+        (seen("PATCH", LC_PATH), true),
+        (seen("PATCH", &format!("{LC_PATH}/status")), true),
+        (seen("GET", "/api/v1/namespaces/logfleet"), true),
+    ] {
+        let (v, g, r) = authz_attributes(&s);
+        assert_eq!(
+            allowed(&rules, &v, &g, &r),
+            ok,
+            "{} {} -> {v} {g}/{r}",
+            s.method,
+            s.path
+        );
     }
 }
 
@@ -292,7 +406,7 @@ fn writes(seen: &[Seen]) -> Vec<String> {
 async fn first_reconcile_applies_everything_then_a_second_writes_nothing() {
     // Three nodes, agents ready on two: node-c lacks one.
     let h = Harness::new(
-        collector(json!({}), &[FINALIZER], false),
+        collector(json!({}), &[], false),
         &["node-a", "node-b", "node-c"],
         &["node-a", "node-b"],
         false,
@@ -404,7 +518,7 @@ async fn first_reconcile_applies_everything_then_a_second_writes_nothing() {
 #[tokio::test]
 async fn drift_and_config_changes_are_applied_others_fields_survive() {
     let h = Harness::new(
-        collector(json!({}), &[FINALIZER], false),
+        collector(json!({}), &[], false),
         &["node-a"],
         &["node-a"],
         false,
@@ -545,7 +659,7 @@ async fn finalizer_is_added_first_and_cleanup_removes_cluster_scoped_objects() {
 #[tokio::test]
 async fn an_invalid_spec_keeps_the_last_good_configuration_running() {
     let h = Harness::new(
-        collector(json!({}), &[FINALIZER], false),
+        collector(json!({}), &[], false),
         &["node-a"],
         &["node-a"],
         false,
@@ -596,5 +710,56 @@ async fn an_invalid_spec_keeps_the_last_good_configuration_running() {
     assert!(
         w.iter().any(|p| p.ends_with("/configmaps/logs-agent")),
         "{w:?}"
+    );
+}
+
+/// Off OpenShift nothing needs a finalizer (owner references take every
+/// child), and one would hold a deleted collector, its namespace and the
+/// CRD in Terminating when `kubectl delete -f deploy/logfleet.yaml` takes
+/// the controller first. The deletion order of that command is replayed:
+/// the collector is deleted while no controller runs, then a controller
+/// that comes back finds it; nothing may wait for it.
+#[tokio::test]
+async fn off_openshift_no_finalizer_holds_a_deletion() {
+    // A new collector: applied, and no finalizer added.
+    let h = Harness::new(
+        collector(json!({}), &[], false),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    let w = writes(&h.reconcile().await);
+    assert!(!w.iter().any(|p| p == &format!("PATCH {LC_PATH}")), "{w:?}");
+    assert!(w.iter().any(|p| p.contains("/daemonsets/")), "{w:?}");
+
+    // One left by an earlier version is taken off.
+    let h = Harness::new(
+        collector(json!({}), &[FINALIZER, "other.io/keep"], false),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    let seen = h.reconcile().await;
+    let p = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path == LC_PATH)
+        .expect("the finalizer removed");
+    assert_eq!(p.content_type, "application/merge-patch+json");
+    assert_eq!(p.body["metadata"]["finalizers"], json!(["other.io/keep"]));
+    assert!(p.body["metadata"]["resourceVersion"].is_string());
+
+    // Deleted (the bundle went first, the collector is Terminating): the
+    // finalizer comes off and nothing is applied.
+    let h = Harness::new(
+        collector(json!({}), &[FINALIZER], true),
+        &["node-a"],
+        &[],
+        false,
+    );
+    let w = writes(&h.reconcile().await);
+    assert_eq!(
+        w,
+        [format!("PATCH {LC_PATH}")],
+        "only the finalizer removal"
     );
 }

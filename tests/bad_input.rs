@@ -470,3 +470,35 @@ fn bench_arguments_are_checked() {
         );
     }
 }
+
+/// With a token configured, the HTTP agents listing needs it like gRPC
+/// queries do; the probes and metrics stay open for kubelet and
+/// Prometheus (issue 14: it answered anyone).
+#[test]
+fn the_agents_listing_needs_the_token_probes_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let (agg, _url) = aggregator(dir.path(), &["--token-file", &token.display().to_string()]);
+    let get = |path: &str, auth: Option<&str>| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&agg.http).unwrap();
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get("/api/v1/agents", None).starts_with("HTTP/1.1 401"));
+    assert!(get("/api/v1/agents", Some("Bearer wrong")).starts_with("HTTP/1.1 401"));
+    assert!(get("/api/v1/agents", Some("Bearer s3cret")).starts_with("HTTP/1.1 200"));
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert!(get(open, None).starts_with("HTTP/1.1 200"), "{open}");
+    }
+}

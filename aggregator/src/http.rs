@@ -1,5 +1,7 @@
-//! The aggregator's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and
-//! `/api/v1/agents` (JSON, for the controller's coverage check).
+//! The aggregator's HTTP endpoint: `/metrics`, `/healthz`, `/readyz` (open,
+//! for kubelet probes and Prometheus), and `/api/v1/agents` (JSON, for the
+//! controller's coverage check), which needs the bearer token when one is
+//! configured, like gRPC queries.
 
 use std::sync::Arc;
 
@@ -20,16 +22,44 @@ pub struct HttpState {
     pub shared: Arc<Shared>,
     /// Registry to render.
     pub registry: Arc<Registry>,
+    /// The token check shared with gRPC.
+    pub auth: crate::service::Auth,
 }
 
 /// Builds the router.
 pub fn router(state: HttpState) -> axum::Router {
+    let api = axum::Router::new()
+        .route("/api/v1/agents", get(agents))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), bearer));
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
-        .route("/api/v1/agents", get(agents))
+        .merge(api)
         .with_state(state)
+}
+
+/// Refuses API requests without the configured bearer token (401), as
+/// gRPC refuses them with UNAUTHENTICATED.
+async fn bearer(
+    State(s): State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if s.auth.allows(header) {
+        return next.run(req).await;
+    }
+    s.shared.metrics.unauthenticated.inc();
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "missing or wrong bearer token\n",
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

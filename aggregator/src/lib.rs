@@ -146,6 +146,7 @@ pub async fn run_on(
     let app = http::router(http::HttpState {
         shared: shared.clone(),
         registry: Arc::new(registry),
+        auth: auth.clone(),
     });
     let http_listener = listeners.http;
     match &cfg.tls {

@@ -138,8 +138,12 @@ fn print(out: &mut impl Write, entries: &[Entry], jsonl: bool) -> Result<()> {
     Ok(())
 }
 
-/// Runs a query and prints the result.
-pub async fn query(c: &ConnArgs, req: QueryRequest, jsonl: bool) -> Result<()> {
+/// Runs a query and prints the result; `reverse` prints it in the
+/// opposite order (held whole: use it with a limit).
+pub async fn query(c: &ConnArgs, req: QueryRequest, jsonl: bool, reverse: bool) -> Result<()> {
+    if reverse && req.limit == 0 {
+        anyhow::bail!("--reverse holds the whole result: give a --limit (or use --direction)");
+    }
     let mut client = connect(c).await?;
     let mut stream = client
         .query(req)
@@ -148,10 +152,17 @@ pub async fn query(c: &ConnArgs, req: QueryRequest, jsonl: bool) -> Result<()> {
         .into_inner();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut held = Vec::new();
     while let Some(msg) = stream.next().await {
         let msg = msg.map_err(|s| status(&c.url, s))?;
-        print(&mut out, &msg.entries, jsonl)?;
+        if reverse {
+            held.extend(msg.entries);
+        } else {
+            print(&mut out, &msg.entries, jsonl)?;
+        }
     }
+    held.reverse();
+    print(&mut out, &held, jsonl)?;
     out.flush()?;
     Ok(())
 }

@@ -63,6 +63,12 @@ enum Cmd {
     /// Measure the real processes on a generated workload (docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Print shell completions, e.g. `logfleet completions bash > /etc/bash_completion.d/logfleet`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(clap::Args)]
@@ -431,6 +437,11 @@ struct QueryArgs {
         default_value = "backward"
     )]
     direction: DirectionArg,
+    /// Print the result in the opposite order: with the default backward
+    /// direction and a limit, the newest N lines oldest first, as a stack
+    /// trace reads.
+    #[arg(long, env = "LOGFLEET_REVERSE")]
+    reverse: bool,
     /// Output format.
     #[arg(long, env = "LOGFLEET_QUERY_OUTPUT", value_enum, default_value = "raw")]
     output: OutputArg,
@@ -668,7 +679,13 @@ async fn run(cmd: Cmd) -> Result<()> {
                     DirectionArg::Backward => logfleet_proto::v1::Direction::Backward,
                 } as i32,
             };
-            client::query(&q.conn.into(), req, matches!(q.output, OutputArg::Jsonl)).await?;
+            client::query(
+                &q.conn.into(),
+                req,
+                matches!(q.output, OutputArg::Jsonl),
+                q.reverse,
+            )
+            .await?;
         }
         Cmd::Tail(t) => {
             client::tail(
@@ -768,6 +785,15 @@ async fn run(cmd: Cmd) -> Result<()> {
                 )?);
             }
             print!("{}", render::to_yaml(&objs)?);
+        }
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "logfleet",
+                &mut std::io::stdout(),
+            );
         }
         Cmd::Bundle { image } => {
             print!("{}", logfleet_controller::bundle::bundle_yaml(&image)?);

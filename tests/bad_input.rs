@@ -502,3 +502,63 @@ fn the_agents_listing_needs_the_token_probes_do_not() {
         assert!(get(open, None).starts_with("HTTP/1.1 200"), "{open}");
     }
 }
+
+/// The newest N lines in time order (a stack trace read newest-first is
+/// upside down): `--limit N --reverse`.
+#[test]
+fn the_newest_lines_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    let mut lines = logfleet_proto::LinesBuilder::default();
+    for i in 0..10u64 {
+        lines.push(
+            0,
+            1_000 + i as i64,
+            i * 10,
+            1,
+            0,
+            format!("frame {i}").as_bytes(),
+        );
+    }
+    let (payload, raw_len) =
+        logfleet_proto::encode_payload(&lines.finish(), Compression::Zstd, 1).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        logfleet_proto::v1::ingest_client::IngestClient::connect(url.clone())
+            .await
+            .unwrap()
+            .push(PushRequest {
+                node: "n".into(),
+                compression: Compression::Zstd as i32,
+                raw_len,
+                ranges: vec![range(1, 0, 100)],
+                payload,
+            })
+            .await
+            .unwrap();
+    });
+    let out = cli(&[
+        "query",
+        "--aggregator",
+        &url,
+        "{}",
+        "--limit",
+        "3",
+        "--reverse",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "frame 7\nframe 8\nframe 9\n"
+    );
+    let out = cli(&[
+        "query",
+        "--aggregator",
+        &url,
+        "{}",
+        "--limit",
+        "0",
+        "--reverse",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give a --limit"));
+}

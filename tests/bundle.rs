@@ -192,3 +192,25 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
     let objs = docs(&stdout(&["render", "-f", file.to_str().expect("path")]));
     assert!(objs.iter().any(|o| o["kind"] == "DaemonSet"));
 }
+
+/// `logfleet completions <shell>`: a script each shell accepts, naming the
+/// subcommands (bash is checked with `bash -n`; issue 13).
+#[test]
+fn completions_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let text = stdout(&["completions", shell]);
+        assert!(
+            text.contains("aggregator") && text.contains("query"),
+            "{shell}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("logfleet.bash");
+    std::fs::write(&script, stdout(&["completions", "bash"])).expect("write");
+    let ok = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .expect("bash");
+    assert!(ok.success());
+}

@@ -562,3 +562,18 @@ fn the_newest_lines_in_time_order() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("give a --limit"));
 }
+
+/// One spelling works everywhere: `json` for `agents` (which prints JSON
+/// lines) as `jsonl` does (issue 14).
+#[test]
+fn output_spellings_are_accepted_by_each_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    for spelling in ["json", "jsonl"] {
+        let out = cli(&["agents", "--aggregator", &url, "--output", spelling]);
+        assert!(out.status.success(), "{spelling}: {out:?}");
+    }
+    let out = cli(&["status", "--from-file", "/nonexistent", "--output", "jsonl"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("invalid value"), "{err}");
+}

@@ -139,6 +139,15 @@ async fn acknowledged_data_survives_a_torn_tail_and_resends_are_dropped() {
     let lines = all(&shared);
     assert_eq!(lines.len(), 30);
     assert_eq!(lines[0], "file 1 line 0");
+    // The gauge follows the segment as it grows (it stayed 0 until a roll).
+    let seg_len = std::fs::metadata(&seg).unwrap().len() as i64;
+    let before = shared.metrics.stored_bytes.get();
+    w.push(push(2, 0, 5, Compression::Zstd), Default::default())
+        .await
+        .unwrap();
+    let grown = std::fs::metadata(&seg).unwrap().len() as i64;
+    assert!(grown > seg_len);
+    assert_eq!(shared.metrics.stored_bytes.get() - before, grown - seg_len);
     // The agent re-sends from an older checkpoint, batched differently.
     let r = w
         .push(push(1, 5, 40, Compression::Zstd), Default::default())
@@ -151,12 +160,12 @@ async fn acknowledged_data_survives_a_torn_tail_and_resends_are_dropped() {
         .unwrap();
     assert_eq!((r.stored_lines, r.duplicate_lines), (0, 45));
     let lines = all(&shared);
-    assert_eq!(lines.len(), 45);
+    assert_eq!(lines.len(), 50);
     let mut sorted = lines.clone();
     sorted.dedup();
-    assert_eq!(sorted.len(), 45, "no line twice");
+    assert_eq!(sorted.len(), 50, "no line twice");
     let agents = shared.index.read().unwrap().agents.clone();
-    assert_eq!(agents["node-a"].lines, 45);
+    assert_eq!(agents["node-a"].lines, 50);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

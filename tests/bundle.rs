@@ -214,3 +214,100 @@ fn completions_for_every_shell() {
         .expect("bash");
     assert!(ok.success());
 }
+
+/// kubectl, installed from Debian (`kubernetes-client`) when missing, as
+/// README's test command must work on a fresh machine.
+fn ensure_kubectl() {
+    let have = || {
+        std::process::Command::new("kubectl")
+            .args(["version", "--client"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if have() {
+        return;
+    }
+    for args in [
+        &["update", "-qq"][..],
+        &["install", "-y", "-qq", "kubernetes-client"][..],
+    ] {
+        let _ = std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+    assert!(
+        have(),
+        "kubectl is needed: apt-get install kubernetes-client"
+    );
+}
+
+fn kubectl_kustomize(dir: &std::path::Path) -> String {
+    ensure_kubectl();
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl (Debian: kubernetes-client; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn by_kind_and_name(docs: Vec<Value>) -> std::collections::BTreeMap<(String, String), Value> {
+    docs.into_iter()
+        .map(|d| {
+            let k = (
+                d["kind"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+            (k, d)
+        })
+        .collect()
+}
+
+/// The two install paths cannot drift: `kubectl kustomize deploy/` (offline)
+/// renders exactly the objects of `logfleet bundle`, and the documented
+/// image patch changes the controller's image and nothing else (issue 13).
+#[test]
+fn kustomize_renders_the_bundle_and_its_documented_patch() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let bundle = by_kind_and_name(docs(&stdout(&["bundle"])));
+    let kustomized = by_kind_and_name(docs(&kubectl_kustomize(&deploy)));
+    assert_eq!(
+        kustomized.keys().collect::<Vec<_>>(),
+        bundle.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &bundle {
+        assert_eq!(&kustomized[k], v, "{k:?}");
+    }
+    // The patch README and kustomization.yaml document.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(
+        deploy.join("logfleet.yaml"),
+        dir.path().join("logfleet.yaml"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources:\n  - logfleet.yaml\nimages:\n  - name: ghcr.io/logfleet/logfleet\n    newTag: 0.1.1\n",
+    )
+    .expect("write");
+    let patched = by_kind_and_name(docs(&kubectl_kustomize(dir.path())));
+    let key = ("Deployment".to_string(), "logfleet-controller".to_string());
+    assert_eq!(
+        patched[&key]["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/logfleet/logfleet:0.1.1"
+    );
+    for (k, v) in &bundle {
+        if *k != key {
+            assert_eq!(&patched[k], v, "{k:?} changed");
+        }
+    }
+}

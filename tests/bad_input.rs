@@ -577,3 +577,17 @@ fn output_spellings_are_accepted_by_each_command() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("invalid value"), "{err}");
 }
+
+/// A query mistake is reported before any round trip, with its position,
+/// even when no aggregator answers (it said "unreachable"; issue 13).
+#[test]
+fn query_mistakes_are_found_before_connecting() {
+    let nobody = format!("http://127.0.0.1:{}", free_port());
+    for cmd in ["query", "tail"] {
+        let out = cli(&[cmd, "--aggregator", &nobody, r#"{namespace="x""#]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("bad query at position"), "{cmd}: {err}");
+        assert!(!err.contains("unreachable"), "{cmd}: {err}");
+    }
+}

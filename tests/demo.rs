@@ -21,6 +21,7 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
     // something else holds them already, the case is the same.)
     let _grpc = std::net::TcpListener::bind("127.0.0.1:4317");
     let _http = std::net::TcpListener::bind("127.0.0.1:8080");
+    let _agent_http = std::net::TcpListener::bind("127.0.0.1:9102");
     let dir = tempfile::tempdir().unwrap();
     let demo = Proc::start(
         "demo",

@@ -34,18 +34,30 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
         ],
         dir.path(),
     );
-    let hints: Vec<String> = wait_for("the demo's hints", Duration::from_secs(60), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let hints: Vec<String> = loop {
         let lines = printed(&demo);
-        let at = lines
+        let found = lines
             .iter()
-            .position(|l| l.starts_with("Try, in another terminal"))?;
-        let hints: Vec<String> = lines[at + 1..]
-            .iter()
-            .take_while(|l| l.starts_with("  "))
-            .map(|l| l.trim().to_owned())
-            .collect();
-        (hints.len() >= 4).then_some(hints)
-    });
+            .position(|l| l.starts_with("Try, in another terminal"))
+            .map(|at| {
+                lines[at + 1..]
+                    .iter()
+                    .take_while(|l| l.starts_with("  "))
+                    .map(|l| l.trim().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|h| h.len() >= 4);
+        if let Some(h) = found {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hints after 60 s; the demo printed:\n{}",
+            demo.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let first = printed(&demo)
         .into_iter()
         .find(|l| l.starts_with("logfleet demo: aggregator on"))

@@ -40,6 +40,8 @@ pub fn controller_rules() -> Value {
         // DaemonSets and StatefulSets are watched too.
         {"apiGroups": ["apps"], "resources": ["daemonsets", "statefulsets"],
          "verbs": ["get", "list", "watch", "create", "patch"]},
+        // The DaemonSet's current revision, to judge pods as it does.
+        {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"],
          "verbs": ["get", "create", "patch"]},
         // Coverage: nodes and the agent pods; namespaces for OpenShift's

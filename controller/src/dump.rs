@@ -191,6 +191,40 @@ pub fn template_generation(ds: &DaemonSet) -> Option<String> {
         .or_else(|| ds.metadata.generation.map(|g| g.to_string()))
 }
 
+/// The `controller-revision-hash` of a DaemonSet's current revision, as the
+/// DaemonSet controller decides it: of the ControllerRevisions it owns, the
+/// one with the highest `revision`. A rollback reuses an old revision (and
+/// raises its number), so pods on that template are current, not outdated,
+/// which a comparison of template generations gets wrong.
+pub fn current_revision_hash(
+    revisions: &[k8s_openapi::api::apps::v1::ControllerRevision],
+    ds: &DaemonSet,
+) -> Option<String> {
+    let uid = ds.metadata.uid.as_deref();
+    revisions
+        .iter()
+        .filter(|r| {
+            uid.is_none()
+                || r.metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .any(|o| Some(o.uid.as_str()) == uid)
+        })
+        .max_by_key(|r| r.revision)
+        .and_then(|r| {
+            label(&r.metadata, "controller-revision-hash")
+                .map(str::to_owned)
+                .or_else(|| {
+                    r.metadata
+                        .name
+                        .as_deref()
+                        .and_then(|n| n.rsplit('-').next())
+                        .map(str::to_owned)
+                })
+        })
+}
+
 /// Reads the same objects from the cluster the current kubeconfig (or the
 /// pod's service account) points at: every node, and the logfleet agent
 /// DaemonSets and pods of `namespace` (every namespace when `None`).
@@ -234,6 +268,36 @@ pub async fn from_cluster(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_current_revision_is_the_highest_owned_one() {
+        let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "uid": "ds-uid"},
+            "spec": {"selector": {}, "template": {}},
+        }))
+        .unwrap();
+        let rev = |hash: &str, n: i64, owner: &str| {
+            serde_json::from_value::<k8s_openapi::api::apps::v1::ControllerRevision>(
+                serde_json::json!({
+                    "metadata": {"name": format!("a-{hash}"),
+                        "labels": {"controller-revision-hash": hash},
+                        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                             "name": "a", "uid": owner}]},
+                    "revision": n,
+                }),
+            )
+            .unwrap()
+        };
+        // Rolled out v1 (1), v2 (2), then rolled back to v1: the DaemonSet
+        // controller gives v1's revision the next number (3).
+        let revs = vec![
+            rev("v1hash", 3, "ds-uid"),
+            rev("v2hash", 2, "ds-uid"),
+            rev("zz", 9, "other"),
+        ];
+        assert_eq!(current_revision_hash(&revs, &ds).as_deref(), Some("v1hash"));
+        assert_eq!(current_revision_hash(&[], &ds), None);
+    }
 
     #[test]
     fn template_generation_follows_the_template_not_the_spec() {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
@@ -167,6 +167,31 @@ fn dyn_api(client: &Client, ns: &str, o: &Object) -> Api<DynamicObject> {
     }
 }
 
+/// The agent DaemonSet's current `controller-revision-hash`, from the
+/// ControllerRevisions it owns (they carry its pod template's labels).
+/// `None` when they cannot be read: status then falls back to template
+/// generations.
+async fn current_revision_hash(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    ds: &DaemonSet,
+) -> Option<String> {
+    let selector = render::selector_labels(name, "agent")
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ns);
+    match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => crate::dump::current_revision_hash(&list.items, ds),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the agent DaemonSet's ControllerRevisions");
+            None
+        }
+    }
+}
+
 /// Reads one object as the cluster has it, without changing it.
 async fn read(ctx: &Context, ns: &str, o: &Object) -> Result<Option<Value>, Error> {
     let what = format!("{} {}", o.api.kind, o.name);
@@ -285,6 +310,10 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
         None
     };
     let pushes = ctx.pushes.last_pushes(&name, &ns).await;
+    let revision_hash = match &daemonset {
+        Some(ds) => current_revision_hash(ctx, &ns, &name, ds).await,
+        None => None,
+    };
     // Whole seconds: what the API keeps of condition times, so that an
     // unchanged status reads back equal.
     let now = Timestamp::from_second((ctx.now)().as_second()).unwrap_or((ctx.now)());
@@ -308,6 +337,7 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
                 lc.spec.agent.progress_deadline_seconds.max(1) as u64
             ),
             invalid_spec: invalid.as_deref(),
+            current_revision_hash: revision_hash.as_deref(),
             now,
         },
         &old,

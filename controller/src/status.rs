@@ -64,6 +64,10 @@ pub struct Observed<'a> {
     /// Why the spec was not rolled out (see [`crate::validate`]), if it
     /// was refused: the last good configuration keeps running.
     pub invalid_spec: Option<&'a str>,
+    /// The `controller-revision-hash` of the DaemonSet's current
+    /// ControllerRevision, when known: pods are judged by it, as the
+    /// DaemonSet controller does; else by template generation.
+    pub current_revision_hash: Option<&'a str>,
     /// Now.
     pub now: Timestamp,
 }
@@ -222,7 +226,13 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             .get_or_insert_with(BTreeMap::new)
             .extend(extra);
     }
-    let revision = o.daemonset.and_then(crate::dump::template_generation);
+    let (revision, revision_label) = match o.current_revision_hash {
+        Some(h) => (Some(h.to_owned()), "controller-revision-hash"),
+        None => (
+            o.daemonset.and_then(crate::dump::template_generation),
+            "pod-template-generation",
+        ),
+    };
     let scope = scope_selector(o.scope);
     let empty = BTreeMap::new();
     let (rows, summary) = coverage::classify(Inputs {
@@ -230,7 +240,7 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
         pods: o.pods,
         template: &template,
         current_revision: revision.as_deref(),
-        revision_label: "pod-template-generation",
+        revision_label,
         scope: scope.as_ref(),
         last_push: o.last_push.unwrap_or(&empty),
         now: o.now,
@@ -615,6 +625,7 @@ mod tests {
         project: Option<&'static str>,
         generation: i64,
         invalid: Option<&'static str>,
+        revision_hash: Option<&'static str>,
     }
 
     fn at(t: &str) -> Timestamp {
@@ -638,6 +649,7 @@ mod tests {
                 config_hash: "abc",
                 progress_deadline: Duration::from_secs(600),
                 invalid_spec: w.invalid,
+                current_revision_hash: w.revision_hash,
                 now: at(now),
             },
             old,
@@ -662,6 +674,7 @@ mod tests {
             project: None,
             generation: 1,
             invalid: None,
+            revision_hash: None,
         }
     }
 
@@ -780,6 +793,38 @@ mod tests {
         let o5 = run(&w, "2026-11-27T10:21:00Z", &o4.status);
         assert_eq!(c(&o5.status, PROGRESSING), ("False", "RolloutComplete"));
         assert_eq!(c(&o5.status, DEGRADED), ("False", "AsExpected"));
+    }
+
+    /// A rollback reuses the old ControllerRevision: the pods still on it
+    /// are current, though their template generation is older (issue 9).
+    #[test]
+    fn after_a_rollback_pods_on_the_restored_revision_are_current() {
+        let mut w = world();
+        w.generation = 3;
+        w.ds = ds(3, 3, 3, 3, 3);
+        w.pods = ["a", "b", "c"]
+            .iter()
+            .map(|n| {
+                let mut p = pod(n, true, 1);
+                p.metadata
+                    .labels
+                    .get_or_insert_with(Default::default)
+                    .insert("controller-revision-hash".into(), "v1hash".into());
+                p
+            })
+            .collect();
+        // By template generation every pod looks outdated.
+        let by_generation = run(&w, "2026-11-27T10:00:00Z", &LogCollectorStatus::default());
+        assert_eq!(
+            by_generation.status.coverage.as_ref().unwrap().up_to_date,
+            0
+        );
+        // By the current revision, as the DaemonSet controller judges: all current.
+        w.revision_hash = Some("v1hash");
+        let by_revision = run(&w, "2026-11-27T10:00:00Z", &LogCollectorStatus::default());
+        let cov = by_revision.status.coverage.as_ref().unwrap();
+        assert_eq!((cov.up_to_date, cov.missing), (3, 0));
+        assert!(!cov.by_reason.contains_key("Outdated"));
     }
 
     /// OnDelete replaces a pod only when someone deletes it: an old

@@ -449,11 +449,7 @@ pub async fn idle(dir: &Path, files: usize, seconds: u64) -> Result<()> {
     let root = dir.join("idle-pods");
     let state = dir.join("state-idle");
     let data = dir.join("data-idle");
-    for d in [&root, &state, &data] {
-        if d.exists() {
-            std::fs::remove_dir_all(d)?;
-        }
-    }
+    fresh(&[&root, &state, &data])?;
     for f in 0..files {
         let c = root.join(format!("idle_pod-{f}_uid-{f}/app"));
         std::fs::create_dir_all(&c)?;
@@ -463,20 +459,12 @@ pub async fn idle(dir: &Path, files: usize, seconds: u64) -> Result<()> {
         )?;
     }
     let (_agg, url, mut c) = start_aggregator(&data, &dir.join("aggregator-idle.log")).await?;
-    let agent = spawn(
-        &[
-            "agent",
-            "--node-name",
-            "idle",
-            "--log-root",
-            &root.display().to_string(),
-            "--state-dir",
-            &state.display().to_string(),
-            "--aggregator",
-            &url,
-            "--http-addr",
-            "127.0.0.1:0",
-        ],
+    let agent = spawn_agent(
+        "idle",
+        &root,
+        &state,
+        &url,
+        &[],
         &dir.join("agent-idle.log"),
     )?;
     let t0 = Instant::now();
@@ -496,6 +484,43 @@ pub async fn idle(dir: &Path, files: usize, seconds: u64) -> Result<()> {
         peak_rss(pid)? as f64 / 1048576.0
     );
     Ok(())
+}
+
+/// Removes what earlier runs left in `dirs`.
+pub fn fresh(dirs: &[&Path]) -> Result<()> {
+    for d in dirs {
+        if d.exists() {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts `logfleet agent` as node `node` on `root`, pushing to `url`.
+pub fn spawn_agent(
+    node: &str,
+    root: &Path,
+    state: &Path,
+    url: &str,
+    extra: &[&str],
+    log: &Path,
+) -> Result<Bg> {
+    let (root, state) = (root.display().to_string(), state.display().to_string());
+    let mut args = vec![
+        "agent",
+        "--node-name",
+        node,
+        "--log-root",
+        &root,
+        "--state-dir",
+        &state,
+        "--aggregator",
+        url,
+        "--http-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args, log)
 }
 
 /// Default scratch directory for benchmarks.

@@ -12,7 +12,9 @@ use logfleet_kubesim::messages::Messages;
 use logfleet_proto::v1::ingest_client::IngestClient;
 use logfleet_proto::v1::{Compression, FileLabels, FileRange, PushRequest};
 
-use crate::bench::{cpu_seconds, peak_rss, spawn, start_aggregator, stored_lines};
+use crate::bench::{
+    cpu_seconds, fresh, peak_rss, spawn, spawn_agent, start_aggregator, stored_lines,
+};
 
 fn mib(b: u64) -> f64 {
     b as f64 / 1_048_576.0
@@ -143,33 +145,19 @@ pub async fn outage(dir: &Path, seconds: u64, rate: u64) -> Result<()> {
     let root = dir.join("outage-pods");
     let state = dir.join("state-outage");
     let data = dir.join("data-outage");
-    for d in [&root, &state, &data] {
-        if d.exists() {
-            std::fs::remove_dir_all(d)?;
-        }
-    }
+    fresh(&[&root, &state, &data])?;
     std::fs::create_dir_all(&root)?;
     // A port nobody listens on: the aggregator is "down".
     let grpc = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let url = format!("http://127.0.0.1:{grpc}");
-    let agent = spawn(
-        &[
-            "agent",
-            "--node-name",
-            "outage",
-            "--log-root",
-            &root.display().to_string(),
-            "--state-dir",
-            &state.display().to_string(),
-            "--aggregator",
-            &url,
-            "--compression",
-            "zstd",
-            "--http-addr",
-            "127.0.0.1:0",
-        ],
+    let agent = spawn_agent(
+        "outage",
+        &root,
+        &state,
+        &url,
+        &["--compression", "zstd"],
         &dir.join("agent-outage.log"),
     )?;
     let mut pod = logfleet_kubesim::Pod::create(

@@ -393,33 +393,8 @@ fn a_closed_stdout_ends_a_query_quietly() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let (_agg, url) = aggregator(dir.path(), &[]);
-    let mut lines = logfleet_proto::LinesBuilder::default();
-    for i in 0..20_000u64 {
-        lines.push(
-            0,
-            1_000 + i as i64,
-            i * 100,
-            1,
-            0,
-            format!("line {i} {}", "x".repeat(60)).as_bytes(),
-        );
-    }
-    let (payload, raw_len) =
-        logfleet_proto::encode_payload(&lines.finish(), Compression::Zstd, 1).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut c = logfleet_proto::v1::ingest_client::IngestClient::connect(url.clone())
-            .await
-            .unwrap();
-        c.push(PushRequest {
-            node: "n".into(),
-            compression: Compression::Zstd as i32,
-            raw_len,
-            ranges: vec![range(1, 0, 2_000_000)],
-            payload,
-        })
-        .await
-        .unwrap();
+    store_lines(&url, 20_000, 100, |i| {
+        format!("line {i} {}", "x".repeat(60))
     });
     for output in ["jsonl", "raw"] {
         let mut child = std::process::Command::new(bin())
@@ -509,33 +484,7 @@ fn the_agents_listing_needs_the_token_probes_do_not() {
 fn the_newest_lines_in_time_order() {
     let dir = tempfile::tempdir().unwrap();
     let (_agg, url) = aggregator(dir.path(), &[]);
-    let mut lines = logfleet_proto::LinesBuilder::default();
-    for i in 0..10u64 {
-        lines.push(
-            0,
-            1_000 + i as i64,
-            i * 10,
-            1,
-            0,
-            format!("frame {i}").as_bytes(),
-        );
-    }
-    let (payload, raw_len) =
-        logfleet_proto::encode_payload(&lines.finish(), Compression::Zstd, 1).unwrap();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        logfleet_proto::v1::ingest_client::IngestClient::connect(url.clone())
-            .await
-            .unwrap()
-            .push(PushRequest {
-                node: "n".into(),
-                compression: Compression::Zstd as i32,
-                raw_len,
-                ranges: vec![range(1, 0, 100)],
-                payload,
-            })
-            .await
-            .unwrap();
-    });
+    store_lines(&url, 10, 10, |i| format!("frame {i}"));
     let out = cli(&[
         "query",
         "--aggregator",
@@ -590,4 +539,29 @@ fn query_mistakes_are_found_before_connecting() {
         assert!(err.contains("bad query at position"), "{cmd}: {err}");
         assert!(!err.contains("unreachable"), "{cmd}: {err}");
     }
+}
+
+/// Stores `n` lines of one file through a real push: line `i` at offset
+/// `i * step`, timestamp `1000 + i`, text `text(i)`.
+fn store_lines(url: &str, n: u64, step: u64, text: impl Fn(u64) -> String) {
+    let mut lines = logfleet_proto::LinesBuilder::default();
+    for i in 0..n {
+        lines.push(0, 1_000 + i as i64, i * step, 1, 0, text(i).as_bytes());
+    }
+    let (payload, raw_len) =
+        logfleet_proto::encode_payload(&lines.finish(), Compression::Zstd, 1).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        logfleet_proto::v1::ingest_client::IngestClient::connect(url.to_owned())
+            .await
+            .unwrap()
+            .push(PushRequest {
+                node: "n".into(),
+                compression: Compression::Zstd as i32,
+                raw_len,
+                ranges: vec![range(1, 0, n * step)],
+                payload,
+            })
+            .await
+            .unwrap();
+    });
 }

@@ -265,15 +265,22 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         println!("  node-{node}: kubelet-style writer and agent started");
     }
     println!();
-    println!("Try, in another terminal:");
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "logfleet".into());
+    // One write: the agents' and aggregator's log lines (stderr) must not
+    // land between the hints.
+    let mut block = String::from("Try, in another terminal:\n");
     for h in hints(&exe, &url) {
-        println!("  {h}");
+        block.push_str(&format!("  {h}\n"));
     }
-    println!("(`cargo install --path .` puts `logfleet` on your PATH.)");
-    println!();
+    block.push_str("(`cargo install --path .` puts `logfleet` on your PATH.)\n\n");
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(block.as_bytes())?;
+        out.flush()?;
+    }
     println!("Ctrl-C stops the demo.");
 
     let deadline = cfg.duration.map(|d| tokio::time::Instant::now() + d);

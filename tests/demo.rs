@@ -41,9 +41,11 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
             .iter()
             .position(|l| l.starts_with("Try, in another terminal"))
             .map(|at| {
+                // stderr (log lines) shares the file: keep only the hints.
                 lines[at + 1..]
                     .iter()
-                    .take_while(|l| l.starts_with("  "))
+                    .take_while(|l| !l.starts_with("(`cargo install"))
+                    .filter(|l| l.starts_with("  "))
                     .map(|l| l.trim().to_owned())
                     .collect::<Vec<_>>()
             })

@@ -172,4 +172,20 @@ fn controller_applies_and_follows_nodes_and_agents() {
         },
     );
     assert_eq!(writes(&state), w0, "an unchanged cluster got writes");
+
+    // Every request the real controller made, watches included, is one the
+    // bundle's ClusterRole allows (as the API server would check it).
+    let rules = logfleet_controller::bundle::controller_rules();
+    let requests = lock(&state).requests.clone();
+    assert!(
+        requests.iter().any(|(_, t)| t.contains("watch=")),
+        "{requests:?}"
+    );
+    for (method, target) in &requests {
+        let a = logfleet_controller::rbac::attributes(method, target);
+        assert!(
+            logfleet_controller::rbac::allows(&rules, &a),
+            "the bundle's ClusterRole does not allow {a:?} ({method} {target})"
+        );
+    }
 }

@@ -17,7 +17,8 @@
 //! [`dump`] reads the same objects from a kubectl dump or the cluster for
 //! `logfleet status`; [`bundle`] is the install bundle; [`check`] says what
 //! the API server and the controller would refuse of a file, for
-//! `logfleet render -f`.
+//! `logfleet render -f`; [`rbac`] derives what the API server checks of a
+//! request, so tests hold the controller to the bundle's ClusterRole.
 
 pub mod bundle;
 pub mod check;
@@ -27,6 +28,7 @@ pub mod dump;
 pub mod metrics;
 pub mod names;
 pub mod placement;
+pub mod rbac;
 pub mod reconcile;
 pub mod render;
 pub mod run;

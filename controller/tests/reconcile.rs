@@ -303,95 +303,16 @@ impl Harness {
         let seen = lock(&self.state).seen[before..].to_vec();
         let rules = logfleet_controller::bundle::controller_rules();
         for s in &seen {
-            let (verb, group, resource) = authz_attributes(s);
+            let target = format!("{}?{}", s.path, s.query);
+            let a = logfleet_controller::rbac::attributes(&s.method, &target);
             assert!(
-                allowed(&rules, &verb, &group, &resource),
-                "the bundle's ClusterRole does not allow {verb} {group}/{resource} ({} {})",
+                logfleet_controller::rbac::allows(&rules, &a),
+                "the bundle's ClusterRole does not allow {a:?} ({} {})",
                 s.method,
                 s.path
             );
         }
         seen
-    }
-}
-
-/// The RBAC attributes of a request, as the API server's request-info
-/// resolver derives them (k8s.io/apiserver/pkg/endpoints/request): the verb
-/// from the method (GET of a name is get, of a collection list, or watch),
-/// the API group, and the resource with its subresource.
-fn authz_attributes(s: &Seen) -> (String, String, String) {
-    let seg: Vec<&str> = s.path.split('/').filter(|p| !p.is_empty()).collect();
-    let (group, mut rest) = match seg.first() {
-        Some(&"api") => (String::new(), &seg[2..]),
-        _ => (seg[1].to_string(), &seg[3..]),
-    };
-    if rest.first() == Some(&"namespaces") && rest.len() > 2 {
-        rest = &rest[2..];
-    }
-    let resource = match rest {
-        [r, _, sub, ..] => format!("{r}/{sub}"),
-        [r, ..] => r.to_string(),
-        [] => String::new(),
-    };
-    let named = rest.len() > 1;
-    let verb = match s.method.as_str() {
-        "GET" if s.query.contains("watch=true") => "watch",
-        "GET" if named => "get",
-        "GET" => "list",
-        "POST" => "create",
-        "PUT" => "update",
-        "PATCH" => "patch",
-        "DELETE" if named => "delete",
-        "DELETE" => "deletecollection",
-        other => other,
-    };
-    (verb.to_string(), group, resource)
-}
-
-fn allowed(rules: &Value, verb: &str, group: &str, resource: &str) -> bool {
-    rules.as_array().into_iter().flatten().any(|r| {
-        let has = |k: &str, v: &str| {
-            r[k].as_array()
-                .into_iter()
-                .flatten()
-                .any(|x| x == v || x == "*")
-        };
-        has("apiGroups", group) && has("resources", resource) && has("verbs", verb)
-    })
-}
-
-#[test]
-fn the_rbac_check_refuses_what_the_role_lacks() {
-    let rules = logfleet_controller::bundle::controller_rules();
-    let seen = |method: &str, path: &str| Seen {
-        method: method.into(),
-        path: path.into(),
-        query: String::new(),
-        content_type: String::new(),
-        body: Value::Null,
-    };
-    for (s, ok) in [
-        (
-            seen("PATCH", "/apis/apps/v1/namespaces/x/daemonsets/d"),
-            true,
-        ),
-        (
-            seen("DELETE", "/apis/apps/v1/namespaces/x/daemonsets/d"),
-            false,
-        ),
-        (seen("GET", "/api/v1/namespaces/x/secrets/s"), false),
-        (seen("PATCH", LC_PATH), true),
-        (seen("PATCH", &format!("{LC_PATH}/status")), true),
-        (seen("GET", "/api/v1/namespaces/logfleet"), true),
-    ] {
-        let (v, g, r) = authz_attributes(&s);
-        assert_eq!(
-            allowed(&rules, &v, &g, &r),
-            ok,
-            "{} {} -> {v} {g}/{r}",
-            s.method,
-            s.path
-        );
     }
 }
 

@@ -321,6 +321,14 @@ impl Shipper {
                     if let Ok(m) = self.metrics.lock() {
                         m.dead_letter_lines.inc_by(batch.lines);
                     }
+                    // And in the heartbeat, where `logfleet agents` shows it.
+                    self.report.set(
+                        Source::Refused,
+                        Some(format!(
+                            "{} refused lines lost: the batch does not decode ({e})",
+                            batch.lines
+                        )),
+                    );
                     return;
                 }
                 Ok(Err(e)) => {

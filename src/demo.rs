@@ -170,6 +170,7 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
     let listeners = logfleet_aggregator::Listeners {
         grpc: bind(cfg.grpc_addr, DEFAULT_GRPC)?,
         http: bind(cfg.http_addr, DEFAULT_HTTP)?,
+        query: None,
     };
     let grpc_addr = listeners.grpc.local_addr()?;
     let http_addr = listeners.http.local_addr()?;
@@ -197,9 +198,11 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
             zstd_level: 3,
         },
         grpc_addr,
+        query_addr: None,
         http_addr,
-        token: None,
+        tokens: Default::default(),
         tls: None,
+        tls_reload: Duration::from_secs(30),
         limits: logfleet_proto::Limits::default(),
         max_message: 32 << 20,
         max_concurrent_requests: 16,

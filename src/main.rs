@@ -358,15 +358,31 @@ struct AggregatorArgs {
     /// Address for /metrics, /healthz, /readyz and /api/v1/agents.
     #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
-    /// File holding the bearer token agents and clients must send.
+    /// gRPC address for queries only (default: queries share --grpc-addr).
+    /// A port of its own lets a NetworkPolicy admit agents and readers
+    /// separately.
+    #[arg(long, env = "LOGFLEET_QUERY_ADDR")]
+    query_addr: Option<SocketAddr>,
+    /// File holding one bearer token for both pushing and reading (each
+    /// is overridden by --push-token-file / --read-token-file).
     #[arg(long, env = "LOGFLEET_TOKEN_FILE")]
     token_file: Option<PathBuf>,
-    /// TLS certificate (PEM) for both ports; needs --tls-key.
+    /// File holding the token agents push with (it cannot read logs).
+    #[arg(long, env = "LOGFLEET_PUSH_TOKEN_FILE")]
+    push_token_file: Option<PathBuf>,
+    /// File holding the token queries and the agents API need.
+    #[arg(long, env = "LOGFLEET_READ_TOKEN_FILE")]
+    read_token_file: Option<PathBuf>,
+    /// TLS certificate (PEM) for every port; needs --tls-key. Re-read when
+    /// it changes, so a renewed certificate needs no restart.
     #[arg(long, env = "LOGFLEET_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
     #[arg(long, env = "LOGFLEET_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// How often the TLS files are checked for a renewed certificate.
+    #[arg(long, env = "LOGFLEET_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    tls_reload_interval: Duration,
     /// Seal segments at this size.
     #[arg(long, env = "LOGFLEET_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
     segment_size: u64,
@@ -606,8 +622,19 @@ fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::Aggregato
         },
         grpc_addr: a.grpc_addr,
         http_addr: a.http_addr,
-        token: read_token(&a.token_file)?,
-        tls: a.tls_cert.zip(a.tls_key),
+        query_addr: a.query_addr,
+        tokens: {
+            let both = read_token(&a.token_file)?;
+            logfleet_aggregator::service::Tokens {
+                push: read_token(&a.push_token_file)?.or_else(|| both.clone()),
+                read: read_token(&a.read_token_file)?.or(both),
+            }
+        },
+        tls: a
+            .tls_cert
+            .zip(a.tls_key)
+            .map(|(cert, key)| logfleet_aggregator::transport::CertFiles { cert, key }),
+        tls_reload: a.tls_reload_interval,
         limits: logfleet_proto::Limits {
             max_raw_len: a.max_payload,
         },

@@ -57,3 +57,66 @@ fn agent_and_cli_over_tls_and_plaintext_is_refused() {
         "metrics served in plaintext"
     );
 }
+
+/// A CA and a serving certificate for 127.0.0.1 signed by it, as PEM.
+fn issue(dir: &std::path::Path, tag: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let ca_path = dir.join(format!("ca-{tag}.pem"));
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    (
+        ca_path.display().to_string(),
+        leaf.pem(),
+        key.serialize_pem(),
+    )
+}
+
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let (ca1, c1, k1) = issue(dir.path(), "one");
+    let (ca2, c2, k2) = issue(dir.path(), "two");
+    std::fs::write(&cert, c1).unwrap();
+    std::fs::write(&key, k1).unwrap();
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let (mut agg, plain_url) = aggregator(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &c,
+            "--tls-key",
+            &k,
+            "--tls-reload-interval",
+            "200ms",
+        ],
+    );
+    let url = plain_url.replace("http://", "https://");
+    let agents = |ca: &str| cli(&["agents", "--aggregator", &url, "--tls-ca", ca]).status;
+    assert!(agents(&ca1).success());
+    assert!(
+        !agents(&ca2).success(),
+        "trusted by a CA that did not sign it"
+    );
+
+    // A renewal as a Secret update delivers it: both files change.
+    std::fs::write(&cert, c2).unwrap();
+    std::fs::write(&key, k2).unwrap();
+    wait_for("the renewed certificate", Duration::from_secs(30), || {
+        agents(&ca2).success().then_some(())
+    });
+    assert!(
+        !agents(&ca1).success(),
+        "the old certificate is still served"
+    );
+    assert!(agg.is_running(), "the aggregator restarted");
+}

@@ -13,9 +13,9 @@ pub mod metrics;
 pub mod query;
 pub mod service;
 pub mod store;
+pub mod transport;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use logfleet_proto::v1::ingest_server::IngestServer;
@@ -35,14 +35,20 @@ const WINDOW: u32 = 256 << 10;
 pub struct AggregatorConfig {
     /// Storage settings.
     pub store: ingest::StoreConfig,
-    /// gRPC address (ingest and query).
+    /// gRPC address (ingest, and queries unless `query_addr` is set).
     pub grpc_addr: SocketAddr,
+    /// gRPC address for queries only; `None`: queries share `grpc_addr`.
+    /// A port of their own lets a NetworkPolicy admit agents to ingest and
+    /// readers to queries separately.
+    pub query_addr: Option<SocketAddr>,
     /// HTTP address (metrics, health, agents JSON).
     pub http_addr: SocketAddr,
-    /// Bearer token required from agents and clients; none: open.
-    pub token: Option<String>,
-    /// TLS certificate and key (PEM) for both ports; none: plaintext.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Bearer tokens: one to push, one to read.
+    pub tokens: service::Tokens,
+    /// TLS certificate and key (PEM) for every port; none: plaintext.
+    pub tls: Option<transport::CertFiles>,
+    /// How often the TLS files are checked for a renewed certificate.
+    pub tls_reload: std::time::Duration,
     /// Payload limits.
     pub limits: Limits,
     /// Largest accepted gRPC message (compressed push), bytes.
@@ -70,14 +76,12 @@ pub enum AggregatorError {
         /// Why.
         source: std::io::Error,
     },
-    /// TLS files could not be read.
-    #[error("reading TLS file {path}: {source}")]
-    Tls {
-        /// File.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The tokens leave one role open while another is closed.
+    #[error(transparent)]
+    Tokens(#[from] service::TokensError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] transport::TlsError),
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -86,13 +90,15 @@ pub enum AggregatorError {
     StorageFailed(String),
 }
 
-/// The aggregator's two listening sockets, bound before anything else
+/// The aggregator's listening sockets, bound before anything else
 /// happens, so that a taken port is an error at once.
 pub struct Listeners {
-    /// gRPC (ingest and queries).
+    /// gRPC (ingest, and queries without a query port).
     pub grpc: std::net::TcpListener,
     /// HTTP (metrics, health, agents).
     pub http: std::net::TcpListener,
+    /// gRPC queries, when they have a port of their own.
+    pub query: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
@@ -106,6 +112,7 @@ impl Listeners {
         Ok(Listeners {
             grpc: bind(cfg.grpc_addr)?,
             http: bind(cfg.http_addr)?,
+            query: cfg.query_addr.map(bind).transpose()?,
         })
     }
 }
@@ -130,33 +137,55 @@ pub async fn run_on(
     let metrics = metrics::Metrics::new(&mut registry);
     let (shared, writer) = ingest::open(cfg.store.clone(), metrics.clone())?;
     let writer = writer.with_inflight_limit(cfg.max_inflight_bytes);
-    let auth = service::Auth::new(cfg.token.clone(), metrics.clone());
+    cfg.tokens.check()?;
+    let push_auth = service::Auth::new(cfg.tokens.push.clone(), "push", metrics.clone());
+    let read_auth = service::Auth::new(cfg.tokens.read.clone(), "read", metrics.clone());
+    let cert = match &cfg.tls {
+        Some(files) => {
+            let cert = transport::ReloadingCert::load(files.clone())?;
+            cert.spawn_reloader(cfg.tls_reload);
+            Some(cert)
+        }
+        None => None,
+    };
+    let tls_config =
+        |alpn: &[&[u8]]| -> Result<Option<Arc<rustls::ServerConfig>>, AggregatorError> {
+            cert.as_ref()
+                .map(|c| c.server_config(alpn).map(Arc::new))
+                .transpose()
+                .map_err(AggregatorError::from)
+        };
+    let grpc_tls = tls_config(&[b"h2"])?;
+    let http_tls = tls_config(&[b"h2", b"http/1.1"])?;
     let mut failed = shared.failed.subscribe();
     let stopping = shared.clone();
-    let stop = async move {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         tokio::select! {
             () = shutdown => {}
             _ = failed.wait_for(Option::is_some) => {}
         }
         tracing::info!("stopping: ending live tails and queries");
         stopping.shutdown.send_replace(true);
+        stop_tx.send_replace(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
     };
     let failed = shared.failed.subscribe();
 
     let app = http::router(http::HttpState {
         shared: shared.clone(),
         registry: Arc::new(registry),
-        auth: auth.clone(),
+        auth: read_auth.clone(),
     });
     let http_listener = listeners.http;
-    match &cfg.tls {
-        Some((cert, key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|source| AggregatorError::Tls {
-                    path: cert.clone(),
-                    source,
-                })?;
+    match http_tls {
+        Some(tls) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
             let server = axum_server::from_tcp_rustls(http_listener, tls).map_err(|source| {
                 AggregatorError::Bind {
                     addr: cfg.http_addr,
@@ -184,12 +213,11 @@ pub async fn run_on(
         }
     }
 
-    let grpc_listener = tokio::net::TcpListener::from_std(listeners.grpc).map_err(|source| {
-        AggregatorError::Bind {
-            addr: cfg.grpc_addr,
-            source,
-        }
-    })?;
+    let tokio_listener = |l: std::net::TcpListener, addr: SocketAddr| {
+        tokio::net::TcpListener::from_std(l)
+            .map_err(|source| AggregatorError::Bind { addr, source })
+    };
+    let grpc_listener = tokio_listener(listeners.grpc, cfg.grpc_addr)?;
     let ingest = tonic::service::interceptor::InterceptedService::new(
         IngestServer::new(service::IngestService {
             writer,
@@ -198,7 +226,7 @@ pub async fn run_on(
             shared: shared.clone(),
         })
         .max_decoding_message_size(cfg.max_message),
-        auth.clone(),
+        push_auth,
     );
     let query = tonic::service::interceptor::InterceptedService::new(
         QueryServer::new(service::QueryService {
@@ -206,46 +234,48 @@ pub async fn run_on(
             timeout: cfg.query_timeout,
         })
         .max_encoding_message_size(cfg.limits.max_raw_len as usize + (1 << 20)),
-        auth,
+        read_auth,
     );
-    // Bounded: so many requests at once, so many streams per connection,
-    // and windows that hold back the bytes of those that wait.
-    let mut server = tonic::transport::Server::builder()
-        .max_concurrent_streams(Some(64))
-        .initial_connection_window_size(Some(WINDOW))
-        .initial_stream_window_size(Some(WINDOW))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            cfg.max_concurrent_requests.max(1),
-        ));
-    if let Some((cert, key)) = &cfg.tls {
-        let read = |p: &PathBuf| {
-            std::fs::read(p).map_err(|source| AggregatorError::Tls {
-                path: p.clone(),
-                source,
-            })
-        };
-        let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-        server = server.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    // Bounded: so many requests at once (over every gRPC port), so many
+    // streams per connection, and windows that hold back the bytes of
+    // those that wait.
+    let limit = tower::limit::GlobalConcurrencyLimitLayer::new(cfg.max_concurrent_requests.max(1));
+    let builder = || {
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(64))
+            .initial_connection_window_size(Some(WINDOW))
+            .initial_stream_window_size(Some(WINDOW))
+            .layer(limit.clone())
+    };
+    const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+    tracing::info!(grpc = %cfg.grpc_addr, query = ?cfg.query_addr, http = %cfg.http_addr, tls = cfg.tls.is_some(), data = %cfg.store.data_dir.display(), "aggregator started");
+    match listeners.query {
+        None => {
+            builder()
+                .add_service(ingest)
+                .add_service(query)
+                .serve_with_incoming_shutdown(
+                    transport::incoming(grpc_listener, grpc_tls, HANDSHAKE),
+                    stopped(),
+                )
+                .await?;
+        }
+        Some(q) => {
+            let addr = cfg.query_addr.unwrap_or(cfg.grpc_addr);
+            let query_listener = tokio_listener(q, addr)?;
+            let ingest_server = builder().add_service(ingest).serve_with_incoming_shutdown(
+                transport::incoming(grpc_listener, grpc_tls.clone(), HANDSHAKE),
+                stopped(),
+            );
+            let query_server = builder().add_service(query).serve_with_incoming_shutdown(
+                transport::incoming(query_listener, grpc_tls, HANDSHAKE),
+                stopped(),
+            );
+            let (a, b) = tokio::join!(ingest_server, query_server);
+            a?;
+            b?;
+        }
     }
-    tracing::info!(grpc = %cfg.grpc_addr, http = %cfg.http_addr, data = %cfg.store.data_dir.display(), "aggregator started");
-    server
-        .add_service(ingest)
-        .add_service(query)
-        .serve_with_incoming_shutdown(
-            // Small replies (acks, query chunks) must not wait for Nagle's
-            // algorithm and the peer's delayed ACK: that costs ~40 ms each.
-            tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                |conn| {
-                    if let Ok(c) = &conn {
-                        let _ = c.set_nodelay(true);
-                    }
-                    conn
-                },
-            ),
-            stop,
-        )
-        .await?;
     if let Some(why) = failed.borrow().clone() {
         tracing::error!(reason = %why, "aggregator stopped: storage failed");
         return Err(AggregatorError::StorageFailed(why));

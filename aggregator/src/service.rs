@@ -25,18 +25,68 @@ const CHUNK: usize = 1000;
 /// sent alone).
 const CHUNK_BYTES: usize = 4 << 20;
 
+/// The two credentials: agents push with one, readers (the CLI, the
+/// controller's coverage check) query with the other, so an agent's token,
+/// which every node holds, cannot read any namespace's logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Required by `Ingest` (push, heartbeat).
+    pub push: Option<String>,
+    /// Required by `Query` and the HTTP agents API.
+    pub read: Option<String>,
+}
+
+/// One role is open while the other needs a token: almost certainly a
+/// forgotten flag, which would leave logs readable by anyone.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a {set} token is set but no {missing} token: set both (or neither, for an open aggregator)"
+)]
+pub struct TokensError {
+    set: &'static str,
+    missing: &'static str,
+}
+
+impl Tokens {
+    /// One token for both roles (`None`: open).
+    pub fn single(token: Option<String>) -> Self {
+        Tokens {
+            push: token.clone(),
+            read: token,
+        }
+    }
+
+    /// Refuses a half-open configuration.
+    pub fn check(&self) -> Result<(), TokensError> {
+        match (&self.push, &self.read) {
+            (Some(_), None) => Err(TokensError {
+                set: "push",
+                missing: "read",
+            }),
+            (None, Some(_)) => Err(TokensError {
+                set: "read",
+                missing: "push",
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Checks `authorization: Bearer <token>` when a token is configured.
 #[derive(Clone)]
 pub struct Auth {
     token: Option<Arc<str>>,
+    role: &'static str,
     metrics: Metrics,
 }
 
 impl Auth {
-    /// An authenticator; `None` lets every request in.
-    pub fn new(token: Option<String>, metrics: Metrics) -> Self {
+    /// An authenticator for `role` (`push` or `read`, for logs); `None`
+    /// lets every request in.
+    pub fn new(token: Option<String>, role: &'static str, metrics: Metrics) -> Self {
         Auth {
             token: token.map(|t| Arc::from(t.trim())),
+            role,
             metrics,
         }
     }
@@ -61,8 +111,11 @@ impl tonic::service::Interceptor for Auth {
             Ok(req)
         } else {
             self.metrics.unauthenticated.inc();
-            tracing::warn!(peer = ?req.remote_addr(), "refused request with missing or wrong token");
-            Err(Status::unauthenticated("missing or wrong bearer token"))
+            tracing::warn!(peer = ?req.remote_addr(), role = self.role, "refused request with missing or wrong token");
+            Err(Status::unauthenticated(format!(
+                "missing or wrong bearer token (this service needs the {} token)",
+                self.role
+            )))
         }
     }
 }
@@ -346,13 +399,30 @@ mod tests {
     #[test]
     fn token_check() {
         let m = Metrics::new(&mut Registry::default());
-        let open = Auth::new(None, m.clone());
+        let open = Auth::new(None, "read", m.clone());
         assert!(open.allows(None));
-        let a = Auth::new(Some("s3cret\n".into()), m);
+        let a = Auth::new(Some("s3cret\n".into()), "read", m);
         assert!(a.allows(Some(b"Bearer s3cret")));
         assert!(!a.allows(Some(b"Bearer s3cre")));
         assert!(!a.allows(Some(b"Bearer s3cret2")));
         assert!(!a.allows(Some(b"s3cret")));
         assert!(!a.allows(None));
+    }
+
+    #[test]
+    fn half_open_tokens_are_refused() {
+        assert!(Tokens::default().check().is_ok());
+        assert!(Tokens::single(Some("t".into())).check().is_ok());
+        let push_only = Tokens {
+            push: Some("p".into()),
+            read: None,
+        };
+        let e = push_only.check().unwrap_err().to_string();
+        assert!(e.contains("no read token"), "{e}");
+        let read_only = Tokens {
+            push: None,
+            read: Some("r".into()),
+        };
+        assert!(read_only.check().is_err());
     }
 }

@@ -108,6 +108,14 @@ struct RenderArgs {
     /// Render for OpenShift (adds the agents' SecurityContextConstraints).
     #[arg(long, env = "LOGFLEET_OPENSHIFT")]
     openshift: bool,
+    /// The controller's namespace: the NetworkPolicy lets it read the
+    /// aggregator's agents API.
+    #[arg(
+        long,
+        env = "LOGFLEET_CONTROLLER_NAMESPACE",
+        default_value = "logfleet"
+    )]
+    controller_namespace: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -812,6 +820,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                     lc,
                     &render::Options {
                         openshift: r.openshift,
+                        controller_namespace: Some(r.controller_namespace.clone()),
                     },
                 )?);
             }

@@ -52,6 +52,7 @@ fn parse_typed(d: &Value) -> String {
         "StatefulSet" => p::<StatefulSet>(d),
         "Service" => p::<Service>(d),
         "ConfigMap" => p::<ConfigMap>(d),
+        "NetworkPolicy" => p::<k8s_openapi::api::networking::v1::NetworkPolicy>(d),
         "LogCollector" => p::<LogCollector>(d),
         other => panic!("unexpected kind {other:?} in the bundle"),
     }
@@ -119,6 +120,7 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
             "Service",
             "Service",
             "StatefulSet",
+            "NetworkPolicy",
         ]
     );
 
@@ -131,7 +133,7 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
         file.to_str().expect("path"),
         "--openshift",
     ]));
-    assert_eq!(objs.len(), 9);
+    assert_eq!(objs.len(), 10);
     assert!(objs.iter().all(|o| o["metadata"]["name"]
         .as_str()
         .is_some_and(|n| n.contains("edge"))));
@@ -141,7 +143,7 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
         .expect("configmap");
     assert_eq!(cm["data"]["LOGFLEET_COMPRESSION"], "zstd");
     assert_eq!(cm["metadata"]["namespace"], "obs");
-    assert_eq!(objs[8]["kind"], "SecurityContextConstraints");
+    assert_eq!(objs[9]["kind"], "SecurityContextConstraints");
 
     // What the API server or the agents would refuse (issue 14), with a
     // message naming the field.

@@ -44,6 +44,11 @@ pub fn controller_rules() -> Value {
         {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"],
          "verbs": ["get", "create", "patch"]},
+        // Tokens and certificates it creates, renews and reads (for the
+        // read token and the CA that its coverage check needs).
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+         "verbs": ["get", "create", "patch"]},
         // Coverage: nodes and the agent pods; namespaces for OpenShift's
         // project node selector.
         {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["list", "watch"]},

@@ -75,9 +75,10 @@ pub struct LogCollectorSpec {
     /// DaemonSet may place pods, so that exclusions show up as gaps.
     #[serde(default)]
     pub node_scope: NodeScope,
-    /// A Secret in this namespace whose key `token` is the bearer token the
-    /// agents present and the aggregator requires. Unset: no token (keep
-    /// the aggregator's ports private with a NetworkPolicy).
+    /// A Secret in this namespace with the bearer tokens: `push-token`
+    /// (agents push with it; it cannot read) and `read-token` (queries and
+    /// the agents API). Unset: the controller creates `<name>-credentials`
+    /// with random tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub token_secret_name: Option<String>,
@@ -400,6 +401,67 @@ pub struct AggregatorSpec {
     /// delete it, so that deleting the collector leaves nothing behind).
     #[serde(default)]
     pub retain_volume_on_delete: bool,
+    /// TLS on the aggregator's ports (agents verify it).
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// Which pods may reach the aggregator's ports.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// Where the aggregator's serving certificate comes from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum TlsMode {
+    /// The controller issues a CA and a serving certificate (Secrets
+    /// `<name>-ca` and `<name>-aggregator-tls`) and renews the certificate
+    /// before it expires.
+    #[default]
+    Controller,
+    /// A Secret you keep (`secretName`) with `tls.crt`, `tls.key` and
+    /// `ca.crt`: what cert-manager writes for a Certificate.
+    Secret,
+    /// Plaintext; keep the aggregator's ports private some other way.
+    Disabled,
+}
+
+/// TLS between the agents (and readers) and the aggregator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.mode == 'Secret' ? has(self.secretName) : !has(self.secretName)")
+    .message("secretName is set exactly when mode is Secret"))]
+pub struct TlsSpec {
+    /// Who provides the certificate.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// The Secret for mode `Secret`, in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+}
+
+/// The aggregator's NetworkPolicy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Render a NetworkPolicy: only this collector's agents reach the
+    /// ingest port; only pods in `queryNamespaces` and the controller's
+    /// namespace reach the query and HTTP ports.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Namespaces whose pods may query (the query port and the HTTP port:
+    /// agents API, metrics), e.g. where Grafana or Prometheus runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
+    pub query_namespaces: Vec<String>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            query_namespaces: Vec::new(),
+        }
+    }
 }
 
 fn one() -> i32 {
@@ -421,6 +483,8 @@ impl Default for AggregatorSpec {
             retention_size: zero(),
             resources: None,
             retain_volume_on_delete: false,
+            tls: TlsSpec::default(),
+            network_policy: NetworkPolicySpec::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod bundle;
 pub mod check;
 pub mod coverage;
 pub mod crd;
+pub mod credentials;
 pub mod dump;
 pub mod metrics;
 pub mod names;

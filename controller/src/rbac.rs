@@ -137,9 +137,15 @@ mod tests {
             &rules,
             &attributes("DELETE", "/apis/apps/v1/namespaces/x/daemonsets/d")
         ));
-        assert!(!allows(
+        // Secrets by name only: it cannot list every Secret of the cluster.
+        assert!(allows(
             &rules,
             &attributes("GET", "/api/v1/namespaces/x/secrets/s")
+        ));
+        assert!(!allows(&rules, &attributes("GET", "/api/v1/secrets")));
+        assert!(!allows(
+            &rules,
+            &attributes("DELETE", "/api/v1/namespaces/x/secrets/s")
         ));
     }
 }

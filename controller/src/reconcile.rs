@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -19,7 +19,8 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::crd::LogCollector;
+use crate::crd::{LogCollector, TlsMode};
+use crate::credentials;
 use crate::metrics::Metrics;
 use crate::render::{self, Object, Options, FIELD_MANAGER};
 use crate::status::{self, Observed};
@@ -27,13 +28,23 @@ use crate::status::{self, Observed};
 /// The finalizer that removes the cluster-scoped objects.
 pub const FINALIZER: &str = "logfleet.dev/cleanup";
 
+/// How to ask a collector's aggregator for its agents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentsAccess {
+    /// The HTTP base URL (`https://` with TLS).
+    pub url: String,
+    /// The read token, when known.
+    pub read_token: Option<String>,
+    /// The CA (PEM) the aggregator's certificate is verified with.
+    pub ca_pem: Option<String>,
+}
+
 /// Last push per node, from the aggregator's agents API.
 pub trait PushSource: Send + Sync {
     /// `None` when the aggregator cannot be asked (then silence is not judged).
     fn last_pushes(
         &self,
-        name: &str,
-        namespace: &str,
+        access: AgentsAccess,
     ) -> BoxFuture<'static, Option<BTreeMap<String, Timestamp>>>;
 }
 
@@ -82,6 +93,9 @@ pub enum Error {
     /// An object did not (de)serialize.
     #[error("{0}: {1}")]
     Json(&'static str, serde_json::Error),
+    /// A certificate could not be issued.
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -251,6 +265,8 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     let invalid = crate::validate::validate(&lc.spec)
         .err()
         .map(|p| crate::validate::describe(&p));
+    // The Secrets first: the pods rendered below mount them.
+    let access = secure(ctx, lc, &ns, &name, invalid.is_none()).await?;
     let objects = render::render(lc, &ctx.options)?;
     let mut daemonset: Option<DaemonSet> = None;
     let mut aggregator: Option<StatefulSet> = None;
@@ -309,7 +325,7 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     } else {
         None
     };
-    let pushes = ctx.pushes.last_pushes(&name, &ns).await;
+    let pushes = ctx.pushes.last_pushes(access).await;
     let revision_hash = match &daemonset {
         Some(ds) => current_revision_hash(ctx, &ns, &name, ds).await,
         None => None,
@@ -389,6 +405,164 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     } else {
         60
     })))
+}
+
+fn bytes(s: String) -> k8s_openapi::ByteString {
+    k8s_openapi::ByteString(s.into_bytes())
+}
+
+/// Writes a Secret the controller owns (server-side apply, forced: only
+/// this controller writes it).
+async fn put_secret(
+    api: &Api<Secret>,
+    lc: &LogCollector,
+    name: &str,
+    type_: &str,
+    data: BTreeMap<String, k8s_openapi::ByteString>,
+    annotations: BTreeMap<String, String>,
+) -> Result<Secret, Error> {
+    let mut meta = json!({
+        "name": name,
+        "labels": render::labels(&lc.name_any(), "aggregator"),
+        "annotations": annotations,
+    });
+    if let Some(o) = lc.controller_owner_ref(&()) {
+        meta["ownerReferences"] = json!([o]);
+    }
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": type_,
+        "data": data,
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(kube_err(format!("writing Secret {name}")))
+}
+
+/// Creates the tokens and (by default) the CA and serving certificate the
+/// collector is secured with, renewing the certificate when it is due;
+/// returns how to reach the aggregator's agents API. `write: false` only
+/// reads (a spec that will not be applied).
+async fn secure(
+    ctx: &Context,
+    lc: &LogCollector,
+    ns: &str,
+    name: &str,
+    write: bool,
+) -> Result<AgentsAccess, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let get = |n: String| {
+        let api = api.clone();
+        async move {
+            api.get_opt(&n)
+                .await
+                .map_err(kube_err(format!("reading Secret {n}")))
+        }
+    };
+    let token_name = render::token_secret(lc, name);
+    let mut tokens = get(token_name.clone()).await?;
+    if write
+        && lc.spec.token_secret_name.is_none()
+        && !credentials::tokens_complete(tokens.as_ref())
+    {
+        tracing::info!(%ns, secret = %token_name, "creating bearer tokens");
+        tokens = Some(
+            put_secret(
+                &api,
+                lc,
+                &token_name,
+                "Opaque",
+                credentials::new_tokens(),
+                BTreeMap::new(),
+            )
+            .await?,
+        );
+    }
+    let read_token = tokens
+        .as_ref()
+        .and_then(|s| credentials::value(s, credentials::READ_TOKEN));
+
+    let tls = &lc.spec.aggregator.tls;
+    let ca_pem = match tls.mode {
+        TlsMode::Disabled => None,
+        TlsMode::Secret => match render::tls_secret(lc, name) {
+            Some(n) => get(n)
+                .await?
+                .and_then(|s| credentials::value(&s, credentials::CA_CRT)),
+            None => None,
+        },
+        TlsMode::Controller => {
+            let now = (ctx.now)();
+            let (ca_name, serving_name) =
+                (credentials::ca_name(name), credentials::serving_name(name));
+            let ca = get(ca_name.clone()).await?;
+            let serving = get(serving_name.clone()).await?;
+            let dns = credentials::serving_dns_names(name, ns);
+            let plan = credentials::plan_tls(ca.as_ref(), serving.as_ref(), &dns, now);
+            let mut issued = ca.as_ref().and_then(credentials::stored);
+            if write && plan.new_ca {
+                tracing::info!(%ns, secret = %ca_name, "issuing the CA");
+                let c = credentials::issue_ca(name, now)?;
+                put_secret(
+                    &api,
+                    lc,
+                    &ca_name,
+                    "kubernetes.io/tls",
+                    BTreeMap::from([
+                        (credentials::TLS_CRT.into(), bytes(c.cert_pem.clone())),
+                        (credentials::TLS_KEY.into(), bytes(c.key_pem.clone())),
+                    ]),
+                    c.annotations(),
+                )
+                .await?;
+                issued = Some(c);
+            }
+            if let (true, true, Some(c)) = (write, plan.new_serving, &issued) {
+                tracing::info!(%ns, secret = %serving_name, "issuing the aggregator's certificate");
+                let cert = credentials::issue_serving(name, c, &dns, now)?;
+                let mut ann = cert.annotations();
+                ann.insert(credentials::DNS_NAMES.into(), dns.join(","));
+                put_secret(
+                    &api,
+                    lc,
+                    &serving_name,
+                    "kubernetes.io/tls",
+                    BTreeMap::from([
+                        (credentials::TLS_CRT.into(), bytes(cert.cert_pem)),
+                        (credentials::TLS_KEY.into(), bytes(cert.key_pem)),
+                        (credentials::CA_CRT.into(), bytes(c.cert_pem.clone())),
+                    ]),
+                    ann,
+                )
+                .await?;
+                let ev = Event {
+                    type_: EventType::Normal,
+                    reason: "CertificateIssued".into(),
+                    note: Some(format!(
+                        "issued the aggregator's TLS certificate (Secret {serving_name}), valid until {}",
+                        cert.not_after
+                    )),
+                    action: "IssueCertificate".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.recorder.publish(&ev, &lc.object_ref(&())).await {
+                    tracing::warn!(error = %e, "publishing an event");
+                }
+            }
+            issued.map(|c| c.cert_pem)
+        }
+    };
+    Ok(AgentsAccess {
+        url: render::aggregator_http_url(name, ns, render::tls_secret(lc, name).is_some()),
+        read_token,
+        ca_pem,
+    })
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -18,7 +18,7 @@ use kube::Resource;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::crd::{LogCollector, UpdateStrategyType};
+use crate::crd::{LogCollector, TlsMode, UpdateStrategyType};
 
 /// Annotation on the agent pod template: hash of the rendered agent
 /// configuration. It changes exactly when the configuration does, which
@@ -32,14 +32,18 @@ pub const APPLIED_HASH: &str = "logfleet.dev/applied-hash";
 pub const FIELD_MANAGER: &str = "logfleet-controller";
 /// Agent metrics/probe port.
 pub const AGENT_HTTP_PORT: i32 = 9102;
-/// Aggregator gRPC port (ingest and query).
+/// Aggregator gRPC port for ingest (agents only).
 pub const AGGREGATOR_GRPC_PORT: i32 = 4317;
+/// Aggregator gRPC port for queries (readers only).
+pub const AGGREGATOR_QUERY_PORT: i32 = 4318;
 /// Aggregator HTTP port (metrics, probes, agents API).
 pub const AGGREGATOR_HTTP_PORT: i32 = 8080;
 /// The uid the aggregator runs as.
 pub const NONROOT_UID: i64 = 65532;
-/// Where the agent and the aggregator find the token, when one is set.
-const TOKEN_DIR: &str = "/etc/logfleet/token";
+/// Where the agent and the aggregator find the tokens.
+const TOKEN_DIR: &str = "/etc/logfleet/credentials";
+/// Where the agent finds the CA and the aggregator its certificate.
+const TLS_DIR: &str = "/etc/logfleet/tls";
 
 /// Environment the rendering depends on, beyond the resource.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +51,29 @@ pub struct Options {
     /// The cluster serves `security.openshift.io`: add a
     /// SecurityContextConstraints for the agents.
     pub openshift: bool,
+    /// The controller's namespace: its pods read the aggregator's agents
+    /// API, so the NetworkPolicy admits them. `None`: not admitted.
+    pub controller_namespace: Option<String>,
+}
+
+/// The Secret with the bearer tokens: the user's, or the one the
+/// controller creates.
+pub fn token_secret(lc: &LogCollector, name: &str) -> String {
+    lc.spec
+        .token_secret_name
+        .clone()
+        .unwrap_or_else(|| crate::credentials::credentials_name(name))
+}
+
+/// The Secret with the aggregator's certificate (`tls.crt`, `tls.key`,
+/// `ca.crt`), unless TLS is off.
+pub fn tls_secret(lc: &LogCollector, name: &str) -> Option<String> {
+    let t = &lc.spec.aggregator.tls;
+    match t.mode {
+        TlsMode::Controller => Some(crate::credentials::serving_name(name)),
+        TlsMode::Secret => t.secret_name.clone(),
+        TlsMode::Disabled => None,
+    }
 }
 
 /// One object to apply.
@@ -112,9 +139,19 @@ pub fn aggregator_headless_name(lc: &str) -> String {
 }
 
 /// The aggregator's in-cluster HTTP URL (agents API, metrics).
-pub fn aggregator_http_url(lc: &str, ns: &str) -> String {
+pub fn aggregator_http_url(lc: &str, ns: &str, tls: bool) -> String {
     format!(
-        "http://{}.{ns}.svc:{AGGREGATOR_HTTP_PORT}",
+        "{}://{}.{ns}.svc:{AGGREGATOR_HTTP_PORT}",
+        if tls { "https" } else { "http" },
+        aggregator_name(lc)
+    )
+}
+
+/// The aggregator's in-cluster query URL (gRPC), for readers.
+pub fn aggregator_query_url(lc: &str, ns: &str, tls: bool) -> String {
+    format!(
+        "{}://{}.{ns}.svc:{AGGREGATOR_QUERY_PORT}",
+        if tls { "https" } else { "http" },
         aggregator_name(lc)
     )
 }
@@ -127,6 +164,8 @@ struct Ctx<'a> {
     /// Rendering for OpenShift: pods get their user and group IDs from the
     /// namespace's range (restricted-v2), and the agent its SELinux type.
     openshift: bool,
+    /// The controller's namespace (admitted to the query ports).
+    controller_namespace: Option<&'a str>,
 }
 
 impl Ctx<'_> {
@@ -159,6 +198,7 @@ pub fn render(lc: &LogCollector, opts: &Options) -> Result<Vec<Object>, RenderEr
         ns,
         owner,
         openshift: opts.openshift,
+        controller_namespace: opts.controller_namespace.as_deref(),
     };
     let mut out = vec![
         typed(service_account(&cx, &agent_name(name), "agent")?)?,
@@ -170,6 +210,9 @@ pub fn render(lc: &LogCollector, opts: &Options) -> Result<Vec<Object>, RenderEr
         typed(aggregator_service(&cx, true)?)?,
         typed(aggregator_statefulset(&cx)?)?,
     ];
+    if lc.spec.aggregator.network_policy.enabled {
+        out.push(typed(aggregator_network_policy(&cx)?)?);
+    }
     if opts.openshift {
         out.push(openshift_scc(&cx));
     }
@@ -223,13 +266,18 @@ pub fn agent_config(lc: &LogCollector, name: &str, ns: &str) -> BTreeMap<String,
     let mut put = |k: &str, v: String| {
         c.insert(k.to_owned(), v);
     };
+    let tls = tls_secret(lc, name).is_some();
     put(
         "LOGFLEET_AGGREGATOR",
         format!(
-            "http://{}.{ns}.svc:{AGGREGATOR_GRPC_PORT}",
+            "{}://{}.{ns}.svc:{AGGREGATOR_GRPC_PORT}",
+            if tls { "https" } else { "http" },
             aggregator_name(name)
         ),
     );
+    if tls {
+        put("LOGFLEET_TLS_CA", format!("{TLS_DIR}/ca.crt"));
+    }
     put("LOGFLEET_LOG_ROOT", a.host_paths.pod_logs.clone());
     put("LOGFLEET_STATE_DIR", "/var/lib/logfleet-agent".into());
     put("LOGFLEET_HTTP_ADDR", format!("0.0.0.0:{AGENT_HTTP_PORT}"));
@@ -249,9 +297,7 @@ pub fn agent_config(lc: &LogCollector, name: &str, ns: &str) -> BTreeMap<String,
             put(k, v.join(","));
         }
     }
-    if lc.spec.token_secret_name.is_some() {
-        put("LOGFLEET_TOKEN_FILE", format!("{TOKEN_DIR}/token"));
-    }
+    put("LOGFLEET_TOKEN_FILE", format!("{TOKEN_DIR}/push-token"));
     c
 }
 
@@ -289,6 +335,7 @@ pub fn agent_daemonset(lc: &LogCollector) -> Result<DaemonSet, RenderError> {
             .ok_or(RenderError::Unnamed)?,
         owner: lc.controller_owner_ref(&()),
         openshift: false,
+        controller_namespace: None,
     };
     agent_daemonset_of(&cx)
 }
@@ -365,9 +412,19 @@ fn agent_daemonset_of(cx: &Ctx<'_>) -> Result<DaemonSet, RenderError> {
         json!({"name": "docker-containers", "mountPath": hp.docker_containers, "readOnly": true}),
         json!({"name": "state", "mountPath": "/var/lib/logfleet-agent"}),
     ];
-    if let Some(secret) = &spec.token_secret_name {
-        volumes.push(json!({"name": "token", "secret": {"secretName": secret}}));
-        mounts.push(json!({"name": "token", "mountPath": TOKEN_DIR, "readOnly": true}));
+    // Only the push token and the CA: the pod holds nothing that reads
+    // logs or serves as the aggregator.
+    volumes.push(json!({"name": "credentials", "secret": {
+        "secretName": token_secret(cx.lc, cx.name),
+        "items": [{"key": crate::credentials::PUSH_TOKEN, "path": "push-token"}],
+    }}));
+    mounts.push(json!({"name": "credentials", "mountPath": TOKEN_DIR, "readOnly": true}));
+    if let Some(secret) = tls_secret(cx.lc, cx.name) {
+        volumes.push(json!({"name": "tls", "secret": {
+            "secretName": secret,
+            "items": [{"key": crate::credentials::CA_CRT, "path": "ca.crt"}],
+        }}));
+        mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
     }
     let probe = |path: &str, period: i32| {
         json!({
@@ -445,6 +502,7 @@ fn aggregator_service(cx: &Ctx<'_>, headless: bool) -> Result<Service, RenderErr
         "selector": selector_labels(cx.name, "aggregator"),
         "ports": [
             {"name": "grpc", "port": AGGREGATOR_GRPC_PORT, "targetPort": "grpc", "appProtocol": "grpc"},
+            {"name": "query", "port": AGGREGATOR_QUERY_PORT, "targetPort": "query", "appProtocol": "grpc"},
             {"name": "http", "port": AGGREGATOR_HTTP_PORT, "targetPort": "http"},
         ],
     });
@@ -465,20 +523,42 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
     let resources = g.resources.clone().map(|r| json!(r)).unwrap_or_else(
         || json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}),
     );
-    let probe = |path: &str, period: i32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "timeoutSeconds": 2});
+    let tls = tls_secret(cx.lc, cx.name);
+    // Kubelet's HTTPS probes do not verify the certificate.
+    let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
+    let probe = |path: &str, period: i32| json!({"httpGet": {"path": path, "port": "http", "scheme": scheme}, "periodSeconds": period, "timeoutSeconds": 2});
     let mut env = vec![
         json!({"name": "LOGFLEET_DATA_DIR", "value": "/var/lib/logfleet"}),
         json!({"name": "LOGFLEET_GRPC_ADDR", "value": format!("0.0.0.0:{AGGREGATOR_GRPC_PORT}")}),
+        json!({"name": "LOGFLEET_QUERY_ADDR", "value": format!("0.0.0.0:{AGGREGATOR_QUERY_PORT}")}),
         json!({"name": "LOGFLEET_HTTP_ADDR", "value": format!("0.0.0.0:{AGGREGATOR_HTTP_PORT}")}),
         json!({"name": "LOGFLEET_RETENTION_AGE", "value": g.retention_age}),
         json!({"name": "LOGFLEET_RETENTION_SIZE", "value": g.retention_size}),
+        json!({"name": "LOGFLEET_PUSH_TOKEN_FILE", "value": format!("{TOKEN_DIR}/push-token")}),
+        json!({"name": "LOGFLEET_READ_TOKEN_FILE", "value": format!("{TOKEN_DIR}/read-token")}),
     ];
-    let mut mounts = vec![json!({"name": "data", "mountPath": "/var/lib/logfleet"})];
-    let mut volumes = vec![];
-    if let Some(secret) = &spec.token_secret_name {
-        env.push(json!({"name": "LOGFLEET_TOKEN_FILE", "value": format!("{TOKEN_DIR}/token")}));
-        volumes.push(json!({"name": "token", "secret": {"secretName": secret}}));
-        mounts.push(json!({"name": "token", "mountPath": TOKEN_DIR, "readOnly": true}));
+    let mut mounts = vec![
+        json!({"name": "data", "mountPath": "/var/lib/logfleet"}),
+        json!({"name": "credentials", "mountPath": TOKEN_DIR, "readOnly": true}),
+    ];
+    let mut volumes = vec![json!({"name": "credentials", "secret": {
+        "secretName": token_secret(cx.lc, cx.name),
+        "items": [
+            {"key": crate::credentials::PUSH_TOKEN, "path": "push-token"},
+            {"key": crate::credentials::READ_TOKEN, "path": "read-token"},
+        ],
+    }})];
+    if let Some(secret) = &tls {
+        env.push(json!({"name": "LOGFLEET_TLS_CERT", "value": format!("{TLS_DIR}/tls.crt")}));
+        env.push(json!({"name": "LOGFLEET_TLS_KEY", "value": format!("{TLS_DIR}/tls.key")}));
+        volumes.push(json!({"name": "tls", "secret": {
+            "secretName": secret,
+            "items": [
+                {"key": crate::credentials::TLS_CRT, "path": "tls.crt"},
+                {"key": crate::credentials::TLS_KEY, "path": "tls.key"},
+            ],
+        }}));
+        mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
     }
     let mut claim = json!({
         "metadata": {"name": "data", "labels": labels(cx.name, "aggregator")},
@@ -526,6 +606,7 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
                             "env": env,
                             "ports": [
                                 {"name": "grpc", "containerPort": AGGREGATOR_GRPC_PORT},
+                                {"name": "query", "containerPort": AGGREGATOR_QUERY_PORT},
                                 {"name": "http", "containerPort": AGGREGATOR_HTTP_PORT},
                             ],
                             "livenessProbe": probe("/healthz", 20),
@@ -548,6 +629,49 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
                     "whenDeleted": if g.retain_volume_on_delete { "Retain" } else { "Delete" },
                     "whenScaled": "Retain",
                 },
+            },
+        }),
+    )
+}
+
+/// Who may reach the aggregator: this collector's agents the ingest port;
+/// the controller's namespace and the listed ones the query and HTTP
+/// ports. Kubelet's probes come from the node, which NetworkPolicy
+/// implementations admit to local pods.
+fn aggregator_network_policy(
+    cx: &Ctx<'_>,
+) -> Result<k8s_openapi::api::networking::v1::NetworkPolicy, RenderError> {
+    let np = &cx.lc.spec.aggregator.network_policy;
+    let mut readers: Vec<&str> = cx.controller_namespace.into_iter().collect();
+    readers.extend(np.query_namespaces.iter().map(String::as_str));
+    readers.sort_unstable();
+    readers.dedup();
+    let mut rules = vec![json!({
+        "from": [{"podSelector": {"matchLabels": selector_labels(cx.name, "agent")}}],
+        "ports": [{"protocol": "TCP", "port": AGGREGATOR_GRPC_PORT}],
+    })];
+    if !readers.is_empty() {
+        rules.push(json!({
+            "from": [{"namespaceSelector": {"matchExpressions": [{
+                // Set by the API server on every namespace (1.22+).
+                "key": "kubernetes.io/metadata.name",
+                "operator": "In",
+                "values": readers,
+            }]}}],
+            "ports": [
+                {"protocol": "TCP", "port": AGGREGATOR_QUERY_PORT},
+                {"protocol": "TCP", "port": AGGREGATOR_HTTP_PORT},
+            ],
+        }));
+    }
+    from_json(
+        "NetworkPolicy",
+        json!({
+            "metadata": cx.meta(&aggregator_name(cx.name), "aggregator"),
+            "spec": {
+                "podSelector": {"matchLabels": selector_labels(cx.name, "aggregator")},
+                "policyTypes": ["Ingress"],
+                "ingress": rules,
             },
         }),
     )
@@ -740,7 +864,7 @@ mod tests {
             .as_ref()
             .unwrap()
             .iter()
-            .map(|v| (v.name.as_str(), v.host_path.as_ref().unwrap().path.as_str()))
+            .filter_map(|v| Some((v.name.as_str(), v.host_path.as_ref()?.path.as_str())))
             .collect();
         assert_eq!(vols["pod-logs"], "/var/log/pods");
         assert_eq!(vols["container-logs"], "/var/log/containers");
@@ -829,7 +953,15 @@ mod tests {
         }
         let mut l = lc(json!({"agent": {"tolerateAllTaints": false}}));
         l.metadata.uid = Some("u".into());
-        for o in render(&l, &Options { openshift: true }).unwrap() {
+        for o in render(
+            &l,
+            &Options {
+                openshift: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        {
             check(&o.body, &o.name);
         }
         let mut v = json!({"a": null, "b": [], "c": {"d": {}}, "e": [{"f": []}], "g": 0, "h": ""});
@@ -872,7 +1004,7 @@ mod tests {
             json!({"agent": {"compression": "zstd"}}),
             json!({"agent": {"batchSize": "2MiB"}}),
             json!({"agent": {"filters": {"excludeNamespaces": ["kube-system"]}}}),
-            json!({"tokenSecretName": "logfleet-token"}),
+            json!({"aggregator": {"tls": {"mode": "Disabled"}}}),
         ] {
             assert_ne!(base, hash(&ds(changed.clone())), "{changed}");
         }
@@ -883,6 +1015,8 @@ mod tests {
             json!({"agent": {"resources": {"limits": {"memory": "1Gi"}}}}),
             json!({"agent": {"priorityClassName": "high"}}),
             json!({"aggregator": {"retentionAge": "1d"}}),
+            // Another Secret: the volume changes, the files' paths do not.
+            json!({"tokenSecretName": "logfleet-token"}),
         ] {
             assert_eq!(base, hash(&ds(unrelated.clone())), "{unrelated}");
         }
@@ -909,7 +1043,14 @@ mod tests {
             .iter()
             .all(|o| o.body["metadata"].get("ownerReferences").is_none()));
         l.metadata.uid = Some("u-1".into());
-        let objs = render(&l, &Options { openshift: true }).unwrap();
+        let objs = render(
+            &l,
+            &Options {
+                openshift: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         for o in &objs {
             let refs = &o.body["metadata"]["ownerReferences"];
             if o.namespaced {
@@ -940,10 +1081,11 @@ mod tests {
                 "Service/logs-aggregator",
                 "Service/logs-aggregator-headless",
                 "StatefulSet/logs-aggregator",
+                "NetworkPolicy/logs-aggregator",
                 "SecurityContextConstraints/logfleet-logfleet-logs-agent",
             ]
         );
-        let scc = &objs[8].body;
+        let scc = &objs[9].body;
         assert_eq!(scc["allowPrivilegedContainer"], false);
         assert_eq!(scc["users"][0], "system:serviceaccount:logfleet:logs-agent");
     }
@@ -1004,6 +1146,128 @@ mod tests {
             "50Gi"
         );
     }
+
+    fn pod_of(objs: &[Object], kind: &str) -> Value {
+        objs.iter().find(|o| o.api.kind == kind).expect(kind).body["spec"]["template"]["spec"]
+            .clone()
+    }
+
+    #[test]
+    fn secure_by_default_tokens_tls_and_a_network_policy() {
+        let objs = render(
+            &lc(json!({"aggregator": {"networkPolicy": {"queryNamespaces": ["monitoring"]}}})),
+            &Options {
+                controller_namespace: Some("logfleet-system".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // The agent holds the push token and the CA, nothing else.
+        let agent = pod_of(&objs, "DaemonSet");
+        let secrets: Vec<(String, Vec<String>)> = agent["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v.get("secret").is_some())
+            .map(|v| {
+                let items = v["secret"]["items"].as_array().unwrap();
+                (
+                    v["secret"]["secretName"].as_str().unwrap().to_owned(),
+                    items
+                        .iter()
+                        .map(|i| i["key"].as_str().unwrap().to_owned())
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                (
+                    "logs-credentials".to_string(),
+                    vec!["push-token".to_string()]
+                ),
+                (
+                    "logs-aggregator-tls".to_string(),
+                    vec!["ca.crt".to_string()]
+                ),
+            ]
+        );
+        let cfg = agent_config(&lc(json!({})), "logs", "logfleet");
+        assert_eq!(
+            cfg["LOGFLEET_AGGREGATOR"],
+            "https://logs-aggregator.logfleet.svc:4317"
+        );
+        assert_eq!(cfg["LOGFLEET_TLS_CA"], "/etc/logfleet/tls/ca.crt");
+        assert_eq!(
+            cfg["LOGFLEET_TOKEN_FILE"],
+            "/etc/logfleet/credentials/push-token"
+        );
+
+        // The aggregator: both tokens, its certificate, a query port, and
+        // HTTPS probes.
+        let agg = pod_of(&objs, "StatefulSet");
+        let c = &agg["containers"][0];
+        let env: BTreeMap<&str, &str> = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+            .collect();
+        assert_eq!(env["LOGFLEET_QUERY_ADDR"], "0.0.0.0:4318");
+        assert_eq!(
+            env["LOGFLEET_READ_TOKEN_FILE"],
+            "/etc/logfleet/credentials/read-token"
+        );
+        assert_eq!(
+            env["LOGFLEET_PUSH_TOKEN_FILE"],
+            "/etc/logfleet/credentials/push-token"
+        );
+        assert_eq!(env["LOGFLEET_TLS_CERT"], "/etc/logfleet/tls/tls.crt");
+        assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+
+        // Agents reach ingest; the controller's and the listed namespaces
+        // reach queries; nobody else anything.
+        let np = objs.iter().find(|o| o.api.kind == "NetworkPolicy").unwrap();
+        let spec = &np.body["spec"];
+        assert_eq!(
+            spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "aggregator"
+        );
+        assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+        let rules = spec["ingress"].as_array().unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "agent"
+        );
+        assert_eq!(
+            rules[0]["ports"],
+            json!([{"protocol": "TCP", "port": 4317}])
+        );
+        assert_eq!(
+            rules[1]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["logfleet-system", "monitoring"])
+        );
+        assert_eq!(
+            rules[1]["ports"],
+            json!([{"protocol": "TCP", "port": 4318}, {"protocol": "TCP", "port": 8080}])
+        );
+
+        // Opting out: plaintext, no policy.
+        let open = render(
+            &lc(json!({"aggregator": {"tls": {"mode": "Disabled"}, "networkPolicy": {"enabled": false}}})),
+            &Options::default(),
+        )
+        .unwrap();
+        assert!(!open.iter().any(|o| o.api.kind == "NetworkPolicy"));
+        let agg = pod_of(&open, "StatefulSet");
+        assert_eq!(
+            agg["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
+            "HTTP"
+        );
+        assert!(!agg.to_string().contains("LOGFLEET_TLS_CERT"));
+    }
 }
 
 #[cfg(test)]
@@ -1025,7 +1289,14 @@ mod name_tests {
         for name in ["team.prod.logs", long.as_str()] {
             let mut l = LogCollector::new(name, LogCollectorSpec::default());
             l.metadata.namespace = Some("logfleet".into());
-            let objs = render(&l, &Options { openshift: true }).unwrap();
+            let objs = render(
+                &l,
+                &Options {
+                    openshift: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             for o in &objs {
                 let n = &o.name;
                 let max = match o.api.kind.as_str() {

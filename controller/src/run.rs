@@ -72,25 +72,52 @@ pub enum RunError {
     LostLease,
 }
 
-/// Asks the aggregator's `/api/v1/agents` (plain HTTP inside the cluster).
+/// Asks the aggregator's `/api/v1/agents` with the read token, over TLS
+/// verified with the collector's CA when it has one.
 pub struct AggregatorAgents {
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Empty<bytes::Bytes>,
-    >,
     timeout: Duration,
 }
 
 impl Default for AggregatorAgents {
     fn default() -> Self {
         AggregatorAgents {
-            client: hyper_util::client::legacy::Client::builder(
-                hyper_util::rt::TokioExecutor::new(),
-            )
-            .build_http(),
             timeout: Duration::from_secs(5),
         }
     }
+}
+
+type AgentsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// An HTTP(S) client trusting exactly `ca_pem` (none: plain HTTP only).
+fn agents_client(ca_pem: Option<&str>) -> Result<AgentsClient, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(pem) = ca_pem {
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| format!("CA: {e}"))?)
+                .map_err(|e| format!("CA: {e}"))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -124,19 +151,25 @@ pub fn parse_agents(body: &[u8]) -> Result<BTreeMap<String, Timestamp>, String> 
 impl PushSource for AggregatorAgents {
     fn last_pushes(
         &self,
-        name: &str,
-        namespace: &str,
+        access: reconcile::AgentsAccess,
     ) -> BoxFuture<'static, Option<BTreeMap<String, Timestamp>>> {
-        let url = format!(
-            "{}/api/v1/agents",
-            render::aggregator_http_url(name, namespace)
-        );
-        let client = self.client.clone();
+        let url = format!("{}/api/v1/agents", access.url);
         let timeout = self.timeout;
         Box::pin(async move {
-            let uri: http::Uri = url.parse().ok()?;
+            let client = match agents_client(access.ca_pem.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%url, error = %e, "the collector's CA cannot be used");
+                    return None;
+                }
+            };
+            let mut req = http::Request::get(url.as_str());
+            if let Some(t) = &access.read_token {
+                req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+            }
+            let req = req.body(http_body_util::Empty::new()).ok()?;
             let fetch = async {
-                let resp = client.get(uri).await.map_err(|e| e.to_string())?;
+                let resp = client.request(req).await.map_err(|e| e.to_string())?;
                 if !resp.status().is_success() {
                     return Err(format!("status {}", resp.status()));
                 }
@@ -302,7 +335,10 @@ pub async fn run(
                 instance: Some(cfg.identity.clone()),
             },
         ),
-        options: Options { openshift },
+        options: Options {
+            openshift,
+            controller_namespace: Some(cfg.lease_namespace.clone()),
+        },
         pushes: Arc::new(AggregatorAgents::default()),
         silence: cfg.silence,
         metrics,

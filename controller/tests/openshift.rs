@@ -191,11 +191,17 @@ fn collector() -> LogCollector {
 }
 
 fn rendered(openshift: bool) -> Vec<Value> {
-    render::render(&collector(), &Options { openshift })
-        .unwrap()
-        .into_iter()
-        .map(|o| o.body)
-        .collect()
+    render::render(
+        &collector(),
+        &Options {
+            openshift,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .into_iter()
+    .map(|o| o.body)
+    .collect()
 }
 
 fn pod_of<'a>(objs: &'a [Value], kind: &str) -> &'a Value {

@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use kube::Client;
 use logfleet_controller::crd::LogCollector;
 use logfleet_controller::metrics::Metrics;
-use logfleet_controller::reconcile::{self, Context, PushSource, FINALIZER};
+use logfleet_controller::reconcile::{self, AgentsAccess, Context, PushSource, FINALIZER};
 use logfleet_controller::render::{self, Options};
 use serde_json::{json, Value};
 
@@ -192,13 +192,15 @@ fn mock_api(state: Shared) -> Client {
     Client::new(svc, "logfleet")
 }
 
-struct NoAggregator;
+/// An aggregator that cannot be reached; it keeps how it was asked.
+#[derive(Default)]
+struct NoAggregator(Mutex<Option<AgentsAccess>>);
 impl PushSource for NoAggregator {
     fn last_pushes(
         &self,
-        _: &str,
-        _: &str,
+        access: AgentsAccess,
     ) -> BoxFuture<'static, Option<BTreeMap<String, Timestamp>>> {
+        *self.0.lock().expect("lock") = Some(access);
         Box::pin(async { None })
     }
 }
@@ -255,6 +257,7 @@ fn collector(spec: Value, finalizers: &[&str], deleting: bool) -> Value {
 struct Harness {
     state: Shared,
     ctx: Arc<Context>,
+    pushes: Arc<NoAggregator>,
 }
 
 impl Harness {
@@ -268,6 +271,7 @@ impl Harness {
         );
         let client = mock_api(state.clone());
         let (nodes, pods) = stores(nodes, pods_on);
+        let pushes = Arc::new(NoAggregator::default());
         let ctx = Arc::new(Context {
             client: client.clone(),
             nodes,
@@ -279,13 +283,41 @@ impl Harness {
                     instance: None,
                 },
             ),
-            options: Options { openshift },
-            pushes: Arc::new(NoAggregator),
+            options: Options {
+                openshift,
+                controller_namespace: Some("logfleet-system".into()),
+            },
+            pushes: pushes.clone(),
             silence: std::time::Duration::from_secs(300),
             metrics: Arc::new(Metrics::new()),
             now: fixed_now,
         });
-        Harness { state, ctx }
+        Harness { state, ctx, pushes }
+    }
+
+    /// The same cluster, with the controller's clock at `now`.
+    fn at(&self, now: fn() -> Timestamp) -> Harness {
+        let c = &self.ctx;
+        let ctx = Arc::new(Context {
+            client: c.client.clone(),
+            nodes: c.nodes.clone(),
+            pods: c.pods.clone(),
+            recorder: c.recorder.clone(),
+            options: c.options.clone(),
+            pushes: self.pushes.clone(),
+            silence: c.silence,
+            metrics: c.metrics.clone(),
+            now,
+        });
+        Harness {
+            state: self.state.clone(),
+            ctx,
+            pushes: self.pushes.clone(),
+        }
+    }
+
+    fn object(&self, path: &str) -> Option<Value> {
+        lock(&self.state).objects.get(path).cloned()
     }
 
     fn lc(&self) -> LogCollector {
@@ -336,7 +368,7 @@ async fn first_reconcile_applies_everything_then_a_second_writes_nothing() {
 
     // Every rendered object: read, then applied with our field manager,
     // forced, as an apply patch whose body is exactly the rendered object.
-    let rendered = render::render(&h.lc(), &Options::default()).expect("render");
+    let rendered = render::render(&h.lc(), &h.ctx.options).expect("render");
     for o in &rendered {
         let patches: Vec<&Seen> = seen
             .iter()
@@ -416,8 +448,11 @@ async fn first_reconcile_applies_everything_then_a_second_writes_nothing() {
     assert_eq!(conds["Progressing"], ("False", "RolloutComplete"));
     assert_eq!(conds["Degraded"], ("True", "NodesMissing"));
 
-    // One event: node-c lost coverage, regarding the collector.
-    let events: Vec<&Seen> = seen.iter().filter(|s| s.path.contains("/events")).collect();
+    // One coverage event: node-c lost coverage, regarding the collector.
+    let events: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.path.contains("/events") && s.body["reason"] != "CertificateIssued")
+        .collect();
     assert_eq!(events.len(), 1, "{:?}", writes(&seen));
     let e = events[0];
     assert_eq!(
@@ -682,5 +717,185 @@ async fn off_openshift_no_finalizer_holds_a_deletion() {
         w,
         [format!("PATCH {LC_PATH}")],
         "only the finalizer removal"
+    );
+}
+
+const SECRETS: &str = "/api/v1/namespaces/logfleet/secrets";
+
+fn secret_value(secret: &Value, key: &str) -> String {
+    use base64::Engine;
+    let b = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} in {secret}"));
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .expect("base64"),
+    )
+    .expect("utf-8")
+    .trim()
+    .to_owned()
+}
+
+fn sixty_one_days_later() -> Timestamp {
+    "2027-01-28T10:00:00Z".parse().expect("time")
+}
+
+#[tokio::test]
+async fn tokens_and_certificates_are_created_once_wired_in_and_renewed_when_due() {
+    let h = Harness::new(
+        collector(json!({}), &[], false),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    h.reconcile().await;
+
+    // Random tokens, a CA and a serving certificate signed by it, all
+    // owned by the collector.
+    let creds = h
+        .object(&format!("{SECRETS}/logs-credentials"))
+        .expect("tokens");
+    let (push, read) = (
+        secret_value(&creds, "push-token"),
+        secret_value(&creds, "read-token"),
+    );
+    assert_eq!(push.len(), 64);
+    assert_ne!(push, read);
+    let ca = h.object(&format!("{SECRETS}/logs-ca")).expect("CA");
+    let tls = h
+        .object(&format!("{SECRETS}/logs-aggregator-tls"))
+        .expect("serving");
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    assert_eq!(secret_value(&tls, "ca.crt"), secret_value(&ca, "tls.crt"));
+    for s in [&creds, &ca, &tls] {
+        assert_eq!(s["metadata"]["ownerReferences"][0]["uid"], "lc-uid");
+    }
+
+    // The agent mounts only the push token and the CA, and talks TLS.
+    let ds = h
+        .object("/apis/apps/v1/namespaces/logfleet/daemonsets/logs-agent")
+        .expect("ds");
+    let vols = &ds["spec"]["template"]["spec"]["volumes"];
+    let items = |name: &str| -> Vec<String> {
+        vols.as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| {
+                v["secret"]["items"]
+                    .as_array()
+                    .expect("items")
+                    .iter()
+                    .map(|i| i["key"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(items("credentials"), ["push-token"]);
+    assert_eq!(items("tls"), ["ca.crt"]);
+    let cm = h
+        .object("/api/v1/namespaces/logfleet/configmaps/logs-agent")
+        .expect("cm");
+    assert!(cm["data"]["LOGFLEET_AGGREGATOR"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("https://"));
+
+    // The coverage check asks over TLS with the read token and the CA.
+    let access = h.pushes.0.lock().expect("lock").clone().expect("asked");
+    assert!(
+        access
+            .url
+            .starts_with("https://logs-aggregator.logfleet.svc:"),
+        "{}",
+        access.url
+    );
+    assert_eq!(access.read_token.as_deref(), Some(read.as_str()));
+    assert_eq!(
+        access.ca_pem.as_deref().map(str::trim),
+        Some(secret_value(&ca, "tls.crt").trim())
+    );
+
+    // Nothing is re-issued while valid.
+    let again = h.reconcile().await;
+    assert!(
+        !writes(&again).iter().any(|w| w.contains("/secrets/")),
+        "{:?}",
+        writes(&again)
+    );
+
+    // Two thirds of the serving certificate's 90 days gone: renewed under
+    // the same CA; the tokens stay.
+    let later = h.at(sixty_one_days_later);
+    let seen = later.reconcile().await;
+    let w = writes(&seen);
+    assert_eq!(
+        w.iter()
+            .filter(|w| w.contains("/secrets/"))
+            .collect::<Vec<_>>(),
+        [&format!("PATCH {SECRETS}/logs-aggregator-tls")],
+        "{w:?}"
+    );
+    let renewed = later
+        .object(&format!("{SECRETS}/logs-aggregator-tls"))
+        .expect("serving");
+    assert_ne!(
+        secret_value(&renewed, "tls.crt"),
+        secret_value(&tls, "tls.crt")
+    );
+    assert_eq!(
+        secret_value(&renewed, "ca.crt"),
+        secret_value(&ca, "tls.crt")
+    );
+    let events: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.path.contains("/events") && s.body["reason"] == "CertificateIssued")
+        .collect();
+    assert_eq!(events.len(), 1);
+}
+
+#[tokio::test]
+async fn a_users_token_secret_and_certificate_are_used_not_created() {
+    let h = Harness::new(
+        collector(
+            json!({"tokenSecretName": "mine",
+                   "aggregator": {"tls": {"mode": "Secret", "secretName": "from-cert-manager"}}}),
+            &[],
+            false,
+        ),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    lock(&h.state).objects.insert(
+        format!("{SECRETS}/mine"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mine"},
+               "data": {"push-token": b64("p"), "read-token": b64("r")}}),
+    );
+    lock(&h.state).objects.insert(
+        format!("{SECRETS}/from-cert-manager"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "from-cert-manager"},
+               "data": {"ca.crt": b64("CA PEM")}}),
+    );
+    let seen = h.reconcile().await;
+    assert!(
+        !writes(&seen).iter().any(|w| w.contains("/secrets/")),
+        "{:?}",
+        writes(&seen)
+    );
+    let access = h.pushes.0.lock().expect("lock").clone().expect("asked");
+    assert_eq!(access.read_token.as_deref(), Some("r"));
+    assert_eq!(access.ca_pem.as_deref(), Some("CA PEM"));
+    let sts = h
+        .object("/apis/apps/v1/namespaces/logfleet/statefulsets/logs-aggregator")
+        .expect("sts");
+    let vols = sts["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(vols.contains("\"secretName\":\"mine\""), "{vols}");
+    assert!(
+        vols.contains("\"secretName\":\"from-cert-manager\""),
+        "{vols}"
     );
 }

@@ -29,6 +29,7 @@ async fn connect(c: &ConnArgs) -> Result<Client> {
         url: c.url.clone(),
         token: token.clone(),
         tls_ca: c.tls_ca.clone(),
+        identity_token_file: None,
     };
     let channel = logfleet_agent::ship::channel(&target)?;
     let auth = logfleet_agent::ship::BearerToken::new(token.as_deref())?;

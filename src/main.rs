@@ -5,6 +5,7 @@ mod bench;
 mod bench_load;
 mod client;
 mod demo;
+mod identity;
 mod status;
 
 use std::net::SocketAddr;
@@ -33,7 +34,7 @@ enum Cmd {
     /// Run the node agent (one per node, as a DaemonSet).
     Agent(Box<AgentArgs>),
     /// Run the aggregator.
-    Aggregator(AggregatorArgs),
+    Aggregator(Box<AggregatorArgs>),
     /// Query stored lines.
     Query(QueryArgs),
     /// Follow lines as they are stored.
@@ -295,6 +296,10 @@ struct AgentArgs {
     state_dir: PathBuf,
     #[command(flatten)]
     conn: Conn,
+    /// The pod's projected service-account token: sent with every push so
+    /// an aggregator that verifies node identity accepts this node's lines.
+    #[arg(long, env = "LOGFLEET_IDENTITY_TOKEN_FILE")]
+    identity_token_file: Option<PathBuf>,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = "0.0.0.0:9102")]
     http_addr: SocketAddr,
@@ -391,6 +396,23 @@ struct AggregatorArgs {
     /// How often the TLS files are checked for a renewed certificate.
     #[arg(long, env = "LOGFLEET_TLS_RELOAD_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     tls_reload_interval: Duration,
+    /// Verify node identity: accept a push only with a service-account
+    /// token issued for this audience, of --identity-service-account, and
+    /// (Kubernetes 1.30+) for the node the push names. Keys come from the
+    /// cluster's OIDC discovery (in-cluster config or KUBECONFIG).
+    #[arg(
+        long,
+        env = "LOGFLEET_IDENTITY_AUDIENCE",
+        requires = "identity_service_account"
+    )]
+    identity_audience: Option<String>,
+    /// The agents' service account, `<namespace>:<name>`.
+    #[arg(
+        long,
+        env = "LOGFLEET_IDENTITY_SERVICE_ACCOUNT",
+        requires = "identity_audience"
+    )]
+    identity_service_account: Option<String>,
     /// Seal segments at this size.
     #[arg(long, env = "LOGFLEET_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
     segment_size: u64,
@@ -586,6 +608,7 @@ fn agent_config(a: AgentArgs) -> Result<logfleet_agent::AgentConfig> {
             url: a.conn.aggregator,
             token: read_token(&a.conn.token_file)?,
             tls_ca: a.conn.tls_ca,
+            identity_token_file: a.identity_token_file,
         },
         http_addr: Some(a.http_addr),
         compression,
@@ -643,6 +666,24 @@ fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::Aggregato
             .zip(a.tls_key)
             .map(|(cert, key)| logfleet_aggregator::transport::CertFiles { cert, key }),
         tls_reload: a.tls_reload_interval,
+        identity: match a.identity_audience.zip(a.identity_service_account) {
+            Some((audience, sa)) => {
+                let (ns, name) = sa
+                    .split_once(':')
+                    .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+                    .context("--identity-service-account is <namespace>:<name>")?;
+                Some(std::sync::Arc::new(
+                    logfleet_aggregator::identity::Verifier::new(
+                        logfleet_aggregator::identity::Policy {
+                            audience,
+                            subject: format!("system:serviceaccount:{ns}:{name}"),
+                        },
+                        std::sync::Arc::new(identity::ClusterKeys::default()),
+                    ),
+                ))
+            }
+            None => None,
+        },
         limits: logfleet_proto::Limits {
             max_raw_len: a.max_payload,
         },
@@ -699,7 +740,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             logfleet_agent::run(cfg, shutdown_signal()).await?;
         }
         Cmd::Aggregator(a) => {
-            let cfg = aggregator_config(a)?;
+            let cfg = aggregator_config(*a)?;
             logfleet_aggregator::run(cfg, shutdown_signal()).await?;
         }
         Cmd::Query(q) => {

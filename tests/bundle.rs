@@ -313,3 +313,46 @@ fn kustomize_renders_the_bundle_and_its_documented_patch() {
         }
     }
 }
+
+/// Every `LOGFLEET_*` variable the controller renders is one the binary
+/// reads: a renamed flag would otherwise be ignored in the cluster, not
+/// refused (clap only reads the variables it knows).
+#[test]
+fn every_rendered_variable_is_a_flag_of_its_command() {
+    let objs = docs(&stdout(&["render"]));
+    let help = |cmd: &str| stdout(&[cmd, "--help"]);
+    let (agent_help, agg_help) = (help("agent"), help("aggregator"));
+    let mut checked = 0;
+    for o in &objs {
+        let (names, help): (Vec<String>, &str) = match o["kind"].as_str() {
+            Some("ConfigMap") => (
+                o["data"]
+                    .as_object()
+                    .expect("data")
+                    .keys()
+                    .cloned()
+                    .collect(),
+                &agent_help,
+            ),
+            Some("StatefulSet") => (
+                o["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .expect("env")
+                    .iter()
+                    .map(|e| e["name"].as_str().unwrap_or("").to_owned())
+                    .collect(),
+                &agg_help,
+            ),
+            _ => continue,
+        };
+        for n in names.iter().filter(|n| n.starts_with("LOGFLEET_")) {
+            assert!(
+                help.contains(&format!("[env: {n}")),
+                "{n} is no flag of {}",
+                o["kind"]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 15, "only {checked} variables checked");
+}

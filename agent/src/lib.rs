@@ -120,7 +120,8 @@ pub async fn run(
     let heartbeat = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp()));
 
     let channel = ship::channel(&cfg.target)?;
-    let token = ship::BearerToken::new(cfg.target.token.as_deref())?;
+    let token = ship::BearerToken::new(cfg.target.token.as_deref())?
+        .with_identity(cfg.target.identity_token_file.clone());
     let client = logfleet_proto::v1::ingest_client::IngestClient::with_interceptor(channel, token)
         .max_decoding_message_size(4 << 20)
         .max_encoding_message_size(256 << 20);

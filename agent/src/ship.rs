@@ -50,6 +50,9 @@ pub struct Target {
     pub token: Option<String>,
     /// CA certificate (PEM) to verify the aggregator's TLS certificate.
     pub tls_ca: Option<PathBuf>,
+    /// The pod's projected service-account token, sent so the aggregator
+    /// can check this agent runs on the node it names.
+    pub identity_token_file: Option<PathBuf>,
 }
 
 /// The aggregator address as a URL: a bare `host:port` gets `http://`
@@ -111,28 +114,89 @@ pub fn channel(t: &Target) -> Result<Channel, ConnectError> {
     Ok(ep.connect_lazy())
 }
 
-/// Adds `authorization: Bearer <token>` to every request.
+type Ascii = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// A token file re-read when its copy is older than a minute: kubelet
+/// replaces a projected token well before it expires.
 #[derive(Clone)]
-pub struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub struct TokenFile {
+    path: PathBuf,
+    cached: Arc<std::sync::Mutex<Option<(std::time::Instant, Ascii)>>>,
+}
+
+impl TokenFile {
+    const REREAD: Duration = Duration::from_secs(60);
+
+    /// A token read from `path`.
+    pub fn new(path: PathBuf) -> Self {
+        TokenFile {
+            path,
+            cached: Arc::default(),
+        }
+    }
+
+    /// The current token; the last good one when the file cannot be read.
+    pub fn current(&self) -> Option<Ascii> {
+        let mut c = self.cached.lock().ok()?;
+        if let Some((at, v)) = c.as_ref() {
+            if at.elapsed() < Self::REREAD {
+                return Some(v.clone());
+            }
+        }
+        let read = std::fs::read_to_string(&self.path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| t.trim().parse::<Ascii>().map_err(|e| e.to_string()));
+        match read {
+            Ok(v) => {
+                *c = Some((std::time::Instant::now(), v.clone()));
+                Some(v)
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "reading the identity token");
+                c.as_ref().map(|(_, v)| v.clone())
+            }
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request, and the
+/// identity token when there is one.
+#[derive(Clone)]
+pub struct BearerToken {
+    bearer: Option<Ascii>,
+    identity: Option<TokenFile>,
+}
 
 impl BearerToken {
     /// An interceptor for `token` (none: adds nothing).
     pub fn new(token: Option<&str>) -> Result<Self, ConnectError> {
-        token
+        let bearer = token
             .map(|t| {
                 format!("Bearer {}", t.trim())
                     .parse()
                     .map_err(|_| ConnectError::Token)
             })
-            .transpose()
-            .map(BearerToken)
+            .transpose()?;
+        Ok(BearerToken {
+            bearer,
+            identity: None,
+        })
+    }
+
+    /// Also sends the token in `path` as the agent's identity.
+    pub fn with_identity(mut self, path: Option<PathBuf>) -> Self {
+        self.identity = path.map(TokenFile::new);
+        self
     }
 }
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
+        if let Some(v) = &self.bearer {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Some(v) = self.identity.as_ref().and_then(TokenFile::current) {
+            req.metadata_mut().insert("logfleet-identity", v);
         }
         Ok(req)
     }

@@ -7,6 +7,7 @@
 //! [`query`].
 
 pub mod http;
+pub mod identity;
 pub mod index;
 pub mod ingest;
 pub mod metrics;
@@ -49,6 +50,8 @@ pub struct AggregatorConfig {
     pub tls: Option<transport::CertFiles>,
     /// How often the TLS files are checked for a renewed certificate.
     pub tls_reload: std::time::Duration,
+    /// Verify that pushes come from an agent on the node they name.
+    pub identity: Option<Arc<identity::Verifier>>,
     /// Payload limits.
     pub limits: Limits,
     /// Largest accepted gRPC message (compressed push), bytes.
@@ -224,6 +227,7 @@ pub async fn run_on(
             limits: cfg.limits,
             metrics: metrics.clone(),
             shared: shared.clone(),
+            identity: cfg.identity.clone(),
         })
         .max_decoding_message_size(cfg.max_message),
         push_auth,

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub rejected: Family<Reason, Counter>,
     /// Requests refused for a missing or wrong token.
     pub unauthenticated: Counter,
+    /// Pushes whose identity token named no node (clusters before 1.30):
+    /// only the service account was checked.
+    pub identity_without_node: Counter,
     /// Storage failures.
     pub store_errors: Counter,
     /// Segments deleted by retention.
@@ -62,6 +65,7 @@ impl Metrics {
             duplicate_lines: Counter::default(),
             rejected: Family::default(),
             unauthenticated: Counter::default(),
+            identity_without_node: Counter::default(),
             store_errors: Counter::default(),
             segments_deleted: Counter::default(),
             stored_bytes: Gauge::default(),
@@ -91,6 +95,11 @@ impl Metrics {
             "unauthenticated_requests",
             "Requests refused for a missing or wrong token",
             m.unauthenticated.clone(),
+        );
+        r.register(
+            "identity_without_node",
+            "Requests whose identity token named no node (Kubernetes before 1.30): only the service account was checked",
+            m.identity_without_node.clone(),
         );
         r.register("store_errors", "Storage failures", m.store_errors.clone());
         r.register(

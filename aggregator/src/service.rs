@@ -130,12 +130,15 @@ pub struct IngestService {
     pub metrics: Metrics,
     /// Shared state (for heartbeats).
     pub shared: Arc<Shared>,
+    /// Checks the node a push names against the agent's token.
+    pub identity: Option<Arc<crate::identity::Verifier>>,
 }
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
         let peer = req.remote_addr();
+        self.check_identity(&req, &req.get_ref().node).await?;
         let req = req.into_inner();
         let node = req.node.clone();
         match self.writer.push(req, self.limits).await {
@@ -158,12 +161,52 @@ impl Ingest for IngestService {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.check_identity(&req, &req.get_ref().node).await?;
         self.record_heartbeat(req.into_inner())?;
         Ok(Response::new(HeartbeatResponse {}))
     }
 }
 
 impl IngestService {
+    /// With identity checks on: the request's token must be a current
+    /// token of the agents' service account, for `node` when the token
+    /// names one.
+    async fn check_identity<T>(&self, req: &Request<T>, node: &str) -> Result<(), Status> {
+        let Some(v) = &self.identity else {
+            return Ok(());
+        };
+        let token = req
+            .metadata()
+            .get(crate::identity::HEADER)
+            .and_then(|t| t.to_str().ok());
+        match v.check(token, node).await {
+            Ok(id) => {
+                if id.node.is_none() {
+                    // Before Kubernetes 1.30 tokens carry no node: the
+                    // service account is all that is checked.
+                    self.metrics.identity_without_node.inc();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                use crate::identity::IdentityError as E;
+                let reason = match &e {
+                    E::Missing => "identity_missing",
+                    E::Invalid(_) | E::WrongSubject { .. } => "identity_invalid",
+                    E::Keys(_) => "identity_keys",
+                    E::WrongNode { .. } => "identity_wrong_node",
+                };
+                self.metrics.reject(reason);
+                tracing::warn!(peer = ?req.remote_addr(), %node, error = %e, "push refused: identity");
+                Err(match e {
+                    E::WrongNode { .. } => Status::permission_denied(e.to_string()),
+                    E::Keys(_) => Status::unavailable(e.to_string()),
+                    _ => Status::unauthenticated(e.to_string()),
+                })
+            }
+        }
+    }
+
     /// Records a heartbeat.
     fn record_heartbeat(&self, hb: HeartbeatRequest) -> Result<(), Status> {
         if hb.node.is_empty() || hb.node.len() > 253 {

@@ -407,6 +407,12 @@ pub struct AggregatorSpec {
     /// Which pods may reach the aggregator's ports.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Accept a node's lines only from an agent whose projected
+    /// service-account token names that node (Kubernetes 1.30+; before
+    /// that only the agents' service account is checked). The aggregator
+    /// then gets an API token, to read the cluster's token keys.
+    #[serde(default = "yes")]
+    pub verify_node_identity: bool,
 }
 
 /// Where the aggregator's serving certificate comes from.
@@ -485,6 +491,7 @@ impl Default for AggregatorSpec {
             retain_volume_on_delete: false,
             tls: TlsSpec::default(),
             network_policy: NetworkPolicySpec::default(),
+            verify_node_identity: true,
         }
     }
 }

@@ -6,7 +6,9 @@
 //! agents' metrics ports), `N-aggregator` (ServiceAccount, StatefulSet,
 //! Service) and `N-aggregator-headless` (the StatefulSet's governing
 //! Service). The agents read host files and never call the Kubernetes API,
-//! so they get no RBAC and no API token.
+//! so they get no RBAC and no API token: only a projected token for the
+//! aggregator's audience, which proves their node. The aggregator gets an
+//! API token (no RBAC) to read the cluster's token keys.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +46,11 @@ pub const NONROOT_UID: i64 = 65532;
 const TOKEN_DIR: &str = "/etc/logfleet/credentials";
 /// Where the agent finds the CA and the aggregator its certificate.
 const TLS_DIR: &str = "/etc/logfleet/tls";
+/// Where the agent finds its projected identity token.
+const IDENTITY_DIR: &str = "/var/run/secrets/logfleet";
+/// The audience of the agents' identity tokens: not the API server's, so
+/// the token is worth nothing against the API.
+pub const IDENTITY_AUDIENCE: &str = "logfleet";
 
 /// Environment the rendering depends on, beyond the resource.
 #[derive(Debug, Clone, Default)]
@@ -251,7 +258,8 @@ fn service_account(
     name: &str,
     component: &str,
 ) -> Result<ServiceAccount, RenderError> {
-    // Neither agents nor aggregator talk to the API server: no token.
+    // No API token unless a pod asks for one (the aggregator, to verify
+    // node identity).
     from_json(
         "ServiceAccount",
         json!({"metadata": cx.meta(name, component), "automountServiceAccountToken": false}),
@@ -298,6 +306,12 @@ pub fn agent_config(lc: &LogCollector, name: &str, ns: &str) -> BTreeMap<String,
         }
     }
     put("LOGFLEET_TOKEN_FILE", format!("{TOKEN_DIR}/push-token"));
+    if lc.spec.aggregator.verify_node_identity {
+        put(
+            "LOGFLEET_IDENTITY_TOKEN_FILE",
+            format!("{IDENTITY_DIR}/token"),
+        );
+    }
     c
 }
 
@@ -425,6 +439,15 @@ fn agent_daemonset_of(cx: &Ctx<'_>) -> Result<DaemonSet, RenderError> {
             "items": [{"key": crate::credentials::CA_CRT, "path": "ca.crt"}],
         }}));
         mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
+    }
+    if spec.aggregator.verify_node_identity {
+        // A token kubelet issues for this pod (and node), for our audience
+        // only, renewed before its hour is up.
+        volumes.push(
+            json!({"name": "identity", "projected": {"sources": [{"serviceAccountToken": {
+            "audience": IDENTITY_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}),
+        );
+        mounts.push(json!({"name": "identity", "mountPath": IDENTITY_DIR, "readOnly": true}));
     }
     let probe = |path: &str, period: i32| {
         json!({
@@ -560,6 +583,12 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
         }}));
         mounts.push(json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}));
     }
+    let verify = g.verify_node_identity;
+    if verify {
+        env.push(json!({"name": "LOGFLEET_IDENTITY_AUDIENCE", "value": IDENTITY_AUDIENCE}));
+        env.push(json!({"name": "LOGFLEET_IDENTITY_SERVICE_ACCOUNT",
+                        "value": format!("{}:{}", cx.ns, agent_name(cx.name))}));
+    }
     let mut claim = json!({
         "metadata": {"name": "data", "labels": labels(cx.name, "aggregator")},
         "spec": {
@@ -594,7 +623,9 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
                     "metadata": {"labels": labels(cx.name, "aggregator")},
                     "spec": {
                         "serviceAccountName": name,
-                        "automountServiceAccountToken": false,
+                        // Only to read the cluster's token keys (OIDC
+                        // discovery, open to every service account).
+                        "automountServiceAccountToken": verify,
                         "securityContext": pod_sc,
                         // Lets the aggregator finish its group commit.
                         "terminationGracePeriodSeconds": 60,
@@ -1254,9 +1285,33 @@ mod tests {
             json!([{"protocol": "TCP", "port": 4318}, {"protocol": "TCP", "port": 8080}])
         );
 
+        // Node identity: the agent's token is for our audience only; the
+        // aggregator knows whose tokens to accept.
+        let idv = agent["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "identity")
+            .expect("identity volume");
+        assert_eq!(
+            idv["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+            IDENTITY_AUDIENCE
+        );
+        assert_eq!(agent["automountServiceAccountToken"], false);
+        assert_eq!(
+            cfg["LOGFLEET_IDENTITY_TOKEN_FILE"],
+            "/var/run/secrets/logfleet/token"
+        );
+        assert_eq!(
+            env["LOGFLEET_IDENTITY_SERVICE_ACCOUNT"],
+            "logfleet:logs-agent"
+        );
+        assert_eq!(agg["automountServiceAccountToken"], true);
+
         // Opting out: plaintext, no policy.
         let open = render(
-            &lc(json!({"aggregator": {"tls": {"mode": "Disabled"}, "networkPolicy": {"enabled": false}}})),
+            &lc(json!({"aggregator": {"tls": {"mode": "Disabled"}, "networkPolicy": {"enabled": false},
+                                      "verifyNodeIdentity": false}})),
             &Options::default(),
         )
         .unwrap();
@@ -1267,6 +1322,11 @@ mod tests {
             "HTTP"
         );
         assert!(!agg.to_string().contains("LOGFLEET_TLS_CERT"));
+        assert!(!agg.to_string().contains("LOGFLEET_IDENTITY"));
+        assert_eq!(agg["automountServiceAccountToken"], false);
+        assert!(!pod_of(&open, "DaemonSet")
+            .to_string()
+            .contains("\"identity\""));
     }
 }
 

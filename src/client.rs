@@ -14,6 +14,10 @@ pub struct ConnArgs {
     pub url: String,
     pub token_file: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
+    /// A token already read (from the cluster), when no file is given.
+    pub token: Option<String>,
+    /// A CA already read (from the cluster), when no file is given.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 type Client = QueryClient<
@@ -24,11 +28,12 @@ type Client = QueryClient<
 >;
 
 async fn connect(c: &ConnArgs) -> Result<Client> {
-    let token = crate::read_token(&c.token_file)?;
+    let token = crate::read_token(&c.token_file)?.or_else(|| c.token.clone());
     let target = logfleet_agent::ship::Target {
         url: c.url.clone(),
         token: token.clone(),
         tls_ca: c.tls_ca.clone(),
+        tls_ca_pem: c.tls_ca.is_none().then(|| c.ca_pem.clone()).flatten(),
         identity_token_file: None,
     };
     let channel = logfleet_agent::ship::channel(&target)?;

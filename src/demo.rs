@@ -242,6 +242,7 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
                 url: url.clone(),
                 token: None,
                 tls_ca: None,
+                tls_ca_pem: None,
                 identity_token_file: None,
             },
             http_addr: None,

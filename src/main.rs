@@ -608,6 +608,7 @@ fn agent_config(a: AgentArgs) -> Result<logfleet_agent::AgentConfig> {
             url: a.conn.aggregator,
             token: read_token(&a.conn.token_file)?,
             tls_ca: a.conn.tls_ca,
+            tls_ca_pem: None,
             identity_token_file: a.identity_token_file,
         },
         http_addr: Some(a.http_addr),
@@ -781,10 +782,25 @@ async fn run(cmd: Cmd) -> Result<()> {
         Cmd::Status(s) => {
             let last_push = match &s.aggregator {
                 Some(url) => {
+                    // Without files, the collector's own read token and CA,
+                    // from the Secrets its agents mount.
+                    let (token, ca_pem) = match (&s.token_file, &s.from_file) {
+                        (None, None) => {
+                            status::cluster_credentials(s.namespace.as_deref(), s.name.as_deref())
+                                .await
+                                .context(
+                                    "reading the collector's read token and CA from the cluster \
+                                     (or pass --token-file and --tls-ca)",
+                                )?
+                        }
+                        _ => (None, None),
+                    };
                     client::last_contacts(&client::ConnArgs {
                         url: url.clone(),
                         token_file: s.token_file.clone(),
                         tls_ca: s.tls_ca.clone(),
+                        token,
+                        ca_pem,
                     })
                     .await?
                 }
@@ -929,6 +945,8 @@ impl From<Conn> for client::ConnArgs {
             url: c.aggregator,
             token_file: c.token_file,
             tls_ca: c.tls_ca,
+            token: None,
+            ca_pem: None,
         }
     }
 }

@@ -23,6 +23,55 @@ fn ts(ns: i64) -> Option<k8s_openapi::jiff::Timestamp> {
     k8s_openapi::jiff::Timestamp::from_nanosecond(ns as i128).ok()
 }
 
+async fn cluster_client() -> Result<kube::Client> {
+    // kube explains a missing configuration three ways in one long line;
+    // one sentence with the way out serves better.
+    match kube::Client::try_default().await {
+        Ok(c) => Ok(c),
+        Err(kube::Error::InferConfig(_)) => anyhow::bail!(
+            "no cluster configured (no kubeconfig, not in a pod); \
+             set KUBECONFIG or use --from-file dump.json"
+        ),
+        Err(e) => Err(e).context("connecting to the cluster of the current kubeconfig"),
+    }
+}
+
+/// The collector's read token and CA (PEM), from the Secrets its agent
+/// DaemonSet mounts, so that `status --aggregator` needs no files.
+pub async fn cluster_credentials(
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<(Option<String>, Option<Vec<u8>>)> {
+    use k8s_openapi::api::core::v1::Secret;
+    use logfleet_controller::credentials::{value, CA_CRT, READ_TOKEN};
+    let client = cluster_client().await?;
+    let d = dump::from_cluster(client.clone(), namespace)
+        .await
+        .context("reading the agent DaemonSets")?;
+    let ds = dump::agent_daemonset(&d, namespace, name)?;
+    let ns = ds.metadata.namespace.clone().unwrap_or_default();
+    let api: kube::Api<Secret> = kube::Api::namespaced(client, &ns);
+    let (tokens, tls) = dump::secret_names(ds);
+    let read = |secret: Option<String>, key: &'static str| {
+        let api = api.clone();
+        let ns = ns.clone();
+        async move {
+            let Some(secret) = secret else {
+                return Ok(None);
+            };
+            let s = api
+                .get(&secret)
+                .await
+                .with_context(|| format!("reading Secret {ns}/{secret}"))?;
+            Ok::<_, anyhow::Error>(value(&s, key))
+        }
+    };
+    Ok((
+        read(tokens, READ_TOKEN).await?,
+        read(tls, CA_CRT).await?.map(String::into_bytes),
+    ))
+}
+
 /// Prints the rows and summary; returns how many expected nodes lack a
 /// working agent.
 pub async fn run(a: StatusArgs<'_>) -> Result<i32> {
@@ -33,18 +82,7 @@ pub async fn run(a: StatusArgs<'_>) -> Result<i32> {
             dump::parse(&data).with_context(|| format!("reading {}", path.display()))?
         }
         None => {
-            // kube explains a missing configuration three ways in one
-            // long line; one sentence with the way out serves better.
-            let client = match kube::Client::try_default().await {
-                Ok(c) => c,
-                Err(kube::Error::InferConfig(_)) => anyhow::bail!(
-                    "no cluster configured (no kubeconfig, not in a pod); \
-                     set KUBECONFIG or use --from-file dump.json"
-                ),
-                Err(e) => {
-                    return Err(e).context("connecting to the cluster of the current kubeconfig")
-                }
-            };
+            let client = cluster_client().await?;
             dump::from_cluster(client, a.namespace)
                 .await
                 .context("reading nodes, agent DaemonSets and pods")?

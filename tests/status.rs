@@ -304,3 +304,125 @@ fn the_collectors_node_scope_decides_which_nodes_are_expected() {
     assert_eq!(nodes, ["n1", "n2"]);
     assert_eq!(doc["summary"]["expected"], 2);
 }
+
+/// With `--aggregator` and no files, status asks the aggregator with the
+/// collector's own read token and CA, read from the Secrets its agents
+/// mount, as the controller does.
+#[test]
+fn status_reads_the_collectors_credentials_from_the_cluster() {
+    use base64::Engine;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let p = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (cert, tls_key, ca_file) = (
+        p("tls.crt", &leaf.pem()),
+        p("tls.key", &key.serialize_pem()),
+        p("ca.crt", &ca_cert.pem()),
+    );
+    let (push, read) = (p("push", "push-secret"), p("read", "read-secret"));
+    let (_agg, plain) = aggregator(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &tls_key,
+            "--push-token-file",
+            &push,
+            "--read-token-file",
+            &read,
+        ],
+    );
+    let url = plain.replace("http://", "https://");
+    let root = dir.path().join("pods");
+    let c = root.join("ns_p_uid/c");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::write(
+        c.join("0.log"),
+        "2026-11-27T10:00:00.000000001Z stdout F hi\n",
+    )
+    .unwrap();
+    let _agent = agent(
+        dir.path(),
+        "n1",
+        &root,
+        &url,
+        &["--token-file", &push, "--tls-ca", &ca_file],
+    );
+    wait_for("n1 to push", Duration::from_secs(30), || {
+        query_all(&url, "{}", &["--token-file", &read, "--tls-ca", &ca_file])
+            .filter(|v| !v.is_empty())
+            .map(|_| ())
+    });
+
+    // The cluster: the dump's objects, the DaemonSet mounting the two
+    // Secrets the controller creates.
+    let (server, state) = common::fake_api::fake_api();
+    for mut item in dump()["items"].as_array().unwrap().clone() {
+        let name = item["metadata"]["name"].as_str().unwrap().to_owned();
+        let ns = item["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let path = match item["kind"].as_str().unwrap() {
+            "Node" => format!("/api/v1/nodes/{name}"),
+            "Pod" if name != "web" => format!("/api/v1/namespaces/{ns}/pods/{name}"),
+            "DaemonSet" => {
+                item["spec"]["template"]["spec"]["volumes"] = json!([
+                    {"name": "credentials", "secret": {"secretName": "logs-credentials"}},
+                    {"name": "tls", "secret": {"secretName": "logs-aggregator-tls"}},
+                ]);
+                format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}")
+            }
+            _ => continue,
+        };
+        common::fake_api::put(&state, &path, item);
+    }
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    common::fake_api::put(
+        &state,
+        "/api/v1/namespaces/logfleet/secrets/logs-credentials",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "logs-credentials"},
+               "data": {"push-token": b64("push-secret"), "read-token": b64("read-secret")}}),
+    );
+    common::fake_api::put(
+        &state,
+        "/api/v1/namespaces/logfleet/secrets/logs-aggregator-tls",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "logs-aggregator-tls"},
+               "data": {"ca.crt": b64(&ca_cert.pem())}}),
+    );
+    let kubeconfig = common::fake_api::kubeconfig(dir.path(), &server);
+    let out = std::process::Command::new(bin())
+        .args([
+            "status",
+            "--output",
+            "json",
+            "--exit-zero",
+            "--aggregator",
+            &url,
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["nodes"][0]["lastPush"].is_string(), "{doc}");
+}

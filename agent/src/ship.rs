@@ -50,6 +50,8 @@ pub struct Target {
     pub token: Option<String>,
     /// CA certificate (PEM) to verify the aggregator's TLS certificate.
     pub tls_ca: Option<PathBuf>,
+    /// The same CA, already read (wins over `tls_ca`).
+    pub tls_ca_pem: Option<Vec<u8>>,
     /// The pod's projected service-account token, sent so the aggregator
     /// can check this agent runs on the node it names.
     pub identity_token_file: Option<PathBuf>,
@@ -88,7 +90,7 @@ pub fn explain(status: &tonic::Status) -> Option<String> {
 
 /// Builds a lazily connecting channel to the aggregator.
 pub fn channel(t: &Target) -> Result<Channel, ConnectError> {
-    let url = normalize_url(&t.url, t.tls_ca.is_some());
+    let url = normalize_url(&t.url, t.tls_ca.is_some() || t.tls_ca_pem.is_some());
     let addr_err = |source| ConnectError::Address {
         addr: url.clone(),
         source,
@@ -98,9 +100,11 @@ pub fn channel(t: &Target) -> Result<Channel, ConnectError> {
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30));
-    if t.tls_ca.is_some() || url.starts_with("https://") {
+    if t.tls_ca.is_some() || t.tls_ca_pem.is_some() || url.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &t.tls_ca {
+        if let Some(pem) = &t.tls_ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        } else if let Some(ca) = &t.tls_ca {
             let pem = std::fs::read(ca).map_err(|source| ConnectError::Ca {
                 path: ca.clone(),
                 source,

@@ -118,6 +118,27 @@ fn label<'a>(
     meta.labels.as_ref()?.get(key).map(String::as_str)
 }
 
+/// The Secrets an agent DaemonSet mounts: the one with the tokens and the
+/// one with the aggregator's CA (none with TLS off).
+pub fn secret_names(ds: &DaemonSet) -> (Option<String>, Option<String>) {
+    let volumes = ds
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.volumes.as_ref());
+    let secret = |name: &str| {
+        volumes?
+            .iter()
+            .find(|v| v.name == name)?
+            .secret
+            .as_ref()?
+            .secret_name
+            .clone()
+    };
+    (secret("credentials"), secret("tls"))
+}
+
 /// The agent DaemonSet of the `LogCollector` named `name` (any, when
 /// `None`) in `namespace` (any, when `None`).
 pub fn agent_daemonset<'a>(

@@ -126,7 +126,7 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("lc.yaml");
-    std::fs::write(&file, "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollector\nmetadata:\n  name: edge\n  namespace: obs\nspec:\n  agent:\n    compression: zstd\n").expect("write");
+    std::fs::write(&file, "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollector\nmetadata:\n  name: edge\n  namespace: obs\nspec:\n  agent:\n    compression: gzip\n").expect("write");
     let objs = docs(&stdout(&[
         "render",
         "-f",
@@ -141,7 +141,7 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
         .iter()
         .find(|o| o["kind"] == "ConfigMap")
         .expect("configmap");
-    assert_eq!(cm["data"]["LOGFLEET_COMPRESSION"], "zstd");
+    assert_eq!(cm["data"]["LOGFLEET_COMPRESSION"], "gzip");
     assert_eq!(cm["metadata"]["namespace"], "obs");
     assert_eq!(objs[9]["kind"], "SecurityContextConstraints");
 

@@ -128,10 +128,10 @@ impl PullPolicy {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
-    /// gzip (default: the widest compatibility).
-    #[default]
+    /// gzip: for compatibility; the aggregator re-compresses it to zstd.
     Gzip,
-    /// zstd: faster and smaller.
+    /// zstd (default): the least node CPU, stored as it arrives.
+    #[default]
     Zstd,
     /// No compression.
     None,

@@ -1032,7 +1032,7 @@ mod tests {
         assert_eq!(base, hash(&ds(json!({}))), "same spec, same hash");
         assert_eq!(base.len(), 16);
         for changed in [
-            json!({"agent": {"compression": "zstd"}}),
+            json!({"agent": {"compression": "gzip"}}),
             json!({"agent": {"batchSize": "2MiB"}}),
             json!({"agent": {"filters": {"excludeNamespaces": ["kube-system"]}}}),
             json!({"aggregator": {"tls": {"mode": "Disabled"}}}),

@@ -511,7 +511,7 @@ async fn drift_and_config_changes_are_applied_others_fields_survive() {
     {
         let mut st = lock(&h.state);
         let lc = st.objects.get_mut(LC_PATH).expect("lc");
-        lc["spec"]["agent"] = json!({"compression": "zstd"});
+        lc["spec"]["agent"] = json!({"compression": "gzip"});
         lc["metadata"]["generation"] = json!(2);
     }
     let seen = h.reconcile().await;
@@ -542,7 +542,7 @@ async fn drift_and_config_changes_are_applied_others_fields_survive() {
     {
         let mut st = lock(&h.state);
         st.objects.get_mut(LC_PATH).expect("lc")["spec"]["agent"] =
-            json!({"compression": "zstd", "filters": {"excludeNamespaces": ["kube-system"]}});
+            json!({"compression": "gzip", "filters": {"excludeNamespaces": ["kube-system"]}});
     }
     let with_filter = writes(&h.reconcile().await);
     assert!(
@@ -553,7 +553,7 @@ async fn drift_and_config_changes_are_applied_others_fields_survive() {
     );
     {
         let mut st = lock(&h.state);
-        st.objects.get_mut(LC_PATH).expect("lc")["spec"]["agent"] = json!({"compression": "zstd"});
+        st.objects.get_mut(LC_PATH).expect("lc")["spec"]["agent"] = json!({"compression": "gzip"});
     }
     let removed = h.reconcile().await;
     let cm = removed

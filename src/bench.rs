@@ -337,7 +337,7 @@ pub async fn query(dir: &Path, compression: &str) -> Result<()> {
     Ok(())
 }
 
-async fn run_query(
+pub async fn run_query(
     c: &mut QueryClient<tonic::transport::Channel>,
     q: &str,
     limit: u64,

@@ -2,6 +2,7 @@
 //! commands. This file only parses arguments and calls the libraries.
 
 mod bench;
+mod bench_fleet;
 mod bench_load;
 mod client;
 mod demo;
@@ -231,6 +232,28 @@ enum BenchCmd {
         /// Raw bytes per push.
         #[arg(long, env = "LOGFLEET_BENCH_BATCH_SIZE", default_value = "4MiB", value_parser = parse_size)]
         batch_size: u64,
+    },
+    /// Many simulated agents against one aggregator: ack latency, CPU per
+    /// MB, RSS, restart time, query latencies.
+    Fleet {
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
+        /// Simulated agents (each its own connection and node).
+        #[arg(long, env = "LOGFLEET_BENCH_AGENTS", default_value = "1000")]
+        agents: usize,
+        /// Container log files per agent.
+        #[arg(long, env = "LOGFLEET_BENCH_STREAMS_PER_AGENT", default_value = "30")]
+        streams_per_agent: usize,
+        /// Lines per second per agent, spread over its streams (one push a
+        /// second carries them).
+        #[arg(long, env = "LOGFLEET_BENCH_LINES_PER_SECOND", default_value = "200")]
+        lines_per_second: usize,
+        /// Paced run: one push a second per agent for this long.
+        #[arg(long, env = "LOGFLEET_BENCH_DURATION", value_parser = parse_duration, conflicts_with = "pushes")]
+        duration: Option<Duration>,
+        /// Unpaced run: push as fast as acknowledged until this many pushes.
+        #[arg(long, env = "LOGFLEET_BENCH_PUSHES")]
+        pushes: Option<u64>,
     },
     /// The aggregator down while a container keeps writing: the agent's
     /// peak RSS, then its catch-up.
@@ -926,6 +949,26 @@ async fn run(cmd: Cmd) -> Result<()> {
                 duration,
                 rate,
             } => bench_load::outage(&dir, duration.as_secs(), rate).await?,
+            BenchCmd::Fleet {
+                dir,
+                agents,
+                streams_per_agent,
+                lines_per_second,
+                duration,
+                pushes,
+            } => {
+                bench_fleet::fleet(
+                    &dir,
+                    bench_fleet::Fleet {
+                        agents,
+                        streams: streams_per_agent,
+                        lines_per_second,
+                        duration: duration.or((pushes.is_none()).then_some(Duration::from_secs(600))),
+                        pushes,
+                    },
+                )
+                .await?
+            }
         },
         Cmd::Demo(d) => {
             demo::run(demo::DemoConfig {

@@ -127,22 +127,31 @@ pub async fn start_aggregator(
     data: &Path,
     log: &Path,
 ) -> Result<(Bg, String, QueryClient<tonic::transport::Channel>)> {
+    start_aggregator_with(data, log, &[]).await
+}
+
+/// [`start_aggregator`] with more flags.
+pub async fn start_aggregator_with(
+    data: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Result<(Bg, String, QueryClient<tonic::transport::Channel>)> {
     let (grpc, http) = (free_port()?, free_port()?);
     let url = format!("http://127.0.0.1:{grpc}");
-    let agg = spawn(
-        &[
-            "aggregator",
-            "--data-dir",
-            &data.display().to_string(),
-            "--grpc-addr",
-            &format!("127.0.0.1:{grpc}"),
-            "--http-addr",
-            &format!("127.0.0.1:{http}"),
-            "--retention-age",
-            "0s",
-        ],
-        log,
-    )?;
+    let mut args = vec![
+        "aggregator".to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--grpc-addr".into(),
+        format!("127.0.0.1:{grpc}"),
+        "--http-addr".into(),
+        format!("127.0.0.1:{http}"),
+        "--retention-age".into(),
+        "0s".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agg = spawn(&args, log)?;
     let c = client(&url).await?;
     Ok((agg, url, c))
 }

@@ -15,7 +15,7 @@ use logfleet_kubesim::messages::Messages;
 use logfleet_proto::v1::ingest_client::IngestClient;
 use logfleet_proto::v1::{Compression, Direction, FileLabels, FileRange, PushRequest};
 
-use crate::bench::{cpu_seconds, peak_rss, run_query, start_aggregator};
+use crate::bench::{cpu_seconds, peak_rss, run_query, start_aggregator_with};
 
 /// What to run.
 pub struct Fleet {
@@ -29,6 +29,34 @@ pub struct Fleet {
     pub duration: Option<Duration>,
     /// Unpaced: stop after this many pushes in all.
     pub pushes: Option<u64>,
+    /// The aggregator's `--segment-age`: after the run the bench waits
+    /// for the last segment to age out and be compacted.
+    pub segment_age: Duration,
+}
+
+/// Waits until the push log holds nothing but an empty active segment:
+/// everything sealed and compacted.
+async fn wait_compacted(data: &Path, limit: Duration) -> Result<Duration> {
+    let t = Instant::now();
+    loop {
+        let segs: Vec<u64> = std::fs::read_dir(data.join("segments"))?
+            .flatten()
+            .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+            .collect();
+        let tmp = std::fs::read_dir(data.join("chunks"))
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
+            .unwrap_or(false);
+        if segs.len() <= 1 && segs.iter().all(|&l| l == 0) && !tmp {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            bail!("compaction did not finish within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 const NEEDLE: &str = "needle-7f3a9c2e-found-me";
@@ -66,7 +94,14 @@ impl Agent {
                 &pool[self.next_line % pool.len()]
             };
             self.next_line += 1;
-            b.push(stream as u32, now_ns + i as i64, self.offsets[stream], 1, 0, text.as_bytes());
+            b.push(
+                stream as u32,
+                now_ns + i as i64,
+                self.offsets[stream],
+                1,
+                0,
+                text.as_bytes(),
+            );
             // CRI framing around the message: timestamp, stream, tag.
             self.offsets[stream] += text.len() as u64 + 40;
         }
@@ -124,7 +159,9 @@ pub async fn fleet(dir: &Path, f: Fleet) -> Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     let log = dir.join("aggregator-fleet.log");
-    let (agg, url, _) = start_aggregator(&data, &log).await?;
+    let age = format!("{}s", f.segment_age.as_secs().max(1));
+    let extra = ["--segment-age", age.as_str()];
+    let (agg, url, _) = start_aggregator_with(&data, &log, &extra).await?;
     let pid = agg.0.id();
     let pool = pool();
     let per_push = (f.lines_per_second).max(1);
@@ -149,8 +186,12 @@ pub async fn fleet(dir: &Path, f: Fleet) -> Result<()> {
     let mut tasks = Vec::new();
     for a in 0..f.agents {
         let (url, pool) = (url.clone(), pool.clone());
-        let (sent, refused, retried, text_bytes) =
-            (sent.clone(), refused.clone(), retried.clone(), text_bytes.clone());
+        let (sent, refused, retried, text_bytes) = (
+            sent.clone(),
+            refused.clone(),
+            retried.clone(),
+            text_bytes.clone(),
+        );
         let limit = f.pushes;
         let streams = f.streams.max(1);
         tasks.push(tokio::spawn(async move {
@@ -245,7 +286,8 @@ pub async fn fleet(dir: &Path, f: Fleet) -> Result<()> {
         bail!("nothing was pushed");
     }
     lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let pct =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
     let raw = text_bytes.load(Ordering::Relaxed);
     println!(
         "  {} pushes in {wall:.0} s ({:.0}/s), {:.0} MB of line text ({:.1} MB/s)",
@@ -268,10 +310,23 @@ pub async fn fleet(dir: &Path, f: Fleet) -> Result<()> {
         mib(peak_rss(pid)?)
     );
 
+    let settle = wait_compacted(&data, f.segment_age + Duration::from_secs(600)).await?;
+    println!(
+        "  everything compacted {:.0} s after the last push (segment age {} s); RSS then {:.0} MiB",
+        settle.as_secs_f64(),
+        f.segment_age.as_secs(),
+        mib(rss(pid)?)
+    );
+    let cpu_total = cpu_seconds(pid)? - cpu0;
+    println!(
+        "  aggregator CPU with compaction: {cpu_total:.1} CPU-s ({:.3} CPU-s per MB)",
+        cpu_total / (raw as f64 / 1e6)
+    );
+
     // Restart: time until the first query is answered.
     drop(agg);
     let t = Instant::now();
-    let (agg, url, mut c) = start_aggregator(&data, &log).await?;
+    let (agg, url, mut c) = start_aggregator_with(&data, &log, &extra).await?;
     let pid = agg.0.id();
     loop {
         match run_query(&mut c, r#"{namespace="ns-0"}"#, 1, Direction::Backward).await {
@@ -293,7 +348,13 @@ pub async fn fleet(dir: &Path, f: Fleet) -> Result<()> {
     for _ in 0..2 {
         let cpu0 = cpu_seconds(pid)?;
         let t = Instant::now();
-        let n = run_query(&mut c, &format!(r#"{{}} |= "{NEEDLE}""#), 0, Direction::Forward).await?;
+        let n = run_query(
+            &mut c,
+            &format!(r#"{{}} |= "{NEEDLE}""#),
+            0,
+            Direction::Forward,
+        )
+        .await?;
         let (w, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds(pid)? - cpu0);
         println!(
             "  needle scan: {n} hit(s), wall {w:.2} s, {cpu:.2} CPU-s, {:.0} MB of line text per CPU-s",

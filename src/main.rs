@@ -254,6 +254,10 @@ enum BenchCmd {
         /// Unpaced run: push as fast as acknowledged until this many pushes.
         #[arg(long, env = "LOGFLEET_BENCH_PUSHES")]
         pushes: Option<u64>,
+        /// The aggregator's segment age: how soon after the run the last
+        /// pushes are compacted (the bench waits for it).
+        #[arg(long, env = "LOGFLEET_BENCH_SEGMENT_AGE", default_value = "30s", value_parser = parse_duration)]
+        segment_age: Duration,
     },
     /// The aggregator down while a container keeps writing: the agent's
     /// peak RSS, then its catch-up.
@@ -956,6 +960,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 lines_per_second,
                 duration,
                 pushes,
+                segment_age,
             } => {
                 bench_fleet::fleet(
                     &dir,
@@ -963,8 +968,10 @@ async fn run(cmd: Cmd) -> Result<()> {
                         agents,
                         streams: streams_per_agent,
                         lines_per_second,
-                        duration: duration.or((pushes.is_none()).then_some(Duration::from_secs(600))),
+                        duration: duration
+                            .or((pushes.is_none()).then_some(Duration::from_secs(600))),
                         pushes,
+                        segment_age,
                     },
                 )
                 .await?

@@ -1,8 +1,15 @@
-//! What the aggregator knows without reading payloads: every stored block's
-//! time range and labels (the label index queries prune with), each file's
-//! de-duplication high-water mark, and per-agent counters.
+//! What the aggregator knows without reading payloads: the streams (one
+//! label set each), the blocks of the push log not yet compacted, the
+//! compacted chunk files (time range and the streams they hold), each
+//! file's de-duplication mark, and per-agent counters.
+//!
+//! Memory follows streams and files, not pushes: a block is held only
+//! until its segment is compacted into stream-shaped chunks, and a chunk
+//! file is held as its time range and a list of stream ids; its chunks are
+//! read from its index file when a query needs them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use logfleet_proto::v1::{FileLabels, FileRange, LineBatch};
@@ -10,12 +17,101 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{BlockHeader, RangeAhead};
 
-/// A stored block, as the query planner sees it.
+/// One stream: the labels of a container's log file on a node. Each
+/// container instance (pod uid, restart) is its own stream, as it is its
+/// own file: the agent's de-duplication marks are per file anyway, so this
+/// adds no cardinality the store does not already hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    /// Node.
+    pub node: Arc<str>,
+    /// Labels.
+    pub labels: FileLabels,
+}
+
+fn stream_hash(node: &str, l: &FileLabels) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        node,
+        &l.namespace,
+        &l.pod,
+        &l.pod_uid,
+        &l.container,
+        l.restart,
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
+/// Every stream, by dense id (the position in `list`).
+#[derive(Debug, Default)]
+pub struct Streams {
+    list: Vec<Arc<StreamInfo>>,
+    by_hash: HashMap<u64, Vec<u32>>,
+    /// Ids below this are in `streams.log`.
+    pub persisted: usize,
+}
+
+impl Streams {
+    /// The id of a stream, added if new.
+    pub fn intern(&mut self, node: &str, labels: &FileLabels) -> u32 {
+        let h = stream_hash(node, labels);
+        if let Some(ids) = self.by_hash.get(&h) {
+            for &id in ids {
+                let s = &self.list[id as usize];
+                if &*s.node == node && s.labels == *labels {
+                    return id;
+                }
+            }
+        }
+        let id = self.list.len() as u32;
+        self.list.push(Arc::new(StreamInfo {
+            node: Arc::from(node),
+            labels: labels.clone(),
+        }));
+        self.by_hash.entry(h).or_default().push(id);
+        id
+    }
+
+    /// A stream by id.
+    pub fn get(&self, id: u32) -> Option<&Arc<StreamInfo>> {
+        self.list.get(id as usize)
+    }
+
+    /// Every stream, by id.
+    pub fn all(&self) -> &[Arc<StreamInfo>] {
+        &self.list
+    }
+
+    /// Number of streams.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+/// Where a block's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// A record of the push log (`segments/<seq>.seg`).
+    Segment,
+    /// A chunk of a compacted file (`chunks/<seq>.data`).
+    Chunk,
+}
+
+/// A stored block (a push, or a compacted chunk of one stream), as the
+/// query planner sees it.
 #[derive(Debug, Clone)]
 pub struct BlockMeta {
-    /// Segment sequence number.
+    /// Push log segment, or chunk file.
+    pub source: Source,
+    /// Segment (or chunk file) sequence number.
     pub seq: u64,
-    /// Record offset in the segment.
+    /// Record offset in the file.
     pub offset: u64,
     /// Record length.
     pub len: u64,
@@ -23,14 +119,37 @@ pub struct BlockMeta {
     pub min_ts: i64,
     /// Largest line timestamp.
     pub max_ts: i64,
-    /// Node.
-    pub node: Arc<str>,
-    /// Labels of each range, by range index.
-    pub labels: Vec<FileLabels>,
+    /// Stream of each range, by range index (a chunk has one).
+    pub streams: Vec<u32>,
     /// Lines in the block.
     pub lines: u64,
-    /// When the aggregator received it, ns since epoch.
+    /// When the aggregator received it (a chunk: its newest push), ns.
     pub received: i64,
+}
+
+/// A compacted chunk file, as held in memory: enough to tell whether a
+/// query needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkFile {
+    /// The segment it was compacted from.
+    pub seq: u64,
+    /// Smallest line timestamp.
+    pub min_ts: i64,
+    /// Largest line timestamp.
+    pub max_ts: i64,
+    /// What retention judges it by (see [`BlockMeta::retention_ts`]).
+    pub retention_ts: i64,
+    /// The streams it holds, ascending.
+    pub streams: Vec<u32>,
+}
+
+impl ChunkFile {
+    /// Whether it holds any stream `wanted` says yes to.
+    pub fn holds_any(&self, wanted: &[bool]) -> bool {
+        self.streams
+            .iter()
+            .any(|&s| wanted.get(s as usize).copied().unwrap_or(false))
+    }
 }
 
 impl BlockMeta {
@@ -69,8 +188,12 @@ pub struct Liveness {
 /// The index of everything stored.
 #[derive(Debug, Default)]
 pub struct Index {
-    /// Blocks in storage order.
+    /// Every stream.
+    pub streams: Streams,
+    /// Blocks of the push log not yet compacted, in storage order.
     pub blocks: Vec<Arc<BlockMeta>>,
+    /// Compacted chunk files by sequence number.
+    pub chunk_files: BTreeMap<u64, Arc<ChunkFile>>,
     /// Agents by node name.
     pub agents: BTreeMap<String, AgentStats>,
     /// Agents' liveness by node name.
@@ -83,18 +206,22 @@ impl Index {
         if h.lines == 0 {
             return;
         }
+        let streams = h
+            .ranges
+            .iter()
+            .map(|r| {
+                self.streams
+                    .intern(&h.node, r.labels.as_ref().unwrap_or(&FileLabels::default()))
+            })
+            .collect();
         self.blocks.push(Arc::new(BlockMeta {
+            source: Source::Segment,
             seq,
             offset,
             len,
             min_ts: h.min_ts,
             max_ts: h.max_ts,
-            node: Arc::from(h.node.as_str()),
-            labels: h
-                .ranges
-                .iter()
-                .map(|r| r.labels.clone().unwrap_or_default())
-                .collect(),
+            streams,
             lines: h.lines,
             received: h.received_unix_nano,
         }));

@@ -3,7 +3,8 @@
 //! appends it to the active segment and fsyncs (one fsync for every batch
 //! that arrived meanwhile: group commit) before anyone is acknowledged.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -14,7 +15,8 @@ use logfleet_proto::{Limits, LinesBuilder};
 use prost::Message;
 use tokio::sync::{broadcast, oneshot};
 
-use crate::index::{self, BlockMeta, FileMark, HighWater, Index, Snapshot};
+use crate::chunks;
+use crate::index::{self, BlockMeta, ChunkFile, FileMark, HighWater, Index, Snapshot};
 use crate::metrics::Metrics;
 use crate::store::{self, ActiveSegment, BlockHeader, StoreError};
 
@@ -67,6 +69,43 @@ pub struct Shared {
     /// end at once, with "aggregator shutting down", so that the server's
     /// graceful shutdown does not wait for clients that never leave.
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Directory of the chunk files.
+    pub chunks_dir: PathBuf,
+    /// Segments up to this one are in the snapshot (may be compacted).
+    pub snapshot_through: std::sync::atomic::AtomicU64,
+    /// The segment being appended to.
+    pub active_seq: std::sync::atomic::AtomicU64,
+    /// Held while files are deleted or swapped for others (retention,
+    /// compaction), so the two never act on one file at once.
+    pub files: std::sync::Mutex<()>,
+    /// The data directory's lock: one aggregator per directory.
+    _lock: File,
+}
+
+/// Takes the data directory's lock, waiting up to 30 s for a previous
+/// aggregator (or test) to let go of it.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(store::io_err(&path))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        if Instant::now() > deadline {
+            return Err(store::io_err(&path)(std::io::Error::other(
+                "the data directory is in use by another aggregator",
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Faults a test can make the writer meet, as a failing disk would.
@@ -74,6 +113,9 @@ pub struct Shared {
 pub struct Faults {
     /// The next fsync of a segment fails with EIO.
     pub fail_next_sync: std::sync::atomic::AtomicBool,
+    /// The next compaction stops at this point and the compactor stops, as
+    /// if the process had been killed there.
+    pub compaction_crash: std::sync::Mutex<Option<chunks::CrashPoint>>,
 }
 
 /// A decoded, validated batch waiting for the writer.
@@ -214,13 +256,23 @@ struct WriterState {
     opened: Instant,
     hwm: HighWater,
     snapshot_through: u64,
+    /// Records in the active segment: a segment is also sealed at
+    /// [`SEGMENT_RECORDS`], so the blocks held in memory until compaction
+    /// stay bounded however small the pushes.
+    records: usize,
+    /// Wakes the compactor when a segment is sealed.
+    compact: mpsc::Sender<()>,
 }
+
+/// A segment is sealed at this many records.
+pub const SEGMENT_RECORDS: usize = 100_000;
 
 /// Opens the store: loads the snapshot, replays segments, cuts a torn tail,
 /// and starts the writer thread.
 pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer), StoreError> {
     let seg_dir = cfg.data_dir.join("segments");
     std::fs::create_dir_all(&seg_dir).map_err(store::io_err(&seg_dir))?;
+    let lock = lock_dir(&cfg.data_dir)?;
     let snap_path = cfg.data_dir.join("snapshot.json");
     let snap: Snapshot = match std::fs::read(&snap_path) {
         Ok(d) => serde_json::from_slice(&d).map_err(|e| StoreError::Corrupt {
@@ -236,8 +288,38 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         agents: snap.agents.clone(),
         ..Default::default()
     };
-    let seqs = store::list_segments(&seg_dir)?;
+    // The streams chunk files refer to, then the chunk files: what
+    // start-up reads of compacted data is their summaries, not their data.
+    for s in chunks::load_streams(&cfg.data_dir.join("streams.log"))? {
+        ix.streams.intern(&s.node, &s.labels);
+    }
+    ix.streams.persisted = ix.streams.len();
+    let chunks_dir = chunks::dir(&cfg.data_dir);
+    for seq in chunks::recover(&chunks_dir)? {
+        let sum = chunks::read_summary(&chunks::index_path(&chunks_dir, seq))?;
+        ix.chunk_files.insert(
+            seq,
+            Arc::new(ChunkFile {
+                seq,
+                min_ts: sum.min_ts,
+                max_ts: sum.max_ts,
+                retention_ts: sum.retention_ts,
+                streams: sum.streams,
+            }),
+        );
+    }
+    let mut seqs = Vec::new();
+    for seq in store::list_segments(&seg_dir)? {
+        if ix.chunk_files.contains_key(&seq) {
+            // Compacted; the crash came before the segment was deleted.
+            let p = store::segment_path(&seg_dir, seq);
+            std::fs::remove_file(&p).map_err(store::io_err(&p))?;
+        } else {
+            seqs.push(seq);
+        }
+    }
     let mut valid_end = 0;
+    let mut active_records = 0;
     for (i, &seq) in seqs.iter().enumerate() {
         let last = i + 1 == seqs.len();
         let path = store::segment_path(&seg_dir, seq);
@@ -252,23 +334,29 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         }
         if last {
             valid_end = scan.valid_end;
+            active_records = scan.records.len();
         }
     }
+    let newest = seqs
+        .last()
+        .copied()
+        .max(ix.chunk_files.keys().next_back().copied());
     // The newest segment is appended to, unless the snapshot already covers
     // it (a crash between writing the snapshot and creating the next
     // segment): records appended to it would then never be replayed into
     // the marks, and re-sent data would be stored twice.
     let active = match seqs.last() {
         Some(&last) if last > snap.through => ActiveSegment::open(&seg_dir, last, valid_end)?,
-        last => ActiveSegment::open(
-            &seg_dir,
-            last.copied().unwrap_or(0).max(snap.through) + 1,
-            0,
-        )?,
+        _ => {
+            active_records = 0;
+            ActiveSegment::open(&seg_dir, newest.unwrap_or(0).max(snap.through) + 1, 0)?
+        }
     };
     tracing::info!(
         segments = seqs.len(),
         blocks = ix.blocks.len(),
+        chunk_files = ix.chunk_files.len(),
+        streams = ix.streams.len(),
         files = hwm.len(),
         "store opened"
     );
@@ -281,7 +369,13 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         failed: tokio::sync::watch::channel(None).0,
         faults: Faults::default(),
         shutdown: tokio::sync::watch::channel(false).0,
+        chunks_dir,
+        snapshot_through: std::sync::atomic::AtomicU64::new(snap.through),
+        active_seq: std::sync::atomic::AtomicU64::new(active.seq),
+        files: std::sync::Mutex::new(()),
+        _lock: lock,
     });
+    let (compact, compact_rx) = mpsc::channel();
     // Small: the pushes that wait here hold decoded batches.
     let (tx, rx) = mpsc::sync_channel(16);
     let st = WriterState {
@@ -291,12 +385,23 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         opened: Instant::now(),
         hwm,
         snapshot_through: snap.through,
+        records: active_records,
+        compact,
     };
     st.update_gauges();
+    let compactor = Compactor {
+        shared: shared.clone(),
+        data_dir: st.cfg.data_dir.clone(),
+        level: st.cfg.zstd_level,
+    };
     std::thread::Builder::new()
         .name("logfleet-writer".into())
         .spawn(move || st.run(rx))
         .map_err(store::io_err(Path::new("writer thread")))?;
+    std::thread::Builder::new()
+        .name("logfleet-compactor".into())
+        .spawn(move || compactor.run(compact_rx))
+        .map_err(store::io_err(Path::new("compactor thread")))?;
     let metrics = shared.metrics.clone();
     let writer = Writer {
         tx,
@@ -511,6 +616,7 @@ impl WriterState {
         for (k, v) in overlay {
             self.hwm.insert(k, v);
         }
+        self.records += records.len();
         let m = &self.shared.metrics;
         if !records.is_empty() {
             m.fsync_seconds.observe(started.elapsed().as_secs_f64());
@@ -567,7 +673,7 @@ impl WriterState {
     fn housekeeping(&mut self, idle: bool) {
         let age_due = self.opened.elapsed() >= self.cfg.segment_age && self.active.len > 0;
         let mut rolled = false;
-        if self.active.len >= self.cfg.segment_bytes || age_due {
+        if self.active.len >= self.cfg.segment_bytes || age_due || self.records >= SEGMENT_RECORDS {
             rolled = true;
             if let Err(e) = self.roll() {
                 tracing::error!(error = %e, "sealing segment failed");
@@ -617,76 +723,118 @@ impl WriterState {
         std::fs::rename(&tmp, &path).map_err(store::io_err(&path))?;
         store::sync_dir(&self.cfg.data_dir)?;
         self.snapshot_through = through;
+        self.shared
+            .snapshot_through
+            .store(through, std::sync::atomic::Ordering::SeqCst);
         self.active = ActiveSegment::open(&self.shared.segments_dir, through + 1, 0)?;
+        self.shared
+            .active_seq
+            .store(through + 1, std::sync::atomic::Ordering::SeqCst);
+        self.records = 0;
         self.opened = Instant::now();
+        // The sealed segment is in the snapshot now: it may be compacted.
+        let _ = self.compact.send(());
         tracing::debug!(sealed = through, "segment sealed");
         Ok(())
     }
 
-    /// Deletes sealed segments past the age or size limits, oldest first.
+    /// Deletes sealed segments and chunk files past the age or size
+    /// limits, oldest first.
     fn retention(&mut self) -> Result<(), StoreError> {
         if self.cfg.retention_age.is_none() && self.cfg.retention_bytes.is_none() {
             return Ok(());
         }
         let dir = self.shared.segments_dir.clone();
-        let seqs = store::list_segments(&dir)?;
-        let sizes: Vec<u64> = seqs
-            .iter()
-            .map(|s| {
-                std::fs::metadata(store::segment_path(&dir, *s))
-                    .map(|m| m.len())
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut total: u64 = sizes.iter().sum();
-        let newest: HashMap<u64, i64> = {
+        let cdir = self.shared.chunks_dir.clone();
+        let _files = self.shared.files.lock().map_err(|_| StoreError::Corrupt {
+            path: dir.clone(),
+            offset: 0,
+            why: "file lock poisoned".into(),
+        })?;
+        // Every sequence number with its files, size and newest time.
+        let mut units: BTreeMap<u64, (Vec<PathBuf>, u64, i64)> = BTreeMap::new();
+        {
             let ix = self.shared.index.read().map_err(|_| StoreError::Corrupt {
                 path: dir.clone(),
                 offset: 0,
                 why: "index lock poisoned".into(),
             })?;
-            let mut m = HashMap::new();
             for b in &ix.blocks {
-                let e = m.entry(b.seq).or_insert(i64::MIN);
-                *e = (*e).max(b.retention_ts());
+                let u = units
+                    .entry(b.seq)
+                    .or_insert_with(|| (vec![store::segment_path(&dir, b.seq)], 0, i64::MIN));
+                u.2 = u.2.max(b.retention_ts());
             }
-            m
-        };
+            for (seq, c) in &ix.chunk_files {
+                units.insert(
+                    *seq,
+                    (
+                        vec![
+                            chunks::data_path(&cdir, *seq),
+                            chunks::index_path(&cdir, *seq),
+                        ],
+                        0,
+                        c.retention_ts,
+                    ),
+                );
+            }
+        }
+        for seq in store::list_segments(&dir)? {
+            units
+                .entry(seq)
+                .or_insert_with(|| (vec![store::segment_path(&dir, seq)], 0, i64::MIN));
+        }
+        for u in units.values_mut() {
+            u.1 =
+                u.0.iter()
+                    .filter_map(|p| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum();
+        }
+        let mut total: u64 = units.values().map(|u| u.1).sum();
         let cutoff = self
             .cfg
             .retention_age
             .map(|a| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) - a.as_nanos() as i64);
         let mut doomed = Vec::new();
-        for (seq, size) in seqs.iter().zip(&sizes) {
-            // Only sealed segments whose state the snapshot already holds.
+        for (seq, (paths, size, newest)) in &units {
+            // Only sealed data whose state the snapshot already holds.
             if *seq >= self.active.seq || *seq > self.snapshot_through {
                 break;
             }
-            let too_old = cutoff.is_some_and(|c| newest.get(seq).copied().unwrap_or(i64::MIN) < c);
+            let too_old = cutoff.is_some_and(|c| *newest < c);
             let too_big = self.cfg.retention_bytes.is_some_and(|max| total > max);
             if !(too_old || too_big) {
                 break;
             }
-            doomed.push(*seq);
+            doomed.push((*seq, paths.clone()));
             total -= size;
         }
         if doomed.is_empty() {
             return Ok(());
         }
         if let Ok(mut ix) = self.shared.index.write() {
+            let seqs: Vec<u64> = doomed.iter().map(|d| d.0).collect();
             ix.blocks
-                .retain(|b: &Arc<BlockMeta>| !doomed.contains(&b.seq));
+                .retain(|b: &Arc<BlockMeta>| !seqs.contains(&b.seq));
+            for s in &seqs {
+                ix.chunk_files.remove(s);
+            }
         }
-        for seq in &doomed {
-            let p = store::segment_path(&dir, *seq);
-            std::fs::remove_file(&p).map_err(store::io_err(&p))?;
+        for (_, paths) in &doomed {
+            for p in paths {
+                match std::fs::remove_file(p) {
+                    Ok(()) => tracing::info!(file = %p.display(), "deleted by retention"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(store::io_err(p)(e)),
+                }
+            }
             self.shared.metrics.segments_deleted.inc();
-            tracing::info!(segment = %p.display(), "deleted by retention");
         }
-        // Marks of files whose newest data is gone with these segments:
-        // such a file is older than retention (kubelet has long removed
-        // it), and keeping its mark would grow the snapshot forever.
-        if let Some(&newest_deleted) = doomed.iter().max() {
+        // Marks of files whose newest data is gone with these: such a file
+        // is older than retention (kubelet has long removed it), and
+        // keeping its mark would grow the snapshot forever.
+        if let Some(newest_deleted) = doomed.iter().map(|d| d.0).max() {
             let before = self.hwm.len();
             self.hwm.retain(|_, m| m.seq > newest_deleted);
             let pruned = before - self.hwm.len();
@@ -697,19 +845,152 @@ impl WriterState {
                 );
             }
         }
-        store::sync_dir(&dir)
+        store::sync_dir(&dir)?;
+        store::sync_dir(&cdir)
     }
 
     fn update_gauges(&self) {
         let dir = &self.shared.segments_dir;
         if let Ok(seqs) = store::list_segments(dir) {
-            let bytes: u64 = seqs
+            let mut bytes: u64 = seqs
                 .iter()
                 .filter_map(|s| std::fs::metadata(store::segment_path(dir, *s)).ok())
                 .map(|m| m.len())
                 .sum();
+            if let Ok(rd) = std::fs::read_dir(&self.shared.chunks_dir) {
+                bytes += rd
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum::<u64>();
+            }
             self.shared.metrics.stored_bytes.set(bytes as i64);
             self.shared.metrics.segments.set(seqs.len() as i64);
         }
+    }
+}
+
+/// Compacts sealed segments into chunk files, off the writer's path.
+struct Compactor {
+    shared: Arc<Shared>,
+    data_dir: PathBuf,
+    level: i32,
+}
+
+impl Compactor {
+    fn run(self, wake: mpsc::Receiver<()>) {
+        loop {
+            match wake.recv_timeout(Duration::from_secs(5)) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            while wake.try_recv().is_ok() {}
+            match self.compact_due() {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "compaction failed; the segment stays and is tried again");
+                    self.shared.metrics.store_errors.inc();
+                }
+            }
+        }
+    }
+
+    /// Compacts every sealed segment the snapshot covers. Returns false
+    /// when a test's crash point stopped it.
+    fn compact_due(&self) -> Result<bool, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let through = self.shared.snapshot_through.load(SeqCst);
+        let active = self.shared.active_seq.load(SeqCst);
+        for seq in store::list_segments(&self.shared.segments_dir)? {
+            if seq > through || seq >= active {
+                break;
+            }
+            if !self.compact(seq)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn compact(&self, seq: u64) -> Result<bool, StoreError> {
+        let poisoned = || StoreError::Corrupt {
+            path: self.data_dir.clone(),
+            offset: 0,
+            why: "index lock poisoned".into(),
+        };
+        let started = Instant::now();
+        let (blocks, streams, persisted) = {
+            let ix = self.shared.index.read().map_err(|_| poisoned())?;
+            let blocks: Vec<Arc<BlockMeta>> =
+                ix.blocks.iter().filter(|b| b.seq == seq).cloned().collect();
+            (blocks, ix.streams.all().to_vec(), ix.streams.persisted)
+        };
+        // Every stream the chunks will name is in streams.log first.
+        if streams.len() > persisted {
+            let new: Vec<index::StreamInfo> =
+                streams[persisted..].iter().map(|s| (**s).clone()).collect();
+            chunks::append_streams(&self.data_dir.join("streams.log"), persisted as u32, &new)?;
+            if let Ok(mut ix) = self.shared.index.write() {
+                ix.streams.persisted = ix.streams.persisted.max(streams.len());
+            }
+        }
+        let crash = self
+            .shared
+            .faults
+            .compaction_crash
+            .lock()
+            .ok()
+            .and_then(|mut c| c.take());
+        let segment = store::segment_path(&self.shared.segments_dir, seq);
+        let summary = match chunks::compact(
+            &segment,
+            &blocks,
+            &streams,
+            seq,
+            &self.shared.chunks_dir,
+            self.level,
+            crash,
+        ) {
+            Ok(s) => s,
+            Err(_) if crash.is_some() => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let _files = self.shared.files.lock().map_err(|_| poisoned())?;
+        if !segment.exists() {
+            // Retention took it meanwhile: so goes what was made of it.
+            for p in [
+                chunks::data_path(&self.shared.chunks_dir, seq),
+                chunks::index_path(&self.shared.chunks_dir, seq),
+            ] {
+                let _ = std::fs::remove_file(p);
+            }
+            return Ok(true);
+        }
+        if let Ok(mut ix) = self.shared.index.write() {
+            ix.blocks.retain(|b| b.seq != seq);
+            ix.chunk_files.insert(
+                seq,
+                Arc::new(ChunkFile {
+                    seq,
+                    min_ts: summary.min_ts,
+                    max_ts: summary.max_ts,
+                    retention_ts: summary.retention_ts,
+                    streams: summary.streams,
+                }),
+            );
+        }
+        // Queries that planned before the swap hold the segment open.
+        std::fs::remove_file(&segment).map_err(store::io_err(&segment))?;
+        store::sync_dir(&self.shared.segments_dir)?;
+        self.shared.metrics.compactions.inc();
+        tracing::debug!(
+            seq,
+            blocks = blocks.len(),
+            lines = summary.lines,
+            ms = started.elapsed().as_millis() as u64,
+            "segment compacted"
+        );
+        Ok(true)
     }
 }

@@ -6,6 +6,7 @@
 //! group commit) -> [`store`] (segment files) and [`index`] (in memory) ->
 //! [`query`].
 
+pub mod chunks;
 pub mod http;
 pub mod identity;
 pub mod index;

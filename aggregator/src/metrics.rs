@@ -37,6 +37,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     /// Segments deleted by retention.
     pub segments_deleted: Counter,
+    /// Segments compacted into chunk files.
+    pub compactions: Counter,
     /// Bytes on disk in segments.
     pub stored_bytes: Gauge,
     /// Segment count.
@@ -66,6 +68,7 @@ impl Metrics {
             rejected: Family::default(),
             unauthenticated: Counter::default(),
             identity_without_node: Counter::default(),
+            compactions: Counter::default(),
             store_errors: Counter::default(),
             segments_deleted: Counter::default(),
             stored_bytes: Gauge::default(),
@@ -102,6 +105,11 @@ impl Metrics {
             m.identity_without_node.clone(),
         );
         r.register("store_errors", "Storage failures", m.store_errors.clone());
+        r.register(
+            "compactions",
+            "Push log segments compacted into stream-shaped chunk files",
+            m.compactions.clone(),
+        );
         r.register(
             "segments_deleted",
             "Segments deleted by retention",

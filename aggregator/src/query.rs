@@ -18,7 +18,7 @@ use logfleet_proto::Line;
 use memchr::memmem;
 use regex::Regex;
 
-use crate::index::BlockMeta;
+use crate::index::{BlockMeta, Source, StreamInfo};
 use crate::ingest::Shared;
 use crate::store::{self, StoreError};
 
@@ -343,6 +343,16 @@ impl Query {
         })
     }
 
+    /// Whether a block whose encoded lines are `raw` may hold a matching
+    /// line: every `|=` text must occur in it somewhere (a line's text is
+    /// stored whole in the encoding).
+    pub fn may_match(&self, raw: &[u8]) -> bool {
+        self.filters.iter().all(|f| match f {
+            Filter::Contains(x) => x.find(raw).is_some(),
+            _ => true,
+        })
+    }
+
     /// Whether a line (of a file that matched) matches stream and filters.
     pub fn matches_line(&self, stream: i32, line: &[u8]) -> bool {
         self.matchers
@@ -377,7 +387,11 @@ impl Bounds {
     }
 
     fn overlaps(&self, b: &BlockMeta) -> bool {
-        self.from.is_none_or(|f| b.max_ts >= f) && self.to.is_none_or(|t| b.min_ts < t)
+        self.overlaps_range(b.min_ts, b.max_ts)
+    }
+
+    fn overlaps_range(&self, min_ts: i64, max_ts: i64) -> bool {
+        self.from.is_none_or(|f| max_ts >= f) && self.to.is_none_or(|t| min_ts < t)
     }
 }
 
@@ -424,17 +438,12 @@ pub fn execute_into(
     ctl: &Control,
     emit: &mut dyn FnMut(Entry) -> bool,
 ) -> Result<(), QueryError> {
-    let mut blocks: Vec<Arc<BlockMeta>> = {
-        let ix = shared.index.read().map_err(|_| QueryError::Parse {
-            pos: 0,
-            msg: "index unavailable".into(),
-        })?;
-        ix.blocks
-            .iter()
-            .filter(|m| b.overlaps(m) && m.labels.iter().any(|l| q.matches_file(&m.node, l)))
-            .cloned()
-            .collect()
-    };
+    let Plan {
+        mut blocks,
+        streams,
+        wanted,
+        files,
+    } = plan(shared, q, &b)?;
     let backward = b.direction == Direction::Backward;
     if backward {
         blocks.sort_by_key(|m| Reverse(m.max_ts));
@@ -442,7 +451,7 @@ pub fn execute_into(
         blocks.sort_by_key(|m| m.min_ts);
     }
     let stream = b.limit == 0;
-    let mut files: HashMap<u64, File> = HashMap::new();
+    let mut reader = store::BlockReader::new()?;
     // `fwd` pops the largest key, `bwd` the smallest. With a limit, forward
     // keeps the `limit` smallest keys in `fwd` (evicting the largest) and
     // backward the largest in `bwd`. Streaming, forward emits the smallest
@@ -480,18 +489,13 @@ pub fn execute_into(
                 break;
             }
         }
-        let path = store::segment_path(&shared.segments_dir, m.seq);
-        let file = match files.get(&m.seq) {
-            Some(f) => f,
-            None => match File::open(&path) {
-                Ok(f) => files.entry(m.seq).or_insert(f),
-                // Deleted by retention while we planned.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(store::io_err(&path)(e).into()),
-            },
+        // Not open: deleted by retention before we planned.
+        let Some((file, path)) = files.get(&(m.source, m.seq)) else {
+            continue;
         };
-        let batch = match read_lines(file, &path, m) {
-            Ok(b) => b,
+        let batch = match reader.read_if(file, path, m.offset, m.len, |raw| q.may_match(raw)) {
+            Ok(Some((_, b))) => b,
+            Ok(None) => continue,
             Err(e) => {
                 tracing::error!(error = %e, "skipping a stored block that cannot be read");
                 shared.metrics.damaged_records.inc();
@@ -499,9 +503,9 @@ pub fn execute_into(
             }
         };
         let ok: Vec<bool> = m
-            .labels
+            .streams
             .iter()
-            .map(|l| q.matches_file(&m.node, l))
+            .map(|&s| wanted.get(s as usize).copied().unwrap_or(false))
             .collect();
         for (i, l) in batch.lines().enumerate() {
             if !ok.get(l.range as usize).copied().unwrap_or(false)
@@ -510,12 +514,16 @@ pub fn execute_into(
             {
                 continue;
             }
-            let Some(labels) = m.labels.get(l.range as usize) else {
+            let Some(info) = m
+                .streams
+                .get(l.range as usize)
+                .and_then(|&s| streams.get(s as usize))
+            else {
                 continue;
             };
             let key = (l.ts, m.seq, m.offset, i as u32);
             if stream {
-                let e = EntryBox(entry(&m.node, labels, &l));
+                let e = EntryBox(entry(&info.node, &info.labels, &l));
                 if backward {
                     fwd.push((key, e));
                 } else {
@@ -532,7 +540,7 @@ pub fn execute_into(
             if worse {
                 continue;
             }
-            let e = EntryBox(entry(&m.node, labels, &l));
+            let e = EntryBox(entry(&info.node, &info.labels, &l));
             if backward {
                 bwd.push(Reverse((key, e)));
                 if bwd.len() > b.limit {
@@ -572,9 +580,116 @@ pub fn execute_into(
     Ok(())
 }
 
-fn read_lines(file: &File, path: &std::path::Path, m: &BlockMeta) -> Result<LineBatch, StoreError> {
-    let (_, batch) = store::read_block(file, path, m.offset, m.len)?;
-    Ok(batch)
+/// What a query reads, decided under the index lock.
+struct Plan {
+    /// Blocks and chunks that may hold matching lines.
+    blocks: Vec<Arc<BlockMeta>>,
+    /// Every stream, by id.
+    streams: Vec<Arc<StreamInfo>>,
+    /// Whether each stream matches the selector.
+    wanted: Vec<bool>,
+    /// The files, opened while the index still named them, so that a
+    /// compaction or retention that deletes one cannot take it from us.
+    files: HashMap<(Source, u64), (File, std::path::PathBuf)>,
+}
+
+/// Selects streams by the selector, then the push-log blocks and the
+/// chunks of compacted files that hold them in the time range.
+fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
+    let mut files = HashMap::new();
+    let mut open = |source: Source, seq: u64, path: std::path::PathBuf| -> Result<(), QueryError> {
+        if let std::collections::hash_map::Entry::Vacant(v) = files.entry((source, seq)) {
+            match File::open(&path) {
+                Ok(f) => {
+                    v.insert((f, path));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(store::io_err(&path)(e).into()),
+            }
+        }
+        Ok(())
+    };
+    let unavailable = || QueryError::Parse {
+        pos: 0,
+        msg: "index unavailable".into(),
+    };
+    let (mut blocks, streams, wanted, chunk_files) = {
+        let ix = shared.index.read().map_err(|_| unavailable())?;
+        let streams: Vec<Arc<StreamInfo>> = ix.streams.all().to_vec();
+        let wanted: Vec<bool> = streams
+            .iter()
+            .map(|s| q.matches_file(&s.node, &s.labels))
+            .collect();
+        let is_wanted = |s: &u32| wanted.get(*s as usize).copied().unwrap_or(false);
+        let blocks: Vec<Arc<BlockMeta>> = ix
+            .blocks
+            .iter()
+            .filter(|m| b.overlaps(m) && m.streams.iter().any(is_wanted))
+            .cloned()
+            .collect();
+        let chunk_files: Vec<u64> = ix
+            .chunk_files
+            .values()
+            .filter(|c| b.overlaps_range(c.min_ts, c.max_ts) && c.holds_any(&wanted))
+            .map(|c| c.seq)
+            .collect();
+        for m in &blocks {
+            open(
+                Source::Segment,
+                m.seq,
+                store::segment_path(&shared.segments_dir, m.seq),
+            )?;
+        }
+        let mut indexes = Vec::new();
+        for &seq in &chunk_files {
+            open(
+                Source::Chunk,
+                seq,
+                crate::chunks::data_path(&shared.chunks_dir, seq),
+            )?;
+            let p = crate::chunks::index_path(&shared.chunks_dir, seq);
+            match File::open(&p) {
+                Ok(f) => indexes.push((seq, f, p)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(store::io_err(&p)(e).into()),
+            }
+        }
+        (blocks, streams, wanted, indexes)
+    };
+    // Chunk indexes are read outside the lock.
+    for (seq, f, p) in chunk_files {
+        let entries = match crate::chunks::read_entries(&f, &p) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "skipping a chunk file whose index cannot be read");
+                shared.metrics.damaged_records.inc();
+                continue;
+            }
+        };
+        for e in entries {
+            if wanted.get(e.stream as usize).copied().unwrap_or(false)
+                && b.overlaps_range(e.min_ts, e.max_ts)
+            {
+                blocks.push(Arc::new(BlockMeta {
+                    source: Source::Chunk,
+                    seq,
+                    offset: e.offset,
+                    len: e.len,
+                    min_ts: e.min_ts,
+                    max_ts: e.max_ts,
+                    streams: vec![e.stream],
+                    lines: e.lines,
+                    received: e.received,
+                }));
+            }
+        }
+    }
+    Ok(Plan {
+        blocks,
+        streams,
+        wanted,
+        files,
+    })
 }
 
 /// Entries compare equal: ordering is by key only.

@@ -293,6 +293,90 @@ pub fn read_block(
     Ok((header, batch))
 }
 
+/// Reads blocks one after another with one zstd context and reused
+/// buffers: a query or a compaction reads thousands, and a fresh context
+/// and fresh pages for each cost more than the reading.
+pub struct BlockReader {
+    dctx: zstd::bulk::Decompressor<'static>,
+    buf: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+impl BlockReader {
+    /// A reader.
+    pub fn new() -> Result<Self, StoreError> {
+        Ok(BlockReader {
+            dctx: zstd::bulk::Decompressor::new().map_err(io_err(Path::new("zstd")))?,
+            buf: Vec::new(),
+            raw: Vec::new(),
+        })
+    }
+
+    /// Reads one record's payload and decodes its lines.
+    pub fn read(
+        &mut self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(BlockHeader, LineBatch), StoreError> {
+        self.read_if(file, path, offset, len, |_| true)?
+            .ok_or_else(|| StoreError::Corrupt {
+                path: path.to_owned(),
+                offset,
+                why: "unreachable: no filter".into(),
+            })
+    }
+
+    /// Like [`BlockReader::read`], but decodes the lines only when `may`
+    /// says the decompressed payload may hold a wanted line (a substring
+    /// every wanted line contains can be looked for in it whole, which is
+    /// much cheaper than decoding it line by line).
+    pub fn read_if(
+        &mut self,
+        file: &File,
+        path: &Path,
+        offset: u64,
+        len: u64,
+        may: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<(BlockHeader, LineBatch)>, StoreError> {
+        let corrupt = |why: String| StoreError::Corrupt {
+            path: path.to_owned(),
+            offset,
+            why,
+        };
+        self.buf.resize(len as usize, 0);
+        let buf = &mut self.buf;
+        file.read_exact_at(buf, offset).map_err(io_err(path))?;
+        if buf.len() < PREFIX || buf[..4] != MAGIC {
+            return Err(corrupt("bad magic".into()));
+        }
+        let hl = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]) as usize;
+        let crc = u32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]);
+        if PREFIX + hl > buf.len() {
+            return Err(corrupt("header past record end".into()));
+        }
+        if crc32fast::hash(&buf[PREFIX..]) != crc {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        let header =
+            BlockHeader::decode(&buf[PREFIX..PREFIX + hl]).map_err(|e| corrupt(e.to_string()))?;
+        if header.raw_len > MAX_PART as u64 * 4 {
+            return Err(corrupt("declared size too large".into()));
+        }
+        self.raw.clear();
+        self.raw.reserve(header.raw_len as usize + 1);
+        self.dctx
+            .decompress_to_buffer(&buf[PREFIX + hl..], &mut self.raw)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if !may(&self.raw) {
+            return Ok(None);
+        }
+        let batch = LineBatch::decode(self.raw.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Some((header, batch)))
+    }
+}
+
 /// Path of segment `seq`.
 pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.seg"))

@@ -30,7 +30,10 @@ use crate::store::{self, io_err, BlockHeader, StoreError};
 
 /// A chunk is cut at this much line text: large enough that a scan runs at
 /// the speed of large pushes, small enough that a query for the newest
-/// lines of a stream reads little.
+/// lines of a stream reads little. Streams with less than this in a
+/// compaction share records of about this size, one range each: a frame
+/// per quiet stream would make scans pay a zstd frame per few lines and
+/// compress worse.
 pub const CHUNK_TEXT: usize = 1 << 20;
 /// Line text held while compacting, over all streams, before the largest
 /// partial chunks are cut early.
@@ -56,12 +59,13 @@ pub struct Summary {
     pub streams: Vec<u32>,
 }
 
-/// One chunk.
+/// One chunk record: the lines of one stream, or of a run of streams
+/// whose lines were few (range `i` of the record is `streams[i]`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Entry {
-    /// Stream id.
-    #[prost(uint32, tag = "1")]
-    pub stream: u32,
+    /// Stream ids, by range index.
+    #[prost(uint32, repeated, tag = "8")]
+    pub streams: Vec<u32>,
     /// Record offset in the data file.
     #[prost(uint64, tag = "2")]
     pub offset: u64,
@@ -273,46 +277,99 @@ struct Out {
 }
 
 impl Out {
-    fn cut(&mut self, stream: u32, info: &StreamInfo, mut open: Open) -> Result<(), StoreError> {
-        let batch = open.lines.finish();
+    /// Writes one record holding `group`'s streams, a range each.
+    fn write(&mut self, group: Vec<(u32, &StreamInfo, Open)>) -> Result<(), StoreError> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        let node = group[0].1.node.to_string();
+        let mut b = LinesBuilder::default();
+        let (mut min_ts, mut max_ts, mut received) = (i64::MAX, i64::MIN, i64::MIN);
+        let mut ranges = Vec::with_capacity(group.len());
+        let mut streams = Vec::with_capacity(group.len());
+        for (i, (stream, info, mut open)) in group.into_iter().enumerate() {
+            let batch = open.lines.finish();
+            for l in batch.lines() {
+                b.push(i as u32, l.ts, l.offset, l.stream, l.flags, &l.text);
+            }
+            min_ts = min_ts.min(open.min_ts);
+            max_ts = max_ts.max(open.max_ts);
+            received = received.max(open.received);
+            ranges.push(FileRange {
+                file_id: stream as u64,
+                labels: Some(info.labels.clone()),
+                start: 0,
+                end: 0,
+                lines_end: 0,
+            });
+            streams.push(stream);
+        }
+        let batch = b.finish();
         let lines = batch.line_count() as u64;
         if lines == 0 {
             return Ok(());
         }
         let raw = batch.encode_to_vec();
         let payload = zstd::bulk::compress(&raw, self.level).map_err(io_err(&self.path))?;
-        // The segments' framing, so one reader serves both; the one range
-        // carries the stream's labels.
+        // The segments' framing, so one reader serves both; each range
+        // carries its stream's labels (the node is the first stream's; the
+        // index's stream ids are what queries use).
         let header = BlockHeader {
-            node: info.node.to_string(),
-            received_unix_nano: open.received,
-            min_ts: open.min_ts,
-            max_ts: open.max_ts,
+            node,
+            received_unix_nano: received,
+            min_ts,
+            max_ts,
             lines,
             text_bytes: batch.text.len() as u64,
-            ranges: vec![FileRange {
-                file_id: stream as u64,
-                labels: Some(info.labels.clone()),
-                start: 0,
-                end: 0,
-                lines_end: 0,
-            }],
+            ranges,
             raw_len: raw.len() as u64,
             ahead: Vec::new(),
         };
         let rec = store::encode_record(&header, &payload);
         self.file.write_all(&rec).map_err(io_err(&self.path))?;
         self.entries.push(Entry {
-            stream,
+            streams,
             offset: self.at,
             len: rec.len() as u64,
-            min_ts: open.min_ts,
-            max_ts: open.max_ts,
+            min_ts,
+            max_ts,
             lines,
-            received: open.received,
+            received,
         });
         self.at += rec.len() as u64;
         Ok(())
+    }
+
+    /// Writes every open stream: large ones alone, the others packed into
+    /// records of about [`CHUNK_TEXT`], in stream id order.
+    fn flush(
+        &mut self,
+        open: &mut BTreeMap<u32, Open>,
+        info: &dyn Fn(u32) -> Result<StreamInfo, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut group: Vec<(u32, StreamInfo, Open)> = Vec::new();
+        let mut size = 0usize;
+        for (s, o) in std::mem::take(open) {
+            let n = o.lines.text_len();
+            group.push((s, info(s)?, o));
+            size += n;
+            if size >= CHUNK_TEXT {
+                self.write(
+                    group
+                        .iter_mut()
+                        .map(|(s, i, o)| (*s, &*i, std::mem::take(o)))
+                        .collect(),
+                )?;
+                group.clear();
+                size = 0;
+            }
+        }
+        self.write(
+            group
+                .iter_mut()
+                .map(|(s, i, o)| (*s, &*i, std::mem::take(o)))
+                .collect(),
+        )
     }
 }
 
@@ -360,12 +417,15 @@ pub fn compact(
     let mut open: BTreeMap<u32, Open> = BTreeMap::new();
     let mut buffered = 0usize;
     let mut retention_ts = i64::MIN;
-    let info = |id: u32| {
-        streams.get(id as usize).ok_or_else(|| StoreError::Corrupt {
-            path: segment.to_owned(),
-            offset: 0,
-            why: format!("unknown stream {id}"),
-        })
+    let info = |id: u32| -> Result<StreamInfo, StoreError> {
+        streams
+            .get(id as usize)
+            .map(|s| (**s).clone())
+            .ok_or_else(|| StoreError::Corrupt {
+                path: segment.to_owned(),
+                offset: 0,
+                why: format!("unknown stream {id}"),
+            })
     };
     for b in blocks {
         let batch: LineBatch = match reader.read(&seg, segment, b.offset, b.len) {
@@ -394,29 +454,18 @@ pub fn compact(
             if o.lines.text_len() >= CHUNK_TEXT {
                 buffered -= o.lines.text_len();
                 let full = std::mem::take(o);
-                out.cut(stream, info(stream)?, full)?;
                 open.remove(&stream);
+                let i = info(stream)?;
+                out.write(vec![(stream, &i, full)])?;
             }
         }
         if buffered > MAX_BUFFERED {
-            // Bounded memory: cut the larger half of what is open.
-            let mut sizes: Vec<(usize, u32)> =
-                open.iter().map(|(s, o)| (o.lines.text_len(), *s)).collect();
-            sizes.sort_unstable_by(|a, b| b.cmp(a));
-            for (size, s) in sizes {
-                if buffered <= MAX_BUFFERED / 2 {
-                    break;
-                }
-                if let Some(o) = open.remove(&s) {
-                    buffered -= size;
-                    out.cut(s, info(s)?, o)?;
-                }
-            }
+            // Bounded memory: write everything open.
+            out.flush(&mut open, &info)?;
+            buffered = 0;
         }
     }
-    for (s, o) in std::mem::take(&mut open) {
-        out.cut(s, info(s)?, o)?;
-    }
+    out.flush(&mut open, &info)?;
     let file = out
         .file
         .into_inner()
@@ -424,8 +473,12 @@ pub fn compact(
     file.sync_all().map_err(io_err(&tmp_data))?;
     drop(file);
     let mut entries = out.entries;
-    entries.sort_by_key(|e| (e.stream, e.min_ts, e.offset));
-    let mut ids: Vec<u32> = entries.iter().map(|e| e.stream).collect();
+    entries.sort_by_key(|e| (e.min_ts, e.offset));
+    let mut ids: Vec<u32> = entries
+        .iter()
+        .flat_map(|e| e.streams.iter().copied())
+        .collect();
+    ids.sort_unstable();
     ids.dedup();
     let summary = Summary {
         min_ts: entries.iter().map(|e| e.min_ts).min().unwrap_or(0),

@@ -3,10 +3,10 @@
 //! compacted chunk files (time range and the streams they hold), each
 //! file's de-duplication mark, and per-agent counters.
 //!
-//! Memory follows streams and files, not pushes: a block is held only
-//! until its segment is compacted into stream-shaped chunks, and a chunk
-//! file is held as its time range and a list of stream ids; its chunks are
-//! read from its index file when a query needs them.
+//! Memory follows streams, not pushes or retained data: a block is held
+//! only until its segment is compacted into stream-shaped chunks, and a
+//! chunk file is held as its time range (a few dozen bytes); its chunks are
+//! read from its index file when a query reaches it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -139,17 +139,9 @@ pub struct ChunkFile {
     pub max_ts: i64,
     /// What retention judges it by (see [`BlockMeta::retention_ts`]).
     pub retention_ts: i64,
-    /// The streams it holds, ascending.
-    pub streams: Vec<u32>,
-}
-
-impl ChunkFile {
-    /// Whether it holds any stream `wanted` says yes to.
-    pub fn holds_any(&self, wanted: &[bool]) -> bool {
-        self.streams
-            .iter()
-            .any(|&s| wanted.get(s as usize).copied().unwrap_or(false))
-    }
+    /// Number of streams it holds (their ids are in its index file: kept
+    /// here they would make memory grow with every file retained).
+    pub streams: usize,
 }
 
 impl BlockMeta {

@@ -304,7 +304,7 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
                 min_ts: sum.min_ts,
                 max_ts: sum.max_ts,
                 retention_ts: sum.retention_ts,
-                streams: sum.streams,
+                streams: sum.streams.len(),
             }),
         );
     }
@@ -976,7 +976,7 @@ impl Compactor {
                     min_ts: summary.min_ts,
                     max_ts: summary.max_ts,
                     retention_ts: summary.retention_ts,
-                    streams: summary.streams,
+                    streams: summary.streams.len(),
                 }),
             );
         }

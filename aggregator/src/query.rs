@@ -439,16 +439,26 @@ pub fn execute_into(
     emit: &mut dyn FnMut(Entry) -> bool,
 ) -> Result<(), QueryError> {
     let Plan {
-        mut blocks,
+        blocks,
+        chunk_files,
         streams,
         wanted,
         files,
     } = plan(shared, q, &b)?;
     let backward = b.direction == Direction::Backward;
-    if backward {
-        blocks.sort_by_key(|m| Reverse(m.max_ts));
-    } else {
-        blocks.sort_by_key(|m| m.min_ts);
+    // Work in time order (oldest first, or newest first): blocks, and chunk
+    // files whose chunks are listed only when the work reaches them, so a
+    // query with a limit reads the indexes of the files it needs only.
+    let mut work = WorkQueue {
+        items: Vec::new(),
+        heap: BinaryHeap::new(),
+        backward,
+    };
+    for m in blocks {
+        work.push(Work::Block(m));
+    }
+    for f in chunk_files {
+        work.push(Work::File(f));
     }
     let stream = b.limit == 0;
     let mut reader = store::BlockReader::new()?;
@@ -458,19 +468,20 @@ pub fn execute_into(
     // first (from `bwd`) and backward the largest (from `fwd`).
     let mut fwd: BinaryHeap<(Key, EntryBox)> = BinaryHeap::new();
     let mut bwd: BinaryHeap<Reverse<(Key, EntryBox)>> = BinaryHeap::new();
-    for m in &blocks {
+    while let Some(w) = work.pop() {
         ctl.check()?;
+        let (min_ts, max_ts) = w.bounds();
         if stream {
             // Nothing from here on can come before these: emit them.
             if backward {
-                while fwd.peek().is_some_and(|(k, _)| k.0 > m.max_ts) {
+                while fwd.peek().is_some_and(|(k, _)| k.0 > max_ts) {
                     let Some((_, e)) = fwd.pop() else { break };
                     if !emit(e.0) {
                         return Err(QueryError::Cancelled);
                     }
                 }
             } else {
-                while bwd.peek().is_some_and(|Reverse((k, _))| k.0 < m.min_ts) {
+                while bwd.peek().is_some_and(|Reverse((k, _))| k.0 < min_ts) {
                     let Some(Reverse((_, e))) = bwd.pop() else {
                         break;
                     };
@@ -481,14 +492,48 @@ pub fn execute_into(
             }
         } else {
             let done = if backward {
-                bwd.len() >= b.limit && bwd.peek().is_some_and(|Reverse((k, _))| m.max_ts < k.0)
+                bwd.len() >= b.limit && bwd.peek().is_some_and(|Reverse((k, _))| max_ts < k.0)
             } else {
-                fwd.len() >= b.limit && fwd.peek().is_some_and(|(k, _)| m.min_ts > k.0)
+                fwd.len() >= b.limit && fwd.peek().is_some_and(|(k, _)| min_ts > k.0)
             };
             if done {
                 break;
             }
         }
+        let m = match w {
+            Work::Block(m) => m,
+            Work::File(f) => {
+                // The file's chunks of matching streams in range, as work.
+                match crate::chunks::read_entries(&f.index, &f.path) {
+                    Ok(entries) => {
+                        for e in entries {
+                            if e.streams
+                                .iter()
+                                .any(|s| wanted.get(*s as usize).copied().unwrap_or(false))
+                                && b.overlaps_range(e.min_ts, e.max_ts)
+                            {
+                                work.push(Work::Block(Arc::new(BlockMeta {
+                                    source: Source::Chunk,
+                                    seq: f.seq,
+                                    offset: e.offset,
+                                    len: e.len,
+                                    min_ts: e.min_ts,
+                                    max_ts: e.max_ts,
+                                    streams: e.streams,
+                                    lines: e.lines,
+                                    received: e.received,
+                                })));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping a chunk file whose index cannot be read");
+                        shared.metrics.damaged_records.inc();
+                    }
+                }
+                continue;
+            }
+        };
         // Not open: deleted by retention before we planned.
         let Some((file, path)) = files.get(&(m.source, m.seq)) else {
             continue;
@@ -580,10 +625,66 @@ pub fn execute_into(
     Ok(())
 }
 
+/// A chunk file a query may need, its index open.
+struct PendingFile {
+    seq: u64,
+    min_ts: i64,
+    max_ts: i64,
+    index: File,
+    path: std::path::PathBuf,
+}
+
+/// A unit of a query's work.
+enum Work {
+    /// A block or chunk to read.
+    Block(Arc<BlockMeta>),
+    /// A chunk file whose chunks are not listed yet.
+    File(PendingFile),
+}
+
+impl Work {
+    fn bounds(&self) -> (i64, i64) {
+        match self {
+            Work::Block(m) => (m.min_ts, m.max_ts),
+            Work::File(f) => (f.min_ts, f.max_ts),
+        }
+    }
+}
+
+/// Work in time order: by smallest `min_ts` forward, by largest `max_ts`
+/// backward, ties in the order pushed. A file's chunks lie within its
+/// bounds, so expanding a file never yields work that should have come
+/// before it.
+struct WorkQueue {
+    items: Vec<Option<Work>>,
+    heap: BinaryHeap<Reverse<(i128, usize)>>,
+    backward: bool,
+}
+
+impl WorkQueue {
+    fn push(&mut self, w: Work) {
+        let (lo, hi) = w.bounds();
+        let key = if self.backward {
+            -(hi as i128)
+        } else {
+            lo as i128
+        };
+        self.heap.push(Reverse((key, self.items.len())));
+        self.items.push(Some(w));
+    }
+
+    fn pop(&mut self) -> Option<Work> {
+        let Reverse((_, i)) = self.heap.pop()?;
+        self.items.get_mut(i)?.take()
+    }
+}
+
 /// What a query reads, decided under the index lock.
 struct Plan {
-    /// Blocks and chunks that may hold matching lines.
+    /// Push-log blocks that may hold matching lines.
     blocks: Vec<Arc<BlockMeta>>,
+    /// Chunk files in the time range.
+    chunk_files: Vec<PendingFile>,
     /// Every stream, by id.
     streams: Vec<Arc<StreamInfo>>,
     /// Whether each stream matches the selector.
@@ -613,7 +714,7 @@ fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
         pos: 0,
         msg: "index unavailable".into(),
     };
-    let (mut blocks, streams, wanted, chunk_files) = {
+    let (blocks, streams, wanted, chunk_files) = {
         let ix = shared.index.read().map_err(|_| unavailable())?;
         let streams: Vec<Arc<StreamInfo>> = ix.streams.all().to_vec();
         let wanted: Vec<bool> = streams
@@ -627,11 +728,11 @@ fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
             .filter(|m| b.overlaps(m) && m.streams.iter().any(is_wanted))
             .cloned()
             .collect();
-        let chunk_files: Vec<u64> = ix
+        let chunk_files: Vec<(u64, i64, i64)> = ix
             .chunk_files
             .values()
-            .filter(|c| b.overlaps_range(c.min_ts, c.max_ts) && c.holds_any(&wanted))
-            .map(|c| c.seq)
+            .filter(|c| b.overlaps_range(c.min_ts, c.max_ts))
+            .map(|c| (c.seq, c.min_ts, c.max_ts))
             .collect();
         for m in &blocks {
             open(
@@ -641,7 +742,7 @@ fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
             )?;
         }
         let mut indexes = Vec::new();
-        for &seq in &chunk_files {
+        for &(seq, min_ts, max_ts) in &chunk_files {
             open(
                 Source::Chunk,
                 seq,
@@ -649,43 +750,22 @@ fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
             )?;
             let p = crate::chunks::index_path(&shared.chunks_dir, seq);
             match File::open(&p) {
-                Ok(f) => indexes.push((seq, f, p)),
+                Ok(index) => indexes.push(PendingFile {
+                    seq,
+                    min_ts,
+                    max_ts,
+                    index,
+                    path: p,
+                }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(store::io_err(&p)(e).into()),
             }
         }
         (blocks, streams, wanted, indexes)
     };
-    // Chunk indexes are read outside the lock.
-    for (seq, f, p) in chunk_files {
-        let entries = match crate::chunks::read_entries(&f, &p) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(error = %e, "skipping a chunk file whose index cannot be read");
-                shared.metrics.damaged_records.inc();
-                continue;
-            }
-        };
-        for e in entries {
-            if wanted.get(e.stream as usize).copied().unwrap_or(false)
-                && b.overlaps_range(e.min_ts, e.max_ts)
-            {
-                blocks.push(Arc::new(BlockMeta {
-                    source: Source::Chunk,
-                    seq,
-                    offset: e.offset,
-                    len: e.len,
-                    min_ts: e.min_ts,
-                    max_ts: e.max_ts,
-                    streams: vec![e.stream],
-                    lines: e.lines,
-                    received: e.received,
-                }));
-            }
-        }
-    }
     Ok(Plan {
         blocks,
+        chunk_files,
         streams,
         wanted,
         files,

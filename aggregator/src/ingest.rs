@@ -867,6 +867,13 @@ impl WriterState {
             self.shared.metrics.stored_bytes.set(bytes as i64);
             self.shared.metrics.segments.set(seqs.len() as i64);
         }
+        if let Ok(ix) = self.shared.index.read() {
+            self.shared.metrics.streams.set(ix.streams.len() as i64);
+            self.shared
+                .metrics
+                .chunk_files
+                .set(ix.chunk_files.len() as i64);
+        }
     }
 }
 

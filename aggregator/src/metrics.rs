@@ -43,6 +43,10 @@ pub struct Metrics {
     pub stored_bytes: Gauge,
     /// Segment count.
     pub segments: Gauge,
+    /// Streams known (label sets: node and container log file).
+    pub streams: Gauge,
+    /// Compacted chunk files.
+    pub chunk_files: Gauge,
     /// Queries served.
     pub queries: Counter,
     /// Open live tails.
@@ -73,6 +77,8 @@ impl Metrics {
             segments_deleted: Counter::default(),
             stored_bytes: Gauge::default(),
             segments: Gauge::default(),
+            streams: Gauge::default(),
+            chunk_files: Gauge::default(),
             queries: Counter::default(),
             tails: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -121,6 +127,16 @@ impl Metrics {
             m.stored_bytes.clone(),
         );
         r.register("segments", "Segment files on disk", m.segments.clone());
+        r.register(
+            "streams",
+            "Streams known: one per node and container log file (the store's label cardinality)",
+            m.streams.clone(),
+        );
+        r.register(
+            "chunk_files",
+            "Compacted chunk files on disk",
+            m.chunk_files.clone(),
+        );
         r.register("queries", "Queries served", m.queries.clone());
         r.register("tails", "Live tails open", m.tails.clone());
         r.register(

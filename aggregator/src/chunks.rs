@@ -39,6 +39,12 @@ pub const CHUNK_TEXT: usize = 1 << 20;
 /// partial chunks are cut early.
 pub const MAX_BUFFERED: usize = 64 << 20;
 
+/// A pushed block whose record is at least this large (compressed) is
+/// already the size of a chunk: compaction copies its bytes as they are
+/// instead of decompressing and regrouping them, so large pushes cost no
+/// second compression.
+pub const COPY_RECORD: u64 = 64 << 10;
+
 /// What start-up and planning need of a chunk file.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Summary {
@@ -340,6 +346,22 @@ impl Out {
         Ok(())
     }
 
+    /// Copies a block's record unchanged.
+    fn copy(&mut self, rec: &[u8], b: &BlockMeta) -> Result<(), StoreError> {
+        self.file.write_all(rec).map_err(io_err(&self.path))?;
+        self.entries.push(Entry {
+            streams: b.streams.clone(),
+            offset: self.at,
+            len: rec.len() as u64,
+            min_ts: b.min_ts,
+            max_ts: b.max_ts,
+            lines: b.lines,
+            received: b.received,
+        });
+        self.at += rec.len() as u64;
+        Ok(())
+    }
+
     /// Writes every open stream: large ones alone, the others packed into
     /// records of about [`CHUNK_TEXT`], in stream id order.
     fn flush(
@@ -427,7 +449,22 @@ pub fn compact(
                 why: format!("unknown stream {id}"),
             })
     };
+    let mut rec = Vec::new();
     for b in blocks {
+        if b.len >= COPY_RECORD {
+            use std::os::unix::fs::FileExt;
+            rec.resize(b.len as usize, 0);
+            match seg.read_exact_at(&mut rec, b.offset) {
+                Ok(()) => {
+                    retention_ts = retention_ts.max(b.retention_ts());
+                    out.copy(&rec, b)?;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "compaction skips a block that cannot be read");
+                }
+            }
+            continue;
+        }
         let batch: LineBatch = match reader.read(&seg, segment, b.offset, b.len) {
             Ok((_, batch)) => batch,
             Err(e) => {

@@ -605,3 +605,105 @@ async fn a_crash_inside_compaction_loses_and_doubles_nothing() {
         close(shared, w);
     }
 }
+
+/// Pushes already the size of a chunk are copied into the chunk file as
+/// they are (no second compression), next to small pushes that are
+/// regrouped: every line stays there once, in order, after a restart too,
+/// and re-sent ranges of either kind are still recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pushes_are_copied_by_compaction_and_small_ones_regrouped() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Lines that do not compress: a block of 3,000 is far above 64 KiB.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut text = |file: u64, i: u64| {
+        let mut s = format!("file {file} line {i} ");
+        for _ in 0..8 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            s.push_str(&format!("{seed:016x}"));
+        }
+        s
+    };
+    let big = |file: u64, first: u64, n: u64, text: &mut dyn FnMut(u64, u64) -> String| {
+        let mut b = LinesBuilder::default();
+        let mut lines = Vec::new();
+        for i in first..first + n {
+            let t = text(file, i);
+            b.push(0, 1_000_000 + i as i64, i * 200, 1, 0, t.as_bytes());
+            lines.push(t);
+        }
+        let (payload, raw_len) =
+            logfleet_proto::encode_payload(&b.finish(), Compression::Zstd, 1).unwrap();
+        assert!(payload.len() as u64 > logfleet_aggregator::chunks::COPY_RECORD);
+        let req = PushRequest {
+            node: "node-a".into(),
+            compression: Compression::Zstd as i32,
+            raw_len,
+            ranges: vec![FileRange {
+                file_id: file,
+                labels: Some(FileLabels {
+                    namespace: "ns".into(),
+                    pod: format!("pod-{file}"),
+                    ..Default::default()
+                }),
+                start: first * 200,
+                end: (first + n) * 200,
+                lines_end: 0,
+            }],
+            payload,
+        };
+        (req, lines)
+    };
+    // 64 KiB segments: each large push seals one.
+    let (shared, w) = open(cfg(tmp.path(), 64 << 10, None));
+    let mut want = Vec::new();
+    for round in 0..4u64 {
+        let (req, lines) = big(7, round * 3000, 3000, &mut text);
+        assert_eq!(
+            w.push(req, Default::default()).await.unwrap().stored_lines,
+            3000
+        );
+        want.extend(lines);
+        w.push(push(1, round * 5, 5, Compression::Zstd), Default::default())
+            .await
+            .unwrap();
+        want.extend((round * 5..round * 5 + 5).map(|i| format!("file 1 line {i}")));
+    }
+    let sealed = shared
+        .snapshot_through
+        .load(std::sync::atomic::Ordering::SeqCst) as usize;
+    assert!(sealed >= 3, "{sealed} segments sealed");
+    wait_compacted(&shared, sealed);
+    let check = |shared: &ingest::Shared| {
+        let mut got = all(shared);
+        got.sort();
+        let mut w2 = want.clone();
+        w2.sort();
+        assert_eq!(got.len(), w2.len());
+        assert!(got == w2, "the same lines after compaction");
+        // One stream, in order, across copied records.
+        let q = query::parse(r#"{pod="pod-7"}"#).unwrap();
+        let b = Bounds {
+            from: None,
+            to: None,
+            limit: 0,
+            direction: Direction::Forward,
+        };
+        let pod7: Vec<String> = query::execute(shared, &q, b)
+            .unwrap()
+            .into_iter()
+            .map(|e| String::from_utf8(e.line).unwrap())
+            .collect();
+        assert_eq!(pod7.len(), 12_000);
+        assert!(pod7[0].starts_with("file 7 line 0 "));
+        assert!(pod7[11_999].starts_with("file 7 line 11999 "));
+    };
+    check(&shared);
+    close(shared, w);
+    let (shared, w) = open(cfg(tmp.path(), 64 << 10, None));
+    check(&shared);
+    let (again, _) = big(7, 0, 3000, &mut text);
+    let r = w.push(again, Default::default()).await.unwrap();
+    assert_eq!((r.stored_lines, r.duplicate_lines), (0, 3000));
+}

@@ -120,8 +120,8 @@ fn write_node(
 }
 
 /// The demo's default addresses: the aggregator's own defaults, on loopback.
-const DEFAULT_GRPC: &str = "127.0.0.1:4317";
-const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+const DEFAULT_GRPC: &str = logfleet_proto::ports::LOCAL_INGEST;
+const DEFAULT_HTTP: &str = logfleet_proto::ports::LOCAL_HTTP;
 
 /// Binds `addr` when given (a taken address is an error: it was asked
 /// for), else `default`, else (taken) a free loopback port.

@@ -295,7 +295,7 @@ struct Conn {
     #[arg(
         long,
         env = "LOGFLEET_AGGREGATOR",
-        default_value = "http://127.0.0.1:4317"
+        default_value = logfleet_proto::ports::LOCAL_INGEST_URL
     )]
     aggregator: String,
     /// File holding the bearer token the aggregator expects.
@@ -394,10 +394,10 @@ struct AggregatorArgs {
     #[arg(long, env = "LOGFLEET_DATA_DIR", default_value = "/var/lib/logfleet")]
     data_dir: PathBuf,
     /// gRPC address for ingest and queries.
-    #[arg(long, env = "LOGFLEET_GRPC_ADDR", default_value = "0.0.0.0:4317")]
+    #[arg(long, env = "LOGFLEET_GRPC_ADDR", default_value = logfleet_proto::ports::INGEST_LISTEN)]
     grpc_addr: SocketAddr,
     /// Address for /metrics, /healthz, /readyz and /api/v1/agents.
-    #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "LOGFLEET_HTTP_ADDR", default_value = logfleet_proto::ports::HTTP_LISTEN)]
     http_addr: SocketAddr,
     /// gRPC address for queries only (default: queries share --grpc-addr).
     /// A port of its own lets a NetworkPolicy admit agents and readers
@@ -559,11 +559,11 @@ struct DemoArgs {
     /// Where the demo keeps its files (default: a fresh temporary directory).
     #[arg(long, env = "LOGFLEET_DEMO_DIR")]
     dir: Option<PathBuf>,
-    /// gRPC address of the demo's aggregator (default 127.0.0.1:4317, or a
+    /// gRPC address of the demo's aggregator (default 127.0.0.1:7140, or a
     /// free port when that is taken).
     #[arg(long, env = "LOGFLEET_DEMO_GRPC_ADDR")]
     grpc_addr: Option<SocketAddr>,
-    /// HTTP address of the demo's aggregator (default 127.0.0.1:8080, or a
+    /// HTTP address of the demo's aggregator (default 127.0.0.1:7142, or a
     /// free port when that is taken).
     #[arg(long, env = "LOGFLEET_DEMO_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,

@@ -19,8 +19,8 @@ fn printed(p: &Proc) -> Vec<String> {
 fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
     // Hold the defaults, as a developer's other servers would. (If
     // something else holds them already, the case is the same.)
-    let _grpc = std::net::TcpListener::bind("127.0.0.1:4317");
-    let _http = std::net::TcpListener::bind("127.0.0.1:8080");
+    let _grpc = std::net::TcpListener::bind("127.0.0.1:7140");
+    let _http = std::net::TcpListener::bind("127.0.0.1:7142");
     let _agent_http = std::net::TcpListener::bind("127.0.0.1:9102");
     let dir = tempfile::tempdir().unwrap();
     let demo = Proc::start(
@@ -65,11 +65,11 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
         .find(|l| l.starts_with("logfleet demo: aggregator on"))
         .unwrap();
     assert!(
-        !first.contains(":4317 ") && !first.contains(":8080/"),
+        !first.contains(":7140 ") && !first.contains(":7142/"),
         "the demo printed a taken port: {first}"
     );
     for h in &hints {
-        assert!(!h.contains("127.0.0.1:4317"), "{h}");
+        assert!(!h.contains("127.0.0.1:7140"), "{h}");
     }
     // Every command, run by a shell exactly as printed.
     for h in hints.iter().filter(|h| !h.contains(" tail ")) {

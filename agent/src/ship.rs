@@ -81,7 +81,7 @@ pub fn explain(status: &tonic::Status) -> Option<String> {
         .filter(|c| !c.is_empty());
     if m.contains("grpc-status header missing") || http.is_some() {
         return Some(format!(
-            "the server answered plain HTTP{}, not gRPC: give the aggregator's gRPC port (default 4317), not its HTTP port",
+            "the server answered plain HTTP{}, not gRPC: give the aggregator's gRPC port (default 7140), not its HTTP port",
             http.map(|c| format!(" {c}")).unwrap_or_default()
         ));
     }
@@ -439,10 +439,10 @@ mod tests {
     #[test]
     fn bare_addresses_and_http_ports() {
         assert_eq!(
-            normalize_url("127.0.0.1:4317", false),
-            "http://127.0.0.1:4317"
+            normalize_url("127.0.0.1:7140", false),
+            "http://127.0.0.1:7140"
         );
-        assert_eq!(normalize_url(" agg:4317 ", true), "https://agg:4317");
+        assert_eq!(normalize_url(" agg:7140 ", true), "https://agg:7140");
         assert_eq!(normalize_url("https://a:1", false), "https://a:1");
         let s =
             tonic::Status::unknown("grpc-status header missing, mapped from HTTP status code 404");

@@ -35,11 +35,11 @@ pub const FIELD_MANAGER: &str = "logfleet-controller";
 /// Agent metrics/probe port.
 pub const AGENT_HTTP_PORT: i32 = 9102;
 /// Aggregator gRPC port for ingest (agents only).
-pub const AGGREGATOR_GRPC_PORT: i32 = 4317;
+pub const AGGREGATOR_GRPC_PORT: i32 = logfleet_proto::ports::INGEST as i32;
 /// Aggregator gRPC port for queries (readers only).
-pub const AGGREGATOR_QUERY_PORT: i32 = 4318;
+pub const AGGREGATOR_QUERY_PORT: i32 = logfleet_proto::ports::QUERY as i32;
 /// Aggregator HTTP port (metrics, probes, agents API).
-pub const AGGREGATOR_HTTP_PORT: i32 = 8080;
+pub const AGGREGATOR_HTTP_PORT: i32 = logfleet_proto::ports::HTTP as i32;
 /// The uid the aggregator runs as.
 pub const NONROOT_UID: i64 = 65532;
 /// Where the agent and the aggregator find the tokens.
@@ -1227,7 +1227,7 @@ mod tests {
         let cfg = agent_config(&lc(json!({})), "logs", "logfleet");
         assert_eq!(
             cfg["LOGFLEET_AGGREGATOR"],
-            "https://logs-aggregator.logfleet.svc:4317"
+            "https://logs-aggregator.logfleet.svc:7140"
         );
         assert_eq!(cfg["LOGFLEET_TLS_CA"], "/etc/logfleet/tls/ca.crt");
         assert_eq!(
@@ -1245,7 +1245,7 @@ mod tests {
             .iter()
             .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
             .collect();
-        assert_eq!(env["LOGFLEET_QUERY_ADDR"], "0.0.0.0:4318");
+        assert_eq!(env["LOGFLEET_QUERY_ADDR"], "0.0.0.0:7141");
         assert_eq!(
             env["LOGFLEET_READ_TOKEN_FILE"],
             "/etc/logfleet/credentials/read-token"
@@ -1274,7 +1274,7 @@ mod tests {
         );
         assert_eq!(
             rules[0]["ports"],
-            json!([{"protocol": "TCP", "port": 4317}])
+            json!([{"protocol": "TCP", "port": 7140}])
         );
         assert_eq!(
             rules[1]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
@@ -1282,7 +1282,7 @@ mod tests {
         );
         assert_eq!(
             rules[1]["ports"],
-            json!([{"protocol": "TCP", "port": 4318}, {"protocol": "TCP", "port": 8080}])
+            json!([{"protocol": "TCP", "port": 7141}, {"protocol": "TCP", "port": 7142}])
         );
 
         // Node identity: the agent's token is for our audience only; the

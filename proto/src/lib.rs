@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod lines;
+pub mod ports;
 
 /// Generated protobuf messages and tonic services of package `logfleet.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

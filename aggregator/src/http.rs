@@ -1,7 +1,7 @@
-//! The aggregator's HTTP endpoint: `/metrics`, `/healthz`, `/readyz` (open,
-//! for kubelet probes and Prometheus), and `/api/v1/agents` (JSON, for the
-//! controller's coverage check), which needs the bearer token when one is
-//! configured, like gRPC queries.
+//! The aggregator's HTTP endpoint: `/metrics`, `/healthz`, `/readyz` and
+//! `/ready` (open, for kubelet probes, Prometheus and Loki clients), and,
+//! behind the read token like gRPC queries, `/api/v1/agents` (JSON, for the
+//! controller's coverage check) and Loki's read API ([`crate::loki`]).
 
 use std::sync::Arc;
 
@@ -24,17 +24,22 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     /// The token check shared with gRPC.
     pub auth: crate::service::Auth,
+    /// The Loki API's state.
+    pub loki: crate::loki::LokiState,
 }
 
 /// Builds the router.
 pub fn router(state: HttpState) -> axum::Router {
     let api = axum::Router::new()
         .route("/api/v1/agents", get(agents))
+        .merge(crate::loki::router(state.loki.clone()))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), bearer));
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
+        .route("/ready", get(|| async { "ready\n" }))
+        .merge(crate::web::router())
         .merge(api)
         .with_state(state)
 }

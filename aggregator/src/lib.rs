@@ -11,11 +11,14 @@ pub mod http;
 pub mod identity;
 pub mod index;
 pub mod ingest;
+pub mod logql;
+pub mod loki;
 pub mod metrics;
 pub mod query;
 pub mod service;
 pub mod store;
 pub mod transport;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -185,6 +188,10 @@ pub async fn run_on(
         shared: shared.clone(),
         registry: Arc::new(registry),
         auth: read_auth.clone(),
+        loki: loki::LokiState {
+            shared: shared.clone(),
+            timeout: cfg.query_timeout,
+        },
     });
     let http_listener = listeners.http;
     match http_tls {

@@ -41,6 +41,21 @@ pub enum Label {
     Stream,
 }
 
+impl Label {
+    /// The label's name in queries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Label::Node => "node",
+            Label::Namespace => "namespace",
+            Label::Pod => "pod",
+            Label::PodUid => "pod_uid",
+            Label::Container => "container",
+            Label::Restart => "restart",
+            Label::Stream => "stream",
+        }
+    }
+}
+
 /// How a matcher compares.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -76,6 +91,16 @@ pub enum Filter {
     NotMatches(regex::bytes::Regex),
 }
 
+/// A stage after the line filters that changes the labels a line is
+/// reported with, not which lines match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelStage {
+    /// `| drop a, b`: report the line without these labels.
+    Drop(Vec<String>),
+    /// `| keep a, b`: report the line with these labels only.
+    Keep(Vec<String>),
+}
+
 /// A parsed query.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
@@ -83,6 +108,8 @@ pub struct Query {
     pub matchers: Vec<Matcher>,
     /// Line filters, all of which must hold.
     pub filters: Vec<Filter>,
+    /// Label stages, in order.
+    pub label_stages: Vec<LabelStage>,
 }
 
 /// A query that could not be run.
@@ -105,6 +132,9 @@ pub enum QueryError {
     /// The client went away.
     #[error("query cancelled")]
     Cancelled,
+    /// A metric query could not be evaluated.
+    #[error(transparent)]
+    Eval(#[from] crate::logql::eval::EvalError),
 }
 
 /// When a running query must stop early.
@@ -128,26 +158,28 @@ impl Control {
     }
 }
 
-struct Parser<'a> {
-    s: &'a str,
-    pos: usize,
+/// A LogQL tokenizer over one query string, shared with
+/// [`crate::logql`], which parses metric queries around log queries.
+pub(crate) struct Parser<'a> {
+    pub(crate) s: &'a str,
+    pub(crate) pos: usize,
 }
 
 impl<'a> Parser<'a> {
-    fn err<T>(&self, msg: impl Into<String>) -> Result<T, QueryError> {
+    pub(crate) fn err<T>(&self, msg: impl Into<String>) -> Result<T, QueryError> {
         Err(QueryError::Parse {
             pos: self.pos,
             msg: msg.into(),
         })
     }
 
-    fn ws(&mut self) {
+    pub(crate) fn ws(&mut self) {
         while self.s[self.pos..].starts_with(|c: char| c.is_whitespace()) {
             self.pos += self.s[self.pos..].chars().next().map_or(1, char::len_utf8);
         }
     }
 
-    fn eat(&mut self, tok: &str) -> bool {
+    pub(crate) fn eat(&mut self, tok: &str) -> bool {
         self.ws();
         if self.s[self.pos..].starts_with(tok) {
             self.pos += tok.len();
@@ -157,7 +189,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn ident(&mut self) -> Result<&'a str, QueryError> {
+    pub(crate) fn ident(&mut self) -> Result<&'a str, QueryError> {
         self.ws();
         let rest = &self.s[self.pos..];
         let n = rest
@@ -170,7 +202,7 @@ impl<'a> Parser<'a> {
         Ok(&rest[..n])
     }
 
-    fn string(&mut self) -> Result<String, QueryError> {
+    pub(crate) fn string(&mut self) -> Result<String, QueryError> {
         self.ws();
         let rest = &self.s[self.pos..];
         if let Some(raw) = rest.strip_prefix('`') {
@@ -209,11 +241,11 @@ impl<'a> Parser<'a> {
         self.err("unterminated \"string\"")
     }
 
-    fn regex(&self, pat: &str) -> Result<Regex, QueryError> {
+    pub(crate) fn regex(&self, pat: &str) -> Result<Regex, QueryError> {
         Regex::new(&format!("^(?:{pat})$")).map_err(|e| self.bad_regex(pat, &e))
     }
 
-    fn bad_regex(&self, pat: &str, e: &dyn std::fmt::Display) -> QueryError {
+    pub(crate) fn bad_regex(&self, pat: &str, e: &dyn std::fmt::Display) -> QueryError {
         // The regex crate draws a multi-line caret diagram; its last line
         // says what is wrong, which is what fits an error line.
         let text = e.to_string();
@@ -235,6 +267,21 @@ impl<'a> Parser<'a> {
 /// Parses a query.
 pub fn parse(s: &str) -> Result<Query, QueryError> {
     let mut p = Parser { s, pos: 0 };
+    let q = parse_log(&mut p)?;
+    p.ws();
+    if p.pos != s.len() {
+        return p.err(
+            "expected a line filter (|= \"text\", != \"text\", |~ \"regex\", !~ \"regex\") or | drop / | keep",
+        );
+    }
+    Ok(q)
+}
+
+/// Parses a log query (selector, line filters, label stages) up to the end
+/// of the input or to a `[` or `)` that belongs to an enclosing metric
+/// query.
+pub(crate) fn parse_log(p: &mut Parser<'_>) -> Result<Query, QueryError> {
+    let s = p.s;
     let mut q = Query::default();
     if !p.eat("{") {
         return p.err("a query starts with a selector such as {namespace=\"default\"}");
@@ -283,7 +330,7 @@ pub fn parse(s: &str) -> Result<Query, QueryError> {
     }
     loop {
         p.ws();
-        if p.pos == s.len() {
+        if p.pos == s.len() || s[p.pos..].starts_with(['[', ')']) {
             break;
         }
         let f = if p.eat("|=") {
@@ -291,17 +338,43 @@ pub fn parse(s: &str) -> Result<Query, QueryError> {
         } else if p.eat("!=") {
             Filter::NotContains(memmem::Finder::new(p.string()?.as_bytes()).into_owned())
         } else if p.eat("|~") {
-            Filter::Matches(byte_regex(&mut p)?)
+            Filter::Matches(byte_regex(p)?)
         } else if p.eat("!~") {
-            Filter::NotMatches(byte_regex(&mut p)?)
+            Filter::NotMatches(byte_regex(p)?)
+        } else if p.eat("|") {
+            let at = p.pos;
+            let stage = match p.ident() {
+                Ok("drop") => LabelStage::Drop(label_list(p)?),
+                Ok("keep") => LabelStage::Keep(label_list(p)?),
+                _ => {
+                    p.pos = at;
+                    return p.err(
+                        "unsupported pipeline stage; supported are the line filters |= \"text\", != \"text\", |~ \"regex\", !~ \"regex\" and | drop, | keep",
+                    );
+                }
+            };
+            q.label_stages.push(stage);
+            continue;
         } else {
             return p.err(
                 "expected a line filter: |= \"text\", != \"text\", |~ \"regex\" or !~ \"regex\"",
             );
         };
+        if !q.label_stages.is_empty() {
+            return p.err("line filters go before | drop and | keep");
+        }
         q.filters.push(f);
     }
     Ok(q)
+}
+
+/// `a, b, c` after `drop` or `keep`.
+fn label_list(p: &mut Parser<'_>) -> Result<Vec<String>, QueryError> {
+    let mut out = vec![p.ident()?.to_owned()];
+    while p.eat(",") {
+        out.push(p.ident()?.to_owned());
+    }
+    Ok(out)
 }
 
 fn byte_regex(p: &mut Parser<'_>) -> Result<regex::bytes::Regex, QueryError> {
@@ -318,7 +391,8 @@ fn stream_name(s: i32) -> &'static str {
 }
 
 impl Op {
-    fn test(&self, v: &str) -> bool {
+    /// Whether a value passes.
+    pub fn test(&self, v: &str) -> bool {
         match self {
             Op::Eq(x) => v == x,
             Op::Ne(x) => v != x,
@@ -365,6 +439,56 @@ impl Query {
                 Filter::Matches(r) => r.is_match(line),
                 Filter::NotMatches(r) => !r.is_match(line),
             })
+    }
+}
+
+/// The labels of lines: a stream's, as Loki clients see them.
+pub const LABEL_NAMES: [&str; 7] = [
+    "container",
+    "namespace",
+    "node",
+    "pod",
+    "pod_uid",
+    "restart",
+    "stream",
+];
+
+/// A line's labels as sorted name/value pairs (empty values left out, as
+/// Loki has no empty labels).
+pub fn label_pairs(node: &str, l: &FileLabels, stream: i32) -> Vec<(String, String)> {
+    let values = [
+        l.container.clone(),
+        l.namespace.clone(),
+        node.to_owned(),
+        l.pod.clone(),
+        l.pod_uid.clone(),
+        l.restart.to_string(),
+        stream_name(stream).to_owned(),
+    ];
+    LABEL_NAMES
+        .iter()
+        .zip(values)
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, v)| ((*n).to_owned(), v))
+        .collect()
+}
+
+impl Query {
+    /// Loki's rule for a selector: at least one matcher that cannot match
+    /// an empty value, so that no query selects every stream by accident.
+    pub fn selects_something(&self) -> bool {
+        self.matchers.iter().any(|m| !m.op.test(""))
+    }
+
+    /// Applies `| drop` and `| keep` to a line's labels.
+    pub fn report_labels(&self, mut labels: Vec<(String, String)>) -> Vec<(String, String)> {
+        for st in &self.label_stages {
+            match st {
+                LabelStage::Drop(names) => labels.retain(|(n, _)| !names.contains(n)),
+                LabelStage::Keep(names) => labels.retain(|(n, _)| names.contains(n)),
+            }
+        }
+        labels
     }
 }
 

@@ -264,7 +264,7 @@ fn shutting_down() -> Status {
 
 fn bad_query(e: QueryError) -> Status {
     match e {
-        QueryError::Parse { .. } => Status::invalid_argument(e.to_string()),
+        QueryError::Parse { .. } | QueryError::Eval(_) => Status::invalid_argument(e.to_string()),
         QueryError::Store(_) => Status::internal(e.to_string()),
         QueryError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         QueryError::Cancelled => Status::cancelled(e.to_string()),

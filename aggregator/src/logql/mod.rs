@@ -1,0 +1,618 @@
+//! LogQL metric queries around the log queries of [`crate::query`]:
+//! range aggregations (`count_over_time`, `rate`, `bytes_over_time`,
+//! `bytes_rate`, `absent_over_time`), vector aggregations (`sum`, `avg`,
+//! `min`, `max`, `count`, `stddev`, `stdvar`, `topk`, `bottomk`, with
+//! `by`/`without`), `vector(n)`, numbers and binary operators.
+//!
+//! Parsing ([`parse`]) and evaluation ([`eval`]) are pure; [`run`] feeds
+//! evaluation from the store. Semantics follow Loki's documentation: a
+//! range covers `(t - range, t]` at every step `t`, vector aggregations
+//! group per step, and a comparison without `bool` filters.
+
+pub mod eval;
+pub mod run;
+
+use std::time::Duration;
+
+use crate::query::{self, Parser, Query, QueryError};
+
+/// A parsed LogQL expression.
+#[derive(Debug, Clone)]
+pub enum Expr {
+    /// A log query: lines.
+    Log(Query),
+    /// A metric query: numbers.
+    Metric(Metric),
+}
+
+/// A range aggregation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeOp {
+    /// Lines in the range.
+    CountOverTime,
+    /// Lines per second.
+    Rate,
+    /// Bytes of line text in the range.
+    BytesOverTime,
+    /// Bytes of line text per second.
+    BytesRate,
+    /// 1 when the range holds no line.
+    AbsentOverTime,
+}
+
+/// A vector aggregation operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorOp {
+    /// Sum.
+    Sum,
+    /// Mean.
+    Avg,
+    /// Minimum.
+    Min,
+    /// Maximum.
+    Max,
+    /// Number of series.
+    Count,
+    /// Population standard deviation.
+    Stddev,
+    /// Population variance.
+    Stdvar,
+    /// The k largest series.
+    Topk,
+    /// The k smallest series.
+    Bottomk,
+}
+
+/// `by (...)` or `without (...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grouping {
+    /// Keep only these labels.
+    By(Vec<String>),
+    /// Drop these labels.
+    Without(Vec<String>),
+}
+
+/// A binary operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    /// `+`
+    Add,
+    /// `-`
+    Sub,
+    /// `*`
+    Mul,
+    /// `/`
+    Div,
+    /// `%`
+    Mod,
+    /// `^`
+    Pow,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+}
+
+impl BinOp {
+    fn is_comparison(self) -> bool {
+        matches!(
+            self,
+            BinOp::Eq | BinOp::Ne | BinOp::Gt | BinOp::Ge | BinOp::Lt | BinOp::Le
+        )
+    }
+
+    /// Applies the operator; comparisons give 1 or 0.
+    pub fn apply(self, a: f64, b: f64) -> f64 {
+        let t = |c: bool| if c { 1.0 } else { 0.0 };
+        match self {
+            BinOp::Add => a + b,
+            BinOp::Sub => a - b,
+            BinOp::Mul => a * b,
+            BinOp::Div => a / b,
+            BinOp::Mod => a % b,
+            BinOp::Pow => a.powf(b),
+            BinOp::Eq => t(a == b),
+            BinOp::Ne => t(a != b),
+            BinOp::Gt => t(a > b),
+            BinOp::Ge => t(a >= b),
+            BinOp::Lt => t(a < b),
+            BinOp::Le => t(a <= b),
+        }
+    }
+}
+
+/// A range aggregation over a log query.
+#[derive(Debug, Clone)]
+pub struct RangeAgg {
+    /// The function.
+    pub op: RangeOp,
+    /// The lines it counts.
+    pub query: Query,
+    /// The range, ns.
+    pub range: i64,
+    /// `offset`, ns: the window ends this long before each step.
+    pub offset: i64,
+}
+
+/// A metric expression.
+#[derive(Debug, Clone)]
+pub enum Metric {
+    /// A number.
+    Scalar(f64),
+    /// `vector(n)`: one series without labels.
+    Vector(f64),
+    /// A range aggregation.
+    Range(RangeAgg),
+    /// A vector aggregation.
+    Aggregate {
+        /// The operator.
+        op: VectorOp,
+        /// `by`/`without`; `None`: everything in one group.
+        grouping: Option<Grouping>,
+        /// k of `topk`/`bottomk`.
+        param: Option<usize>,
+        /// What it aggregates.
+        inner: Box<Metric>,
+    },
+    /// A binary operation.
+    Binary {
+        /// The operator.
+        op: BinOp,
+        /// `bool` after a comparison: give 0/1 instead of filtering.
+        bool_modifier: bool,
+        /// Left side.
+        lhs: Box<Metric>,
+        /// Right side.
+        rhs: Box<Metric>,
+    },
+}
+
+impl Metric {
+    /// The range aggregations in this expression, left to right.
+    pub fn ranges(&self) -> Vec<&RangeAgg> {
+        let mut out = Vec::new();
+        self.walk(&mut out);
+        out
+    }
+
+    fn walk<'a>(&'a self, out: &mut Vec<&'a RangeAgg>) {
+        match self {
+            Metric::Scalar(_) | Metric::Vector(_) => {}
+            Metric::Range(r) => out.push(r),
+            Metric::Aggregate { inner, .. } => inner.walk(out),
+            Metric::Binary { lhs, rhs, .. } => {
+                lhs.walk(out);
+                rhs.walk(out);
+            }
+        }
+    }
+}
+
+/// Parses a LogQL expression: a log query, or a metric query.
+pub fn parse(s: &str) -> Result<Expr, QueryError> {
+    let mut p = Parser { s, pos: 0 };
+    p.ws();
+    if s[p.pos..].starts_with('{') {
+        return query::parse(s).map(Expr::Log);
+    }
+    let m = binary(&mut p, 0)?;
+    p.ws();
+    if p.pos != s.len() {
+        return p.err("unexpected text after the expression");
+    }
+    Ok(Expr::Metric(m))
+}
+
+/// Operators by precedence level (lowest first), as in PromQL.
+const LEVELS: [&[(&str, BinOp)]; 4] = [
+    &[
+        ("==", BinOp::Eq),
+        ("!=", BinOp::Ne),
+        (">=", BinOp::Ge),
+        ("<=", BinOp::Le),
+        (">", BinOp::Gt),
+        ("<", BinOp::Lt),
+    ],
+    &[("+", BinOp::Add), ("-", BinOp::Sub)],
+    &[("*", BinOp::Mul), ("/", BinOp::Div), ("%", BinOp::Mod)],
+    &[("^", BinOp::Pow)],
+];
+
+fn binary(p: &mut Parser<'_>, level: usize) -> Result<Metric, QueryError> {
+    if level == LEVELS.len() {
+        return unary(p);
+    }
+    let mut lhs = binary(p, level + 1)?;
+    'outer: loop {
+        for &(tok, op) in LEVELS[level] {
+            if p.eat(tok) {
+                let bool_modifier = op.is_comparison() && eat_word(p, "bool");
+                // `^` is right-associative.
+                let rhs = if op == BinOp::Pow {
+                    binary(p, level)?
+                } else {
+                    binary(p, level + 1)?
+                };
+                lhs = Metric::Binary {
+                    op,
+                    bool_modifier,
+                    lhs: Box::new(lhs),
+                    rhs: Box::new(rhs),
+                };
+                continue 'outer;
+            }
+        }
+        return Ok(lhs);
+    }
+}
+
+/// Eats `word` when it stands alone (not the start of a longer name).
+fn eat_word(p: &mut Parser<'_>, word: &str) -> bool {
+    p.ws();
+    let rest = &p.s[p.pos..];
+    if rest.starts_with(word)
+        && !rest[word.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+    {
+        p.pos += word.len();
+        true
+    } else {
+        false
+    }
+}
+
+fn unary(p: &mut Parser<'_>) -> Result<Metric, QueryError> {
+    if p.eat("-") {
+        // As in PromQL, `^` binds tighter than a sign: -2 ^ 2 is -4.
+        let inner = binary(p, LEVELS.len() - 1)?;
+        return Ok(match inner {
+            Metric::Scalar(v) => Metric::Scalar(-v),
+            other => Metric::Binary {
+                op: BinOp::Mul,
+                bool_modifier: false,
+                lhs: Box::new(Metric::Scalar(-1.0)),
+                rhs: Box::new(other),
+            },
+        });
+    }
+    if p.eat("+") {
+        return unary(p);
+    }
+    primary(p)
+}
+
+fn number(p: &mut Parser<'_>) -> Option<f64> {
+    p.ws();
+    let rest = &p.s[p.pos..];
+    let n = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E'))
+        .unwrap_or(rest.len());
+    if n == 0 || !rest.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let v = rest[..n].parse::<f64>().ok()?;
+    p.pos += n;
+    Some(v)
+}
+
+fn primary(p: &mut Parser<'_>) -> Result<Metric, QueryError> {
+    p.ws();
+    if p.eat("(") {
+        let m = binary(p, 0)?;
+        if !p.eat(")") {
+            return p.err("expected )");
+        }
+        return Ok(m);
+    }
+    if let Some(v) = number(p) {
+        return Ok(Metric::Scalar(v));
+    }
+    if p.s[p.pos..].starts_with('{') {
+        return p.err("a log query cannot be part of a metric query; wrap it in a range aggregation such as count_over_time({...}[5m])");
+    }
+    let at = p.pos;
+    let name = p.ident()?;
+    let range_op = match name {
+        "count_over_time" => Some(RangeOp::CountOverTime),
+        "rate" => Some(RangeOp::Rate),
+        "bytes_over_time" => Some(RangeOp::BytesOverTime),
+        "bytes_rate" => Some(RangeOp::BytesRate),
+        "absent_over_time" => Some(RangeOp::AbsentOverTime),
+        _ => None,
+    };
+    if let Some(op) = range_op {
+        return range_agg(p, op);
+    }
+    let vector_op = match name {
+        "sum" => Some(VectorOp::Sum),
+        "avg" => Some(VectorOp::Avg),
+        "min" => Some(VectorOp::Min),
+        "max" => Some(VectorOp::Max),
+        "count" => Some(VectorOp::Count),
+        "stddev" => Some(VectorOp::Stddev),
+        "stdvar" => Some(VectorOp::Stdvar),
+        "topk" => Some(VectorOp::Topk),
+        "bottomk" => Some(VectorOp::Bottomk),
+        _ => None,
+    };
+    if let Some(op) = vector_op {
+        return vector_agg(p, op);
+    }
+    if name == "vector" {
+        if !p.eat("(") {
+            return p.err("expected ( after vector");
+        }
+        let Some(v) = number(p) else {
+            return p.err("vector() takes a number");
+        };
+        if !p.eat(")") {
+            return p.err("expected )");
+        }
+        return Ok(Metric::Vector(v));
+    }
+    p.pos = at;
+    p.err(format!(
+        "unknown function {name:?}; supported: count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, sum, avg, min, max, count, stddev, stdvar, topk, bottomk, vector"
+    ))
+}
+
+fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, QueryError> {
+    if !p.eat("(") {
+        return p.err("expected (");
+    }
+    p.ws();
+    let query = query::parse_log(p)?;
+    if !p.eat("[") {
+        return p.err("expected a range such as [5m] after the log query");
+    }
+    let range = duration(p)?;
+    if !p.eat("]") {
+        return p.err("expected ]");
+    }
+    let offset = if eat_word(p, "offset") {
+        duration(p)?
+    } else {
+        0
+    };
+    if !p.eat(")") {
+        return p.err("expected )");
+    }
+    Ok(Metric::Range(RangeAgg {
+        op,
+        query,
+        range,
+        offset,
+    }))
+}
+
+fn grouping(p: &mut Parser<'_>) -> Result<Option<Grouping>, QueryError> {
+    let by = if eat_word(p, "by") {
+        true
+    } else if eat_word(p, "without") {
+        false
+    } else {
+        return Ok(None);
+    };
+    if !p.eat("(") {
+        return p.err("expected ( after by/without");
+    }
+    let mut labels = Vec::new();
+    if !p.eat(")") {
+        loop {
+            labels.push(p.ident()?.to_owned());
+            if p.eat(")") {
+                break;
+            }
+            if !p.eat(",") {
+                return p.err("expected , or )");
+            }
+        }
+    }
+    Ok(Some(if by {
+        Grouping::By(labels)
+    } else {
+        Grouping::Without(labels)
+    }))
+}
+
+fn vector_agg(p: &mut Parser<'_>, op: VectorOp) -> Result<Metric, QueryError> {
+    let before = grouping(p)?;
+    if !p.eat("(") {
+        return p.err("expected (");
+    }
+    let param = if matches!(op, VectorOp::Topk | VectorOp::Bottomk) {
+        let Some(k) = number(p) else {
+            return p.err("topk and bottomk take a number first: topk(5, ...)");
+        };
+        if k < 1.0 || k.fract() != 0.0 {
+            return p.err("k must be a positive integer");
+        }
+        if !p.eat(",") {
+            return p.err("expected ,");
+        }
+        Some(k as usize)
+    } else {
+        None
+    };
+    let inner = binary(p, 0)?;
+    if !p.eat(")") {
+        return p.err("expected )");
+    }
+    let after = grouping(p)?;
+    if before.is_some() && after.is_some() {
+        return p.err("by/without given twice");
+    }
+    Ok(Metric::Aggregate {
+        op,
+        grouping: before.or(after),
+        param,
+        inner: Box::new(inner),
+    })
+}
+
+/// A Prometheus-style duration: `5m`, `1h30m`, `250ms`, `2d`.
+fn duration(p: &mut Parser<'_>) -> Result<i64, QueryError> {
+    p.ws();
+    let rest = &p.s[p.pos..];
+    let n = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.'))
+        .unwrap_or(rest.len());
+    match parse_duration(&rest[..n]) {
+        Some(d) if d > 0 => {
+            p.pos += n;
+            Ok(d)
+        }
+        _ => p.err(format!(
+            "bad duration {:?}: use a number and a unit (ms, s, m, h, d, w, y), such as 5m",
+            &rest[..n]
+        )),
+    }
+}
+
+/// Parses `1h30m`, `5m`, `0.5s`, `250ms` into ns; `None` when malformed.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        if n == 0 {
+            return None;
+        }
+        let v: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "d" => 86400e9,
+            "w" => 7.0 * 86400e9,
+            "y" => 365.0 * 86400e9,
+            _ => return None,
+        };
+        rest = &rest[u..];
+        total += v * unit;
+    }
+    (total.is_finite() && total < i64::MAX as f64).then_some(total as i64)
+}
+
+/// Parses a duration for an HTTP parameter: a LogQL duration, or a number
+/// of seconds (`step=15`, `step=0.5`).
+pub fn parse_step(s: &str) -> Option<Duration> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    parse_duration(s)
+        .filter(|&ns| ns > 0)
+        .map(|ns| Duration::from_nanos(ns as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(s: &str) -> Metric {
+        match parse(s).unwrap_or_else(|e| panic!("{s}: {e}")) {
+            Expr::Metric(m) => m,
+            Expr::Log(_) => panic!("{s}: parsed as a log query"),
+        }
+    }
+
+    #[test]
+    fn grafana_queries_parse() {
+        // The data source's health check.
+        match metric("vector(1)+vector(1)") {
+            Metric::Binary { op: BinOp::Add, .. } => {}
+            m => panic!("{m:?}"),
+        }
+        // Explore's log-volume query.
+        match metric(
+            r#"sum by (level, detected_level) (count_over_time({namespace="a"} | drop __error__[1m]))"#,
+        ) {
+            Metric::Aggregate {
+                op: VectorOp::Sum,
+                grouping: Some(Grouping::By(l)),
+                inner,
+                ..
+            } => {
+                assert_eq!(l, ["level", "detected_level"]);
+                match *inner {
+                    Metric::Range(r) => {
+                        assert_eq!(r.op, RangeOp::CountOverTime);
+                        assert_eq!(r.range, 60_000_000_000);
+                        assert_eq!(
+                            r.query.label_stages,
+                            [query::LabelStage::Drop(vec!["__error__".into()])]
+                        );
+                    }
+                    m => panic!("{m:?}"),
+                }
+            }
+            m => panic!("{m:?}"),
+        }
+        match metric(r#"topk(3, sum(rate({pod=~"a.+"} |= "x" [5m] offset 1h)) without (node))"#) {
+            Metric::Aggregate {
+                op: VectorOp::Topk,
+                param: Some(3),
+                ..
+            } => {}
+            m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn precedence_and_associativity() {
+        let eval =
+            |s: &str| eval::constant(&metric(s)).unwrap_or_else(|| panic!("{s}: not constant"));
+        assert_eq!(eval("1 + 2 * 3"), 7.0);
+        assert_eq!(eval("(1 + 2) * 3"), 9.0);
+        assert_eq!(eval("2 ^ 3 ^ 2"), 512.0);
+        assert_eq!(eval("10 - 4 - 3"), 3.0);
+        assert_eq!(eval("-2 ^ 2"), -4.0);
+        assert_eq!(eval("1 < bool 2"), 1.0);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h30m"), Some(5_400_000_000_000));
+        assert_eq!(parse_duration("250ms"), Some(250_000_000));
+        assert_eq!(parse_duration("0.5s"), Some(500_000_000));
+        assert_eq!(parse_duration("5minutes"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_step("15"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_step("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_step("0"), None);
+    }
+
+    #[test]
+    fn bad_metric_queries_say_why() {
+        for (q, want) in [
+            ("rate({pod=\"a\"})", "expected a range"),
+            ("rate({pod=\"a\"}[5minutes])", "bad duration"),
+            ("sum(", "expected a label name"),
+            ("topk(x, vector(1))", "take a number"),
+            ("frobnicate(vector(1))", "unknown function"),
+            ("vector(1) +", "expected a label name"),
+            ("sum by (a) (vector(1)) by (b)", "twice"),
+            ("{pod=\"a\"} | json", "unsupported pipeline stage"),
+        ] {
+            let err = parse(q).unwrap_err().to_string();
+            assert!(err.contains(want), "{q:?}: {err}");
+        }
+    }
+}

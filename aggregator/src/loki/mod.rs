@@ -1,0 +1,375 @@
+//! Loki's HTTP read API on the aggregator's HTTP port, so that Grafana's
+//! Loki data source, logcli and other Loki clients read logfleet's store:
+//! `query_range`, `query`, `labels`, `label/<name>/values`, `series` and
+//! `status/buildinfo` under `/loki/api/v1`. Parameters, result envelopes,
+//! error texts and status codes follow Loki's HTTP API documentation;
+//! [`params`] holds that pure part, this module the handlers.
+//!
+//! Single tenant: `X-Scope-OrgID` is accepted and ignored. The read token
+//! guards these routes like the gRPC queries (see [`crate::http`]).
+
+pub mod params;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{json, Value as Json};
+
+use crate::ingest::Shared;
+use crate::logql::{self, eval::Steps, Expr};
+use crate::query::{self, Bounds, Control, QueryError};
+use params::{ParamError, Params, RangeRequest};
+
+/// The Loki release whose HTTP API this follows; reported by `buildinfo`,
+/// where Grafana reads which features it may use.
+pub const LOKI_API_VERSION: &str = "3.0.0";
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct LokiState {
+    /// The store.
+    pub shared: Arc<Shared>,
+    /// A query stops after this long.
+    pub timeout: Duration,
+}
+
+/// The routes, for merging into the aggregator's HTTP router (behind its
+/// read-token check).
+pub fn router<S: Clone + Send + Sync + 'static>(state: LokiState) -> axum::Router<S> {
+    axum::Router::new()
+        .route(
+            "/loki/api/v1/query_range",
+            get(query_range).post(query_range),
+        )
+        .route("/loki/api/v1/query", get(instant).post(instant))
+        .route("/loki/api/v1/labels", get(labels).post(labels))
+        .route(
+            "/loki/api/v1/label/{name}/values",
+            get(label_values).post(label_values),
+        )
+        .route("/loki/api/v1/series", get(series).post(series))
+        .route("/loki/api/v1/status/buildinfo", get(buildinfo))
+        .with_state(state)
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now()
+        .timestamp_nanos_opt()
+        .unwrap_or(i64::MAX / 2)
+}
+
+/// A request the API cannot serve: Loki answers with a status and a
+/// plain-text reason.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    msg: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{}\n", self.msg),
+        )
+            .into_response()
+    }
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        msg: msg.into(),
+    }
+}
+
+impl From<ParamError> for ApiError {
+    fn from(e: ParamError) -> Self {
+        error(StatusCode::BAD_REQUEST, e.0)
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        query_error(e)
+    }
+}
+
+fn query_error(e: QueryError) -> ApiError {
+    match e {
+        QueryError::Parse { pos, msg } => error(
+            StatusCode::BAD_REQUEST,
+            format!("parse error at line 1, col {}: {msg}", pos + 1),
+        ),
+        QueryError::Eval(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        QueryError::Timeout(_) => error(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        // 499: client closed request, as Loki reports a cancelled query.
+        QueryError::Cancelled => error(
+            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            e.to_string(),
+        ),
+        QueryError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Loki's text when a selector could select every stream.
+pub const EMPTY_SELECTOR: &str = "parse error : queries require at least one regexp or equality matcher that does not have an empty-compatible value. For instance, app=~\".*\" does not meet this requirement, but app=~\".+\" will";
+
+fn success(data: Json) -> Response {
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+fn parse_expr(text: &str) -> Result<Expr, ApiError> {
+    let e = logql::parse(text)?;
+    let selectors: Vec<&query::Query> = match &e {
+        Expr::Log(q) => vec![q],
+        Expr::Metric(m) => m.ranges().into_iter().map(|r| &r.query).collect(),
+    };
+    if selectors.iter().any(|q| !q.selects_something()) {
+        return Err(error(StatusCode::BAD_REQUEST, EMPTY_SELECTOR));
+    }
+    Ok(e)
+}
+
+/// Runs blocking store work off the async threads, with the deadline.
+async fn blocking<T: Send + 'static>(
+    st: &LokiState,
+    f: impl FnOnce(&Shared, &Control) -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let shared = st.shared.clone();
+    let ctl = Control {
+        cancelled: Default::default(),
+        deadline: Some((std::time::Instant::now() + st.timeout, st.timeout)),
+    };
+    match tokio::task::spawn_blocking(move || f(&shared, &ctl)).await {
+        Ok(r) => r.map_err(query_error),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+fn stats(started: std::time::Instant, entries: usize) -> Json {
+    json!({"summary": {
+        "execTime": started.elapsed().as_secs_f64(),
+        "totalEntriesReturned": entries,
+    }})
+}
+
+/// The lines of a log query in the order asked for, with their labels
+/// after `| drop` and `| keep`.
+fn log_lines(
+    shared: &Shared,
+    q: &query::Query,
+    r: &RangeRequest,
+    ctl: &Control,
+) -> Result<Vec<(logql::eval::Labels, i64, String)>, QueryError> {
+    let bounds = Bounds {
+        from: Some(r.start),
+        to: Some(r.end),
+        limit: r.limit,
+        direction: r.direction,
+    };
+    let mut out = Vec::new();
+    query::execute_into(shared, q, bounds, ctl, &mut |e| {
+        let labels = q.report_labels(query::label_pairs(
+            &e.node,
+            &e.labels.clone().unwrap_or_default(),
+            e.stream,
+        ));
+        out.push((
+            labels,
+            e.ts_unix_nano,
+            String::from_utf8_lossy(&e.line).into_owned(),
+        ));
+        true
+    })?;
+    Ok(out)
+}
+
+async fn query_range(
+    State(st): State<LokiState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let p = Params::new(raw.as_deref(), &body);
+    let r = params::range_request(&p, now_ns())?;
+    Ok(match parse_expr(&r.query)? {
+        Expr::Log(q) => {
+            let req = r.clone();
+            let lines = blocking(&st, move |shared, ctl| log_lines(shared, &q, &req, ctl)).await?;
+            let n = lines.len();
+            success(json!({
+                "resultType": "streams",
+                "result": params::streams_json(lines),
+                "stats": stats(started, n),
+            }))
+        }
+        Expr::Metric(m) => {
+            let steps = r.steps();
+            let v = blocking(&st, move |shared, ctl| {
+                logql::run::metric(shared, &m, steps, ctl)
+            })
+            .await?;
+            success(json!({
+                "resultType": "matrix",
+                "result": params::matrix_json(v, steps),
+                "stats": stats(started, 0),
+            }))
+        }
+    })
+}
+
+async fn instant(
+    State(st): State<LokiState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let p = Params::new(raw.as_deref(), &body);
+    let t = p
+        .get("time")
+        .map(params::parse_time)
+        .transpose()?
+        .unwrap_or_else(now_ns);
+    let Expr::Metric(m) = parse_expr(p.get("query").unwrap_or(""))? else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "log queries are not supported as an instant query type, please change your query to a range query type",
+        ));
+    };
+    let steps = Steps::instant(t);
+    let v = blocking(&st, move |shared, ctl| {
+        logql::run::metric(shared, &m, steps, ctl)
+    })
+    .await?;
+    let (kind, result) = params::instant_json(v, t);
+    Ok(success(
+        json!({"resultType": kind, "result": result, "stats": stats(started, 0)}),
+    ))
+}
+
+/// The streams (label sets of files) that the `query` or `match[]`
+/// selectors pick; all when there are none.
+fn selected_streams(
+    shared: &Shared,
+    selectors: &[query::Query],
+) -> Result<Vec<logql::eval::Labels>, QueryError> {
+    let ix = shared.index.read().map_err(|_| QueryError::Parse {
+        pos: 0,
+        msg: "index unavailable".into(),
+    })?;
+    let mut out: Vec<logql::eval::Labels> = ix
+        .streams
+        .all()
+        .iter()
+        .filter(|s| {
+            selectors.is_empty() || selectors.iter().any(|q| q.matches_file(&s.node, &s.labels))
+        })
+        .map(|s| {
+            // A file's stream label is per line: leave it out here.
+            query::label_pairs(&s.node, &s.labels, 0)
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn selectors(p: &Params, key: &str) -> Result<Vec<query::Query>, ApiError> {
+    Ok(p.all(key)
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(query::parse)
+        .collect::<Result<_, _>>()?)
+}
+
+async fn labels(
+    State(st): State<LokiState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw.as_deref(), &body);
+    let sel = selectors(&p, "query")?;
+    let streams = blocking(&st, move |shared, _| selected_streams(shared, &sel)).await?;
+    let mut names: Vec<&str> = streams
+        .iter()
+        .flat_map(|l| l.iter().map(|(n, _)| n.as_str()))
+        .collect();
+    if !streams.is_empty() {
+        names.push("stream");
+    }
+    names.sort_unstable();
+    names.dedup();
+    Ok(success(json!(names)))
+}
+
+async fn label_values(
+    State(st): State<LokiState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw.as_deref(), &body);
+    let sel = selectors(&p, "query")?;
+    let streams = blocking(&st, move |shared, _| selected_streams(shared, &sel)).await?;
+    let mut values: Vec<String> = if name == "stream" {
+        // Per line, not per file: the values a line can have.
+        if streams.is_empty() {
+            Vec::new()
+        } else {
+            vec!["stderr".into(), "stdout".into()]
+        }
+    } else {
+        streams
+            .into_iter()
+            .flat_map(|l| l.into_iter().filter(|(n, _)| *n == name).map(|(_, v)| v))
+            .collect()
+    };
+    values.sort_unstable();
+    values.dedup();
+    Ok(success(json!(values)))
+}
+
+async fn series(
+    State(st): State<LokiState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw.as_deref(), &body);
+    let mut sel = selectors(&p, "match[]")?;
+    sel.extend(selectors(&p, "match")?);
+    if sel
+        .iter()
+        .any(|q| !q.filters.is_empty() || !q.label_stages.is_empty())
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "only label matchers are supported",
+        ));
+    }
+    let streams = blocking(&st, move |shared, _| selected_streams(shared, &sel)).await?;
+    Ok(success(Json::Array(
+        streams
+            .into_iter()
+            .map(|l| Json::Object(l.into_iter().map(|(k, v)| (k, Json::String(v))).collect()))
+            .collect(),
+    )))
+}
+
+async fn buildinfo() -> Response {
+    axum::Json(json!({
+        "version": LOKI_API_VERSION,
+        "revision": concat!("logfleet-", env!("CARGO_PKG_VERSION")),
+        "branch": "logfleet",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+    }))
+    .into_response()
+}

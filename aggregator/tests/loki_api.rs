@@ -1,0 +1,519 @@
+//! Loki's HTTP read API, checked against the request and response shapes of
+//! Loki's HTTP API documentation (grafana.com/docs/loki/latest/reference/
+//! loki-http-api/) and against the gRPC query path over the same data:
+//! envelopes, defaults, errors and status codes, the queries Grafana's Loki
+//! data source sends (its health check and Explore's log-volume query), and
+//! metric results against brute force over the known lines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use logfleet_aggregator::http::{router, HttpState};
+use logfleet_aggregator::ingest::{self, StoreConfig, Writer};
+use logfleet_aggregator::loki::LokiState;
+use logfleet_aggregator::metrics::Metrics;
+use logfleet_aggregator::query::{self, Bounds};
+use logfleet_aggregator::service::Auth;
+use logfleet_proto::v1::{Compression, Direction, FileLabels, FileRange, PushRequest, Stream};
+use logfleet_proto::LinesBuilder;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const S: i64 = 1_000_000_000;
+/// Lines are written at T0 + i seconds.
+const T0: i64 = 1_700_000_000 * S;
+const TOKEN: &str = "read-token";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    shared: Arc<ingest::Shared>,
+    _writer: Writer,
+    app: axum::Router,
+}
+
+/// Two pods on two nodes: pod `web` writes lines 0..60 (one a second,
+/// every third on stderr, every fifth an error), pod `db` lines 0..30.
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        data_dir: dir.path().to_owned(),
+        segment_bytes: 1 << 30,
+        segment_age: Duration::from_secs(3600),
+        retention_age: None,
+        retention_bytes: None,
+        zstd_level: 1,
+    };
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let (shared, writer) = ingest::open(cfg, metrics.clone()).unwrap();
+    for (node, pod, n) in [("node-a", "web", 60u64), ("node-b", "db", 30)] {
+        writer
+            .push(push(node, pod, n), Default::default())
+            .await
+            .unwrap();
+    }
+    let app = router(HttpState {
+        shared: shared.clone(),
+        registry: Arc::new(registry),
+        auth: Auth::new(Some(TOKEN.into()), "read", metrics),
+        loki: LokiState {
+            shared: shared.clone(),
+            timeout: Duration::from_secs(30),
+        },
+    });
+    Fixture {
+        _dir: dir,
+        shared,
+        _writer: writer,
+        app,
+    }
+}
+
+fn line(pod: &str, i: u64) -> String {
+    if i.is_multiple_of(5) {
+        format!("level=error pod={pod} n={i} failed")
+    } else {
+        format!("level=info pod={pod} n={i} ok")
+    }
+}
+
+fn push(node: &str, pod: &str, n: u64) -> PushRequest {
+    let mut b = LinesBuilder::default();
+    let mut off = 0;
+    for i in 0..n {
+        let text = line(pod, i);
+        let stream = if i.is_multiple_of(3) {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        b.push(0, T0 + i as i64 * S, off, stream as i32, 0, text.as_bytes());
+        off += text.len() as u64 + 1;
+    }
+    let (payload, raw_len) =
+        logfleet_proto::encode_payload(&b.finish(), Compression::Zstd, 1).unwrap();
+    PushRequest {
+        node: node.into(),
+        compression: Compression::Zstd as i32,
+        raw_len,
+        ranges: vec![FileRange {
+            file_id: 1,
+            labels: Some(FileLabels {
+                namespace: "shop".into(),
+                pod: pod.into(),
+                pod_uid: format!("uid-{pod}"),
+                container: "app".into(),
+                restart: 0,
+            }),
+            start: 0,
+            end: off,
+            lines_end: 0,
+        }],
+        payload,
+    }
+}
+
+/// GET `path?query` with the token; status and body.
+async fn get(app: &axum::Router, path: &str, params: &[(&str, &str)]) -> (StatusCode, String) {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let uri = if q.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{q}")
+    };
+    send(
+        app,
+        Request::get(uri)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("x-scope-orgid", "tenant-1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+}
+
+async fn send(app: &axum::Router, req: Request<Body>) -> (StatusCode, String) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn get_json(app: &axum::Router, path: &str, params: &[(&str, &str)]) -> Value {
+    let (status, body) = get(app, path, params).await;
+    assert_eq!(status, StatusCode::OK, "{path} {params:?}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "success", "{body}");
+    v["data"].clone()
+}
+
+fn range(start: i64, end: i64) -> (String, String) {
+    (start.to_string(), end.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_queries_match_the_grpc_path() {
+    let f = fixture().await;
+    let (start, end) = range(T0, T0 + 3600 * S);
+    let q = r#"{namespace="shop"} |= "error""#;
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", q),
+            ("start", &start),
+            ("end", &end),
+            ("limit", "1000"),
+        ],
+    )
+    .await;
+    assert_eq!(data["resultType"], "streams");
+    assert!(data["stats"]["summary"].is_object());
+    // Every (labels, ts, line) the API gives, against the gRPC path's.
+    let mut api: Vec<(String, String, i64, String)> = Vec::new();
+    for s in data["result"].as_array().unwrap() {
+        let labels = &s["stream"];
+        assert_eq!(labels["namespace"], "shop");
+        assert!(labels["stream"] == "stdout" || labels["stream"] == "stderr");
+        let values = s["values"].as_array().unwrap();
+        // Backward by default: newest first within a stream.
+        let ts: Vec<i64> = values
+            .iter()
+            .map(|v| v[0].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(ts.windows(2).all(|w| w[0] >= w[1]), "{ts:?}");
+        for v in values {
+            api.push((
+                labels["pod"].as_str().unwrap().to_owned(),
+                labels["stream"].as_str().unwrap().to_owned(),
+                v[0].as_str().unwrap().parse().unwrap(),
+                v[1].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    let grpc = query::execute(
+        &f.shared,
+        &query::parse(q).unwrap(),
+        Bounds {
+            from: Some(T0),
+            to: Some(T0 + 3600 * S),
+            limit: 1000,
+            direction: Direction::Backward,
+        },
+    )
+    .unwrap();
+    let mut grpc: Vec<(String, String, i64, String)> = grpc
+        .into_iter()
+        .map(|e| {
+            (
+                e.labels.unwrap().pod,
+                if e.stream == Stream::Stderr as i32 {
+                    "stderr"
+                } else {
+                    "stdout"
+                }
+                .to_owned(),
+                e.ts_unix_nano,
+                String::from_utf8(e.line).unwrap(),
+            )
+        })
+        .collect();
+    api.sort();
+    grpc.sort();
+    assert_eq!(api.len(), 12 + 6, "every fifth line of 60 and of 30");
+    assert_eq!(api, grpc);
+
+    // limit and direction: the 5 oldest lines of db, in order.
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", r#"{pod="db"}"#),
+            ("start", &start),
+            ("end", &end),
+            ("limit", "5"),
+            ("direction", "forward"),
+        ],
+    )
+    .await;
+    let mut got: Vec<(i64, String)> = data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap().clone())
+        .map(|v| {
+            (
+                v[0].as_str().unwrap().parse().unwrap(),
+                v[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(i64, String)> = (0..5).map(|i| (T0 + i * S, line("db", i as u64))).collect();
+    assert_eq!(got, want);
+
+    // POST with a form body, times as RFC 3339; `| drop` removes labels.
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("query", r#"{pod="db"} | drop node, pod_uid"#),
+            ("start", "2023-11-14T22:13:20Z"),
+            ("end", "2023-11-14T22:13:22Z"),
+        ])
+        .finish();
+    let (status, text) = send(
+        &f.app,
+        Request::post("/loki/api/v1/query_range")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let result = v["data"]["result"].as_array().unwrap();
+    let n: usize = result
+        .iter()
+        .map(|s| s["values"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(n, 2, "seconds 0 and 1; the end is exclusive: {text}");
+    for s in result {
+        assert!(s["stream"].get("node").is_none() && s["stream"].get("pod_uid").is_none());
+        assert_eq!(s["stream"]["pod"], "db");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metric_queries_match_brute_force() {
+    let f = fixture().await;
+    let (start, end) = range(T0, T0 + 60 * S);
+    // Per pod, lines in (t - 10s, t] every 10 s.
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query_range",
+        &[
+            (
+                "query",
+                r#"sum by (pod) (count_over_time({namespace="shop"}[10s]))"#,
+            ),
+            ("start", &start),
+            ("end", &end),
+            ("step", "10"),
+        ],
+    )
+    .await;
+    assert_eq!(data["resultType"], "matrix");
+    for s in data["result"].as_array().unwrap() {
+        let pod = s["metric"]["pod"].as_str().unwrap();
+        assert_eq!(s["metric"].as_object().unwrap().len(), 1, "{s}");
+        let n: i64 = if pod == "web" { 60 } else { 30 };
+        let mut want = Vec::new();
+        for k in 0..=6 {
+            let t = k * 10;
+            let c = (0..n).filter(|i| *i > t - 10 && *i <= t).count();
+            if c > 0 {
+                want.push(json!([(T0 / S + t) as f64, c.to_string()]));
+            }
+        }
+        assert_eq!(s["values"], Value::Array(want), "{pod}");
+    }
+    // Explore's log-volume query: grouped by labels the lines do not have,
+    // one series without labels.
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query_range",
+        &[
+            (
+                "query",
+                r#"sum by (level, detected_level) (count_over_time({namespace="shop"} | drop __error__[1m]))"#,
+            ),
+            ("start", &start),
+            ("end", &end),
+            ("step", "60s"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        data["result"],
+        json!([{"metric": {}, "values": [[(T0 / S) as f64, "2"], [(T0 / S + 60) as f64, "88"]]}]),
+        "second 0 of both pods, then the 59 + 29 after it"
+    );
+    // rate and bytes_over_time for one stream, as an instant query.
+    let t = (T0 + 59 * S).to_string();
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query",
+        &[
+            ("query", r#"rate({pod="web", stream="stdout"}[20s])"#),
+            ("time", &t),
+        ],
+    )
+    .await;
+    assert_eq!(data["resultType"], "vector");
+    // Seconds 40..=59 not divisible by 3: 14 lines in 20 s.
+    let want = 14.0 / 20.0;
+    assert_eq!(data["result"][0]["value"][1], format!("{want}"));
+    assert_eq!(data["result"][0]["metric"]["stream"], "stdout");
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query",
+        &[
+            ("query", r#"bytes_over_time({pod="db"}[5s])"#),
+            ("time", &(T0 + 4 * S).to_string()),
+        ],
+    )
+    .await;
+    let bytes: usize = (0..5).map(|i| line("db", i).len()).sum();
+    let total: f64 = data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["value"][1].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(total, bytes as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_health_check_labels_series_and_buildinfo() {
+    let f = fixture().await;
+    // The Loki data source's "Save & test".
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query",
+        &[("query", "vector(1)+vector(1)"), ("time", "1700000000")],
+    )
+    .await;
+    assert_eq!(
+        data,
+        json!({"resultType": "vector", "result": [{"metric": {}, "value": [1700000000.0, "2"]}],
+               "stats": data["stats"].clone()})
+    );
+    let data = get_json(&f.app, "/loki/api/v1/labels", &[]).await;
+    assert_eq!(
+        data,
+        json!([
+            "container",
+            "namespace",
+            "node",
+            "pod",
+            "pod_uid",
+            "restart",
+            "stream"
+        ])
+    );
+    let data = get_json(&f.app, "/loki/api/v1/label/pod/values", &[]).await;
+    assert_eq!(data, json!(["db", "web"]));
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/label/node/values",
+        &[("query", r#"{pod="web"}"#)],
+    )
+    .await;
+    assert_eq!(data, json!(["node-a"]));
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/series",
+        &[
+            ("match[]", r#"{pod="db"}"#),
+            ("match[]", r#"{node="nowhere"}"#),
+        ],
+    )
+    .await;
+    assert_eq!(
+        data,
+        json!([{"container": "app", "namespace": "shop", "node": "node-b", "pod": "db",
+                "pod_uid": "uid-db", "restart": "0"}])
+    );
+    let (status, body) = get(&f.app, "/loki/api/v1/status/buildinfo", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(v["version"].as_str().unwrap().starts_with('3'), "{body}");
+    // /ready is open, like Loki's.
+    let (status, body) = send(&f.app, Request::get("/ready").body(Body::empty()).unwrap()).await;
+    assert_eq!((status, body.trim()), (StatusCode::OK, "ready"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_lokis_errors() {
+    let f = fixture().await;
+    for (path, params, status, want) in [
+        (
+            "/loki/api/v1/query_range",
+            vec![("query", "{}")],
+            400,
+            "at least one regexp or equality matcher",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            vec![("query", r#"{pod=~".*"}"#)],
+            400,
+            "empty-compatible",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            vec![("query", r#"{pod="a""#)],
+            400,
+            "parse error at line 1, col",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            vec![("query", r#"rate({pod="a"}[5minutes])"#)],
+            400,
+            "bad duration",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            vec![("query", r#"{pod="a"}"#), ("limit", "100000")],
+            400,
+            "max entries limit",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            vec![("query", r#"{pod="a"}"#), ("start", "later")],
+            400,
+            "invalid time",
+        ),
+        (
+            "/loki/api/v1/query_range",
+            vec![
+                ("query", r#"count_over_time({pod="a"}[1s])"#),
+                ("start", "0"),
+                ("end", "1700000000"),
+                ("step", "1"),
+            ],
+            400,
+            "maximum resolution",
+        ),
+        (
+            "/loki/api/v1/query",
+            vec![("query", r#"{pod="a"}"#)],
+            400,
+            "log queries are not supported as an instant query",
+        ),
+        (
+            "/loki/api/v1/series",
+            vec![("match[]", r#"{pod="a"} |= "x""#)],
+            400,
+            "only label matchers",
+        ),
+    ] {
+        let (got, body) = get(&f.app, path, &params).await;
+        assert_eq!(got.as_u16(), status, "{params:?}: {body}");
+        assert!(body.contains(want), "{params:?}: {body}");
+    }
+    // Without the read token: 401, as for gRPC queries.
+    let (status, _) = send(
+        &f.app,
+        Request::get("/loki/api/v1/labels")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}

@@ -136,6 +136,16 @@ pub async fn start_aggregator_with(
     log: &Path,
     extra: &[&str],
 ) -> Result<(Bg, String, QueryClient<tonic::transport::Channel>)> {
+    let (agg, url, _, c) = start_aggregator_http(data, log, extra).await?;
+    Ok((agg, url, c))
+}
+
+/// [`start_aggregator_with`], also giving the HTTP address.
+pub async fn start_aggregator_http(
+    data: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Result<(Bg, String, String, QueryClient<tonic::transport::Channel>)> {
     let (grpc, http) = (free_port()?, free_port()?);
     let url = format!("http://127.0.0.1:{grpc}");
     let mut args = vec![
@@ -153,7 +163,59 @@ pub async fn start_aggregator_with(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agg = spawn(&args, log)?;
     let c = client(&url).await?;
-    Ok((agg, url, c))
+    Ok((agg, url, format!("127.0.0.1:{http}"), c))
+}
+
+/// A GET over HTTP/1.1 on loopback: status and body.
+pub fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Chunked bodies: the JSON is between the chunk sizes; callers only
+    // look for substrings, so keep the text as it came.
+    Ok((status, body.to_owned()))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Median and max of `n` runs of a Loki API GET, in ms; every run must
+/// answer 200 with a body containing `expect`.
+fn time_loki(http: &str, path: &str, n: usize, expect: &str) -> Result<(f64, f64)> {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let (status, body) = http_get(http, path)?;
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if status != 200 || !body.contains(expect) {
+            bail!(
+                "{path}: {status} {}",
+                body.chars().take(300).collect::<String>()
+            );
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[n / 2], times[n - 1]))
 }
 
 fn free_port() -> Result<u16> {
@@ -311,7 +373,8 @@ impl Write for Counter {
 pub async fn query(dir: &Path, compression: &str) -> Result<()> {
     let w: Workload = serde_json::from_slice(&std::fs::read(dir.join("workload.json"))?)?;
     let data = dir.join(format!("data-{compression}"));
-    let (agg, _, mut c) = start_aggregator(&data, &dir.join("aggregator-query.log")).await?;
+    let (agg, _, http, mut c) =
+        start_aggregator_http(&data, &dir.join("aggregator-query.log"), &[]).await?;
     let pid = agg.0.id();
     // A substring that occurs nowhere: every stored line is scanned.
     for _ in 0..3 {
@@ -342,6 +405,50 @@ pub async fn query(dir: &Path, compression: &str) -> Result<()> {
         "  newest 1,000 lines of one pod: median {:.1} ms, max {:.1} ms (20 pods)",
         times[10], times[19]
     );
+    // The same through Loki's HTTP API, as Grafana asks: the span of the
+    // data, then Explore's log-volume query over all of it (about 250
+    // points, as Grafana's $__auto gives) and the newest 1,000 lines.
+    let edge = |d: Direction| {
+        let mut c = c.clone();
+        async move {
+            let mut s = c
+                .query(QueryRequest {
+                    query: r#"{namespace="bench"}"#.into(),
+                    limit: 1,
+                    direction: d as i32,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let m = s.next().await.context("empty store")??;
+            let e = m.entries.first().context("empty store")?;
+            anyhow::Ok(e.ts_unix_nano)
+        }
+    };
+    let (first, last) = (
+        edge(Direction::Forward).await?,
+        edge(Direction::Backward).await? + 1,
+    );
+    let step_s = ((last - first) / 250 / 1_000_000_000).max(1);
+    let volume = format!(
+        "/loki/api/v1/query_range?query={}&start={first}&end={last}&step={step_s}",
+        urlencode(&format!(
+            r#"sum by (level, detected_level) (count_over_time({{namespace="bench"}} | drop __error__ [{step_s}s]))"#
+        )),
+    );
+    let (med, max) = tokio::task::spawn_blocking({
+        let http = http.clone();
+        move || time_loki(&http, &volume, 5, "\"matrix\"")
+    })
+    .await??;
+    println!("  Loki API, Grafana's log-volume query over the whole store ({step_s} s steps): median {med:.0} ms, max {max:.0} ms (5 runs)");
+    let newest = format!(
+        "/loki/api/v1/query_range?query={}&start={first}&end={last}&limit=1000&direction=backward",
+        urlencode(r#"{pod="app-7"}"#),
+    );
+    let (med, max) =
+        tokio::task::spawn_blocking(move || time_loki(&http, &newest, 20, "\"streams\"")).await??;
+    println!("  Loki API, query_range for the newest 1,000 lines of one pod: median {med:.1} ms, max {max:.1} ms (20 runs)");
     drop(agg);
     Ok(())
 }

@@ -114,6 +114,18 @@ pub fn entry_json(e: &Entry) -> serde_json::Value {
     if std::str::from_utf8(&e.line).is_err() {
         v["line_base64"] = base64(&e.line).into();
     }
+    if e.piped {
+        // The query's pipeline stages gave the line these labels.
+        v["labels"] = e
+            .pipeline_labels
+            .iter()
+            .map(|l| (l.name.clone(), serde_json::Value::from(l.value.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        if let Some(f) = &e.formatted {
+            v["formatted"] = f.clone().into();
+        }
+    }
     for (k, set) in [
         ("unterminated", e.unterminated),
         ("cut", e.cut),

@@ -217,6 +217,9 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
     ));
     let url = format!("http://{grpc_addr}");
     println!("logfleet demo: aggregator on {url} (metrics on http://{http_addr}/metrics)");
+    println!(
+        "  web view: http://{http_addr}/#q=%7Bnamespace%3D~%22.%2B%22%7D  (Grafana: a Loki data source at http://{http_addr})"
+    );
     println!("  files under {}", dir.display());
 
     let stop_writers = Arc::new(AtomicBool::new(false));

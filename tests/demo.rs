@@ -71,6 +71,18 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
     for h in &hints {
         assert!(!h.contains("127.0.0.1:7140"), "{h}");
     }
+    // The web view's address is printed, and it serves the page.
+    let web = printed(&demo)
+        .into_iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("web view: http://")
+                .map(|r| r.split('/').next().unwrap_or_default().to_owned())
+        })
+        .expect("the demo prints the web view's address");
+    assert_ne!(web, "127.0.0.1:7142", "the held default port");
+    let page = http_get(&web, "/").unwrap_or_default();
+    assert!(page.contains("<title>logfleet</title>"), "{page}");
     // Every command, run by a shell exactly as printed.
     for h in hints.iter().filter(|h| !h.contains(" tail ")) {
         let out = wait_for(&format!("`{h}` to answer"), Duration::from_secs(60), || {

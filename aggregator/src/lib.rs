@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod logql;
 pub mod loki;
 pub mod metrics;
+pub mod pipeline;
 pub mod query;
 pub mod service;
 pub mod store;

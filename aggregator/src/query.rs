@@ -91,16 +91,6 @@ pub enum Filter {
     NotMatches(regex::bytes::Regex),
 }
 
-/// A stage after the line filters that changes the labels a line is
-/// reported with, not which lines match.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LabelStage {
-    /// `| drop a, b`: report the line without these labels.
-    Drop(Vec<String>),
-    /// `| keep a, b`: report the line with these labels only.
-    Keep(Vec<String>),
-}
-
 /// A parsed query.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
@@ -108,8 +98,11 @@ pub struct Query {
     pub matchers: Vec<Matcher>,
     /// Line filters, all of which must hold.
     pub filters: Vec<Filter>,
-    /// Label stages, in order.
-    pub label_stages: Vec<LabelStage>,
+    /// Pipeline stages after the first line filters (`| json`,
+    /// `| level="error"`, `| drop ...`), in order.
+    pub pipeline: crate::pipeline::Pipeline,
+    /// `| unwrap`: only in range aggregations.
+    pub unwrap: Option<crate::pipeline::Unwrap>,
 }
 
 /// A query that could not be run.
@@ -271,7 +264,7 @@ pub fn parse(s: &str) -> Result<Query, QueryError> {
     p.ws();
     if p.pos != s.len() {
         return p.err(
-            "expected a line filter (|= \"text\", != \"text\", |~ \"regex\", !~ \"regex\") or | drop / | keep",
+            "expected a line filter (|= \"text\", != \"text\", |~ \"regex\", !~ \"regex\") or a stage (| json, | logfmt, | level=\"error\", ...)",
         );
     }
     Ok(q)
@@ -342,39 +335,37 @@ pub(crate) fn parse_log(p: &mut Parser<'_>) -> Result<Query, QueryError> {
         } else if p.eat("!~") {
             Filter::NotMatches(byte_regex(p)?)
         } else if p.eat("|") {
-            let at = p.pos;
-            let stage = match p.ident() {
-                Ok("drop") => LabelStage::Drop(label_list(p)?),
-                Ok("keep") => LabelStage::Keep(label_list(p)?),
-                _ => {
-                    p.pos = at;
-                    return p.err(
-                        "unsupported pipeline stage; supported are the line filters |= \"text\", != \"text\", |~ \"regex\", !~ \"regex\" and | drop, | keep",
-                    );
-                }
-            };
-            q.label_stages.push(stage);
+            if q.unwrap.is_some() {
+                return p.err("unwrap is the last stage (label filters may follow it)");
+            }
+            match crate::pipeline::parse_stage(p)? {
+                crate::pipeline::Parsed::Stage(st) => q.pipeline.stages.push(st),
+                crate::pipeline::Parsed::Unwrap(u) => q.unwrap = Some(u),
+            }
             continue;
         } else {
             return p.err(
-                "expected a line filter: |= \"text\", != \"text\", |~ \"regex\" or !~ \"regex\"",
+                "expected a line filter (|= \"text\", != \"text\", |~ \"regex\", !~ \"regex\") or a stage (| json, | logfmt, | level=\"error\", ...)",
             );
         };
-        if !q.label_stages.is_empty() {
-            return p.err("line filters go before | drop and | keep");
+        if q.unwrap.is_some() {
+            return p.err("unwrap is the last stage (label filters may follow it)");
         }
-        q.filters.push(f);
+        if q.pipeline.is_empty() {
+            q.filters.push(f);
+        } else {
+            // After a parser: in order, on the line as it is then.
+            q.pipeline
+                .stages
+                .push(crate::pipeline::Stage::Line(Box::new(match f {
+                    Filter::Contains(x) => crate::pipeline::LineFilter::Contains(x),
+                    Filter::NotContains(x) => crate::pipeline::LineFilter::NotContains(x),
+                    Filter::Matches(r) => crate::pipeline::LineFilter::Matches(r),
+                    Filter::NotMatches(r) => crate::pipeline::LineFilter::NotMatches(r),
+                })));
+        }
     }
     Ok(q)
-}
-
-/// `a, b, c` after `drop` or `keep`.
-fn label_list(p: &mut Parser<'_>) -> Result<Vec<String>, QueryError> {
-    let mut out = vec![p.ident()?.to_owned()];
-    while p.eat(",") {
-        out.push(p.ident()?.to_owned());
-    }
-    Ok(out)
 }
 
 fn byte_regex(p: &mut Parser<'_>) -> Result<regex::bytes::Regex, QueryError> {
@@ -480,15 +471,39 @@ impl Query {
         self.matchers.iter().any(|m| !m.op.test(""))
     }
 
-    /// Applies `| drop` and `| keep` to a line's labels.
-    pub fn report_labels(&self, mut labels: Vec<(String, String)>) -> Vec<(String, String)> {
-        for st in &self.label_stages {
-            match st {
-                LabelStage::Drop(names) => labels.retain(|(n, _)| !names.contains(n)),
-                LabelStage::Keep(names) => labels.retain(|(n, _)| names.contains(n)),
-            }
-        }
-        labels
+    /// Runs the pipeline over a line that passed the selector and line
+    /// filters: `None` when a stage drops it.
+    pub fn pipe(
+        &self,
+        node: &str,
+        labels: &FileLabels,
+        stream: i32,
+        text: &[u8],
+    ) -> Option<crate::pipeline::Processed> {
+        let stream_labels: crate::pipeline::Labels =
+            label_pairs(node, labels, stream).into_iter().collect();
+        self.pipeline.process(&stream_labels, text)
+    }
+}
+
+/// A line's label set as Loki clients see it: the pipeline's when the
+/// query had stages, else the stream's.
+pub fn entry_labels(e: &Entry) -> Vec<(String, String)> {
+    if e.piped {
+        return e
+            .pipeline_labels
+            .iter()
+            .map(|l| (l.name.clone(), l.value.clone()))
+            .collect();
+    }
+    label_pairs(&e.node, &e.labels.clone().unwrap_or_default(), e.stream)
+}
+
+/// The text to show for a line: `line_format`'s when it ran.
+pub fn entry_text(e: &Entry) -> String {
+    match &e.formatted {
+        Some(f) => f.clone(),
+        None => String::from_utf8_lossy(&e.line).into_owned(),
     }
 }
 
@@ -522,6 +537,28 @@ impl Bounds {
 /// Sort key: timestamp, then storage position, so results are stable.
 type Key = (i64, u64, u64, u32);
 
+/// Converts a stored line to an entry, with what the pipeline made of it.
+fn entry_piped(
+    node: &str,
+    labels: &FileLabels,
+    l: &Line,
+    piped: Option<crate::pipeline::Processed>,
+) -> Entry {
+    let mut e = entry(node, labels, l);
+    if let Some(p) = piped {
+        e.piped = true;
+        if p.line.as_bytes() != l.text.as_ref() {
+            e.formatted = Some(p.line);
+        }
+        e.pipeline_labels = p
+            .labels
+            .into_iter()
+            .map(|(name, value)| logfleet_proto::v1::Label { name, value })
+            .collect();
+    }
+    e
+}
+
 /// Converts a stored line to an entry.
 pub fn entry(node: &str, labels: &FileLabels, l: &Line) -> Entry {
     Entry {
@@ -533,6 +570,7 @@ pub fn entry(node: &str, labels: &FileLabels, l: &Line) -> Entry {
         unterminated: l.flags & UNTERMINATED != 0,
         cut: l.flags & CUT != 0,
         unparsed: l.flags & UNPARSED != 0,
+        ..Default::default()
     }
 }
 
@@ -544,6 +582,109 @@ pub fn execute(shared: &Shared, q: &Query, b: Bounds) -> Result<Vec<Entry>, Quer
         true
     })?;
     Ok(out)
+}
+
+/// A matching line as [`visit`] hands it over: no copies.
+pub struct Visited<'a> {
+    /// The stream's id (stable for the store's life).
+    pub stream_id: u32,
+    /// The stream.
+    pub info: &'a StreamInfo,
+    /// The line.
+    pub line: &'a Line,
+}
+
+/// Hands every line that passes the selector, line filters and bounds to
+/// `f`, in no particular order and without building entries (the
+/// pipeline is left to `f`): what metric queries need, at the speed of a
+/// scan. `f` returns false to stop.
+pub fn visit(
+    shared: &Shared,
+    q: &Query,
+    b: Bounds,
+    ctl: &Control,
+    f: &mut dyn FnMut(Visited<'_>) -> bool,
+) -> Result<(), QueryError> {
+    let Plan {
+        blocks,
+        chunk_files,
+        streams,
+        wanted,
+        files,
+    } = plan(shared, q, &b)?;
+    let mut work: Vec<Work> = blocks.into_iter().map(Work::Block).collect();
+    work.extend(chunk_files.into_iter().map(Work::File));
+    let mut reader = store::BlockReader::new()?;
+    while let Some(w) = work.pop() {
+        ctl.check()?;
+        let m = match w {
+            Work::Block(m) => m,
+            Work::File(pf) => {
+                match crate::chunks::read_entries(&pf.index, &pf.path) {
+                    Ok(entries) => {
+                        for e in entries {
+                            if e.streams
+                                .iter()
+                                .any(|s| wanted.get(*s as usize).copied().unwrap_or(false))
+                                && b.overlaps_range(e.min_ts, e.max_ts)
+                            {
+                                work.push(Work::Block(Arc::new(BlockMeta {
+                                    source: Source::Chunk,
+                                    seq: pf.seq,
+                                    offset: e.offset,
+                                    len: e.len,
+                                    min_ts: e.min_ts,
+                                    max_ts: e.max_ts,
+                                    streams: e.streams,
+                                    lines: e.lines,
+                                    received: e.received,
+                                })));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping a chunk file whose index cannot be read");
+                        shared.metrics.damaged_records.inc();
+                    }
+                }
+                continue;
+            }
+        };
+        let Some((file, path)) = files.get(&(m.source, m.seq)) else {
+            continue;
+        };
+        let batch = match reader.read_if(file, path, m.offset, m.len, |raw| q.may_match(raw)) {
+            Ok(Some((_, b))) => b,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "skipping a stored block that cannot be read");
+                shared.metrics.damaged_records.inc();
+                continue;
+            }
+        };
+        for l in batch.lines() {
+            let Some(&sid) = m.streams.get(l.range as usize) else {
+                continue;
+            };
+            if !wanted.get(sid as usize).copied().unwrap_or(false)
+                || !b.contains(l.ts)
+                || !q.matches_line(l.stream, &l.text)
+            {
+                continue;
+            }
+            let Some(info) = streams.get(sid as usize) else {
+                continue;
+            };
+            if !f(Visited {
+                stream_id: sid,
+                info,
+                line: &l,
+            }) {
+                return Err(QueryError::Cancelled);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs a query over the store, handing each result line to `emit` in
@@ -691,8 +832,20 @@ pub fn execute_into(
                 continue;
             };
             let key = (l.ts, m.seq, m.offset, i as u32);
+            // The pipeline may drop the line; it runs only for lines that
+            // could be in the result.
+            let pipe = || {
+                if q.pipeline.is_empty() {
+                    Ok(None)
+                } else {
+                    q.pipe(&info.node, &info.labels, l.stream, &l.text)
+                        .map(Some)
+                        .ok_or(())
+                }
+            };
             if stream {
-                let e = EntryBox(entry(&info.node, &info.labels, &l));
+                let Ok(piped) = pipe() else { continue };
+                let e = EntryBox(entry_piped(&info.node, &info.labels, &l, piped));
                 if backward {
                     fwd.push((key, e));
                 } else {
@@ -709,7 +862,8 @@ pub fn execute_into(
             if worse {
                 continue;
             }
-            let e = EntryBox(entry(&info.node, &info.labels, &l));
+            let Ok(piped) = pipe() else { continue };
+            let e = EntryBox(entry_piped(&info.node, &info.labels, &l, piped));
             if backward {
                 bwd.push(Reverse((key, e)));
                 if bwd.len() > b.limit {
@@ -924,7 +1078,14 @@ pub fn matching(q: &Query, node: &str, labels: &[FileLabels], batch: &LineBatch)
         .filter(|l| {
             ok.get(l.range as usize).copied().unwrap_or(false) && q.matches_line(l.stream, &l.text)
         })
-        .map(|l| entry(node, &labels[l.range as usize], &l))
+        .filter_map(|l| {
+            let fl = &labels[l.range as usize];
+            if q.pipeline.is_empty() {
+                return Some(entry(node, fl, &l));
+            }
+            let piped = q.pipe(node, fl, l.stream, &l.text)?;
+            Some(entry_piped(node, fl, &l, Some(piped)))
+        })
         .collect()
 }
 
@@ -988,7 +1149,7 @@ mod tests {
             ("{pod=~\"(\"}", "invalid regex"),
             ("{} |= ", "quoted string"),
             ("{} |~ \"[\"", "invalid regex"),
-            ("{} | json", "line filter"),
+            ("{} | frobnicate", "label filter"),
         ] {
             let err = parse(q).unwrap_err().to_string();
             assert!(err.contains(want), "{q:?}: {err}");

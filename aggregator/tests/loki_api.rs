@@ -517,3 +517,211 @@ async fn bad_requests_get_lokis_errors() {
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// `/loki/api/v1/tail` over a real socket: the history first (oldest
+/// first, up to `limit`), then each newly stored line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_sends_history_then_new_lines() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let f = fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = f.app.clone();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let q = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("query", r#"{pod="db"} |= "error""#),
+            ("start", &T0.to_string()),
+            ("limit", "3"),
+        ])
+        .finish();
+    let mut req = format!("ws://{addr}/loki/api/v1/tail?{q}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    // db's errors are lines 0, 5, ..., 25: the newest three.
+    assert_eq!(
+        next_lines(&mut ws).await,
+        [line("db", 15), line("db", 20), line("db", 25)]
+    );
+    // New lines of db: 30..40 (errors at 30 and 35) and of web (not tailed).
+    let mut more = push("node-b", "db", 40);
+    // Only the new range: lines 30..40 (offsets past what was stored).
+    let mut b = logfleet_proto::LinesBuilder::default();
+    let mut off = 0u64;
+    let mut start = 0;
+    for i in 0..40u64 {
+        let text = line("db", i);
+        if i >= 30 {
+            if i == 30 {
+                start = off;
+            }
+            b.push(
+                0,
+                T0 + i as i64 * S,
+                off,
+                Stream::Stdout as i32,
+                0,
+                text.as_bytes(),
+            );
+        }
+        off += text.len() as u64 + 1;
+    }
+    let (payload, raw_len) =
+        logfleet_proto::encode_payload(&b.finish(), Compression::Zstd, 1).unwrap();
+    more.payload = payload;
+    more.raw_len = raw_len;
+    more.ranges[0].start = start;
+    f._writer.push(more, Default::default()).await.unwrap();
+    assert_eq!(next_lines(&mut ws).await, [line("db", 30), line("db", 35)]);
+    ws.send(Message::Close(None)).await.unwrap();
+}
+
+/// The lines of the next tail message, sorted.
+async fn next_lines<S>(ws: &mut S) -> Vec<String>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+        .await
+        .expect("a tail message within 30 s")
+        .expect("open")
+        .expect("a message");
+    let tokio_tungstenite::tungstenite::Message::Text(t) = m else {
+        panic!("{m:?}")
+    };
+    let v: Value = serde_json::from_str(&t).unwrap();
+    let mut lines: Vec<String> = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap().clone())
+        .map(|v| v[1].as_str().unwrap().to_owned())
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Parser stages, label filters, line_format and unwrap, through the API
+/// and the gRPC path, against what the known lines say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_stages_parse_filter_and_unwrap() {
+    let f = fixture().await;
+    let (start, end) = range(T0, T0 + 3600 * S);
+    let q = r#"{namespace="shop"} | logfmt | level="error" and n >= 10 | line_format "{{.pod_extracted}}#{{.n}}""#;
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", q),
+            ("start", &start),
+            ("end", &end),
+            ("limit", "1000"),
+        ],
+    )
+    .await;
+    let mut got: Vec<String> = Vec::new();
+    for s in data["result"].as_array().unwrap() {
+        assert_eq!(s["stream"]["level"], "error", "{s}");
+        assert_eq!(
+            s["stream"]["pod"], s["stream"]["pod_extracted"],
+            "clash renamed"
+        );
+        for v in s["values"].as_array().unwrap() {
+            got.push(v[1].as_str().unwrap().to_owned());
+        }
+    }
+    got.sort();
+    let mut want: Vec<String> = (10..60)
+        .step_by(5)
+        .map(|i| format!("web#{i}"))
+        .chain((10..30).step_by(5).map(|i| format!("db#{i}")))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    // The gRPC path gives the same lines, with the same labels.
+    let entries = query::execute(
+        &f.shared,
+        &query::parse(q).unwrap(),
+        Bounds {
+            from: None,
+            to: None,
+            limit: 0,
+            direction: Direction::Forward,
+        },
+    )
+    .unwrap();
+    assert_eq!(entries.len(), want.len());
+    assert!(entries.iter().all(|e| e.piped
+        && e.pipeline_labels
+            .iter()
+            .any(|l| l.name == "level" && l.value == "error")));
+    let mut texts: Vec<String> = entries.iter().map(query::entry_text).collect();
+    texts.sort();
+    assert_eq!(texts, want);
+
+    let at = (T0 + 59 * S).to_string();
+    let instant = |q: &'static str| {
+        let app = f.app.clone();
+        let at = at.clone();
+        async move { get_json(&app, "/loki/api/v1/query", &[("query", q), ("time", &at)]).await }
+    };
+    let data =
+        instant(r#"sum by (level) (count_over_time({namespace="shop"} | logfmt [1h]))"#).await;
+    let by: std::collections::BTreeMap<String, String> = data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["level"].as_str().unwrap().to_owned(),
+                s["value"][1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(by["error"], "18");
+    assert_eq!(by["info"], "72");
+    let data = instant(r#"sum(sum_over_time({pod="db"} | logfmt | unwrap n [1h]))"#).await;
+    assert_eq!(data["result"][0]["value"][1], "435", "0 + 1 + ... + 29");
+    let data = instant(
+        r#"quantile_over_time(0.5, {pod="db"} | logfmt | drop level, failed, ok, stream | unwrap n [1h])"#,
+    )
+    .await;
+    assert_eq!(data["result"].as_array().unwrap().len(), 1, "{data}");
+    assert_eq!(data["result"][0]["value"][1], "14.5");
+    // Lines that are not JSON: Loki's pipeline error, unless filtered.
+    let (status, body) = get(
+        &f.app,
+        "/loki/api/v1/query",
+        &[
+            ("query", r#"count_over_time({pod="db"} | json [1h])"#),
+            ("time", &at),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("pipeline error: 'JSONParserErr'"), "{body}");
+    let data = instant(r#"sum(count_over_time({pod="db"} | json | drop __error__ [1h]))"#).await;
+    assert_eq!(data["result"][0]["value"][1], "30");
+    let data = instant(r#"sum(count_over_time({pod="db"} | json | __error__="" [1h]))"#).await;
+    assert_eq!(data["result"], json!([]));
+    let (status, body) = get(
+        &f.app,
+        "/loki/api/v1/query",
+        &[("query", r#"sum_over_time({pod="db"}[1h])"#), ("time", &at)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("without unwrap"), "{body}");
+}

@@ -82,6 +82,11 @@ pub struct RangeAcc {
     labels: Vec<Labels>,
     /// Per series, per step: lines (or bytes) in the window.
     sums: Vec<Vec<f64>>,
+    /// Per series, per step: the unwrapped samples in the window (only
+    /// for the aggregations that need them).
+    samples: Vec<Vec<Vec<(i64, f64)>>>,
+    /// φ of `quantile_over_time`.
+    param: f64,
     /// Per step: whether any line fell in the window (`absent_over_time`).
     any: Vec<bool>,
     /// Labels of `absent_over_time`'s result: the selector's equalities.
@@ -110,6 +115,8 @@ impl RangeAcc {
             ids: HashMap::new(),
             labels: Vec::new(),
             sums: Vec::new(),
+            samples: Vec::new(),
+            param: agg.param.unwrap_or(0.5),
             any: vec![false; steps.len()],
             absent_labels,
         }
@@ -133,37 +140,109 @@ impl RangeAcc {
         let id = self.labels.len();
         self.ids.insert(labels.clone(), id);
         self.labels.push(labels);
-        self.sums.push(vec![0.0; self.steps.len()]);
+        if self.op.needs_unwrap() {
+            self.samples.push(vec![Vec::new(); self.steps.len()]);
+        } else {
+            self.sums.push(vec![0.0; self.steps.len()]);
+        }
         id
+    }
+
+    /// The steps whose window holds a line at `ts`.
+    fn window(&self, ts: i64) -> std::ops::RangeInclusive<usize> {
+        let n = self.steps.len() as i64;
+        let ts = ts.saturating_add(self.offset);
+        // Steps t with ts <= t < ts + range.
+        let first = div_ceil(ts - self.steps.start, self.steps.step).max(0);
+        let last = (ts + self.range - 1 - self.steps.start)
+            .div_euclid(self.steps.step)
+            .min(n - 1);
+        if n == 0 || last < first {
+            #[allow(clippy::reversed_empty_ranges)]
+            return 1..=0;
+        }
+        first as usize..=last as usize
     }
 
     /// Counts one line of `bytes` bytes at `ts` in series `id`.
     pub fn add(&mut self, id: usize, ts: i64, bytes: usize) {
-        let n = self.steps.len() as i64;
-        if n == 0 {
-            return;
-        }
-        let ts = ts.saturating_add(self.offset);
-        // Steps t with ts <= t < ts + range.
-        let first = div_ceil(ts - self.steps.start, self.steps.step).max(0);
-        let last = (ts + self.range - 1 - self.steps.start).div_euclid(self.steps.step);
-        let last = last.min(n - 1);
         let v = match self.op {
             RangeOp::BytesOverTime | RangeOp::BytesRate => bytes as f64,
             _ => 1.0,
         };
-        let Some(row) = self.sums.get_mut(id) else {
-            return;
-        };
-        for k in first..=last {
-            row[k as usize] += v;
-            self.any[k as usize] = true;
+        self.add_value(id, ts, v);
+    }
+
+    /// Adds one line's unwrapped value `v` at `ts` in series `id` (for
+    /// `rate`, a value summed instead of a line counted).
+    pub fn add_value(&mut self, id: usize, ts: i64, v: f64) {
+        for k in self.window(ts) {
+            self.any[k] = true;
+            if let Some(cell) = self.samples.get_mut(id).map(|r| &mut r[k]) {
+                cell.push((ts, v));
+            } else if let Some(row) = self.sums.get_mut(id) {
+                row[k] += v;
+            }
         }
     }
 
+    fn reduce(&self, cell: &mut [(i64, f64)]) -> Option<f64> {
+        if cell.is_empty() {
+            return None;
+        }
+        let n = cell.len() as f64;
+        let sum: f64 = cell.iter().map(|c| c.1).sum();
+        let mean = sum / n;
+        let var = cell
+            .iter()
+            .map(|c| (c.1 - mean) * (c.1 - mean))
+            .sum::<f64>()
+            / n;
+        Some(match self.op {
+            RangeOp::SumOverTime => sum,
+            RangeOp::AvgOverTime => mean,
+            RangeOp::MinOverTime => cell.iter().map(|c| c.1).fold(f64::INFINITY, f64::min),
+            RangeOp::MaxOverTime => cell.iter().map(|c| c.1).fold(f64::NEG_INFINITY, f64::max),
+            RangeOp::StddevOverTime => var.sqrt(),
+            RangeOp::StdvarOverTime => var,
+            RangeOp::FirstOverTime => cell.iter().min_by_key(|c| c.0).map_or(0.0, |c| c.1),
+            RangeOp::LastOverTime => cell.iter().max_by_key(|c| c.0).map_or(0.0, |c| c.1),
+            RangeOp::QuantileOverTime => {
+                // Prometheus' quantile: linear between the closest ranks.
+                cell.sort_by(|a, b| a.1.total_cmp(&b.1));
+                let q = self.param;
+                if q < 0.0 {
+                    return Some(f64::NEG_INFINITY);
+                }
+                if q > 1.0 {
+                    return Some(f64::INFINITY);
+                }
+                let rank = q * (n - 1.0);
+                let lo = rank.floor() as usize;
+                let hi = (lo + 1).min(cell.len() - 1);
+                let w = rank - lo as f64;
+                cell[lo].1 * (1.0 - w) + cell[hi].1 * w
+            }
+            _ => sum,
+        })
+    }
+
     /// The result.
-    pub fn finish(self) -> Matrix {
+    pub fn finish(mut self) -> Matrix {
         let secs = self.range as f64 / 1e9;
+        if self.op.needs_unwrap() {
+            let samples = std::mem::take(&mut self.samples);
+            return self
+                .labels
+                .iter()
+                .zip(samples)
+                .filter_map(|(l, row)| {
+                    let row: Vec<Option<f64>> =
+                        row.into_iter().map(|mut c| self.reduce(&mut c)).collect();
+                    row.iter().any(Option::is_some).then(|| (l.clone(), row))
+                })
+                .collect();
+        }
         if self.op == RangeOp::AbsentOverTime {
             let row: Vec<Option<f64>> = self.any.iter().map(|&a| (!a).then_some(1.0)).collect();
             let mut m = Matrix::new();
@@ -198,6 +277,15 @@ fn div_ceil(a: i64, b: i64) -> i64 {
 /// Why an expression cannot be evaluated.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum EvalError {
+    /// A line could not be parsed or unwrapped, and the query did not
+    /// filter such lines out.
+    #[error("pipeline error: '{kind}' for series: '{series}'. Use a label filter to skip it, such as | __error__!=\"{kind}\", or | __error__=\"\" for every error")]
+    Pipeline {
+        /// The `__error__` value.
+        kind: String,
+        /// The series' labels.
+        series: String,
+    },
     /// Too many steps.
     #[error("exceeded maximum resolution of {MAX_STEPS} data points; try increasing the step or decreasing the time range")]
     TooManySteps,
@@ -451,7 +539,7 @@ mod tests {
                             RangeOp::Rate => inside.len() as f64 / secs,
                             RangeOp::BytesOverTime => inside.iter().sum::<usize>() as f64,
                             RangeOp::BytesRate => inside.iter().sum::<usize>() as f64 / secs,
-                            RangeOp::AbsentOverTime => 0.0,
+                            _ => 0.0,
                         })
                     })
                     .collect();

@@ -38,6 +38,58 @@ pub enum RangeOp {
     BytesRate,
     /// 1 when the range holds no line.
     AbsentOverTime,
+    /// Sum of the unwrapped values.
+    SumOverTime,
+    /// Mean of the unwrapped values.
+    AvgOverTime,
+    /// Smallest unwrapped value.
+    MinOverTime,
+    /// Largest unwrapped value.
+    MaxOverTime,
+    /// Population standard deviation of the unwrapped values.
+    StddevOverTime,
+    /// Population variance of the unwrapped values.
+    StdvarOverTime,
+    /// The φ-quantile of the unwrapped values.
+    QuantileOverTime,
+    /// The oldest unwrapped value.
+    FirstOverTime,
+    /// The newest unwrapped value.
+    LastOverTime,
+}
+
+impl RangeOp {
+    /// Whether it reads `| unwrap`ped values (else it counts lines or
+    /// bytes; `rate` does either).
+    pub fn needs_unwrap(self) -> bool {
+        !matches!(
+            self,
+            RangeOp::CountOverTime
+                | RangeOp::Rate
+                | RangeOp::BytesOverTime
+                | RangeOp::BytesRate
+                | RangeOp::AbsentOverTime
+        )
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            RangeOp::CountOverTime => "count_over_time",
+            RangeOp::Rate => "rate",
+            RangeOp::BytesOverTime => "bytes_over_time",
+            RangeOp::BytesRate => "bytes_rate",
+            RangeOp::AbsentOverTime => "absent_over_time",
+            RangeOp::SumOverTime => "sum_over_time",
+            RangeOp::AvgOverTime => "avg_over_time",
+            RangeOp::MinOverTime => "min_over_time",
+            RangeOp::MaxOverTime => "max_over_time",
+            RangeOp::StddevOverTime => "stddev_over_time",
+            RangeOp::StdvarOverTime => "stdvar_over_time",
+            RangeOp::QuantileOverTime => "quantile_over_time",
+            RangeOp::FirstOverTime => "first_over_time",
+            RangeOp::LastOverTime => "last_over_time",
+        }
+    }
 }
 
 /// A vector aggregation operator.
@@ -140,6 +192,8 @@ pub struct RangeAgg {
     pub range: i64,
     /// `offset`, ns: the window ends this long before each step.
     pub offset: i64,
+    /// φ of `quantile_over_time`.
+    pub param: Option<f64>,
 }
 
 /// A metric expression.
@@ -325,6 +379,15 @@ fn primary(p: &mut Parser<'_>) -> Result<Metric, QueryError> {
         "bytes_over_time" => Some(RangeOp::BytesOverTime),
         "bytes_rate" => Some(RangeOp::BytesRate),
         "absent_over_time" => Some(RangeOp::AbsentOverTime),
+        "sum_over_time" => Some(RangeOp::SumOverTime),
+        "avg_over_time" => Some(RangeOp::AvgOverTime),
+        "min_over_time" => Some(RangeOp::MinOverTime),
+        "max_over_time" => Some(RangeOp::MaxOverTime),
+        "stddev_over_time" => Some(RangeOp::StddevOverTime),
+        "stdvar_over_time" => Some(RangeOp::StdvarOverTime),
+        "quantile_over_time" => Some(RangeOp::QuantileOverTime),
+        "first_over_time" => Some(RangeOp::FirstOverTime),
+        "last_over_time" => Some(RangeOp::LastOverTime),
         _ => None,
     };
     if let Some(op) = range_op {
@@ -359,7 +422,7 @@ fn primary(p: &mut Parser<'_>) -> Result<Metric, QueryError> {
     }
     p.pos = at;
     p.err(format!(
-        "unknown function {name:?}; supported: count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, sum, avg, min, max, count, stddev, stdvar, topk, bottomk, vector"
+        "unknown function {name:?}; supported: count_over_time, rate, bytes_over_time, bytes_rate, absent_over_time, sum/avg/min/max/stddev/stdvar/quantile/first/last_over_time (with | unwrap), sum, avg, min, max, count, stddev, stdvar, topk, bottomk, vector"
     ))
 }
 
@@ -367,8 +430,31 @@ fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, QueryError> {
     if !p.eat("(") {
         return p.err("expected (");
     }
+    let param = if op == RangeOp::QuantileOverTime {
+        let Some(q) = number(p) else {
+            return p.err("quantile_over_time takes φ first: quantile_over_time(0.99, ...)");
+        };
+        if !p.eat(",") {
+            return p.err("expected ,");
+        }
+        Some(q)
+    } else {
+        None
+    };
     p.ws();
+    let at = p.pos;
     let query = query::parse_log(p)?;
+    match (op.needs_unwrap(), query.unwrap.is_some()) {
+        (true, false) => {
+            p.pos = at;
+            return p.err(format!("invalid aggregation {} without unwrap", op.name()));
+        }
+        (false, true) if op != RangeOp::Rate => {
+            p.pos = at;
+            return p.err(format!("invalid aggregation {} with unwrap", op.name()));
+        }
+        _ => {}
+    }
     if !p.eat("[") {
         return p.err("expected a range such as [5m] after the log query");
     }
@@ -389,6 +475,7 @@ fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, QueryError> {
         query,
         range,
         offset,
+        param,
     }))
 }
 
@@ -555,10 +642,10 @@ mod tests {
                     Metric::Range(r) => {
                         assert_eq!(r.op, RangeOp::CountOverTime);
                         assert_eq!(r.range, 60_000_000_000);
-                        assert_eq!(
-                            r.query.label_stages,
-                            [query::LabelStage::Drop(vec!["__error__".into()])]
-                        );
+                        assert!(matches!(
+                            r.query.pipeline.stages.as_slice(),
+                            [crate::pipeline::Stage::Drop(d)] if d == &[("__error__".to_owned(), None)]
+                        ));
                     }
                     m => panic!("{m:?}"),
                 }
@@ -609,7 +696,7 @@ mod tests {
             ("frobnicate(vector(1))", "unknown function"),
             ("vector(1) +", "expected a label name"),
             ("sum by (a) (vector(1)) by (b)", "twice"),
-            ("{pod=\"a\"} | json", "unsupported pipeline stage"),
+            ("{pod=\"a\"} | json | x >", "a number, a duration"),
         ] {
             let err = parse(q).unwrap_err().to_string();
             assert!(err.contains(want), "{q:?}: {err}");

@@ -1,5 +1,5 @@
 //! Metric queries over the store: each range aggregation reads its lines
-//! once, oldest first, through [`crate::query::execute_into`], and
+//! once, in no particular order, through [`crate::query::visit`], and
 //! [`super::eval`] does the rest.
 
 use std::collections::HashMap;
@@ -38,40 +38,69 @@ fn range(
         limit: 0,
         direction: Direction::Forward,
     };
-    // Series ids by stream, keyed by the stream's label values in a buffer
-    // used again for every line: a line costs one hash lookup.
-    let mut ids: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut key = Vec::new();
-    query::execute_into(shared, &agg.query, bounds, ctl, &mut |e| {
-        key.clear();
-        let l = e.labels.as_ref();
-        for part in [
-            e.node.as_bytes(),
-            l.map_or(&b""[..], |l| l.namespace.as_bytes()),
-            l.map_or(&b""[..], |l| l.pod.as_bytes()),
-            l.map_or(&b""[..], |l| l.pod_uid.as_bytes()),
-            l.map_or(&b""[..], |l| l.container.as_bytes()),
-        ] {
-            key.extend_from_slice(part);
-            key.push(0);
-        }
-        key.extend_from_slice(&l.map_or(0, |l| l.restart).to_le_bytes());
-        key.extend_from_slice(&e.stream.to_le_bytes());
-        let id = match ids.get(&key[..]) {
-            Some(&id) => id,
-            None => {
-                let labels = agg.query.report_labels(query::label_pairs(
-                    &e.node,
-                    &l.cloned().unwrap_or_default(),
-                    e.stream,
-                ));
-                let id = acc.series(labels);
-                ids.insert(key.clone(), id);
-                id
+    // Series ids by stream id and stdout/stderr: a line costs one hash
+    // lookup. With pipeline stages or unwrap the labels are per line.
+    // With stages that read labels only (`| drop __error__`), the series
+    // is decided once per stream too.
+    let mut ids: HashMap<(u32, i32), Option<usize>> = HashMap::new();
+    let mut failed: Option<eval::EvalError> = None;
+    let per_line = !agg.query.pipeline.is_label_only() || agg.query.unwrap.is_some();
+    let result = query::visit(shared, &agg.query, bounds, ctl, &mut |v| {
+        let l = v.line;
+        if !per_line {
+            let id = *ids.entry((v.stream_id, l.stream)).or_insert_with(|| {
+                let labels = query::label_pairs(&v.info.node, &v.info.labels, l.stream);
+                if agg.query.pipeline.is_empty() {
+                    return Some(acc.series(labels));
+                }
+                let stream: crate::pipeline::Labels = labels.into_iter().collect();
+                // None: a label filter drops the whole stream.
+                let p = agg.query.pipeline.process(&stream, b"")?;
+                Some(acc.series(p.labels.into_iter().collect()))
+            });
+            if let Some(id) = id {
+                acc.add(id, l.ts, l.text.len());
             }
+            return true;
+        }
+        let Some(p) = agg
+            .query
+            .pipe(&v.info.node, &v.info.labels, l.stream, &l.text)
+        else {
+            return true;
         };
-        acc.add(id, e.ts_unix_nano, e.line.len());
+        let mut labels = p.labels;
+        let mut value = None;
+        if let Some(u) = &agg.query.unwrap {
+            match u.sample(&labels) {
+                Ok(x) => value = Some(x),
+                Err(kind) => {
+                    labels.insert(crate::pipeline::ERROR_LABEL.into(), kind.into());
+                }
+            }
+            if !u.keeps(&labels) {
+                return true;
+            }
+            // The unwrapped label is the value, not part of the series.
+            labels.remove(&u.label);
+        }
+        if let Some(kind) = labels.get(crate::pipeline::ERROR_LABEL) {
+            failed = Some(eval::EvalError::Pipeline {
+                kind: kind.clone(),
+                series: format!("{labels:?}"),
+            });
+            return false;
+        }
+        let id = acc.series(labels.into_iter().collect());
+        match value {
+            Some(x) => acc.add_value(id, l.ts, x),
+            None => acc.add(id, l.ts, p.line.len()),
+        }
         true
-    })?;
+    });
+    if let Some(f) = failed {
+        return Err(f.into());
+    }
+    result?;
     Ok(acc.finish())
 }

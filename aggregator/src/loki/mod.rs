@@ -54,6 +54,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: LokiState) -> axum::Route
         )
         .route("/loki/api/v1/series", get(series).post(series))
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
+        .route("/loki/api/v1/tail", get(tail))
         .with_state(state)
 }
 
@@ -176,15 +177,10 @@ fn log_lines(
     };
     let mut out = Vec::new();
     query::execute_into(shared, q, bounds, ctl, &mut |e| {
-        let labels = q.report_labels(query::label_pairs(
-            &e.node,
-            &e.labels.clone().unwrap_or_default(),
-            e.stream,
-        ));
         out.push((
-            labels,
+            query::entry_labels(&e),
             e.ts_unix_nano,
-            String::from_utf8_lossy(&e.line).into_owned(),
+            query::entry_text(&e),
         ));
         true
     })?;
@@ -346,7 +342,7 @@ async fn series(
     sel.extend(selectors(&p, "match")?);
     if sel
         .iter()
-        .any(|q| !q.filters.is_empty() || !q.label_stages.is_empty())
+        .any(|q| !q.filters.is_empty() || !q.pipeline.is_empty())
     {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -360,6 +356,126 @@ async fn series(
             .map(|l| Json::Object(l.into_iter().map(|(k, v)| (k, Json::String(v))).collect()))
             .collect(),
     )))
+}
+
+/// Loki's live tail: a WebSocket that first gets up to `limit` lines
+/// since `start` (default: an hour ago), oldest first, then every newly
+/// stored line that matches, one JSON message per stored batch.
+async fn tail(
+    State(st): State<LokiState>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw.as_deref(), b"");
+    let mut r = params::range_request(&p, now_ns())?;
+    if p.get("start").is_none() && p.get("since").is_none() {
+        r.start = r.end - params::DEFAULT_RANGE_NS;
+    }
+    let Expr::Log(q) = parse_expr(&r.query)? else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "only log queries can be tailed",
+        ));
+    };
+    Ok(ws.on_upgrade(move |socket| tail_socket(st, q, r, socket)))
+}
+
+fn tail_message(lines: Vec<(logql::eval::Labels, i64, String)>) -> String {
+    json!({"streams": params::streams_json(lines), "dropped_entries": null}).to_string()
+}
+
+async fn tail_socket(
+    st: LokiState,
+    q: query::Query,
+    r: RangeRequest,
+    mut socket: axum::extract::ws::WebSocket,
+) {
+    use axum::extract::ws::{CloseFrame, Message};
+    use tokio::sync::broadcast::error::RecvError;
+    // Subscribe before reading the history: a batch stored in between is
+    // in both, and the history's keys tell which of its lines to skip.
+    let mut sub = st.shared.tail.subscribe();
+    let mut down = st.shared.shutdown.subscribe();
+    let metrics = st.shared.metrics.clone();
+    metrics.tails.inc();
+    let history = RangeRequest {
+        end: i64::MAX,
+        direction: logfleet_proto::v1::Direction::Backward,
+        ..r
+    };
+    let hq = q.clone();
+    let mut seen = std::collections::HashSet::new();
+    match blocking(&st, move |shared, ctl| {
+        log_lines(shared, &hq, &history, ctl)
+    })
+    .await
+    {
+        Ok(mut lines) => {
+            lines.reverse();
+            for (_, ts, line) in &lines {
+                seen.insert((*ts, line.clone()));
+            }
+            if socket
+                .send(Message::Text(tail_message(lines).into()))
+                .await
+                .is_err()
+            {
+                metrics.tails.dec();
+                return;
+            }
+        }
+        Err(e) => {
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1011,
+                    reason: e.msg.into(),
+                })))
+                .await;
+            metrics.tails.dec();
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            changed = down.changed() => {
+                if changed.is_err() || *down.borrow() {
+                    let _ = socket.send(Message::Close(Some(CloseFrame {
+                        code: 1001,
+                        reason: "aggregator shutting down".into(),
+                    }))).await;
+                    break;
+                }
+            }
+            got = sub.recv() => match got {
+                Ok(c) => {
+                    let lines: Vec<_> = query::matching(&q, &c.node, &c.labels, &c.batch)
+                        .into_iter()
+                        .map(|e| (query::entry_labels(&e), e.ts_unix_nano, query::entry_text(&e)))
+                        .filter(|(_, ts, line)| seen.is_empty() || !seen.contains(&(*ts, line.clone())))
+                        .collect();
+                    if !lines.is_empty()
+                        && socket.send(Message::Text(tail_message(lines).into())).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    // Said, not skipped in silence.
+                    let _ = socket.send(Message::Close(Some(CloseFrame {
+                        code: 1011,
+                        reason: format!("tail fell behind and skipped {n} batches; query the range instead").into(),
+                    }))).await;
+                    break;
+                }
+                Err(RecvError::Closed) => break,
+            }
+        }
+    }
+    metrics.tails.dec();
 }
 
 async fn buildinfo() -> Response {

@@ -687,6 +687,49 @@ pub fn visit(
     Ok(())
 }
 
+/// What a selector would read over a time range, from the indexes alone
+/// (no line is read): Loki's `index/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Streams the selector picks.
+    pub streams: u64,
+    /// Blocks and chunks to read.
+    pub chunks: u64,
+    /// Lines in them (a record shared by quiet streams counts whole).
+    pub entries: u64,
+    /// Their size on disk (compressed).
+    pub bytes: u64,
+}
+
+/// Estimates what `q` would read in `b`'s time range.
+pub fn index_stats(shared: &Shared, q: &Query, b: Bounds) -> Result<IndexStats, QueryError> {
+    let plan = plan(shared, q, &b)?;
+    let mut st = IndexStats {
+        streams: plan.wanted.iter().filter(|w| **w).count() as u64,
+        ..Default::default()
+    };
+    for m in &plan.blocks {
+        st.chunks += 1;
+        st.entries += m.lines;
+        st.bytes += m.len;
+    }
+    for f in &plan.chunk_files {
+        let entries = crate::chunks::read_entries(&f.index, &f.path)?;
+        for e in entries {
+            if e.streams
+                .iter()
+                .any(|s| plan.wanted.get(*s as usize).copied().unwrap_or(false))
+                && b.overlaps_range(e.min_ts, e.max_ts)
+            {
+                st.chunks += 1;
+                st.entries += e.lines;
+                st.bytes += e.len;
+            }
+        }
+    }
+    Ok(st)
+}
+
 /// Runs a query over the store, handing each result line to `emit` in
 /// order; `emit` returns false to stop (the client went away).
 ///

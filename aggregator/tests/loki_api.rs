@@ -430,6 +430,40 @@ async fn grafana_health_check_labels_series_and_buildinfo() {
         json!([{"container": "app", "namespace": "shop", "node": "node-b", "pod": "db",
                 "pod_uid": "uid-db", "restart": "0"}])
     );
+    // index/stats: from the indexes, the two pods' single block each.
+    let (status, body) = get(
+        &f.app,
+        "/loki/api/v1/index/stats",
+        &[
+            ("query", r#"{namespace="shop"}"#),
+            ("start", &T0.to_string()),
+            ("end", &(T0 + 3600 * S).to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["streams"].as_u64(), v["entries"].as_u64()),
+        (Some(2), Some(90)),
+        "{v}"
+    );
+    assert!(
+        v["chunks"].as_u64() == Some(2) && v["bytes"].as_u64() > Some(0),
+        "{v}"
+    );
+    let (_, body) = get(
+        &f.app,
+        "/loki/api/v1/index/stats",
+        &[
+            ("query", r#"{pod="db"}"#),
+            ("start", &(T0 + 7200 * S).to_string()),
+            ("end", &(T0 + 9000 * S).to_string()),
+        ],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["entries"], 0, "nothing in that range: {v}");
     let (status, body) = get(&f.app, "/loki/api/v1/status/buildinfo", &[]).await;
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_str(&body).unwrap();

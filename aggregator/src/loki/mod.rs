@@ -53,6 +53,10 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: LokiState) -> axum::Route
             get(label_values).post(label_values),
         )
         .route("/loki/api/v1/series", get(series).post(series))
+        .route(
+            "/loki/api/v1/index/stats",
+            get(index_stats).post(index_stats),
+        )
         .route("/loki/api/v1/status/buildinfo", get(buildinfo))
         .route("/loki/api/v1/tail", get(tail))
         .with_state(state)
@@ -476,6 +480,34 @@ async fn tail_socket(
         }
     }
     metrics.tails.dec();
+}
+
+/// Loki's `index/stats`: what a query would read, from the indexes.
+async fn index_stats(
+    State(st): State<LokiState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw.as_deref(), &body);
+    let r = params::range_request(&p, now_ns())?;
+    let q = query::parse(&r.query)?;
+    if !q.selects_something() {
+        return Err(error(StatusCode::BAD_REQUEST, EMPTY_SELECTOR));
+    }
+    let bounds = Bounds {
+        from: Some(r.start),
+        to: Some(r.end),
+        limit: 0,
+        direction: r.direction,
+    };
+    let s = blocking(&st, move |shared, _| query::index_stats(shared, &q, bounds)).await?;
+    Ok(axum::Json(json!({
+        "streams": s.streams,
+        "chunks": s.chunks,
+        "entries": s.entries,
+        "bytes": s.bytes,
+    }))
+    .into_response())
 }
 
 async fn buildinfo() -> Response {

@@ -8,19 +8,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
 use common::*;
-
-fn append(path: &std::path::Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
 
 fn lines(url: &str) -> Vec<(String, String)> {
     query_all(url, "{}", &[])

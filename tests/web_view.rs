@@ -220,15 +220,6 @@ fn cri(ts: i64, stream: &str, text: &str) -> String {
     format!("{t} {stream} F {text}\n")
 }
 
-fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
-
 /// Lines the aggregator holds for `{pod="web"}`, through the Loki API.
 fn stored(http: &str) -> usize {
     use std::io::Read;

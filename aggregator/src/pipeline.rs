@@ -1087,7 +1087,7 @@ fn template(p: &mut Parser<'_>) -> Result<Vec<Piece>, QueryError> {
 
 fn filter_or(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {
     let mut lhs = filter_and(p)?;
-    while eat_word(p, "or") {
+    while p.eat_word("or") {
         let rhs = filter_and(p)?;
         lhs = LabelFilter::Or(Box::new(lhs), Box::new(rhs));
     }
@@ -1096,24 +1096,11 @@ fn filter_or(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {
 
 fn filter_and(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {
     let mut lhs = filter_atom(p)?;
-    while eat_word(p, "and") || p.eat(",") {
+    while p.eat_word("and") || p.eat(",") {
         let rhs = filter_atom(p)?;
         lhs = LabelFilter::And(Box::new(lhs), Box::new(rhs));
     }
     Ok(lhs)
-}
-
-fn eat_word(p: &mut Parser<'_>, word: &str) -> bool {
-    p.ws();
-    let rest = &p.s[p.pos..];
-    if rest.starts_with(word)
-        && !rest[word.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-    {
-        p.pos += word.len();
-        true
-    } else {
-        false
-    }
 }
 
 fn filter_atom(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {

@@ -182,6 +182,20 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Eats `word` when it stands alone (not the start of a longer name).
+    pub(crate) fn eat_word(&mut self, word: &str) -> bool {
+        self.ws();
+        let rest = &self.s[self.pos..];
+        if rest.starts_with(word)
+            && !rest[word.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        {
+            self.pos += word.len();
+            true
+        } else {
+            false
+        }
+    }
+
     pub(crate) fn ident(&mut self) -> Result<&'a str, QueryError> {
         self.ws();
         let rest = &self.s[self.pos..];
@@ -620,47 +634,16 @@ pub fn visit(
         let m = match w {
             Work::Block(m) => m,
             Work::File(pf) => {
-                match crate::chunks::read_entries(&pf.index, &pf.path) {
-                    Ok(entries) => {
-                        for e in entries {
-                            if e.streams
-                                .iter()
-                                .any(|s| wanted.get(*s as usize).copied().unwrap_or(false))
-                                && b.overlaps_range(e.min_ts, e.max_ts)
-                            {
-                                work.push(Work::Block(Arc::new(BlockMeta {
-                                    source: Source::Chunk,
-                                    seq: pf.seq,
-                                    offset: e.offset,
-                                    len: e.len,
-                                    min_ts: e.min_ts,
-                                    max_ts: e.max_ts,
-                                    streams: e.streams,
-                                    lines: e.lines,
-                                    received: e.received,
-                                })));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping a chunk file whose index cannot be read");
-                        shared.metrics.damaged_records.inc();
-                    }
-                }
+                work.extend(
+                    chunks_of(shared, &pf, &wanted, &b)
+                        .into_iter()
+                        .map(Work::Block),
+                );
                 continue;
             }
         };
-        let Some((file, path)) = files.get(&(m.source, m.seq)) else {
+        let Some(batch) = read_block(shared, &files, &mut reader, &m, q) else {
             continue;
-        };
-        let batch = match reader.read_if(file, path, m.offset, m.len, |raw| q.may_match(raw)) {
-            Ok(Some((_, b))) => b,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "skipping a stored block that cannot be read");
-                shared.metrics.damaged_records.inc();
-                continue;
-            }
         };
         for l in batch.lines() {
             let Some(&sid) = m.streams.get(l.range as usize) else {
@@ -812,48 +795,14 @@ pub fn execute_into(
             Work::Block(m) => m,
             Work::File(f) => {
                 // The file's chunks of matching streams in range, as work.
-                match crate::chunks::read_entries(&f.index, &f.path) {
-                    Ok(entries) => {
-                        for e in entries {
-                            if e.streams
-                                .iter()
-                                .any(|s| wanted.get(*s as usize).copied().unwrap_or(false))
-                                && b.overlaps_range(e.min_ts, e.max_ts)
-                            {
-                                work.push(Work::Block(Arc::new(BlockMeta {
-                                    source: Source::Chunk,
-                                    seq: f.seq,
-                                    offset: e.offset,
-                                    len: e.len,
-                                    min_ts: e.min_ts,
-                                    max_ts: e.max_ts,
-                                    streams: e.streams,
-                                    lines: e.lines,
-                                    received: e.received,
-                                })));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "skipping a chunk file whose index cannot be read");
-                        shared.metrics.damaged_records.inc();
-                    }
+                for m in chunks_of(shared, &f, &wanted, &b) {
+                    work.push(Work::Block(m));
                 }
                 continue;
             }
         };
-        // Not open: deleted by retention before we planned.
-        let Some((file, path)) = files.get(&(m.source, m.seq)) else {
+        let Some(batch) = read_block(shared, &files, &mut reader, &m, q) else {
             continue;
-        };
-        let batch = match reader.read_if(file, path, m.offset, m.len, |raw| q.may_match(raw)) {
-            Ok(Some((_, b))) => b,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "skipping a stored block that cannot be read");
-                shared.metrics.damaged_records.inc();
-                continue;
-            }
         };
         let ok: Vec<bool> = m
             .streams
@@ -953,6 +902,62 @@ struct PendingFile {
     max_ts: i64,
     index: File,
     path: std::path::PathBuf,
+}
+
+/// The chunks of a chunk file that hold matching streams in range. A file
+/// whose index cannot be read is skipped, logged and counted.
+fn chunks_of(shared: &Shared, f: &PendingFile, wanted: &[bool], b: &Bounds) -> Vec<Arc<BlockMeta>> {
+    match crate::chunks::read_entries(&f.index, &f.path) {
+        Ok(entries) => entries
+            .into_iter()
+            .filter(|e| {
+                e.streams
+                    .iter()
+                    .any(|s| wanted.get(*s as usize).copied().unwrap_or(false))
+                    && b.overlaps_range(e.min_ts, e.max_ts)
+            })
+            .map(|e| {
+                Arc::new(BlockMeta {
+                    source: Source::Chunk,
+                    seq: f.seq,
+                    offset: e.offset,
+                    len: e.len,
+                    min_ts: e.min_ts,
+                    max_ts: e.max_ts,
+                    streams: e.streams,
+                    lines: e.lines,
+                    received: e.received,
+                })
+            })
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "skipping a chunk file whose index cannot be read");
+            shared.metrics.damaged_records.inc();
+            Vec::new()
+        }
+    }
+}
+
+/// Reads a block's lines, unless the `|=` prefilter rules it out, its
+/// file is gone (deleted by retention before we planned), or it cannot be
+/// read (skipped, logged and counted).
+fn read_block(
+    shared: &Shared,
+    files: &HashMap<(Source, u64), (File, std::path::PathBuf)>,
+    reader: &mut store::BlockReader,
+    m: &BlockMeta,
+    q: &Query,
+) -> Option<LineBatch> {
+    let (file, path) = files.get(&(m.source, m.seq))?;
+    match reader.read_if(file, path, m.offset, m.len, |raw| q.may_match(raw)) {
+        Ok(Some((_, b))) => Some(b),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "skipping a stored block that cannot be read");
+            shared.metrics.damaged_records.inc();
+            None
+        }
+    }
 }
 
 /// A unit of a query's work.

@@ -243,3 +243,14 @@ pub fn multiset<K: Ord>(items: impl IntoIterator<Item = K>) -> BTreeMap<K, usize
     }
     m
 }
+
+/// Appends `text` to a file (creating it), as a container runtime writes.
+pub fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}

@@ -288,7 +288,7 @@ fn binary(p: &mut Parser<'_>, level: usize) -> Result<Metric, QueryError> {
     'outer: loop {
         for &(tok, op) in LEVELS[level] {
             if p.eat(tok) {
-                let bool_modifier = op.is_comparison() && eat_word(p, "bool");
+                let bool_modifier = op.is_comparison() && p.eat_word("bool");
                 // `^` is right-associative.
                 let rhs = if op == BinOp::Pow {
                     binary(p, level)?
@@ -305,20 +305,6 @@ fn binary(p: &mut Parser<'_>, level: usize) -> Result<Metric, QueryError> {
             }
         }
         return Ok(lhs);
-    }
-}
-
-/// Eats `word` when it stands alone (not the start of a longer name).
-fn eat_word(p: &mut Parser<'_>, word: &str) -> bool {
-    p.ws();
-    let rest = &p.s[p.pos..];
-    if rest.starts_with(word)
-        && !rest[word.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-    {
-        p.pos += word.len();
-        true
-    } else {
-        false
     }
 }
 
@@ -462,7 +448,7 @@ fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, QueryError> {
     if !p.eat("]") {
         return p.err("expected ]");
     }
-    let offset = if eat_word(p, "offset") {
+    let offset = if p.eat_word("offset") {
         duration(p)?
     } else {
         0
@@ -480,9 +466,9 @@ fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, QueryError> {
 }
 
 fn grouping(p: &mut Parser<'_>) -> Result<Option<Grouping>, QueryError> {
-    let by = if eat_word(p, "by") {
+    let by = if p.eat_word("by") {
         true
-    } else if eat_word(p, "without") {
+    } else if p.eat_word("without") {
         false
     } else {
         return Ok(None);

@@ -349,6 +349,23 @@ fn query_tail_and_agents_in_a_browser() {
         b.eval("document.querySelectorAll('#lines li').length"),
         json!(1005)
     );
+    // Another container of the pod writes at the very instant of the
+    // newest line shown, and its line arrives later: it is shown too, and
+    // nothing shown before comes again.
+    let sidecar = root.join("shop_web_uid-web").join("sidecar");
+    std::fs::create_dir_all(&sidecar).unwrap();
+    append(
+        &sidecar.join("0.log"),
+        &cri(now + 4 * 1000, "stdout", "sidecar at the same instant"),
+    );
+    b.wait_true(
+        "the same-instant line of another stream",
+        "Array.from(document.querySelectorAll('#lines li .text')).some(t => t.textContent === 'sidecar at the same instant')",
+    );
+    assert_eq!(
+        b.eval("document.querySelectorAll('#lines li').length"),
+        json!(1006)
+    );
     b.screenshot(&shots.join("tail.png"));
     b.eval("document.dispatchEvent(new KeyboardEvent('keydown', {key: 't'}))");
 
@@ -362,7 +379,7 @@ fn query_tail_and_agents_in_a_browser() {
     let lines = b.eval(
         "document.querySelector('#agents-table tbody tr').children[3].textContent.replace(/\\D/g, '')",
     );
-    assert_eq!(lines, json!("1205"));
+    assert_eq!(lines, json!("1206"));
     assert_eq!(
         b.eval("document.getElementById('logs').hidden"),
         json!(true)

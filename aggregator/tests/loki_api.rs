@@ -613,6 +613,21 @@ async fn tail_sends_history_then_new_lines() {
     more.ranges[0].start = start;
     f._writer.push(more, Default::default()).await.unwrap();
     assert_eq!(next_lines(&mut ws).await, [line("db", 30), line("db", 35)]);
+    // The text and instant of a line the history sent, but on stderr of
+    // another container: another line, which the tail must send.
+    let mut b = logfleet_proto::LinesBuilder::default();
+    let text = line("db", 25);
+    b.push(0, T0 + 25 * S, 0, Stream::Stderr as i32, 0, text.as_bytes());
+    let (payload, raw_len) =
+        logfleet_proto::encode_payload(&b.finish(), Compression::Zstd, 1).unwrap();
+    let mut other = push("node-b", "db", 1);
+    other.payload = payload;
+    other.raw_len = raw_len;
+    other.ranges[0].file_id = 2;
+    other.ranges[0].labels.as_mut().unwrap().container = "sidecar".into();
+    other.ranges[0].end = text.len() as u64 + 1;
+    f._writer.push(other, Default::default()).await.unwrap();
+    assert_eq!(next_lines(&mut ws).await, [line("db", 25)]);
     ws.send(Message::Close(None)).await.unwrap();
 }
 

@@ -416,8 +416,10 @@ async fn tail_socket(
     {
         Ok(mut lines) => {
             lines.reverse();
-            for (_, ts, line) in &lines {
-                seen.insert((*ts, line.clone()));
+            // Keyed by labels too: the same text at the same instant in
+            // another stream is another line.
+            for (labels, ts, line) in &lines {
+                seen.insert((labels.clone(), *ts, line.clone()));
             }
             if socket
                 .send(Message::Text(tail_message(lines).into()))
@@ -459,7 +461,9 @@ async fn tail_socket(
                     let lines: Vec<_> = query::matching(&q, &c.node, &c.labels, &c.batch)
                         .into_iter()
                         .map(|e| (query::entry_labels(&e), e.ts_unix_nano, query::entry_text(&e)))
-                        .filter(|(_, ts, line)| seen.is_empty() || !seen.contains(&(*ts, line.clone())))
+                        .filter(|(labels, ts, line)| {
+                            seen.is_empty() || !seen.contains(&(labels.clone(), *ts, line.clone()))
+                        })
                         .collect();
                     if !lines.is_empty()
                         && socket.send(Message::Text(tail_message(lines).into())).await.is_err()

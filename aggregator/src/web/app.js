@@ -11,7 +11,15 @@ const RANGES = { "5m": 300, "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "
 const state = { tab: "logs", q: "", range: "1h", limit: "1000", live: false };
 let liveTimer = null;
 let newestNs = null;
+// Lines at exactly newestNs already shown: the next poll starts at that
+// instant (not after it), so a line of another stream with the same
+// timestamp that arrives later is not missed, and these are not repeated.
+let atNewest = new Set();
 let lineCount = 0;
+
+function lineKey(labels, ts, text) {
+  return ts + "\u0000" + JSON.stringify(labels) + "\u0000" + text;
+}
 
 function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
@@ -178,6 +186,7 @@ async function runQuery() {
     $("lines").replaceChildren(frag);
     lineCount = rows.length;
     newestNs = rows.length ? rows[0][1] : String(BigInt(endS) * 1000000000n);
+    atNewest = new Set(rows.filter((r) => r[1] === newestNs).map((r) => lineKey(...r)));
     if (volume) drawVolume(volume.data.result, startS, endS);
     const ms = Math.round(performance.now() - t0);
     setStatus("status", `${rows.length} lines in ${ms} ms${rows.length >= Number(state.limit) ? " (limit reached)" : ""}`);
@@ -190,13 +199,15 @@ async function runQuery() {
 async function pollLive() {
   if (!state.live) return;
   try {
-    const start = newestNs ? (BigInt(newestNs) + 1n).toString() : String(Date.now() * 1000000);
+    const start = newestNs || String(Date.now() * 1000000);
     const r = await api("/loki/api/v1/query_range", {
       query: state.q, start, end: String(BigInt(Date.now() + 1000) * 1000000n), limit: "1000", direction: "forward",
     });
-    const rows = flatten(r.data.result);
+    const rows = flatten(r.data.result).filter((x) => !atNewest.has(lineKey(...x)));
     if (rows.length) {
+      if (rows[0][1] !== newestNs) atNewest = new Set();
       newestNs = rows[0][1];
+      for (const x of rows) if (x[1] === newestNs) atNewest.add(lineKey(...x));
       const frag = document.createDocumentFragment();
       for (const [labels, ts, text] of rows) frag.append(lineItem(labels, ts, text));
       $("lines").prepend(frag);

@@ -7,6 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".logfleet.v1.LineBatch.text")
         .bytes(".logfleet.v1.PushRequest.payload")
+        // Labels are compared and hashed (stream identity).
+        .message_attribute(".logfleet.v1.Label", "#[derive(PartialOrd, Ord)]")
+        .message_attribute(".logfleet.v1.FileLabels", "#[derive(Eq, Hash)]")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -117,6 +117,7 @@ impl Agent {
                     pod_uid: format!("uid-{}-{i}", self.node),
                     container: "app".into(),
                     restart: 0,
+                    extra: Vec::new(),
                 }),
                 start: starts[i],
                 end: self.offsets[i],

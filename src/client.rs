@@ -114,6 +114,15 @@ pub fn entry_json(e: &Entry) -> serde_json::Value {
     if std::str::from_utf8(&e.line).is_err() {
         v["line_base64"] = base64(&e.line).into();
     }
+    if !l.extra.is_empty() && !e.piped {
+        // Labels beyond the path's (Kubernetes metadata, Loki pushes).
+        v["labels"] = l
+            .extra
+            .iter()
+            .map(|x| (x.name.clone(), serde_json::Value::from(x.value.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+    }
     if e.piped {
         // The query's pipeline stages gave the line these labels.
         v["labels"] = e

@@ -297,9 +297,9 @@ fn cli_errors_are_one_clear_line() {
                 url.as_str(),
                 "--token-file",
                 &tok,
-                r#"{foo="x"}"#,
+                r#"{9foo="x"}"#,
             ],
-            "unknown label \"foo\"",
+            "\"9foo\" is not a label name",
         ),
         (
             vec![

@@ -147,6 +147,7 @@ pub fn scan(root: &Path, filter: &Filter) -> Vec<Found> {
                         pod_uid: uid.to_owned(),
                         container: container.to_owned(),
                         restart,
+                        extra: Vec::new(),
                     },
                     kind,
                 });

@@ -66,6 +66,7 @@ mod tests {
             pod_uid: "u".into(),
             container: "c".into(),
             restart: 0,
+            extra: Vec::new(),
         };
         let mut l2 = l.clone();
         l2.restart = 1;

@@ -38,6 +38,7 @@ fn stream_hash(node: &str, l: &FileLabels) -> u64 {
         &l.pod_uid,
         &l.container,
         l.restart,
+        &l.extra,
     )
         .hash(&mut h);
     h.finish()

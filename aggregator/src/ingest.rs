@@ -166,6 +166,39 @@ impl From<PushError> for tonic::Status {
     }
 }
 
+/// The most extra labels a file may carry.
+pub const MAX_EXTRA_LABELS: usize = 64;
+
+/// Checks a file's extra labels: at most [`MAX_EXTRA_LABELS`], names like
+/// Prometheus' (`[a-zA-Z_][a-zA-Z0-9_]*`, up to 128 bytes), sorted and
+/// unique, none of the built-in names, values up to 1 KiB.
+pub fn check_extra(extra: &[logfleet_proto::v1::Label]) -> Result<(), String> {
+    if extra.len() > MAX_EXTRA_LABELS {
+        return Err(format!("more than {MAX_EXTRA_LABELS} extra labels"));
+    }
+    for (i, l) in extra.iter().enumerate() {
+        let valid = !l.name.is_empty()
+            && l.name.len() <= 128
+            && !l.name.starts_with(|c: char| c.is_ascii_digit())
+            && l.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!("{:?} is not a label name", l.name));
+        }
+        if crate::query::LABEL_NAMES.contains(&l.name.as_str()) {
+            return Err(format!("{:?} is a built-in label", l.name));
+        }
+        if l.value.len() > 1024 {
+            return Err(format!("the value of {:?} is over 1 KiB", l.name));
+        }
+        if i > 0 && extra[i - 1].name >= l.name {
+            return Err("extra labels must be sorted by name, each once".into());
+        }
+    }
+    Ok(())
+}
+
 /// Checks what decoding cannot: labels, ranges and line offsets, which the
 /// de-duplication relies on.
 pub fn validate(req: &PushRequest, batch: &LineBatch) -> Result<(), PushError> {
@@ -179,9 +212,11 @@ pub fn validate(req: &PushRequest, batch: &LineBatch) -> Result<(), PushError> {
     }
     let mut seen = std::collections::HashSet::with_capacity(req.ranges.len());
     for (i, r) in req.ranges.iter().enumerate() {
-        if r.labels.is_none() {
+        let Some(labels) = &r.labels else {
             return Err(PushError::Invalid(format!("range {i} has no labels")));
-        }
+        };
+        check_extra(&labels.extra)
+            .map_err(|why| PushError::Invalid(format!("range {i}: {why}")))?;
         if r.start > r.end {
             return Err(PushError::Invalid(format!(
                 "range {i} starts after its end"

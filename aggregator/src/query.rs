@@ -23,7 +23,7 @@ use crate::ingest::Shared;
 use crate::store::{self, StoreError};
 
 /// A label a selector can match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Label {
     /// Node name.
     Node,
@@ -39,11 +39,14 @@ pub enum Label {
     Restart,
     /// `stdout` or `stderr`.
     Stream,
+    /// Any other label (`FileLabels.extra`): as in Loki, a line without
+    /// it has the empty value.
+    Other(String),
 }
 
 impl Label {
     /// The label's name in queries.
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Label::Node => "node",
             Label::Namespace => "namespace",
@@ -52,6 +55,7 @@ impl Label {
             Label::Container => "container",
             Label::Restart => "restart",
             Label::Stream => "stream",
+            Label::Other(n) => n,
         }
     }
 }
@@ -307,10 +311,11 @@ pub(crate) fn parse_log(p: &mut Parser<'_>) -> Result<Query, QueryError> {
             "restart" => Label::Restart,
             "stream" => Label::Stream,
             other => {
-                p.pos = at;
-                return p.err(format!(
-                    "unknown label {other:?}; labels are node, namespace, pod, pod_uid, container, restart, stream"
-                ));
+                if other.starts_with(|c: char| c.is_ascii_digit()) {
+                    p.pos = at;
+                    return p.err(format!("{other:?} is not a label name"));
+                }
+                Label::Other(other.to_owned())
             }
         };
         let op = if p.eat("=~") {
@@ -411,7 +416,7 @@ impl Query {
     /// Whether lines of a file with these labels on `node` can match
     /// (everything but `stream`, which is per line).
     pub fn matches_file(&self, node: &str, l: &FileLabels) -> bool {
-        self.matchers.iter().all(|m| match m.label {
+        self.matchers.iter().all(|m| match &m.label {
             Label::Node => m.op.test(node),
             Label::Namespace => m.op.test(&l.namespace),
             Label::Pod => m.op.test(&l.pod),
@@ -419,6 +424,7 @@ impl Query {
             Label::Container => m.op.test(&l.container),
             Label::Restart => m.op.test(&l.restart.to_string()),
             Label::Stream => true,
+            Label::Other(name) => m.op.test(extra_value(l, name)),
         })
     }
 
@@ -458,6 +464,14 @@ pub const LABEL_NAMES: [&str; 7] = [
     "stream",
 ];
 
+/// The value of an extra label, empty when the file has none.
+pub fn extra_value<'a>(l: &'a FileLabels, name: &str) -> &'a str {
+    l.extra
+        .binary_search_by(|x| x.name.as_str().cmp(name))
+        .ok()
+        .map_or("", |i| l.extra[i].value.as_str())
+}
+
 /// A line's labels as sorted name/value pairs (empty values left out, as
 /// Loki has no empty labels).
 pub fn label_pairs(node: &str, l: &FileLabels, stream: i32) -> Vec<(String, String)> {
@@ -470,12 +484,22 @@ pub fn label_pairs(node: &str, l: &FileLabels, stream: i32) -> Vec<(String, Stri
         l.restart.to_string(),
         stream_name(stream).to_owned(),
     ];
-    LABEL_NAMES
+    let mut out: Vec<(String, String)> = LABEL_NAMES
         .iter()
         .zip(values)
         .filter(|(_, v)| !v.is_empty())
         .map(|(n, v)| ((*n).to_owned(), v))
-        .collect()
+        .collect();
+    if !l.extra.is_empty() {
+        out.extend(
+            l.extra
+                .iter()
+                .filter(|x| !x.value.is_empty())
+                .map(|x| (x.name.clone(), x.value.clone())),
+        );
+        out.sort();
+    }
+    out
 }
 
 impl Query {
@@ -1148,6 +1172,7 @@ mod tests {
             pod_uid: "u1".into(),
             container: c.into(),
             restart: 2,
+            extra: Vec::new(),
         }
     }
 
@@ -1190,7 +1215,7 @@ mod tests {
             ("", "starts with a selector"),
             ("namespace=\"x\"", "starts with a selector"),
             ("{namespace=\"x\"", "expected , or }"),
-            ("{foo=\"x\"}", "unknown label \"foo\""),
+            ("{9x=\"x\"}", "is not a label name"),
             ("{pod=x}", "quoted string"),
             ("{pod==\"x\"}", "quoted string"),
             ("{pod=\"x}", "unterminated"),

@@ -108,6 +108,7 @@ fn push(node: &str, pod: &str, n: u64) -> PushRequest {
                 pod_uid: format!("uid-{pod}"),
                 container: "app".into(),
                 restart: 0,
+                extra: Vec::new(),
             }),
             start: 0,
             end: off,
@@ -839,6 +840,7 @@ async fn logql_table_against_brute_force() {
                     pod_uid: format!("uid-{pod}"),
                     container: "app".into(),
                     restart: 0,
+                    extra: Vec::new(),
                 };
                 if !parsed.matches_file(node, &fl)
                     || !parsed.matches_line(*stream as i32, text.as_bytes())
@@ -902,5 +904,98 @@ async fn logql_table_against_brute_force() {
                 assert_eq!(got, expect, "{q} {direction} {limit}");
             }
         }
+    }
+}
+
+/// Labels beyond the path's (FileLabels.extra: Kubernetes metadata, Loki
+/// pushes) are selected, listed, grouped by and refused when malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_labels_are_labels_like_the_others() {
+    let f = fixture().await;
+    let label = |n: &str, v: &str| logfleet_proto::v1::Label {
+        name: n.into(),
+        value: v.into(),
+    };
+    let mut p = push("node-c", "checkout-1", 4);
+    p.ranges[0].labels.as_mut().unwrap().extra =
+        vec![label("app", "checkout"), label("team", "payments")];
+    f._writer.push(p, Default::default()).await.unwrap();
+    let (start, end) = range(T0, T0 + 3600 * S);
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", r#"{app="checkout"} |= "error""#),
+            ("start", &start),
+            ("end", &end),
+        ],
+    )
+    .await;
+    let result = data["result"].as_array().unwrap();
+    assert_eq!(result.len(), 1, "{data}");
+    assert_eq!(result[0]["stream"]["app"], "checkout");
+    assert_eq!(result[0]["stream"]["team"], "payments");
+    assert_eq!(result[0]["values"][0][1], line("checkout-1", 0));
+    // A label nobody has: the empty value, as in Loki.
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", r#"{namespace="shop", app=""}"#),
+            ("start", &start),
+            ("end", &end),
+            ("limit", "1000"),
+        ],
+    )
+    .await;
+    let n: usize = data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["values"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(n, 90, "the fixture's lines have no app label");
+    let names = get_json(&f.app, "/loki/api/v1/labels", &[]).await;
+    assert!(names.as_array().unwrap().contains(&json!("app")), "{names}");
+    let values = get_json(&f.app, "/loki/api/v1/label/team/values", &[]).await;
+    assert_eq!(values, json!(["payments"]));
+    let t = (T0 + 10 * S).to_string();
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/query",
+        &[
+            (
+                "query",
+                r#"sum by (app) (count_over_time({namespace="shop"}[1h]))"#,
+            ),
+            ("time", &t),
+        ],
+    )
+    .await;
+    let mut by: Vec<(String, String)> = data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metric"]["app"].as_str().unwrap_or("").to_owned(),
+                s["value"][1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    by.sort();
+    // Lines 0..=10 of web and of db have no app; checkout-1's 4 have one.
+    let want = [("", "22"), ("checkout", "4")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(by, want);
+    // Malformed extras are refused with the reason.
+    for (extra, why) in [
+        (vec![label("team", "a"), label("app", "b")], "sorted"),
+        (vec![label("pod", "x")], "built-in"),
+        (vec![label("a-b", "x")], "not a label name"),
+    ] {
+        let mut p = push("node-d", "bad", 1);
+        p.ranges[0].labels.as_mut().unwrap().extra = extra;
+        let err = f._writer.push(p, Default::default()).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
     }
 }

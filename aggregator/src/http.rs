@@ -26,6 +26,8 @@ pub struct HttpState {
     pub auth: crate::service::Auth,
     /// The Loki API's state.
     pub loki: crate::loki::LokiState,
+    /// The token check for pushes (Loki's push endpoint), shared with gRPC.
+    pub push_auth: crate::service::Auth,
 }
 
 /// Builds the router.
@@ -34,6 +36,9 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/api/v1/agents", get(agents))
         .merge(crate::loki::router(state.loki.clone()))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), bearer));
+    let push = crate::loki::push_router(state.loki.clone()).route_layer(
+        axum::middleware::from_fn_with_state(state.clone(), push_bearer),
+    );
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -41,6 +46,7 @@ pub fn router(state: HttpState) -> axum::Router {
         .route("/ready", get(|| async { "ready\n" }))
         .merge(crate::web::router())
         .merge(api)
+        .merge(push)
         .with_state(state)
 }
 
@@ -56,6 +62,28 @@ async fn bearer(
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     if s.auth.allows(header) {
+        return next.run(req).await;
+    }
+    s.shared.metrics.unauthenticated.inc();
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "missing or wrong bearer token\n",
+    )
+        .into_response()
+}
+
+/// Refuses pushes without the push token (401), as gRPC ingest does.
+async fn push_bearer(
+    State(s): State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if s.push_auth.allows(header) {
         return next.run(req).await;
     }
     s.shared.metrics.unauthenticated.inc();

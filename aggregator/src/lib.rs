@@ -192,7 +192,11 @@ pub async fn run_on(
         loki: loki::LokiState {
             shared: shared.clone(),
             timeout: cfg.query_timeout,
+            writer: Some(writer.clone()),
+            push_streams: Default::default(),
+            limits: cfg.limits,
         },
+        push_auth: push_auth.clone(),
     });
     let http_listener = listeners.http;
     match http_tls {

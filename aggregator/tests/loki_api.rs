@@ -27,6 +27,7 @@ const S: i64 = 1_000_000_000;
 /// Lines are written at T0 + i seconds.
 const T0: i64 = 1_700_000_000 * S;
 const TOKEN: &str = "read-token";
+const PUSH_TOKEN: &str = "push-token";
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -59,11 +60,15 @@ async fn fixture() -> Fixture {
     let app = router(HttpState {
         shared: shared.clone(),
         registry: Arc::new(registry),
-        auth: Auth::new(Some(TOKEN.into()), "read", metrics),
+        auth: Auth::new(Some(TOKEN.into()), "read", metrics.clone()),
         loki: LokiState {
             shared: shared.clone(),
             timeout: Duration::from_secs(30),
+            writer: Some(writer.clone()),
+            push_streams: Default::default(),
+            limits: Default::default(),
         },
+        push_auth: Auth::new(Some(PUSH_TOKEN.into()), "push", metrics),
     });
     Fixture {
         _dir: dir,
@@ -998,4 +1003,232 @@ async fn extra_labels_are_labels_like_the_others() {
         let err = f._writer.push(p, Default::default()).await.unwrap_err();
         assert!(err.to_string().contains(why), "{err}");
     }
+}
+
+/// Loki's protobuf push, encoded field by field from Loki's published
+/// `pkg/push/push.proto` (PushRequest.streams = 1; StreamAdapter.labels = 1,
+/// entries = 2; EntryAdapter.timestamp = 1, line = 2; Timestamp.seconds = 1,
+/// nanos = 2), independently of the aggregator's decoder, then snappy.
+fn loki_protobuf(labels: &str, entries: &[(i64, &str)]) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    fn len_field(tag: u32, body: &[u8], out: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+    let mut stream = Vec::new();
+    len_field(1, labels.as_bytes(), &mut stream);
+    for (ns, line) in entries {
+        let mut ts = Vec::new();
+        encode_key(1, WireType::Varint, &mut ts);
+        encode_varint((ns / 1_000_000_000) as u64, &mut ts);
+        encode_key(2, WireType::Varint, &mut ts);
+        encode_varint((ns % 1_000_000_000) as u64, &mut ts);
+        let mut entry = Vec::new();
+        len_field(1, &ts, &mut entry);
+        len_field(2, line.as_bytes(), &mut entry);
+        len_field(2, &entry, &mut stream);
+    }
+    let mut req = Vec::new();
+    len_field(1, &stream, &mut req);
+    snap::raw::Encoder::new().compress_vec(&req).unwrap()
+}
+
+async fn push_body(
+    app: &axum::Router,
+    token: &str,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, String) {
+    let mut req = Request::post("/loki/api/v1/push")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", content_type);
+    if let Some(e) = encoding {
+        req = req.header("content-encoding", e);
+    }
+    send(app, req.body(Body::from(body)).unwrap()).await
+}
+
+/// Lines of `{job="promtail"}` through the Loki API, sorted.
+async fn job_lines(app: &axum::Router) -> Vec<(String, String)> {
+    let data = get_json(
+        app,
+        "/loki/api/v1/query_range",
+        &[
+            ("query", r#"{job="promtail"}"#),
+            ("start", "0"),
+            ("end", &(T0 + 3600 * S).to_string()),
+            ("limit", "1000"),
+        ],
+    )
+    .await;
+    let mut out: Vec<(String, String)> = data["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap().clone())
+        .map(|v| {
+            (
+                v[0].as_str().unwrap().to_owned(),
+                v[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Loki clients push here: JSON, gzip, snappy protobuf; durable before the
+/// 204; a resent push stored once; the same instant with another line
+/// kept; Loki's status codes for bad input; the push token, not the read
+/// one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loki_clients_push_and_retries_are_stored_once() {
+    let f = fixture().await;
+    let json = format!(
+        r#"{{"streams":[{{"stream":{{"job":"promtail","namespace":"shop","stream":"stderr"}},"values":[["{}","first"],["{}","second"]]}}]}}"#,
+        T0 + 1,
+        T0 + 2
+    );
+    let (status, body) = push_body(
+        &f.app,
+        PUSH_TOKEN,
+        "application/json",
+        None,
+        json.clone().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let want = |extra: &[(i64, &str)]| {
+        let mut v: Vec<(String, String)> = [(T0 + 1, "first"), (T0 + 2, "second")]
+            .iter()
+            .chain(extra)
+            .map(|(t, l)| (t.to_string(), (*l).to_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(job_lines(&f.app).await, want(&[]));
+    // Labels as sent: job is an extra label, stream the line's stream.
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/series",
+        &[("match[]", r#"{job="promtail"}"#)],
+    )
+    .await;
+    assert_eq!(data[0]["node"], "loki-push");
+    assert_eq!(data[0]["namespace"], "shop");
+    // The client retries (its ack was lost), gzip-encoded this time.
+    let gz = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(json.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    let (status, _) = push_body(&f.app, PUSH_TOKEN, "application/json", Some("gzip"), gz).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(job_lines(&f.app).await, want(&[]), "stored once");
+    // Protobuf: the same stream (labels in another order), one repeat, one
+    // new line at an instant already used, one new instant.
+    let pb = loki_protobuf(
+        r#"{stream="stderr", namespace="shop", job="promtail"}"#,
+        &[
+            (T0 + 2, "second"),
+            (T0 + 2, "other at the same instant"),
+            (T0 + 3, "third"),
+        ],
+    );
+    let (status, body) = push_body(&f.app, PUSH_TOKEN, "application/x-protobuf", None, pb).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(
+        job_lines(&f.app).await,
+        want(&[(T0 + 2, "other at the same instant"), (T0 + 3, "third")])
+    );
+    // Bad input: Loki's codes, with the reason.
+    for (ct, enc, body, code, why) in [
+        ("application/json", None, b"{".to_vec(), 400, "invalid JSON"),
+        (
+            "application/x-protobuf",
+            None,
+            b"garbage".to_vec(),
+            400,
+            "snappy",
+        ),
+        (
+            "application/json",
+            Some("br"),
+            b"{}".to_vec(),
+            415,
+            "Content-Encoding",
+        ),
+        (
+            "application/json",
+            None,
+            br#"{"streams":[{"stream":{"stream":"sideways"},"values":[["1","x"]]}]}"#.to_vec(),
+            400,
+            "stdout or stderr",
+        ),
+        ("application/json", None, vec![b' '; 33 << 20], 413, ""),
+    ] {
+        let (status, text) = push_body(&f.app, PUSH_TOKEN, ct, enc, body).await;
+        assert_eq!(status.as_u16(), code, "{text}");
+        assert!(text.contains(why), "{text}");
+    }
+    // The read token cannot push.
+    let (status, _) = push_body(&f.app, TOKEN, "application/json", None, json.into_bytes()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+/// Offsets of pushed lines are the aggregator's: should the stream's mark
+/// already lie past the clock (a clock set back since a restart), the
+/// writer calls them duplicates, and they are sent again further on, not
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_lines_below_the_streams_mark_are_not_lost() {
+    use logfleet_aggregator::loki::push;
+    let f = fixture().await;
+    let labels = vec![("job".to_owned(), "promtail".to_owned())];
+    let t = push::target(&labels).unwrap();
+    // A line of that stream stored at an offset far past any clock.
+    let far = 1u64 << 62;
+    let mut b = logfleet_proto::LinesBuilder::default();
+    b.push(0, T0, far, Stream::Unknown as i32, 0, b"from before");
+    let (payload, raw_len) =
+        logfleet_proto::encode_payload(&b.finish(), Compression::Zstd, 1).unwrap();
+    f._writer
+        .push(
+            PushRequest {
+                node: t.node.clone(),
+                compression: Compression::Zstd as i32,
+                raw_len,
+                ranges: vec![FileRange {
+                    file_id: t.file_id,
+                    labels: Some(t.labels.clone()),
+                    start: far,
+                    end: far + 1,
+                    lines_end: 0,
+                }],
+                payload,
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let json = format!(
+        r#"{{"streams":[{{"stream":{{"job":"promtail"}},"values":[["{}","a"],["{}","b"]]}}]}}"#,
+        T0 + 5,
+        T0 + 6
+    );
+    let (status, body) = push_body(
+        &f.app,
+        PUSH_TOKEN,
+        "application/json",
+        None,
+        json.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let lines: Vec<String> = job_lines(&f.app).await.into_iter().map(|x| x.1).collect();
+    assert_eq!(lines, ["from before", "a", "b"]);
 }

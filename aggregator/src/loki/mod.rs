@@ -9,6 +9,7 @@
 //! guards these routes like the gRPC queries (see [`crate::http`]).
 
 pub mod params;
+pub mod push;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,78 @@ pub struct LokiState {
     pub shared: Arc<Shared>,
     /// A query stops after this long.
     pub timeout: Duration,
+    /// Where pushes go; `None`: the push endpoint answers 404.
+    pub writer: Option<crate::ingest::Writer>,
+    /// Per-stream state of Loki pushes.
+    pub push_streams: Arc<push::Streams>,
+    /// Payload limits, as for agents' pushes.
+    pub limits: logfleet_proto::Limits,
+}
+
+/// The push route, for merging behind the push-token check.
+pub fn push_router<S: Clone + Send + Sync + 'static>(state: LokiState) -> axum::Router<S> {
+    axum::Router::new()
+        .route("/loki/api/v1/push", axum::routing::post(push_handler))
+        .layer(axum::extract::DefaultBodyLimit::max(32 << 20))
+        .with_state(state)
+}
+
+async fn push_handler(
+    State(st): State<LokiState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(writer) = &st.writer else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "this aggregator takes no pushes",
+        ));
+    };
+    let header = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    let refused = |r: push::Refused| {
+        error(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+            r.msg,
+        )
+    };
+    let body = match header(header::CONTENT_ENCODING).as_str() {
+        "" | "identity" => body.to_vec(),
+        "gzip" => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .take(push::MAX_DECODED as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad gzip body: {e}")))?;
+            if out.len() > push::MAX_DECODED {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the push decompresses to more than {} bytes",
+                        push::MAX_DECODED
+                    ),
+                ));
+            }
+            out
+        }
+        other => {
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding {other:?}: gzip or none"),
+            ))
+        }
+    };
+    let incoming = push::decode(&header(header::CONTENT_TYPE), &body).map_err(refused)?;
+    push::store(&st.shared, writer, &st.push_streams, incoming, st.limits)
+        .await
+        .map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The routes, for merging into the aggregator's HTTP router (behind its

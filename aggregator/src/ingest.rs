@@ -252,6 +252,20 @@ impl Writer {
         self
     }
 
+    /// Whether a push of `raw_len` decompressed bytes finds room now:
+    /// HTTP clients that expect 429 under back-pressure (Loki's) are told
+    /// so instead of waiting, as agents do.
+    pub fn has_room(&self, raw_len: u64) -> bool {
+        let want = ((raw_len / 1024) as u32 + 1).min(self.room_kib);
+        self.room.available_permits() >= want as usize
+    }
+
+    /// Takes all the room until the permit is dropped: what a saturated
+    /// aggregator looks like (tests of back-pressure).
+    pub fn take_all_room(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.room.clone().try_acquire_many_owned(self.room_kib).ok()
+    }
+
     /// Decodes, validates and stores one push; returns once it is durable.
     pub async fn push(&self, req: PushRequest, limits: Limits) -> Result<PushResponse, PushError> {
         // A push larger than the whole room takes all of it.

@@ -1175,6 +1175,32 @@ async fn loki_clients_push_and_retries_are_stored_once() {
         assert_eq!(status.as_u16(), code, "{text}");
         assert!(text.contains(why), "{text}");
     }
+    // A saturated aggregator says 429, as Loki does, and takes the push
+    // once it has room.
+    let held = f._writer.take_all_room().expect("room");
+    let late = format!(
+        r#"{{"streams":[{{"stream":{{"job":"promtail"}},"values":[["{}","late"]]}}]}}"#,
+        T0 + 9
+    );
+    let (status, text) = push_body(
+        &f.app,
+        PUSH_TOKEN,
+        "application/json",
+        None,
+        late.clone().into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    drop(held);
+    let (status, _) = push_body(
+        &f.app,
+        PUSH_TOKEN,
+        "application/json",
+        None,
+        late.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
     // The read token cannot push.
     let (status, _) = push_body(&f.app, TOKEN, "application/json", None, json.into_bytes()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -105,6 +105,19 @@ async fn push_handler(
         }
     };
     let incoming = push::decode(&header(header::CONTENT_TYPE), &body).map_err(refused)?;
+    let text: u64 = incoming
+        .iter()
+        .flat_map(|s| s.entries.iter())
+        .map(|e| e.1.len() as u64 + 16)
+        .sum();
+    if !writer.has_room(text) {
+        // Loki's answer under back-pressure: the client backs off and
+        // retries, nothing is lost.
+        return Err(error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "the aggregator is at its in-flight limit (--max-inflight); retry later",
+        ));
+    }
     push::store(&st.shared, writer, &st.push_streams, incoming, st.limits)
         .await
         .map_err(refused)?;

@@ -161,21 +161,30 @@ impl Browser {
         }
     }
 
-    /// Evaluates JavaScript in the page and returns its value.
-    fn eval(&mut self, js: &str) -> Value {
+    /// Evaluates JavaScript in the page: its value, or the exception.
+    fn try_eval(&mut self, js: &str) -> Result<Value, Value> {
         let r = self.call(
             "Runtime.evaluate",
             json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
         );
-        assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
-        r["result"]["value"].clone()
+        match r.get("exceptionDetails") {
+            Some(e) => Err(e.clone()),
+            None => Ok(r["result"]["value"].clone()),
+        }
+    }
+
+    /// Evaluates JavaScript in the page and returns its value.
+    fn eval(&mut self, js: &str) -> Value {
+        self.try_eval(js).unwrap_or_else(|e| panic!("{js}: {e}"))
     }
 
     /// Polls `js` until it is truthy.
     fn wait_true(&mut self, what: &str, js: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let v = self.eval(js);
+            // A page still loading throws (its elements are not there yet):
+            // that is "not yet" too.
+            let v = self.try_eval(js).unwrap_or(Value::Null);
             if !(v.is_null() || v == json!(false) || v == json!(0) || v == json!("")) {
                 return v;
             }

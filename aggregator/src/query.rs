@@ -708,6 +708,33 @@ pub struct IndexStats {
     pub bytes: u64,
 }
 
+/// The streams `q` selects that hold lines in `b`'s time range, from the
+/// indexes alone (a chunk or block overlapping the range counts).
+pub fn streams_in_range(
+    shared: &Shared,
+    q: &Query,
+    b: Bounds,
+) -> Result<Vec<Arc<StreamInfo>>, QueryError> {
+    let plan = plan(shared, q, &b)?;
+    let mut ids: Vec<u32> = plan
+        .blocks
+        .iter()
+        .flat_map(|m| m.streams.iter().copied())
+        .collect();
+    for f in &plan.chunk_files {
+        for m in chunks_of(shared, f, &plan.wanted, &b) {
+            ids.extend(m.streams.iter().copied());
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids
+        .into_iter()
+        .filter(|&id| plan.wanted.get(id as usize).copied().unwrap_or(false))
+        .filter_map(|id| plan.streams.get(id as usize).cloned())
+        .collect())
+}
+
 /// Estimates what `q` would read in `b`'s time range.
 pub fn index_stats(shared: &Shared, q: &Query, b: Bounds) -> Result<IndexStats, QueryError> {
     let plan = plan(shared, q, &b)?;

@@ -400,7 +400,12 @@ async fn grafana_health_check_labels_series_and_buildinfo() {
         json!({"resultType": "vector", "result": [{"metric": {}, "value": [1700000000.0, "2"]}],
                "stats": data["stats"].clone()})
     );
+    let (start, end) = range(T0, T0 + 3600 * S);
+    let span = [("start", start.as_str()), ("end", end.as_str())];
+    // By default, the last six hours, as Loki: the fixture is older.
     let data = get_json(&f.app, "/loki/api/v1/labels", &[]).await;
+    assert_eq!(data, json!([]));
+    let data = get_json(&f.app, "/loki/api/v1/labels", &span).await;
     assert_eq!(
         data,
         json!([
@@ -413,12 +418,21 @@ async fn grafana_health_check_labels_series_and_buildinfo() {
             "stream"
         ])
     );
-    let data = get_json(&f.app, "/loki/api/v1/label/pod/values", &[]).await;
+    let data = get_json(&f.app, "/loki/api/v1/label/pod/values", &span).await;
     assert_eq!(data, json!(["db", "web"]));
+    // Only streams with lines in the range: db wrote for 30 s, web for 60.
+    let after = (T0 + 40 * S).to_string();
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/label/pod/values",
+        &[("start", after.as_str()), span[1]],
+    )
+    .await;
+    assert_eq!(data, json!(["web"]));
     let data = get_json(
         &f.app,
         "/loki/api/v1/label/node/values",
-        &[("query", r#"{pod="web"}"#)],
+        &[("query", r#"{pod="web"}"#), span[0], span[1]],
     )
     .await;
     assert_eq!(data, json!(["node-a"]));
@@ -428,6 +442,8 @@ async fn grafana_health_check_labels_series_and_buildinfo() {
         &[
             ("match[]", r#"{pod="db"}"#),
             ("match[]", r#"{node="nowhere"}"#),
+            span[0],
+            span[1],
         ],
     )
     .await;
@@ -960,9 +976,9 @@ async fn extra_labels_are_labels_like_the_others() {
         .map(|s| s["values"].as_array().unwrap().len())
         .sum();
     assert_eq!(n, 90, "the fixture's lines have no app label");
-    let names = get_json(&f.app, "/loki/api/v1/labels", &[]).await;
+    let names = get_json(&f.app, "/loki/api/v1/labels", &[("start", "0")]).await;
     assert!(names.as_array().unwrap().contains(&json!("app")), "{names}");
-    let values = get_json(&f.app, "/loki/api/v1/label/team/values", &[]).await;
+    let values = get_json(&f.app, "/loki/api/v1/label/team/values", &[("start", "0")]).await;
     assert_eq!(values, json!(["payments"]));
     let t = (T0 + 10 * S).to_string();
     let data = get_json(
@@ -1114,7 +1130,7 @@ async fn loki_clients_push_and_retries_are_stored_once() {
     let data = get_json(
         &f.app,
         "/loki/api/v1/series",
-        &[("match[]", r#"{job="promtail"}"#)],
+        &[("match[]", r#"{job="promtail"}"#), ("start", "0")],
     )
     .await;
     assert_eq!(data[0]["node"], "loki-push");

@@ -345,26 +345,41 @@ async fn instant(
 fn selected_streams(
     shared: &Shared,
     selectors: &[query::Query],
+    start: i64,
+    end: i64,
 ) -> Result<Vec<logql::eval::Labels>, QueryError> {
-    let ix = shared.index.read().map_err(|_| QueryError::Parse {
-        pos: 0,
-        msg: "index unavailable".into(),
-    })?;
-    let mut out: Vec<logql::eval::Labels> = ix
-        .streams
-        .all()
-        .iter()
-        .filter(|s| {
-            selectors.is_empty() || selectors.iter().any(|q| q.matches_file(&s.node, &s.labels))
-        })
-        .map(|s| {
+    let bounds = Bounds {
+        from: Some(start),
+        to: Some(end),
+        limit: 0,
+        direction: logfleet_proto::v1::Direction::Forward,
+    };
+    let all = [query::Query::default()];
+    let selectors = if selectors.is_empty() {
+        &all[..]
+    } else {
+        selectors
+    };
+    let mut out = Vec::new();
+    for q in selectors {
+        for s in query::streams_in_range(shared, q, bounds)? {
             // A file's stream label is per line: leave it out here.
-            query::label_pairs(&s.node, &s.labels, 0)
-        })
-        .collect();
+            out.push(query::label_pairs(&s.node, &s.labels, 0));
+        }
+    }
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// The range of the label and series endpoints: `start`/`end`/`since`,
+/// by default the last six hours, as Loki's.
+fn label_range(p: &Params) -> Result<(i64, i64), ApiError> {
+    let mut r = params::range_request(p, now_ns())?;
+    if p.get("start").is_none() && p.get("since").is_none() {
+        r.start = r.end - 6 * params::DEFAULT_RANGE_NS;
+    }
+    Ok((r.start, r.end))
 }
 
 fn selectors(p: &Params, key: &str) -> Result<Vec<query::Query>, ApiError> {
@@ -382,7 +397,11 @@ async fn labels(
 ) -> Result<Response, ApiError> {
     let p = Params::new(raw.as_deref(), &body);
     let sel = selectors(&p, "query")?;
-    let streams = blocking(&st, move |shared, _| selected_streams(shared, &sel)).await?;
+    let (start, end) = label_range(&p)?;
+    let streams = blocking(&st, move |shared, _| {
+        selected_streams(shared, &sel, start, end)
+    })
+    .await?;
     let mut names: Vec<&str> = streams
         .iter()
         .flat_map(|l| l.iter().map(|(n, _)| n.as_str()))
@@ -403,7 +422,11 @@ async fn label_values(
 ) -> Result<Response, ApiError> {
     let p = Params::new(raw.as_deref(), &body);
     let sel = selectors(&p, "query")?;
-    let streams = blocking(&st, move |shared, _| selected_streams(shared, &sel)).await?;
+    let (start, end) = label_range(&p)?;
+    let streams = blocking(&st, move |shared, _| {
+        selected_streams(shared, &sel, start, end)
+    })
+    .await?;
     let mut values: Vec<String> = if name == "stream" {
         // Per line, not per file: the values a line can have.
         if streams.is_empty() {
@@ -439,7 +462,11 @@ async fn series(
             "only label matchers are supported",
         ));
     }
-    let streams = blocking(&st, move |shared, _| selected_streams(shared, &sel)).await?;
+    let (start, end) = label_range(&p)?;
+    let streams = blocking(&st, move |shared, _| {
+        selected_streams(shared, &sel, start, end)
+    })
+    .await?;
     Ok(success(Json::Array(
         streams
             .into_iter()

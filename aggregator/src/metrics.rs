@@ -47,6 +47,8 @@ pub struct Metrics {
     pub streams: Gauge,
     /// Compacted chunk files.
     pub chunk_files: Gauge,
+    /// Loki push entries whose structured metadata was not kept.
+    pub loki_metadata_dropped: Counter,
     /// Queries served.
     pub queries: Counter,
     /// Open live tails.
@@ -79,6 +81,7 @@ impl Metrics {
             segments: Gauge::default(),
             streams: Gauge::default(),
             chunk_files: Gauge::default(),
+            loki_metadata_dropped: Counter::default(),
             queries: Counter::default(),
             tails: Gauge::default(),
             fsync_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -136,6 +139,11 @@ impl Metrics {
             "chunk_files",
             "Compacted chunk files on disk",
             m.chunk_files.clone(),
+        );
+        r.register(
+            "loki_structured_metadata_dropped",
+            "Entries pushed through Loki's API whose structured metadata was not kept",
+            m.loki_metadata_dropped.clone(),
         );
         r.register("queries", "Queries served", m.queries.clone());
         r.register("tails", "Live tails open", m.tails.clone());

@@ -1191,6 +1191,30 @@ async fn loki_clients_push_and_retries_are_stored_once() {
         assert_eq!(status.as_u16(), code, "{text}");
         assert!(text.contains(why), "{text}");
     }
+    // Structured metadata is not kept: the line is, and the metadata is
+    // counted, not dropped in silence.
+    let md = format!(
+        r#"{{"streams":[{{"stream":{{"job":"promtail"}},"values":[["{}","with metadata",{{"trace_id":"abc"}}]]}}]}}"#,
+        T0 + 8
+    );
+    let (status, _) = push_body(
+        &f.app,
+        PUSH_TOKEN,
+        "application/json",
+        None,
+        md.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, metrics) = send(
+        &f.app,
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(
+        metrics.contains("logfleet_aggregator_loki_structured_metadata_dropped_total 1"),
+        "{metrics}"
+    );
     // A saturated aggregator says 429, as Loki does, and takes the push
     // once it has room.
     let held = f._writer.take_all_room().expect("room");

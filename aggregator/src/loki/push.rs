@@ -58,6 +58,20 @@ pub struct LokiEntry {
     /// The line.
     #[prost(string, tag = "2")]
     pub line: String,
+    /// Structured metadata (not kept: counted).
+    #[prost(message, repeated, tag = "3")]
+    pub structured_metadata: Vec<LokiLabelPair>,
+}
+
+/// Loki's `LabelPairAdapter`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LokiLabelPair {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Value.
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 /// `google.protobuf.Timestamp`.
@@ -94,6 +108,8 @@ pub struct Incoming {
     pub labels: Vec<(String, String)>,
     /// (ns, line).
     pub entries: Vec<(i64, String)>,
+    /// Entries that carried structured metadata, which is not kept.
+    pub with_metadata: u64,
 }
 
 /// Decodes a push body (already gunzipped): JSON when the content type
@@ -117,6 +133,11 @@ pub fn decode(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Refused>
         .into_iter()
         .map(|s| {
             Ok(Incoming {
+                with_metadata: s
+                    .entries
+                    .iter()
+                    .filter(|e| !e.structured_metadata.is_empty())
+                    .count() as u64,
                 labels: parse_labels(&s.labels)?,
                 entries: s
                     .entries
@@ -161,7 +182,13 @@ fn decode_json(body: &[u8]) -> Result<Vec<Incoming>, Refused> {
             .and_then(|v| v.as_array())
             .ok_or_else(|| bad("each stream needs \"values\": [[\"<ns>\", \"<line>\"], ...]"))?;
         let mut entries = Vec::with_capacity(values.len());
+        let mut with_metadata = 0;
         for v in values {
+            if v.get(2)
+                .is_some_and(|m| m.as_object().is_some_and(|o| !o.is_empty()))
+            {
+                with_metadata += 1;
+            }
             let (Some(ts), Some(line)) = (
                 v.get(0).and_then(|t| t.as_str()),
                 v.get(1).and_then(|l| l.as_str()),
@@ -173,7 +200,11 @@ fn decode_json(body: &[u8]) -> Result<Vec<Incoming>, Refused> {
                 .map_err(|_| bad(format!("timestamp {ts:?} is not Unix nanoseconds")))?;
             entries.push((ts, line.to_owned()));
         }
-        out.push(Incoming { labels, entries });
+        out.push(Incoming {
+            labels,
+            entries,
+            with_metadata,
+        });
     }
     Ok(out)
 }
@@ -348,6 +379,16 @@ pub async fn store(
     limits: logfleet_proto::Limits,
 ) -> Result<Outcome, Refused> {
     let mut out = Outcome::default();
+    let metadata: u64 = incoming.iter().map(|s| s.with_metadata).sum();
+    if metadata > 0 {
+        // Not kept (no place for it yet): counted and said, not dropped
+        // in silence.
+        shared.metrics.loki_metadata_dropped.inc_by(metadata);
+        tracing::warn!(
+            entries = metadata,
+            "Loki push carried structured metadata, which logfleet does not keep"
+        );
+    }
     for s in incoming {
         let t = target(&s.labels)?;
         let lock = streams.lock_for(&t);
@@ -522,7 +563,8 @@ mod tests {
                 entries: vec![
                     (1_700_000_000_000_000_001, "one".into()),
                     (1_700_000_000_000_000_002, "two".into())
-                ]
+                ],
+                with_metadata: 1,
             }]
         );
         for (body, why) in [

@@ -50,10 +50,11 @@ pub fn router(state: HttpState) -> axum::Router {
         .with_state(state)
 }
 
-/// Refuses API requests without the configured bearer token (401), as
-/// gRPC refuses them with UNAUTHENTICATED.
-async fn bearer(
-    State(s): State<HttpState>,
+/// Lets the request through when it carries the token `auth` wants;
+/// else 401, as gRPC answers UNAUTHENTICATED.
+async fn check(
+    auth: &crate::service::Auth,
+    s: &HttpState,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -61,7 +62,7 @@ async fn bearer(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if s.auth.allows(header) {
+    if auth.allows(header) {
         return next.run(req).await;
     }
     s.shared.metrics.unauthenticated.inc();
@@ -73,26 +74,22 @@ async fn bearer(
         .into_response()
 }
 
-/// Refuses pushes without the push token (401), as gRPC ingest does.
+/// Reading (the agents listing, Loki's read API): the read token.
+async fn bearer(
+    State(s): State<HttpState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    check(&s.auth, &s, req, next).await
+}
+
+/// Loki's push endpoint: the push token, as gRPC ingest.
 async fn push_bearer(
     State(s): State<HttpState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    if s.push_auth.allows(header) {
-        return next.run(req).await;
-    }
-    s.shared.metrics.unauthenticated.inc();
-    (
-        axum::http::StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer")],
-        "missing or wrong bearer token\n",
-    )
-        .into_response()
+    check(&s.push_auth, &s, req, next).await
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

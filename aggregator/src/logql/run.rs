@@ -45,6 +45,7 @@ fn range(
     let mut ids: HashMap<(u32, i32), Option<usize>> = HashMap::new();
     let mut failed: Option<eval::EvalError> = None;
     let per_line = !agg.query.pipeline.is_label_only() || agg.query.unwrap.is_some();
+    let mut stream_labels: HashMap<(u32, i32), crate::pipeline::Labels> = HashMap::new();
     let result = query::visit(shared, &agg.query, bounds, ctl, &mut |v| {
         let l = v.line;
         if !per_line {
@@ -63,10 +64,15 @@ fn range(
             }
             return true;
         }
-        let Some(p) = agg
-            .query
-            .pipe(&v.info.node, &v.info.labels, l.stream, &l.text)
-        else {
+        // The stream's labels once per stream, not per line.
+        let stream = stream_labels
+            .entry((v.stream_id, l.stream))
+            .or_insert_with(|| {
+                query::label_pairs(&v.info.node, &v.info.labels, l.stream)
+                    .into_iter()
+                    .collect()
+            });
+        let Some(p) = agg.query.pipeline.process(stream, &l.text) else {
             return true;
         };
         let mut labels = p.labels;

@@ -324,11 +324,30 @@ fn new_entries(
     ) else {
         return Ok(entries);
     };
+    // Every label of the file, so that only its stream's blocks and chunks
+    // are read (a file with more extra labels still matches: the callback
+    // compares the whole label set).
+    let l = &t.labels;
+    let mut matchers: Vec<query::Matcher> = [
+        (query::Label::Node, t.node.clone()),
+        (query::Label::Namespace, l.namespace.clone()),
+        (query::Label::Pod, l.pod.clone()),
+        (query::Label::PodUid, l.pod_uid.clone()),
+        (query::Label::Container, l.container.clone()),
+        (query::Label::Restart, l.restart.to_string()),
+    ]
+    .into_iter()
+    .map(|(label, v)| query::Matcher {
+        label,
+        op: query::Op::Eq(v),
+    })
+    .collect();
+    matchers.extend(l.extra.iter().map(|x| query::Matcher {
+        label: query::Label::Other(x.name.clone()),
+        op: query::Op::Eq(x.value.clone()),
+    }));
     let q = query::Query {
-        matchers: vec![query::Matcher {
-            label: query::Label::Node,
-            op: query::Op::Eq(t.node.clone()),
-        }],
+        matchers,
         ..Default::default()
     };
     let mut have: HashSet<(i64, Vec<u8>)> = HashSet::new();

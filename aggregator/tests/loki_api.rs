@@ -1136,12 +1136,7 @@ async fn loki_clients_push_and_retries_are_stored_once() {
     assert_eq!(data[0]["node"], "loki-push");
     assert_eq!(data[0]["namespace"], "shop");
     // The client retries (its ack was lost), gzip-encoded this time.
-    let gz = {
-        use std::io::Write;
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(json.as_bytes()).unwrap();
-        e.finish().unwrap()
-    };
+    let gz = gzip(json.as_bytes());
     let (status, _) = push_body(&f.app, PUSH_TOKEN, "application/json", Some("gzip"), gz).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(job_lines(&f.app).await, want(&[]), "stored once");
@@ -1186,6 +1181,14 @@ async fn loki_clients_push_and_retries_are_stored_once() {
             "stdout or stderr",
         ),
         ("application/json", None, vec![b' '; 33 << 20], 413, ""),
+        // A gzip bomb: 65 MiB of spaces in a few dozen KiB.
+        (
+            "application/json",
+            Some("gzip"),
+            gzip(&vec![b' '; 65 << 20]),
+            413,
+            "decompresses to more than",
+        ),
     ] {
         let (status, text) = push_body(&f.app, PUSH_TOKEN, ct, enc, body).await;
         assert_eq!(status.as_u16(), code, "{text}");
@@ -1297,4 +1300,11 @@ async fn pushed_lines_below_the_streams_mark_are_not_lost() {
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let lines: Vec<String> = job_lines(&f.app).await.into_iter().map(|x| x.1).collect();
     assert_eq!(lines, ["from before", "a", "b"]);
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }

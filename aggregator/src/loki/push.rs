@@ -118,15 +118,19 @@ pub fn decode(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Refused>
     if content_type.contains("json") {
         return decode_json(body);
     }
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(body)
+    // Snappy states the decompressed length up front: judge it before
+    // allocating, or a small body claiming gigabytes would take them.
+    let claimed = snap::raw::decompress_len(body)
         .map_err(|e| bad(format!("not a snappy-compressed protobuf body: {e}")))?;
-    if raw.len() > MAX_DECODED {
+    if claimed > MAX_DECODED {
         return Err(Refused {
             status: 413,
             msg: format!("the push decompresses to more than {MAX_DECODED} bytes"),
         });
     }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| bad(format!("not a snappy-compressed protobuf body: {e}")))?;
     let req = LokiPushRequest::decode(raw.as_slice())
         .map_err(|e| bad(format!("not a Loki PushRequest: {e}")))?;
     req.streams
@@ -566,6 +570,23 @@ mod tests {
             l(&[("job", "a"), ("x", "y z")])
         );
         assert!(parse_labels(r#"{job=~"a"}"#).is_err());
+    }
+
+    #[test]
+    fn a_snappy_body_claiming_too_much_is_refused_before_it_is_allocated() {
+        // The varint length header alone: 1 GiB claimed, nothing behind it.
+        let mut body = Vec::new();
+        prost::encoding::encode_varint(1 << 30, &mut body);
+        let r = decode("application/x-protobuf", &body).unwrap_err();
+        assert_eq!(r.status, 413, "{}", r.msg);
+        // A real one just over the limit, too.
+        let big = snap::raw::Encoder::new()
+            .compress_vec(&vec![0u8; MAX_DECODED + 1])
+            .unwrap();
+        assert_eq!(
+            decode("application/x-protobuf", &big).unwrap_err().status,
+            413
+        );
     }
 
     #[test]

@@ -524,6 +524,22 @@ impl Query {
     }
 }
 
+/// Streams' label sets as pipelines start from them, built once per
+/// stream (and stdout/stderr) instead of once per line.
+#[derive(Default)]
+pub struct StreamLabels(HashMap<(u32, i32), crate::pipeline::Labels>);
+
+impl StreamLabels {
+    /// The labels of lines of stream `sid` (`info`) on `stream`.
+    pub fn get(&mut self, sid: u32, info: &StreamInfo, stream: i32) -> &crate::pipeline::Labels {
+        self.0.entry((sid, stream)).or_insert_with(|| {
+            label_pairs(&info.node, &info.labels, stream)
+                .into_iter()
+                .collect()
+        })
+    }
+}
+
 /// A line's label set as Loki clients see it: the pipeline's when the
 /// query had stages, else the stream's.
 pub fn entry_labels(e: &Entry) -> Vec<(String, String)> {
@@ -804,6 +820,7 @@ pub fn execute_into(
     }
     let stream = b.limit == 0;
     let mut reader = store::BlockReader::new()?;
+    let mut stream_labels = StreamLabels::default();
     // `fwd` pops the largest key, `bwd` the smallest. With a limit, forward
     // keeps the `limit` smallest keys in `fwd` (evicting the largest) and
     // backward the largest in `bwd`. Streaming, forward emits the smallest
@@ -867,23 +884,22 @@ pub fn execute_into(
             {
                 continue;
             }
-            let Some(info) = m
+            let Some((sid, info)) = m
                 .streams
                 .get(l.range as usize)
-                .and_then(|&s| streams.get(s as usize))
+                .and_then(|&s| streams.get(s as usize).map(|i| (s, i)))
             else {
                 continue;
             };
             let key = (l.ts, m.seq, m.offset, i as u32);
             // The pipeline may drop the line; it runs only for lines that
             // could be in the result.
-            let pipe = || {
+            let mut pipe = || {
                 if q.pipeline.is_empty() {
                     Ok(None)
                 } else {
-                    q.pipe(&info.node, &info.labels, l.stream, &l.text)
-                        .map(Some)
-                        .ok_or(())
+                    let labels = stream_labels.get(sid, info, l.stream);
+                    q.pipeline.process(labels, &l.text).map(Some).ok_or(())
                 }
             };
             if stream {

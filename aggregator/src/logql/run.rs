@@ -45,7 +45,7 @@ fn range(
     let mut ids: HashMap<(u32, i32), Option<usize>> = HashMap::new();
     let mut failed: Option<eval::EvalError> = None;
     let per_line = !agg.query.pipeline.is_label_only() || agg.query.unwrap.is_some();
-    let mut stream_labels: HashMap<(u32, i32), crate::pipeline::Labels> = HashMap::new();
+    let mut stream_labels = query::StreamLabels::default();
     let result = query::visit(shared, &agg.query, bounds, ctl, &mut |v| {
         let l = v.line;
         if !per_line {
@@ -64,14 +64,7 @@ fn range(
             }
             return true;
         }
-        // The stream's labels once per stream, not per line.
-        let stream = stream_labels
-            .entry((v.stream_id, l.stream))
-            .or_insert_with(|| {
-                query::label_pairs(&v.info.node, &v.info.labels, l.stream)
-                    .into_iter()
-                    .collect()
-            });
+        let stream = stream_labels.get(v.stream_id, v.info, l.stream);
         let Some(p) = agg.query.pipeline.process(stream, &l.text) else {
             return true;
         };

@@ -382,6 +382,21 @@ fn label_range(p: &Params) -> Result<(i64, i64), ApiError> {
     Ok((r.start, r.end))
 }
 
+/// The label sets of the streams the `key` selectors pick in the
+/// request's range (labels, label values).
+async fn streams_of(
+    st: &LokiState,
+    p: &Params,
+    key: &str,
+) -> Result<Vec<logql::eval::Labels>, ApiError> {
+    let sel = selectors(p, key)?;
+    let (start, end) = label_range(p)?;
+    blocking(st, move |shared, _| {
+        selected_streams(shared, &sel, start, end)
+    })
+    .await
+}
+
 fn selectors(p: &Params, key: &str) -> Result<Vec<query::Query>, ApiError> {
     Ok(p.all(key)
         .into_iter()
@@ -395,13 +410,7 @@ async fn labels(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let p = Params::new(raw.as_deref(), &body);
-    let sel = selectors(&p, "query")?;
-    let (start, end) = label_range(&p)?;
-    let streams = blocking(&st, move |shared, _| {
-        selected_streams(shared, &sel, start, end)
-    })
-    .await?;
+    let streams = streams_of(&st, &Params::new(raw.as_deref(), &body), "query").await?;
     let mut names: Vec<&str> = streams
         .iter()
         .flat_map(|l| l.iter().map(|(n, _)| n.as_str()))
@@ -420,13 +429,7 @@ async fn label_values(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let p = Params::new(raw.as_deref(), &body);
-    let sel = selectors(&p, "query")?;
-    let (start, end) = label_range(&p)?;
-    let streams = blocking(&st, move |shared, _| {
-        selected_streams(shared, &sel, start, end)
-    })
-    .await?;
+    let streams = streams_of(&st, &Params::new(raw.as_deref(), &body), "query").await?;
     let mut values: Vec<String> = if name == "stream" {
         // Per line, not per file: the values a line can have.
         if streams.is_empty() {

@@ -1308,3 +1308,42 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.write_all(data).unwrap();
     e.finish().unwrap()
 }
+
+/// The web view's files are served from the binary, open, with a policy
+/// that lets the page load nothing from elsewhere and run no injected
+/// script (a log line is data, never markup).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_view_is_served_with_a_strict_policy() {
+    let f = fixture().await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let resp = f
+            .app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}: no token needed");
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        assert!(h("content-type").starts_with(kind), "{path}");
+        let csp = h("content-security-policy");
+        for rule in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+        ] {
+            assert!(csp.contains(rule), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert_eq!(h("x-content-type-options"), "nosniff");
+    }
+}

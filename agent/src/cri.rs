@@ -267,6 +267,11 @@ impl LineSink for Vec<Line> {
 #[derive(Debug)]
 struct Pending {
     offset: u64,
+    /// Where a re-read must start to see this run whole and every line
+    /// completed after it began whole too: a line of the other stream that
+    /// began earlier and ended after this run began (both streams with a
+    /// `P` open at once) lowers it to that line's start.
+    floor: u64,
     ts: i64,
     text: Vec<u8>,
     last: Instant,
@@ -327,10 +332,19 @@ impl Assembler {
             .pending
             .iter()
             .flatten()
-            .map(|p| p.offset)
+            .map(|p| p.floor)
             .min()
             .unwrap_or(consumed)
             .min(consumed);
+    }
+
+    /// A line starting at `offset` was just emitted while runs are open: a
+    /// run that began after it must not let the checkpoint fall between
+    /// that line's chunks.
+    fn emitted(&mut self, offset: u64) {
+        for p in self.pending.iter_mut().flatten() {
+            p.floor = p.floor.min(offset);
+        }
     }
 
     /// Feeds one record. `consumed` is the file offset just after it;
@@ -390,14 +404,19 @@ impl Assembler {
                 let pend = self.pending[s].take().expect("checked above");
                 odd.cut += 1;
                 out.line(pend.offset, pend.ts, p.stream, base | CUT, &pend.text);
+                self.emitted(pend.offset);
             }
         }
         match (&mut self.pending[s], ends_line) {
-            (None, true) => out.line(rec.offset, p.ts, p.stream, base, &p.msg),
+            (None, true) => {
+                out.line(rec.offset, p.ts, p.stream, base, &p.msg);
+                self.emitted(rec.offset);
+            }
             (Some(pend), true) => {
                 pend.text.extend_from_slice(&p.msg);
                 let pend = self.pending[s].take().expect("matched Some");
                 out.line(pend.offset, pend.ts, p.stream, base, &pend.text);
+                self.emitted(pend.offset);
             }
             (Some(pend), false) => {
                 pend.text.extend_from_slice(&p.msg);
@@ -406,6 +425,7 @@ impl Assembler {
             (None, false) => {
                 self.pending[s] = Some(Pending {
                     offset: rec.offset,
+                    floor: rec.offset,
                     ts: p.ts,
                     text: p.msg.into_owned(),
                     last: now,
@@ -463,6 +483,7 @@ impl Assembler {
                 _ => (Stream::Unknown, UNTERMINATED | UNPARSED),
             };
             out.line(p.offset, p.ts, stream, flags, &p.text);
+            self.emitted(p.offset);
         }
     }
 
@@ -631,6 +652,24 @@ mod tests {
             fr.feed(c, |r, end| asm.feed(r, end, now, 7, &mut odd, &mut out));
         }
         (out, odd, asm.safe_offset())
+    }
+
+    /// Both streams print without a newline: stdout's `P` at 0, then
+    /// stderr's `P`, then stdout's `F` completes its line. The checkpoint
+    /// may not move to stderr's run: a re-read from there would find
+    /// stdout's `F` without its `P` and ship its tail as a line of its own.
+    #[test]
+    fn the_safe_offset_never_splits_a_line_around_the_other_streams_run() {
+        let recs = [
+            format!("{TS} stdout P ab"),
+            format!("{TS} stderr P cd"),
+            format!("{TS} stdout F ef"),
+        ];
+        let data = recs.iter().map(|r| format!("{r}\n")).collect::<String>();
+        let (lines, _, safe) = run(data.as_bytes(), 1 << 10, 1 << 10);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].text, "abef");
+        assert_eq!(safe, 0, "stdout's line spans stderr's open run");
     }
 
     #[test]

@@ -33,12 +33,51 @@ type PodSpec = (
     &'static [(&'static str, Format)],
 );
 
-/// One simulated node's kubelet and workloads, until `stop`.
+/// The pod object the stand-in API serves for a simulated pod: labels,
+/// annotations and an owner as a real cluster's controllers would set them.
+fn pod_object(spec: usize, node: usize, name: &str, uid: &str) -> serde_json::Value {
+    use serde_json::json;
+    let node = format!("node-{node}");
+    match spec {
+        0 => logfleet_kubesim::api::pod(
+            "default",
+            name,
+            uid,
+            &node,
+            json!({"app": "web", "app.kubernetes.io/name": "web", "pod-template-hash": "6b8f5c"}),
+            json!({"logfleet.dev/multiline": "python"}),
+            Some(("ReplicaSet", "web-6b8f5c")),
+        ),
+        1 => logfleet_kubesim::api::pod(
+            "shop",
+            name,
+            uid,
+            &node,
+            json!({"app": "checkout", "app.kubernetes.io/name": "checkout", "team": "payments",
+                "pod-template-hash": "7d4b9c"}),
+            json!({"logfleet.dev/multiline": "java"}),
+            Some(("ReplicaSet", "checkout-7d4b9c")),
+        ),
+        _ => logfleet_kubesim::api::pod(
+            "kube-system",
+            name,
+            uid,
+            &node,
+            json!({"app": "legacy-proxy"}),
+            json!({}),
+            Some(("DaemonSet", "legacy-proxy")),
+        ),
+    }
+}
+
+/// One simulated node's kubelet and workloads, until `stop`. Each pod is
+/// on the stand-in API before its first line is written, as in a cluster.
 fn write_node(
     root: PathBuf,
     node: usize,
     stop: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
+    api: logfleet_kubesim::api::Api,
 ) -> std::io::Result<()> {
     let rotation = Rotation {
         max_size: 256 << 10,
@@ -60,14 +99,9 @@ fn write_node(
     let make = |spec: usize, generation: u32| {
         let (ns, base, cs) = specs[spec];
         let pod = format!("{base}-{node}{generation:03}");
-        Pod::create(
-            &root,
-            ns,
-            &pod,
-            &format!("uid-{node}-{spec}-{generation}"),
-            cs,
-            rotation,
-        )
+        let uid = format!("uid-{node}-{spec}-{generation}");
+        api.put_pod(pod_object(spec, node, &pod, &uid));
+        Pod::create(&root, ns, &pod, &uid, cs, rotation)
     };
     let mut pods: Vec<(usize, Pod)> = Vec::new();
     for s in 0..specs.len() {
@@ -85,6 +119,12 @@ fn write_node(
                         "stdout"
                     };
                     let mut msg = msgs.next_message();
+                    while msg.starts_with('\t') {
+                        // The generator's lone stack frame is no line an
+                        // application writes on its own: the demo writes
+                        // whole traces instead (below).
+                        msg = msgs.next_message();
+                    }
                     if rng.random_ratio(1, 500) {
                         // Now and then a line longer than a CRI chunk.
                         msg = msg.repeat(200);
@@ -93,6 +133,25 @@ fn write_node(
                     written.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        // Now and then a stack trace, written line by line as a runtime
+        // does: the checkout server's in Java, the web app's in Python.
+        for (spec, pod) in pods.iter_mut() {
+            let spec = *spec;
+            let trace = match (spec, rng.random_ratio(1, 40)) {
+                (1, true) => msgs.java_trace(),
+                (0, true) => msgs.python_trace(),
+                _ => continue,
+            };
+            let c = pod
+                .containers
+                .last_mut()
+                .expect("every pod has a container");
+            let stream = if spec == 0 { "stderr" } else { "stdout" };
+            for line in &trace {
+                c.write(now_ns(), stream, line, true)?;
+            }
+            written.fetch_add(trace.len() as u64, Ordering::Relaxed);
         }
         if last_restart.elapsed() > Duration::from_secs(20) {
             last_restart = Instant::now();
@@ -106,6 +165,14 @@ fn write_node(
             generation += 1;
             let (spec, old) = pods.remove(0);
             let name = old.containers[0].pod.clone();
+            if let Some(uid) = old
+                .dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.rsplit('_').next())
+            {
+                api.delete_pod(uid);
+            }
             old.delete()?;
             let new = make(spec, generation)?;
             println!(
@@ -159,6 +226,7 @@ pub fn hints(exe: &str, url: &str) -> Vec<String> {
     vec![
         format!("{exe} agents --aggregator {url}"),
         format!("{exe} query --aggregator {url} '{{namespace=\"shop\"}} |= \"ERROR\"' --limit 20"),
+        format!("{exe} query --aggregator {url} '{{workload=\"checkout\"}} |= \"Exception\"' --limit 3"),
         format!("{exe} query --aggregator {url} '{{node=\"node-2\", stream=\"stderr\"}}' --since 5m --output jsonl"),
         // A raw (backtick) string keeps the regex free of escapes.
         format!("{exe} tail --aggregator {url} '{{pod=~\"web-.*\"}} |~ `status=5..|\" 5[0-9][0-9] `'"),
@@ -223,6 +291,22 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
     println!("  files under {}", dir.display());
 
     let stop_writers = Arc::new(AtomicBool::new(false));
+    // A stand-in API server with the simulated pods, labels and owners:
+    // the agents label lines with workloads and app labels from it, and
+    // group stack traces as the pods' annotations ask.
+    let api = logfleet_kubesim::api::Api::start()
+        .await
+        .context("starting the stand-in API server")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig)
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    for (ns, rs, deployment) in [
+        ("default", "web-6b8f5c", "web"),
+        ("shop", "checkout-7d4b9c", "checkout"),
+    ] {
+        api.put_replicaset(ns, rs, deployment);
+    }
     let mut agents = Vec::new();
     let mut writers = Vec::new();
     let mut counters = Vec::new();
@@ -231,9 +315,9 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let written = Arc::new(AtomicU64::new(0));
         counters.push(written.clone());
-        let (s, r) = (stop_writers.clone(), root.clone());
+        let (s, r, a) = (stop_writers.clone(), root.clone(), api.clone());
         writers.push(std::thread::spawn(move || {
-            if let Err(e) = write_node(r, node, s, written) {
+            if let Err(e) = write_node(r, node, s, written, a) {
                 eprintln!("  node-{node}: writer failed: {e}");
             }
         }));
@@ -266,6 +350,18 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
             },
             heartbeat_interval: Duration::from_secs(10),
             dead_letter_bytes: 64 << 20,
+            metadata: Some(logfleet_agent::MetadataConfig {
+                selection: logfleet_agent::metadata::Selection {
+                    pod_labels: ["team"]
+                        .into_iter()
+                        .chain(logfleet_agent::metadata::DEFAULT_POD_LABELS)
+                        .map(str::to_owned)
+                        .collect(),
+                    namespace_labels: Vec::new(),
+                },
+                limits: Default::default(),
+                kubeconfig: Some(kubeconfig.clone()),
+            }),
         };
         agents.push(tokio::spawn(logfleet_agent::run(
             agent_cfg,

@@ -188,6 +188,13 @@ enum BenchCmd {
         /// Agent compression.
         #[arg(long, env = "LOGFLEET_BENCH_COMPRESSION", default_value = "zstd")]
         compression: String,
+        /// Multi-line detector for every container (none, java, auto, ...).
+        #[arg(long, env = "LOGFLEET_BENCH_MULTILINE", default_value = "none")]
+        multiline: String,
+        /// Serve this many pods of the node from a stand-in API server and
+        /// label lines from them (0: no metadata).
+        #[arg(long, env = "LOGFLEET_BENCH_METADATA_PODS", default_value = "0")]
+        metadata_pods: usize,
     },
     /// Queries over what a pipeline run stored.
     Query {
@@ -386,6 +393,39 @@ struct AgentArgs {
     /// Hold at most this many log files open; more wait until some finish.
     #[arg(long, env = "LOGFLEET_MAX_OPEN_FILES", default_value = "1024")]
     max_open_files: usize,
+    /// Group multi-line records (stack traces) of pods that do not choose by
+    /// annotation: none, java, python, go, ruby, dotnet, auto, or a regex
+    /// matching a record's first line.
+    #[arg(long, env = "LOGFLEET_MULTILINE", default_value = "none")]
+    multiline: String,
+    /// A multi-line record ends when its stream's next line is stamped this
+    /// much later, or the clock is this far past its last line.
+    #[arg(long, env = "LOGFLEET_MULTILINE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    multiline_timeout: Duration,
+    /// Largest multi-line record; longer ones ship in pieces marked as cut.
+    #[arg(long, env = "LOGFLEET_MULTILINE_MAX_SIZE", default_value = "256KiB", value_parser = parse_size)]
+    multiline_max_size: u64,
+    /// Watch this node's pods (in-cluster config or KUBECONFIG) and label
+    /// lines with their workload and selected labels; honours the
+    /// logfleet.dev/exclude and logfleet.dev/multiline annotations.
+    #[arg(long, env = "LOGFLEET_METADATA", default_value_t = false)]
+    metadata: bool,
+    /// Pod label keys to copy onto lines (sanitised: app.kubernetes.io/name
+    /// becomes app_kubernetes_io_name).
+    #[arg(
+        long,
+        env = "LOGFLEET_POD_LABELS",
+        value_delimiter = ',',
+        default_value = "app,app.kubernetes.io/name,app.kubernetes.io/instance,app.kubernetes.io/version,app.kubernetes.io/component,app.kubernetes.io/part-of,app.kubernetes.io/managed-by"
+    )]
+    pod_labels: Vec<String>,
+    /// Namespace label keys to copy onto lines as namespace_<name>; empty:
+    /// namespaces are not watched.
+    #[arg(long, env = "LOGFLEET_NAMESPACE_LABELS", value_delimiter = ',')]
+    namespace_labels: Vec<String>,
+    /// Keep a deleted pod's metadata this long for files still being read.
+    #[arg(long, env = "LOGFLEET_METADATA_DELETED_TTL", default_value = "10m", value_parser = parse_duration)]
+    metadata_deleted_ttl: Duration,
 }
 
 #[derive(clap::Args)]
@@ -651,8 +691,29 @@ fn agent_config(a: AgentArgs) -> Result<logfleet_agent::AgentConfig> {
             partial_timeout: a.partial_timeout,
             rotate_wait: a.rotate_wait,
             max_open_files: a.max_open_files.max(1),
+            multiline: logfleet_agent::multiline::Detector::parse(&a.multiline)
+                .context("--multiline")?,
+            group: logfleet_agent::multiline::GroupConfig {
+                timeout: a.multiline_timeout,
+                max_bytes: a.multiline_max_size.max(1) as usize,
+            },
             ..Default::default()
         },
+        metadata: a.metadata.then(|| logfleet_agent::MetadataConfig {
+            selection: logfleet_agent::metadata::Selection {
+                pod_labels: a.pod_labels.into_iter().filter(|l| !l.is_empty()).collect(),
+                namespace_labels: a
+                    .namespace_labels
+                    .into_iter()
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+            },
+            limits: logfleet_agent::metadata::Limits {
+                deleted_ttl: a.metadata_deleted_ttl,
+                ..Default::default()
+            },
+            kubeconfig: None,
+        }),
         heartbeat_interval: a.heartbeat_interval,
         dead_letter_bytes: a.dead_letter_size,
         filter: logfleet_agent::discover::Filter {
@@ -934,7 +995,12 @@ async fn run(cmd: Cmd) -> Result<()> {
                     dir.join("pods").display()
                 );
             }
-            BenchCmd::Pipeline { dir, compression } => bench::pipeline(&dir, &compression).await?,
+            BenchCmd::Pipeline {
+                dir,
+                compression,
+                multiline,
+                metadata_pods,
+            } => bench::pipeline(&dir, &compression, &multiline, metadata_pods).await?,
             BenchCmd::Query { dir, compression } => bench::query(&dir, &compression).await?,
             BenchCmd::Tail { dir, pushes } => bench::tail(&dir, pushes).await?,
             BenchCmd::Idle {

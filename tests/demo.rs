@@ -95,6 +95,36 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // Lines carry their pods' labels from the stand-in API, and stack
+    // traces arrive as one record each (issue 11's demo).
+    let exc = hints.iter().find(|h| h.contains("workload=")).unwrap();
+    wait_for(
+        "a whole Java trace from {workload=\"checkout\"}",
+        Duration::from_secs(90),
+        || {
+            let out = Command::new("sh").arg("-c").arg(exc).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (text.contains("\njava.lang.IllegalStateException: ")
+                && text.contains("\n\tat com.example.checkout.")
+                && text.contains("\nCaused by: ")
+                && text.contains(" more"))
+            .then_some(())
+        },
+    );
+    let query = exc
+        .replace("{workload=\"checkout\"}", "{app=\"checkout\"}")
+        .replace("--limit 3", "--limit 1 --output jsonl");
+    let out = Command::new("sh").arg("-c").arg(&query).output().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{query}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(rec["labels"]["workload"], "checkout", "{rec}");
+    assert_eq!(rec["labels"]["workload_kind"], "Deployment", "{rec}");
+    assert_eq!(rec["labels"]["team"], "payments", "{rec}");
+    let line = rec["line"].as_str().unwrap();
+    assert!(
+        line.starts_with("ERROR ") && line.contains("\nCaused by: "),
+        "{line}"
+    );
     // The tail runs until stopped: it must print matching lines.
     let tail = hints.iter().find(|h| h.contains(" tail ")).unwrap();
     let mut child = Command::new("sh")

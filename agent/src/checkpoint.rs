@@ -20,6 +20,11 @@ pub struct Position {
     pub path: PathBuf,
     /// Offset up to which the aggregator acknowledged the file.
     pub offset: u64,
+    /// The multi-line setting the file is read with (`none` when lines
+    /// are not grouped), fixed when the file is first read: a re-read after
+    /// a crash must group lines exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiline: Option<String>,
 }
 
 /// Every file's acknowledged position, by file identity.
@@ -58,6 +63,7 @@ impl Checkpoints {
         let e = self.files.entry(id).or_insert_with(|| Position {
             path: path.to_owned(),
             offset,
+            multiline: None,
         });
         e.offset = e.offset.max(offset);
         if e.path != path {
@@ -89,6 +95,18 @@ pub fn load(path: &Path) -> Result<Checkpoints, CheckpointError> {
             source,
         }),
     }
+}
+
+/// Saves the current checkpoints: the snapshot is taken and written under
+/// one lock, so that of two savers the newer snapshot always lands last.
+pub fn save_shared(path: &Path, cp: &std::sync::Mutex<Checkpoints>) -> Result<(), CheckpointError> {
+    static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SAVING.lock().unwrap_or_else(|p| p.into_inner());
+    let snapshot = cp
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    save(path, &snapshot)
 }
 
 /// Saves checkpoints atomically and durably.

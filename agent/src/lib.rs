@@ -16,7 +16,9 @@ pub mod deadletter;
 pub mod discover;
 pub mod fingerprint;
 pub mod http;
+pub mod metadata;
 pub mod metrics;
+pub mod multiline;
 pub mod report;
 pub mod ship;
 pub mod tail;
@@ -66,6 +68,20 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// Largest dead-letter file before it is rotated (one older file kept).
     pub dead_letter_bytes: u64,
+    /// Kubernetes metadata for lines; none: lines carry path labels only.
+    pub metadata: Option<MetadataConfig>,
+}
+
+/// Where pod metadata comes from and what is taken.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataConfig {
+    /// Labels to take from pods and namespaces.
+    pub selection: metadata::Selection,
+    /// How long and how many deleted pods are remembered.
+    pub limits: metadata::Limits,
+    /// A kubeconfig to use instead of the in-cluster configuration (the
+    /// demo's stand-in API server); none: inferred.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Why the agent could not start or stopped.
@@ -118,6 +134,22 @@ pub async fn run(
         report.set(report::Source::LogRoot, Some(problem));
     }
     let heartbeat = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp()));
+    let directory = match &cfg.metadata {
+        Some(m) => Some(start_metadata(&cfg.node_name, m, report.clone()).await),
+        None => None,
+    };
+    if let Some((d, _)) = &directory {
+        // The first list usually takes milliseconds: waiting for it (never
+        // longer than METADATA_START_WAIT) keeps the files found at start
+        // from shipping without their pods' labels and multi-line settings.
+        let deadline = tokio::time::Instant::now() + METADATA_START_WAIT;
+        while !d.is_synced() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !d.is_synced() {
+            tracing::warn!("pod metadata not listed yet; reading without it meanwhile");
+        }
+    }
 
     let channel = ship::channel(&cfg.target)?;
     let token = ship::BearerToken::new(cfg.target.token.as_deref())?
@@ -179,6 +211,8 @@ pub async fn run(
             stop: stop.clone(),
             heartbeat: heartbeat.clone(),
             report: report.clone(),
+            directory: directory.as_ref().map(|(d, _)| d.clone()),
+            checkpoint_path: cp_path.clone(),
         };
         std::thread::Builder::new()
             .name("logfleet-reader".into())
@@ -197,12 +231,44 @@ pub async fn run(
     let _ = ship_task.await;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     saver.abort();
+    if let Some((_, task)) = directory {
+        task.abort();
+    }
     let cp = checkpoints
         .lock()
         .map(|c| c.clone())
         .map_err(|e| AgentError::Reader(e.to_string()))?;
     checkpoint::save(&cp_path, &cp)?;
     Ok(())
+}
+
+/// Longest wait at start for the first list of pods.
+const METADATA_START_WAIT: Duration = Duration::from_secs(2);
+
+/// Starts the pod watch. Without a usable client the agent still runs:
+/// lines ship with their path labels and the metadata is reported stale.
+async fn start_metadata(
+    node: &str,
+    m: &MetadataConfig,
+    report: Arc<report::Report>,
+) -> (Arc<metadata::Directory>, tokio::task::JoinHandle<()>) {
+    let dir = Arc::new(metadata::Directory::new(m.limits.clone()));
+    let cfg = metadata::watch::WatchConfig {
+        node: node.to_owned(),
+        selection: m.selection.clone(),
+    };
+    let task = match metadata::watch::client(m.kubeconfig.as_deref()).await {
+        Ok(client) => tokio::spawn(metadata::watch::run(client, cfg, dir.clone(), report)),
+        Err(e) => {
+            tracing::error!(error = %e, "no Kubernetes client (in-cluster config or KUBECONFIG): lines ship without pod metadata");
+            report.set(
+                report::Source::Metadata,
+                Some(format!("no Kubernetes client: {e}")),
+            );
+            tokio::spawn(async {})
+        }
+    };
+    (dir, task)
 }
 
 /// Saves checkpoints after acknowledgements, at most every 200 ms: fewer
@@ -214,11 +280,9 @@ async fn save_checkpoints(
 ) {
     loop {
         acked.notified().await;
-        let Ok(snapshot) = checkpoints.lock().map(|c| c.clone()) else {
-            return;
-        };
         let p = path.clone();
-        match tokio::task::spawn_blocking(move || checkpoint::save(&p, &snapshot)).await {
+        let cp = checkpoints.clone();
+        match tokio::task::spawn_blocking(move || checkpoint::save_shared(&p, &cp)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "saving checkpoints failed"),
             Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
@@ -297,6 +361,8 @@ struct ReadLoop {
     stop: Arc<AtomicBool>,
     heartbeat: Arc<AtomicI64>,
     report: Arc<report::Report>,
+    directory: Option<Arc<metadata::Directory>>,
+    checkpoint_path: PathBuf,
 }
 
 impl ReadLoop {
@@ -317,7 +383,11 @@ impl ReadLoop {
         })
         .ok();
         let mut watching = false;
-        let mut tailer = tail::Tailer::new(cfg.tail.clone(), self.checkpoints.clone());
+        let mut tailer = tail::Tailer::new(cfg.tail.clone(), self.checkpoints.clone())
+            .persist_settings(self.checkpoint_path.clone());
+        if let Some(d) = &self.directory {
+            tailer = tailer.with_metadata(d.clone());
+        }
         let mut builder = batch::BatchBuilder::default();
         let mut last_scan: Option<Instant> = None;
         let mut rescan = true;
@@ -408,6 +478,9 @@ impl ReadLoop {
             }
             if let Ok(mut m) = self.metrics.lock() {
                 m.sync_tail(&tailer.stats);
+                if let Some(d) = &self.directory {
+                    m.sync_metadata(d);
+                }
             }
             if progress && backlog.is_none() {
                 continue;

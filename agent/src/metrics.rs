@@ -20,6 +20,12 @@ pub struct AgentMetrics {
     forgotten_files: Counter,
     read_errors: Counter,
     open_files: Gauge,
+    excluded_files: Gauge,
+    multiline_records: Counter,
+    multiline_lines: Counter,
+    metadata_stale: Gauge,
+    metadata_pods: Gauge,
+    metadata_deleted_pods: Gauge,
     /// Batches acknowledged by the aggregator.
     pub batches_acked: Counter,
     /// Lines acknowledged by the aggregator.
@@ -61,6 +67,12 @@ impl AgentMetrics {
             forgotten_files: Counter::default(),
             read_errors: Counter::default(),
             open_files: Gauge::default(),
+            excluded_files: Gauge::default(),
+            multiline_records: Counter::default(),
+            multiline_lines: Counter::default(),
+            metadata_stale: Gauge::default(),
+            metadata_pods: Gauge::default(),
+            metadata_deleted_pods: Gauge::default(),
             batches_acked: Counter::default(),
             lines_acked: Counter::default(),
             lines_duplicate: Counter::default(),
@@ -113,6 +125,36 @@ impl AgentMetrics {
             m.read_errors.clone(),
         );
         r.register("open_files", "Log files being tailed", m.open_files.clone());
+        r.register(
+            "excluded_files",
+            "Log files left unread by a logfleet.dev/exclude annotation",
+            m.excluded_files.clone(),
+        );
+        r.register(
+            "multiline_records",
+            "Multi-line records (more than one line) shipped",
+            m.multiline_records.clone(),
+        );
+        r.register(
+            "multiline_lines",
+            "Lines joined into multi-line records",
+            m.multiline_lines.clone(),
+        );
+        r.register(
+            "metadata_stale",
+            "1 while pod metadata is not current (watch failing or not listed yet): lines ship with the labels known",
+            m.metadata_stale.clone(),
+        );
+        r.register(
+            "metadata_pods",
+            "Pods of this node whose metadata is known",
+            m.metadata_pods.clone(),
+        );
+        r.register(
+            "metadata_deleted_pods",
+            "Deleted pods whose metadata is kept for files still being read",
+            m.metadata_deleted_pods.clone(),
+        );
         r.register(
             "batches_acked",
             "Batches acknowledged by the aggregator",
@@ -169,7 +211,18 @@ impl AgentMetrics {
         self.forgotten_files.inc_by(s.lost_files - l.lost_files);
         self.read_errors.inc_by(s.errors - l.errors);
         self.open_files.set(s.open_files as i64);
+        self.excluded_files.set(s.excluded_files as i64);
+        self.multiline_records.inc_by(s.records - l.records);
+        self.multiline_lines.inc_by(s.joined_lines - l.joined_lines);
         self.last = *s;
+    }
+
+    /// Takes the state of the pod metadata.
+    pub fn sync_metadata(&mut self, d: &crate::metadata::Directory) {
+        let (live, gone) = d.len();
+        self.metadata_stale.set(i64::from(d.is_stale()));
+        self.metadata_pods.set(live as i64);
+        self.metadata_deleted_pods.set(gone as i64);
     }
 
     /// Renders the Prometheus text format.

@@ -17,12 +17,15 @@ pub enum Source {
     /// The aggregator refused lines for good (they went to the dead-letter
     /// file).
     Refused,
+    /// Pod metadata is stale: lines ship, perhaps without their pod's
+    /// labels. Not a readiness problem.
+    Metadata,
 }
 
 /// Shared by the reader, the shipper, the HTTP endpoint and the heartbeat.
 #[derive(Debug, Default)]
 pub struct Report {
-    errors: Mutex<[Option<String>; 3]>,
+    errors: Mutex<[Option<String>; 4]>,
     /// Whether the last push was acknowledged (or none was tried yet).
     pushes_ok: AtomicBool,
     /// Files open.
@@ -38,6 +41,7 @@ fn slot(s: Source) -> usize {
         Source::LogRoot => 0,
         Source::Push => 1,
         Source::Refused => 2,
+        Source::Metadata => 3,
     }
 }
 
@@ -90,10 +94,15 @@ impl Report {
 
     /// The most important current problem, empty when none.
     pub fn last_error(&self) -> String {
-        [Source::LogRoot, Source::Refused, Source::Push]
-            .into_iter()
-            .find_map(|s| self.get(s))
-            .unwrap_or_default()
+        [
+            Source::LogRoot,
+            Source::Refused,
+            Source::Push,
+            Source::Metadata,
+        ]
+        .into_iter()
+        .find_map(|s| self.get(s))
+        .unwrap_or_default()
     }
 
     /// The heartbeat to send now.
@@ -105,6 +114,7 @@ impl Report {
             bytes_behind: self.bytes_behind.load(Ordering::Relaxed),
             last_error: self.last_error(),
             dead_letter_lines: self.dead_letter_lines.load(Ordering::Relaxed),
+            metadata_stale: self.get(Source::Metadata).is_some(),
         }
     }
 }

@@ -18,6 +18,8 @@ use crate::checkpoint::Checkpoints;
 use crate::cri::{Assembler, Framer, LineSink, Oddities};
 use crate::discover::{FileKind, Found};
 use crate::fingerprint::{self, FINGERPRINT_MAX};
+use crate::metadata::Directory;
+use crate::multiline::{Detector, GroupConfig, Grouper};
 use logfleet_proto::v1::Stream;
 
 /// Settings of the tailer.
@@ -40,6 +42,11 @@ pub struct TailConfig {
     /// Files are opened as soon as they are found, even while the
     /// aggregator is away, so a pod deleted meanwhile is still read.
     pub max_open_files: usize,
+    /// Multi-line detector for pods that do not choose one by annotation;
+    /// none: lines are not grouped.
+    pub multiline: Option<Detector>,
+    /// Timeout and size cap of multi-line records.
+    pub group: GroupConfig,
 }
 
 impl Default for TailConfig {
@@ -51,6 +58,8 @@ impl Default for TailConfig {
             read_budget: 4 << 20,
             read_chunk: 64 << 10,
             max_open_files: 1024,
+            multiline: None,
+            group: GroupConfig::default(),
         }
     }
 }
@@ -93,11 +102,23 @@ struct Tracked {
     source: Source,
     framer: Framer,
     asm: Assembler,
+    /// Multi-line records, when the pod's setting asks for them.
+    group: Option<Grouper>,
     range_start: u64,
     last_growth: Instant,
     deleted: bool,
     /// Size at the last look (decompressed bytes read, for gzip).
     size: u64,
+}
+
+/// How far a file is accounted for: every line before it was emitted,
+/// and no record still being assembled starts before it.
+fn safe_end(asm: &Assembler, group: &Option<Grouper>) -> u64 {
+    let safe = asm.safe_offset();
+    match group.as_ref().and_then(Grouper::open_offset) {
+        Some(open) => safe.min(open),
+        None => safe,
+    }
 }
 
 impl Tracked {
@@ -204,6 +225,12 @@ pub struct TailStats {
     pub errors: u64,
     /// Files found but not opened because `max_open_files` were open.
     pub deferred_files: u64,
+    /// Files left unread by a `logfleet.dev/exclude` annotation.
+    pub excluded_files: u64,
+    /// Multi-line records of more than one line emitted.
+    pub records: u64,
+    /// Lines joined into those records.
+    pub joined_lines: u64,
 }
 
 /// The tailer: every tracked file and the state needed to find new ones.
@@ -225,6 +252,15 @@ pub struct Tailer {
     /// Where the next pass starts: a pass cut short by a busy shipper
     /// resumes with the files it did not reach.
     next_file: usize,
+    /// Pod metadata: extra labels, exclusion, multi-line setting.
+    meta: Option<Arc<Directory>>,
+    /// The directory's generation the open files' labels reflect.
+    meta_generation: u64,
+    /// Where checkpoints are saved, to fix a file's multi-line setting
+    /// before any of its lines ship; none: not saved (tests, tools).
+    persist: Option<PathBuf>,
+    /// Files skipped by annotation in the current scan, by identity.
+    excluded: Vec<u64>,
 }
 
 fn inode(md: &std::fs::Metadata) -> Inode {
@@ -264,6 +300,120 @@ impl Tailer {
             stats: TailStats::default(),
             readbuf,
             next_file: 0,
+            meta: None,
+            meta_generation: u64::MAX,
+            persist: None,
+            excluded: Vec::new(),
+        }
+    }
+
+    /// Takes labels, exclusion and multi-line settings of pods from `dir`.
+    pub fn with_metadata(mut self, dir: Arc<Directory>) -> Self {
+        self.meta = Some(dir);
+        self
+    }
+
+    /// Saves checkpoints to `path` whenever a file's multi-line setting is
+    /// fixed, before any of its lines are read.
+    pub fn persist_settings(mut self, path: PathBuf) -> Self {
+        self.persist = Some(path);
+        self
+    }
+
+    fn pod_info(&self, labels: &FileLabels) -> Option<Arc<crate::metadata::PodInfo>> {
+        self.meta.as_ref()?.pod(&labels.pod_uid)
+    }
+
+    /// Fixes the multi-line setting of file `i`, which just got its
+    /// identity: the one saved with its checkpoint, else the pod's
+    /// annotation, else the default. Saved before any line is read.
+    fn settle(&mut self, i: usize) {
+        let Some(id) = self.files[i].id else {
+            return;
+        };
+        let saved = self
+            .checkpoints
+            .lock()
+            .ok()
+            .and_then(|c| c.files.get(&id).and_then(|p| p.multiline.clone()));
+        let detector = match &saved {
+            Some(name) => Detector::parse(name).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "saved multi-line setting unusable; using the default");
+                self.cfg.multiline.clone()
+            }),
+            None => {
+                let annotated = self
+                    .pod_info(&self.files[i].labels)
+                    .and_then(|p| p.multiline.clone());
+                match annotated.map(|a| Detector::parse(&a)) {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => {
+                        tracing::warn!(path = %self.files[i].path.display(), error = %e, "ignoring the pod's logfleet.dev/multiline annotation");
+                        self.cfg.multiline.clone()
+                    }
+                    None => self.cfg.multiline.clone(),
+                }
+            }
+        };
+        let t = &mut self.files[i];
+        t.group = detector.map(|d| Grouper::new(d, self.cfg.group.clone()));
+        let grouping_possible = self.cfg.multiline.is_some() || self.meta.is_some();
+        if saved.is_some() || !grouping_possible {
+            return;
+        }
+        let name = t
+            .group
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |g| g.detector().name());
+        if let Ok(mut cp) = self.checkpoints.lock() {
+            let e = cp
+                .files
+                .entry(id)
+                .or_insert_with(|| crate::checkpoint::Position {
+                    path: t.path.clone(),
+                    offset: t.range_start,
+                    multiline: None,
+                });
+            e.multiline = Some(name);
+        }
+        if let Some(path) = &self.persist {
+            if let Err(e) = crate::checkpoint::save_shared(path, &self.checkpoints) {
+                tracing::error!(error = %e, "saving checkpoints failed");
+            }
+        }
+    }
+
+    /// Brings the open files' labels up to date with the pod metadata, and
+    /// closes files of pods or containers excluded meanwhile.
+    fn refresh_metadata(&mut self) {
+        let Some(dir) = self.meta.clone() else {
+            return;
+        };
+        let gen = dir.generation();
+        if gen == self.meta_generation {
+            return;
+        }
+        self.meta_generation = gen;
+        let mut drop_files = Vec::new();
+        for (i, t) in self.files.iter_mut().enumerate() {
+            let Some(info) = dir.pod(&t.labels.pod_uid) else {
+                continue;
+            };
+            if info.excludes(&t.labels.container) {
+                drop_files.push(i);
+                continue;
+            }
+            if t.labels.extra != info.labels {
+                t.labels.extra = info.labels.clone();
+            }
+        }
+        for i in drop_files.into_iter().rev() {
+            let t = self.files.swap_remove(i);
+            tracing::info!(path = %t.path.display(), "excluded by annotation; no longer read");
+            self.by_inode.remove(&t.inode);
+            if let Some(moved) = self.files.get(i).map(|f| f.inode) {
+                self.by_inode.insert(moved, i);
+            }
         }
     }
 
@@ -281,6 +431,8 @@ impl Tailer {
         self.generation += 1;
         let gen = self.generation;
         let mut deferred = 0u64;
+        self.refresh_metadata();
+        self.excluded.clear();
         for f in found {
             let Ok(md) = std::fs::metadata(&f.path) else {
                 continue;
@@ -317,6 +469,7 @@ impl Tailer {
             );
         }
         self.stats.deferred_files = deferred;
+        self.stats.excluded_files = self.excluded.len() as u64;
         // Finished files gone from disk: their checkpoints can go too, once
         // everything read from them is acknowledged.
         let gone: Vec<u64> = self
@@ -343,6 +496,7 @@ impl Tailer {
                 .iter()
                 .filter_map(|f| f.id)
                 .chain(self.done.keys().copied())
+                .chain(self.excluded.iter().copied())
                 .collect();
             if let Ok(mut cp) = self.checkpoints.lock() {
                 let before = cp.files.len();
@@ -360,6 +514,18 @@ impl Tailer {
         };
         // A gzipped file is complete; for a plain one wait for a newline.
         let id = fingerprint::prefix(&head, gz).map(|p| fingerprint::file_id(&f.labels, p));
+        let info = self.pod_info(&f.labels);
+        if info
+            .as_ref()
+            .is_some_and(|p| p.excludes(&f.labels.container))
+        {
+            self.excluded.extend(id);
+            return;
+        }
+        let mut f = f;
+        if let Some(info) = info {
+            f.labels.extra = info.labels.clone();
+        }
         if let Some(id) = id {
             if self.is_tracked(id) || self.done.contains_key(&id) {
                 // The gzip copy of a file we have open or finished.
@@ -392,6 +558,7 @@ impl Tailer {
             source,
             framer: Framer::new(offset, self.cfg.max_line),
             asm: Assembler::new(offset, self.cfg.max_line),
+            group: None,
             range_start: offset,
             last_growth: Instant::now(),
             deleted: false,
@@ -400,6 +567,9 @@ impl Tailer {
         tracing::debug!(path = %t.path.display(), offset, "tailing");
         self.by_inode.insert(ino, self.files.len());
         self.files.push(t);
+        if id.is_some() {
+            self.settle(self.files.len() - 1);
+        }
         self.stats.open_files = self.files.len() as u64;
     }
 
@@ -474,7 +644,7 @@ impl Tailer {
                 self.done.insert(
                     id,
                     Done {
-                        final_end: t.asm.safe_offset(),
+                        final_end: safe_end(&t.asm, &t.group),
                         path: t.path,
                         seen: self.generation,
                     },
@@ -524,6 +694,7 @@ impl Tailer {
             source,
             framer,
             asm,
+            group,
             labels,
             path,
             range_start,
@@ -551,9 +722,17 @@ impl Tailer {
             }
             read_total += n;
             let ts = now_ns();
-            framer.feed(&readbuf[..n], |rec, end| {
-                asm.feed(rec, end, now, ts, odd, &mut sink)
-            });
+            match group.as_mut() {
+                Some(g) => {
+                    let mut grouped = g.sink(&mut sink, now);
+                    framer.feed(&readbuf[..n], |rec, end| {
+                        asm.feed(rec, end, now, ts, odd, &mut grouped)
+                    })
+                }
+                None => framer.feed(&readbuf[..n], |rec, end| {
+                    asm.feed(rec, end, now, ts, odd, &mut sink)
+                }),
+            }
         }
         let grew = read_total > 0;
         if grew {
@@ -569,20 +748,23 @@ impl Tailer {
                 || deleted
                 || (*kind != FileKind::Live
                     && now.saturating_duration_since(*last_growth) >= cfg.rotate_wait));
-        if finished {
-            let ts = now_ns();
-            framer.finish(|rec, end| asm.feed(rec, end, now, ts, odd, &mut sink));
-            asm.flush_all(framer.record_offset(), odd, &mut sink);
-        } else {
-            asm.flush_stale(
-                now,
-                cfg.partial_timeout,
-                framer.record_offset(),
-                odd,
-                &mut sink,
-            );
+        let ts = now_ns();
+        match group.as_mut() {
+            Some(g) => {
+                let mut grouped = g.sink(&mut sink, now);
+                finish_pass(finished, framer, asm, odd, &mut grouped, now, ts, &cfg);
+                if finished {
+                    g.flush_all(&mut sink);
+                } else if eof {
+                    g.flush_stale(now, ts, &mut sink);
+                }
+                self.stats.records += g.stats.records;
+                self.stats.joined_lines += g.stats.joined_lines;
+                g.stats = Default::default();
+            }
+            None => finish_pass(finished, framer, asm, odd, &mut sink, now, ts, &cfg),
         }
-        let end = asm.safe_offset();
+        let end = safe_end(asm, group);
         let lines = sink.close(end);
         *range_start = end.max(*range_start);
         self.stats.lines += lines;
@@ -615,6 +797,7 @@ impl Tailer {
                     return Some((false, true));
                 }
                 self.files[i].id = Some(id);
+                self.settle(i);
                 None
             }
             None if deleted || rotated_idle => Some((false, true)),
@@ -651,10 +834,21 @@ impl Tailer {
             };
             let ts = now_ns();
             let asm = &mut t.asm;
-            t.framer
-                .finish(|rec, end| asm.feed(rec, end, now, ts, odd, &mut sink));
-            asm.flush_all(t.framer.record_offset(), odd, &mut sink);
-            let end = asm.safe_offset();
+            match t.group.as_mut() {
+                Some(g) => {
+                    let mut grouped = g.sink(&mut sink, now);
+                    t.framer
+                        .finish(|rec, end| asm.feed(rec, end, now, ts, odd, &mut grouped));
+                    asm.flush_all(t.framer.record_offset(), odd, &mut grouped);
+                    g.flush_all(&mut sink);
+                }
+                None => {
+                    t.framer
+                        .finish(|rec, end| asm.feed(rec, end, now, ts, odd, &mut sink));
+                    asm.flush_all(t.framer.record_offset(), odd, &mut sink);
+                }
+            }
+            let end = safe_end(asm, &t.group);
             self.stats.lines += sink.close(end);
             self.known.remove(&t.inode);
             self.done.insert(
@@ -672,9 +866,18 @@ impl Tailer {
         t.id = None;
         t.framer = Framer::new(0, max_line);
         t.asm = Assembler::new(0, max_line);
+        t.group = None;
         t.range_start = 0;
         t.last_growth = now;
         Ok(())
+    }
+
+    /// Files with a multi-line record still being assembled.
+    pub fn open_records(&self) -> usize {
+        self.files
+            .iter()
+            .filter(|t| t.group.as_ref().is_some_and(|g| g.open_offset().is_some()))
+            .count()
     }
 
     /// Number of open files.
@@ -696,5 +899,27 @@ impl Tailer {
                 size.saturating_sub(acked)
             })
             .sum()
+    }
+}
+
+/// Ends one pass over a file: a finished file gives up its unfinished
+/// record and partial lines; otherwise partial lines idle past the timeout
+/// go out as unterminated.
+#[allow(clippy::too_many_arguments)]
+fn finish_pass(
+    finished: bool,
+    framer: &mut Framer,
+    asm: &mut Assembler,
+    odd: &mut Oddities,
+    sink: &mut impl LineSink,
+    now: Instant,
+    ts: i64,
+    cfg: &TailConfig,
+) {
+    if finished {
+        framer.finish(|rec, end| asm.feed(rec, end, now, ts, odd, sink));
+        asm.flush_all(framer.record_offset(), odd, sink);
+    } else {
+        asm.flush_stale(now, cfg.partial_timeout, framer.record_offset(), odd, sink);
     }
 }

@@ -8,6 +8,10 @@
 //! Streams interleave as CRI-O writes them: a program prints without a
 //! newline (`stdout P`), the other stream writes whole lines meanwhile, and
 //! the `F` comes many polls later.
+//!
+//! Lines are grouped as Java records: stack traces (a header and `at`
+//! frames, some frames in P/F chunks) must come out whole, once, whatever
+//! happens in the middle of one.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -43,6 +47,11 @@ enum Action {
     Open,
     /// The open stdout line gets its `F`.
     Close,
+    /// A Java stack trace of this many frames; the bool splits a frame
+    /// into P/F chunks. It takes more frames until anything else is written.
+    Trace(usize, bool),
+    /// More frames of the open trace.
+    Frames(usize, bool),
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -56,6 +65,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::Restart),
         2 => Just(Action::Open),
         2 => Just(Action::Close),
+        3 => (1usize..6, any::<bool>()).prop_map(|(n, p)| Action::Trace(n, p)),
+        2 => (1usize..4, any::<bool>()).prop_map(|(n, p)| Action::Frames(n, p)),
     ]
 }
 
@@ -67,7 +78,19 @@ struct World {
     written: Vec<String>,
     /// The stdout line waiting for its `F`: its text and timestamp.
     open: Option<(String, String)>,
+    /// The trace still taking frames: its stream and lines.
+    trace: Option<(&'static str, Vec<String>)>,
 }
+
+/// Timestamps from the clock, as runtimes write them: the agent ends a
+/// record at the end of the file only once the clock is a timeout past its
+/// last line, which holds for real runtimes' stamps.
+fn stamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// The multi-line timeout of the model: short, as the drain waits it out.
+const GROUP_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl World {
     fn live(&self) -> PathBuf {
@@ -84,17 +107,14 @@ impl World {
     }
 
     fn write(&mut self, n: usize, partial: bool) {
+        self.end_trace();
         let mut buf = Vec::new();
         // While stdout waits for its F, whole lines come from stderr.
-        let stream = if self.open.is_some() {
-            "stderr"
-        } else {
-            "stdout"
-        };
+        let stream = self.stream();
         for i in 0..n {
             self.next += 1;
             let text = format!("line-{}", self.next);
-            let ts = format!("2026-11-27T10:00:00.{:09}Z", self.next);
+            let ts = stamp();
             if partial && i == 0 {
                 let (a, b) = text.split_at(3);
                 buf.extend_from_slice(
@@ -108,20 +128,80 @@ impl World {
         self.append(&buf);
     }
 
+    /// The stream whole lines go to now: stderr while stdout waits for
+    /// its `F`.
+    fn stream(&self) -> &'static str {
+        if self.open.is_some() {
+            "stderr"
+        } else {
+            "stdout"
+        }
+    }
+
+    /// A stack trace: a header and `n` frames; the bool splits a frame
+    /// into P/F chunks. It stays open for more frames until anything else
+    /// is written to its stream.
+    fn trace(&mut self, n: usize, partial: bool) {
+        self.end_trace();
+        self.next += 1;
+        let k = self.next;
+        let header =
+            format!("Exception in thread \"main\" java.lang.IllegalStateException: trace-{k}");
+        let stream = self.stream();
+        self.append(format!("{} {stream} F {header}\n", stamp()).as_bytes());
+        self.trace = Some((stream, vec![header]));
+        self.frames(n, partial);
+    }
+
+    /// More frames of the open trace.
+    fn frames(&mut self, n: usize, partial: bool) {
+        let Some((stream, lines)) = self.trace.as_mut() else {
+            return;
+        };
+        let mut buf = Vec::new();
+        for i in 0..n {
+            let l = format!(
+                "\tat com.example.F{}.f{}(F.java:{i})",
+                self.next,
+                lines.len()
+            );
+            let ts = stamp();
+            if partial && i == 0 {
+                let (a, b) = l.split_at(4);
+                buf.extend_from_slice(
+                    format!("{ts} {stream} P {a}\n{ts} {stream} F {b}\n").as_bytes(),
+                );
+            } else {
+                buf.extend_from_slice(format!("{ts} {stream} F {l}\n").as_bytes());
+            }
+            lines.push(l);
+        }
+        self.append(&buf);
+    }
+
+    /// The open trace is complete: one record.
+    fn end_trace(&mut self) {
+        if let Some((_, lines)) = self.trace.take() {
+            self.written.push(lines.join("\n"));
+        }
+    }
+
     /// stdout starts a line it does not finish yet.
     fn open(&mut self) {
         if self.open.is_some() {
             return;
         }
+        self.end_trace();
         self.next += 1;
         let text = format!("open-{}", self.next);
-        let ts = format!("2026-11-27T10:00:00.{:09}Z", self.next);
+        let ts = stamp();
         self.append(format!("{ts} stdout P {}\n", &text[..4]).as_bytes());
         self.open = Some((text, ts));
     }
 
     /// The open stdout line gets its end.
     fn close(&mut self) {
+        self.end_trace();
         if let Some((text, ts)) = self.open.take() {
             self.append(format!("{ts} stdout F {}\n", &text[4..]).as_bytes());
             self.written.push(text);
@@ -192,6 +272,11 @@ fn cfg(chunk: usize, budget: usize) -> TailConfig {
         read_budget: budget,
         read_chunk: chunk,
         max_open_files: 1024,
+        multiline: Some(logfleet_agent::multiline::Detector::Java),
+        group: logfleet_agent::multiline::GroupConfig {
+            timeout: GROUP_TIMEOUT,
+            ..Default::default()
+        },
     }
 }
 
@@ -251,6 +336,7 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
         next: 0,
         written: Vec::new(),
         open: None,
+        trace: None,
     };
     let ckpt = Arc::new(Mutex::new(Checkpoints::default()));
     let mut saved = Checkpoints::default();
@@ -264,9 +350,12 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
         // rotation arrives as two lines, which is another test's subject.
         if matches!(a, Action::Rotate | Action::Truncate | Action::Restart) {
             w.close();
+            w.end_trace();
         }
         match a {
             Action::Write(n, p) => w.write(n, p),
+            Action::Trace(n, p) => w.trace(n, p),
+            Action::Frames(n, p) => w.frames(n, p),
             Action::Open => w.open(),
             Action::Close => w.close(),
             Action::Rotate => {
@@ -304,10 +393,13 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
                 tailer = Tailer::new(cfg(chunk, budget), ckpt.clone());
             }
             Action::Truncate => {
-                for _ in 0..100_000 {
-                    if !poll(&mut tailer, &root, &mut store, &ckpt, un, true) {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let moved = poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+                    if !moved && tailer.open_records() == 0 {
                         break;
                     }
+                    assert!(std::time::Instant::now() < deadline, "records never closed");
                 }
                 poll(&mut tailer, &root, &mut store, &ckpt, un, true);
                 if w.live().exists() {
@@ -321,11 +413,16 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
         }
     }
     w.close();
-    // Drain: poll until nothing moves, acknowledging everything.
-    for _ in 0..100_000 {
-        if !poll(&mut tailer, &root, &mut store, &ckpt, un, true) {
+    w.end_trace();
+    // Drain: poll until nothing moves and no record is open (the last one
+    // goes a timeout after its last line), acknowledging everything.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let moved = poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+        if !moved && tailer.open_records() == 0 {
             break;
         }
+        assert!(std::time::Instant::now() < deadline, "records never closed");
     }
     poll(&mut tailer, &root, &mut store, &ckpt, un, true);
     let mut got = store.lines.clone();
@@ -335,7 +432,7 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
     assert_eq!(
         got.len(),
         want.len(),
-        "stored {} of {} lines",
+        "stored {} of {} lines: {got:#?} vs {want:#?}",
         got.len(),
         want.len()
     );
@@ -427,5 +524,34 @@ fn other_stream_ships_while_a_partial_line_is_open() {
         poll(true),
         Close,
         Write(2, false),
+    ]);
+}
+
+/// A crash in the middle of a record: the trace's first lines were read
+/// and the batch before it acknowledged, the rest not yet written; after
+/// the restart the record comes out whole, once.
+#[test]
+fn crash_in_the_middle_of_a_record() {
+    use Action::*;
+    let poll = |ack| Poll { ack, save: ack };
+    run(vec![
+        Write(2, false),
+        Trace(3, false),
+        poll(true),
+        Frames(2, true),
+        poll(true),
+        Crash,
+        Frames(1, false),
+        poll(true),
+        Frames(2, false),
+        poll(false),
+        Crash,
+        poll(true),
+        Write(1, false),
+        Open,
+        Trace(4, true),
+        poll(true),
+        Frames(1, true),
+        Close,
     ]);
 }

@@ -9,6 +9,7 @@
 //! line written is recorded, so a test can check that each one arrives
 //! exactly once.
 
+pub mod api;
 pub mod messages;
 
 use std::fs::{self, File, OpenOptions};

@@ -132,6 +132,51 @@ impl Messages {
     }
 }
 
+impl Messages {
+    /// A Java stack trace as a logger prints it after an error line: the
+    /// error line, the exception, frames, a cause and `... N more`.
+    pub fn java_trace(&mut self) -> Vec<String> {
+        let order = self.hex(8);
+        let mut out = vec![
+            format!(
+                "ERROR [{}] payment failed order={order}",
+                self.pick(SERVICES)
+            ),
+            format!("java.lang.IllegalStateException: payment declined for order {order}"),
+        ];
+        let n = 3 + self.rng.random_range(0..4);
+        for i in 0..n {
+            out.push(format!(
+                "\tat com.example.checkout.{}.pay(Checkout.java:{})",
+                self.pick(CLASSES).rsplit('.').next().unwrap_or("Checkout"),
+                40 + i * 7
+            ));
+        }
+        out.push(format!(
+            "Caused by: java.net.SocketTimeoutException: Read timed out after {}ms",
+            1000 * (self.pooled(30, 1) + 1)
+        ));
+        out.push(
+            "\tat java.base/java.net.SocketInputStream.read(SocketInputStream.java:183)".into(),
+        );
+        out.push(format!("\t... {} more", n));
+        out
+    }
+
+    /// A Python traceback as the interpreter prints it.
+    pub fn python_trace(&mut self) -> Vec<String> {
+        let key = self.hex(6);
+        vec![
+            "Traceback (most recent call last):".into(),
+            "  File \"/app/server.py\", line 88, in handle".into(),
+            "    cart = load_cart(request)".into(),
+            "  File \"/app/cart.py\", line 21, in load_cart".into(),
+            format!("    return CARTS[{key:?}]"),
+            format!("KeyError: '{key}'"),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

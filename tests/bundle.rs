@@ -121,6 +121,8 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
             "Service",
             "StatefulSet",
             "NetworkPolicy",
+            "ClusterRole",
+            "ClusterRoleBinding",
         ]
     );
 
@@ -133,7 +135,7 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
         file.to_str().expect("path"),
         "--openshift",
     ]));
-    assert_eq!(objs.len(), 10);
+    assert_eq!(objs.len(), 12);
     assert!(objs.iter().all(|o| o["metadata"]["name"]
         .as_str()
         .is_some_and(|n| n.contains("edge"))));
@@ -143,7 +145,7 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
         .expect("configmap");
     assert_eq!(cm["data"]["LOGFLEET_COMPRESSION"], "gzip");
     assert_eq!(cm["metadata"]["namespace"], "obs");
-    assert_eq!(objs[9]["kind"], "SecurityContextConstraints");
+    assert_eq!(objs[11]["kind"], "SecurityContextConstraints");
 
     // What the API server or the agents would refuse (issue 14), with a
     // message naming the field.

@@ -50,9 +50,19 @@ pub fn controller_rules() -> Value {
         {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
          "verbs": ["get", "create", "patch"]},
         // Coverage: nodes and the agent pods; namespaces for OpenShift's
-        // project node selector.
-        {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["list", "watch"]},
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        // project node selector. The agents' ClusterRole may grant only
+        // what the controller holds (RBAC refuses escalation), so the
+        // controller holds what it grants them: get on pods, replicasets
+        // and jobs, list and watch on namespaces.
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
+        // The agents' ClusterRole and binding (cluster-scoped: deleted when
+        // their collector is gone, see reconcile::sweep_agent_rbac).
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles", "clusterrolebindings"],
+         "verbs": ["get", "list", "create", "patch", "delete"]},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         // OpenShift only; harmless elsewhere. Deleted by the finalizer.
         {"apiGroups": ["security.openshift.io"], "resources": ["securitycontextconstraints"],

@@ -214,6 +214,99 @@ pub struct AgentSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub supplemental_groups: Vec<i64>,
+    /// Kubernetes metadata on every line: workload, selected pod labels.
+    #[serde(default)]
+    pub metadata: MetadataSpec,
+    /// Multi-line records (stack traces) for pods without a
+    /// `logfleet.dev/multiline` annotation.
+    #[serde(default)]
+    pub multiline: MultilineSpec,
+}
+
+/// What the agents attach to lines from the Kubernetes API. Each selected
+/// label becomes a label of its own in the store: pick labels with few
+/// values (see README, "Labels and annotations").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataSpec {
+    /// Watch each node's pods and label lines with `workload`,
+    /// `workload_kind` and `podLabels`; honour the `logfleet.dev/exclude`
+    /// and `logfleet.dev/multiline` annotations. Grants the agents
+    /// get/list/watch on pods and get on replicasets and jobs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Pod label keys copied onto lines, sanitised to label names
+    /// (`app.kubernetes.io/name` becomes `app_kubernetes_io_name`).
+    #[serde(default = "default_pod_labels")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 317)))]
+    pub pod_labels: Vec<String>,
+    /// Namespace label keys copied onto lines as `namespace_<name>`. Off
+    /// when empty; otherwise the agents may also list and watch namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 317)))]
+    pub namespace_labels: Vec<String>,
+}
+
+fn default_pod_labels() -> Vec<String> {
+    [
+        "app",
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/version",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/part-of",
+        "app.kubernetes.io/managed-by",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Default for MetadataSpec {
+    fn default() -> Self {
+        MetadataSpec {
+            enabled: true,
+            pod_labels: default_pod_labels(),
+            namespace_labels: Vec::new(),
+        }
+    }
+}
+
+/// How lines are grouped into records by default.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MultilineSpec {
+    /// `none`, `java`, `python`, `go`, `ruby`, `dotnet`, `auto` (all of
+    /// them), or a regular expression matching the first line of a record.
+    #[serde(default = "default_multiline")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub default: String,
+    /// A record ends when the next line of its stream is this much later.
+    #[serde(default = "default_batch_wait")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(ms|s|m)$')").message("timeout is a duration such as 500ms or 1s"))]
+    pub timeout: String,
+    /// Largest record; longer ones ship in pieces marked as cut.
+    #[serde(default = "default_multiline_max_size")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[0-9]+(B|KiB|MiB)?$')").message("maxSize is a byte size such as 256KiB"))]
+    pub max_size: String,
+}
+
+fn default_multiline() -> String {
+    "none".into()
+}
+fn default_multiline_max_size() -> String {
+    "256KiB".into()
+}
+
+impl Default for MultilineSpec {
+    fn default() -> Self {
+        MultilineSpec {
+            default: default_multiline(),
+            timeout: default_batch_wait(),
+            max_size: default_multiline_max_size(),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -250,6 +343,8 @@ impl Default for AgentSpec {
             compression: Compression::default(),
             run_as_user: None,
             supplemental_groups: Vec::new(),
+            metadata: MetadataSpec::default(),
+            multiline: MultilineSpec::default(),
         }
     }
 }

@@ -296,6 +296,8 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    sweep_agent_rbac(ctx).await;
+
     let nodes: Vec<Node> = ctx.nodes.state().iter().map(|n| (**n).clone()).collect();
     let instance = crate::names::instance(&name);
     let pods: Vec<Pod> = ctx
@@ -576,6 +578,58 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// Deletes the agents' ClusterRoles and ClusterRoleBindings whose
+/// collector is gone. Without a finalizer (off OpenShift) nothing else
+/// would: a namespaced owner cannot own them, and a finalizer would hold a
+/// deleted collector in Terminating whenever the controller goes first.
+/// Best effort: a failure is logged and tried again next reconcile.
+async fn sweep_agent_rbac(ctx: &Context) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let roles: Api<ClusterRole> = Api::all(ctx.client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    let lp = kube::api::ListParams::default().labels(
+        "app.kubernetes.io/managed-by=logfleet-controller,app.kubernetes.io/component=agent",
+    );
+    let list = match roles.list_metadata(&lp).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing agent ClusterRoles failed");
+            return;
+        }
+    };
+    for r in list {
+        let role = r.name_any();
+        let Some((ns, lc)) = r
+            .annotations()
+            .get(render::COLLECTOR_ANNOTATION)
+            .and_then(|v| v.split_once('/'))
+        else {
+            continue;
+        };
+        let collectors: Api<LogCollector> = Api::namespaced(ctx.client.clone(), ns);
+        if !matches!(collectors.get_opt(lc).await, Ok(None)) {
+            continue;
+        }
+        tracing::info!(%role, collector = %format!("{ns}/{lc}"), "deleting the agent RBAC of a deleted collector");
+        for r in [
+            bindings
+                .delete(&role, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+            roles
+                .delete(&role, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        ] {
+            match r {
+                Ok(()) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => tracing::warn!(%role, error = %e, "deleting agent RBAC failed"),
+            }
+        }
+    }
+}
+
 /// Removes what owner references cannot: the cluster-scoped objects.
 async fn cleanup(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     let name = lc.name_any();
@@ -587,6 +641,26 @@ async fn cleanup(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(kube_err(format!("deleting {scc}"))(e)),
+        }
+    }
+    let role = render::agent_role_name(&name, &ns);
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(ctx.client.clone());
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+        Api::all(ctx.client.clone());
+    for r in [
+        roles
+            .delete(&role, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        bindings
+            .delete(&role, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    ] {
+        match r {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(kube_err(format!("deleting {role}"))(e)),
         }
     }
     tracing::info!(%ns, %name, "cleaned up");

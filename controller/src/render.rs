@@ -220,10 +220,89 @@ pub fn render(lc: &LogCollector, opts: &Options) -> Result<Vec<Object>, RenderEr
     if lc.spec.aggregator.network_policy.enabled {
         out.push(typed(aggregator_network_policy(&cx)?)?);
     }
+    out.extend(agent_rbac(&cx));
     if opts.openshift {
         out.push(openshift_scc(&cx));
     }
     Ok(out)
+}
+
+/// Annotation naming the collector (`<namespace>/<name>`) of a
+/// cluster-scoped object, which no owner reference can: the controller
+/// deletes the object once that collector is gone.
+pub const COLLECTOR_ANNOTATION: &str = "logfleet.dev/collector";
+
+/// Name of the agents' ClusterRole and ClusterRoleBinding (cluster-scoped,
+/// so it carries the namespace).
+pub fn agent_role_name(lc: &str, ns: &str) -> String {
+    crate::names::child(&format!("logfleet-{ns}-{lc}"), "-agent", 253)
+}
+
+/// What the agents may read of the API: with metadata on, the pods (of
+/// their node: the agent asks with a field selector), the ReplicaSets and
+/// Jobs that own them, and namespaces when their labels are asked for;
+/// with it off, nothing (the role stays, empty).
+pub fn agent_rules(spec: &crate::crd::AgentSpec) -> Value {
+    let m = &spec.metadata;
+    if !m.enabled {
+        return json!([]);
+    }
+    let mut rules = vec![
+        json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]}),
+        json!({"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]}),
+    ];
+    if !m.namespace_labels.is_empty() {
+        rules.push(json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}));
+    }
+    json!(rules)
+}
+
+/// The agents' ClusterRole and its binding to their ServiceAccount. A
+/// namespaced owner cannot own cluster-scoped objects: no owner reference;
+/// the finalizer deletes them.
+fn agent_rbac(cx: &Ctx<'_>) -> [Object; 2] {
+    let name = agent_role_name(cx.name, cx.ns);
+    let meta = json!({"name": name, "labels": labels(cx.name, "agent"),
+        "annotations": {COLLECTOR_ANNOTATION: format!("{}/{}", cx.ns, cx.name)}});
+    let rbac = |kind: &str, plural: &str| ApiResource {
+        group: "rbac.authorization.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "rbac.authorization.k8s.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let mut role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": meta.clone(),
+        "rules": agent_rules(&cx.lc.spec.agent),
+    });
+    let mut binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": agent_name(cx.name), "namespace": cx.ns}],
+    });
+    prune(&mut role);
+    prune(&mut binding);
+    stamp(&mut role);
+    stamp(&mut binding);
+    [
+        Object {
+            api: rbac("ClusterRole", "clusterroles"),
+            namespaced: false,
+            name: name.clone(),
+            body: role,
+        },
+        Object {
+            api: rbac("ClusterRoleBinding", "clusterrolebindings"),
+            namespaced: false,
+            name,
+            body: binding,
+        },
+    ]
 }
 
 fn typed<K>(k: K) -> Result<Object, RenderError>
@@ -305,6 +384,17 @@ pub fn agent_config(lc: &LogCollector, name: &str, ns: &str) -> BTreeMap<String,
             put(k, v.join(","));
         }
     }
+    let m = &a.metadata;
+    if m.enabled {
+        put("LOGFLEET_METADATA", "true".into());
+        put("LOGFLEET_POD_LABELS", m.pod_labels.join(","));
+        if !m.namespace_labels.is_empty() {
+            put("LOGFLEET_NAMESPACE_LABELS", m.namespace_labels.join(","));
+        }
+    }
+    put("LOGFLEET_MULTILINE", a.multiline.default.clone());
+    put("LOGFLEET_MULTILINE_TIMEOUT", a.multiline.timeout.clone());
+    put("LOGFLEET_MULTILINE_MAX_SIZE", a.multiline.max_size.clone());
     put("LOGFLEET_TOKEN_FILE", format!("{TOKEN_DIR}/push-token"));
     if lc.spec.aggregator.verify_node_identity {
         put(
@@ -460,7 +550,8 @@ fn agent_daemonset_of(cx: &Ctx<'_>) -> Result<DaemonSet, RenderError> {
     let pod_labels = labels(cx.name, "agent");
     let mut pod_spec = json!({
         "serviceAccountName": name,
-        "automountServiceAccountToken": false,
+        // An API token only when the agent watches pods for metadata.
+        "automountServiceAccountToken": a.metadata.enabled,
         "priorityClassName": a.priority_class_name,
         "nodeSelector": node_selector,
         "tolerations": tolerations,
@@ -934,7 +1025,9 @@ mod tests {
             (live.path.as_deref(), ready.path.as_deref()),
             (Some("/healthz"), Some("/readyz"))
         );
-        assert_eq!(pod.automount_service_account_token, Some(false));
+        // Metadata (on by default) watches pods: an API token whose role
+        // reads pods and their owners, nothing else.
+        assert_eq!(pod.automount_service_account_token, Some(true));
         assert_eq!(
             pod.priority_class_name.as_deref(),
             Some("system-node-critical")
@@ -998,6 +1091,86 @@ mod tests {
         let mut v = json!({"a": null, "b": [], "c": {"d": {}}, "e": [{"f": []}], "g": 0, "h": ""});
         prune(&mut v);
         assert_eq!(v, json!({"e": [{}], "g": 0, "h": ""}));
+    }
+
+    /// Issue 11: the agents may read pods (of their node), the owners of
+    /// pods and, only when asked, namespaces; nothing else. The controller
+    /// holds every permission it grants (RBAC refuses escalation), and
+    /// metadata off leaves the role empty and the pods without a token.
+    #[test]
+    fn agent_rbac_is_exactly_what_metadata_needs() {
+        let find = |objs: &[Object], kind: &str| {
+            objs.iter()
+                .find(|o| o.api.kind == kind)
+                .map(|o| o.body.clone())
+                .unwrap_or_else(|| panic!("no {kind}"))
+        };
+        let objs = render(&lc(json!({})), &Options::default()).unwrap();
+        let role = find(&objs, "ClusterRole");
+        assert_eq!(role["metadata"]["name"], "logfleet-logfleet-logs-agent");
+        assert_eq!(
+            role["rules"],
+            json!([
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["get"]},
+                {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
+            ])
+        );
+        let binding = find(&objs, "ClusterRoleBinding");
+        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "logs-agent", "namespace": "logfleet"}])
+        );
+        assert_eq!(
+            pod_of(&objs, "DaemonSet")["automountServiceAccountToken"],
+            true
+        );
+        let env = agent_config(&lc(json!({})), "logs", "logfleet");
+        assert_eq!(env["LOGFLEET_METADATA"], "true");
+        assert!(env["LOGFLEET_POD_LABELS"].starts_with("app,app.kubernetes.io/name,"));
+        assert_eq!(env["LOGFLEET_MULTILINE"], "none");
+
+        let with_ns = lc(json!({"agent": {"metadata": {"namespaceLabels": ["team"]},
+            "multiline": {"default": "java", "timeout": "2s"}}}));
+        let objs = render(&with_ns, &Options::default()).unwrap();
+        let rules = find(&objs, "ClusterRole")["rules"].clone();
+        assert_eq!(rules.as_array().unwrap().len(), 4);
+        assert_eq!(rules[3]["resources"], json!(["namespaces"]));
+        let env = agent_config(&with_ns, "logs", "logfleet");
+        assert_eq!(env["LOGFLEET_NAMESPACE_LABELS"], "team");
+        assert_eq!(env["LOGFLEET_MULTILINE"], "java");
+        assert_eq!(env["LOGFLEET_MULTILINE_TIMEOUT"], "2s");
+        // Every permission granted is one the controller holds.
+        let held = crate::bundle::controller_rules();
+        for r in rules.as_array().unwrap() {
+            for group in r["apiGroups"].as_array().unwrap() {
+                for res in r["resources"].as_array().unwrap() {
+                    for verb in r["verbs"].as_array().unwrap() {
+                        let a = crate::rbac::Attributes {
+                            verb: verb.as_str().unwrap().into(),
+                            group: group.as_str().unwrap().into(),
+                            resource: res.as_str().unwrap().into(),
+                            discovery: false,
+                        };
+                        assert!(crate::rbac::allows(&held, &a), "escalation: {a:?}");
+                    }
+                }
+            }
+        }
+
+        let off = lc(json!({"agent": {"metadata": {"enabled": false}}}));
+        let objs = render(&off, &Options::default()).unwrap();
+        assert_eq!(
+            find(&objs, "ClusterRole")["rules"],
+            Value::Null,
+            "pruned empty rules"
+        );
+        assert_eq!(
+            pod_of(&objs, "DaemonSet")["automountServiceAccountToken"],
+            false
+        );
+        assert!(!agent_config(&off, "logs", "logfleet").contains_key("LOGFLEET_METADATA"));
     }
 
     #[test]
@@ -1113,10 +1286,12 @@ mod tests {
                 "Service/logs-aggregator-headless",
                 "StatefulSet/logs-aggregator",
                 "NetworkPolicy/logs-aggregator",
+                "ClusterRole/logfleet-logfleet-logs-agent",
+                "ClusterRoleBinding/logfleet-logfleet-logs-agent",
                 "SecurityContextConstraints/logfleet-logfleet-logs-agent",
             ]
         );
-        let scc = &objs[9].body;
+        let scc = &objs[11].body;
         assert_eq!(scc["allowPrivilegedContainer"], false);
         assert_eq!(scc["users"][0], "system:serviceaccount:logfleet:logs-agent");
     }
@@ -1297,7 +1472,10 @@ mod tests {
             idv["projected"]["sources"][0]["serviceAccountToken"]["audience"],
             IDENTITY_AUDIENCE
         );
-        assert_eq!(agent["automountServiceAccountToken"], false);
+        // The API token is for the metadata watch (read-only role, tested
+        // in agent_rbac_is_exactly_what_metadata_needs); identity uses its
+        // own audience.
+        assert_eq!(agent["automountServiceAccountToken"], true);
         assert_eq!(
             cfg["LOGFLEET_IDENTITY_TOKEN_FILE"],
             "/var/run/secrets/logfleet/token"

@@ -96,6 +96,33 @@ pub fn validate(spec: &LogCollectorSpec) -> Result<(), Vec<Problem>> {
     }
     size("spec.agent.batchSize", &a.batch_size, false, &mut out);
     duration("spec.agent.batchWait", &a.batch_wait, false, &mut out);
+    let m = &a.multiline;
+    // The agent's own rule (`multiline::Detector::parse`): a known name or
+    // a regular expression for the first line of a record.
+    let named = [
+        "", "none", "off", "java", "python", "go", "ruby", "dotnet", "auto",
+    ];
+    if !named.contains(&m.default.trim()) {
+        if let Err(e) = regex::bytes::RegexBuilder::new(m.default.trim())
+            .size_limit(1 << 20)
+            .build()
+        {
+            let msg = e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.push(Problem {
+                field: "spec.agent.multiline.default".into(),
+                message: format!(
+                    "{:?} is neither none, java, python, go, ruby, dotnet, auto nor a valid regular expression: {msg}",
+                    m.default
+                ),
+            });
+        }
+    }
+    duration("spec.agent.multiline.timeout", &m.timeout, false, &mut out);
+    size("spec.agent.multiline.maxSize", &m.max_size, false, &mut out);
     let g = &spec.aggregator;
     duration(
         "spec.aggregator.retentionAge",
@@ -130,7 +157,8 @@ mod tests {
         assert_eq!(
             validate(&spec(serde_json::json!({
                 "agent": {"filters": {"excludeNamespaces": ["kube-.*", "openshift-(logging|monitoring)"]},
-                          "batchSize": "512KiB", "batchWait": "250ms"},
+                          "batchSize": "512KiB", "batchWait": "250ms",
+                          "multiline": {"default": "^\\d{4}-\\d{2}-\\d{2} ", "timeout": "2s"}},
                 "aggregator": {"retentionAge": "0", "retentionSize": "50GiB"}
             }))),
             Ok(())
@@ -142,7 +170,8 @@ mod tests {
     #[test]
     fn what_would_crash_every_agent_is_refused() {
         let e = validate(&spec(serde_json::json!({
-            "agent": {"filters": {"excludeNamespaces": ["ok", "kube-("]}, "batchSize": "0", "batchWait": "1 fortnight"},
+            "agent": {"filters": {"excludeNamespaces": ["ok", "kube-("]}, "batchSize": "0", "batchWait": "1 fortnight",
+                      "multiline": {"default": "^[", "timeout": "0s"}},
             "aggregator": {"retentionAge": "7x"}
         })))
         .unwrap_err();
@@ -153,6 +182,8 @@ mod tests {
                 "spec.agent.filters.excludeNamespaces[1]",
                 "spec.agent.batchSize",
                 "spec.agent.batchWait",
+                "spec.agent.multiline.default",
+                "spec.agent.multiline.timeout",
                 "spec.aggregator.retentionAge"
             ]
         );

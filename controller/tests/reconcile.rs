@@ -89,6 +89,36 @@ fn answer(state: &Shared, seen: &Seen) -> (StatusCode, Value) {
     match seen.method.as_str() {
         "GET" => match st.objects.get(&path) {
             Some(o) => (StatusCode::OK, o.clone()),
+            // A collection with a label selector (`k=v,...`): a list.
+            None if seen.query.contains("labelSelector=") => {
+                let selector = seen
+                    .query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("labelSelector="))
+                    .unwrap_or("")
+                    .replace("%3D", "=")
+                    .replace("%2C", ",")
+                    .replace("%2F", "/");
+                let wanted: Vec<(&str, &str)> = selector
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .collect();
+                let items: Vec<Value> = st
+                    .objects
+                    .iter()
+                    .filter(|(p, o)| {
+                        p.rsplit_once('/').map(|(c, _)| c) == Some(path.as_str())
+                            && wanted
+                                .iter()
+                                .all(|(k, v)| o["metadata"]["labels"][*k] == *v)
+                    })
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
             None => not_found(),
         },
         "POST" => (StatusCode::CREATED, seen.body.clone()),
@@ -600,12 +630,74 @@ async fn finalizer_is_added_first_and_cleanup_removes_cluster_scoped_objects() {
         lc["metadata"]["deletionTimestamp"] = json!("2026-11-28T10:01:00Z");
     }
     let seen = h.reconcile().await;
+    let rbac = "/apis/rbac.authorization.k8s.io/v1";
     assert_eq!(
         writes(&seen),
-        [format!("DELETE {scc_path}"), format!("PATCH {LC_PATH}")]
+        [
+            format!("DELETE {scc_path}"),
+            format!("DELETE {rbac}/clusterroles/logfleet-logfleet-logs-agent"),
+            format!("DELETE {rbac}/clusterrolebindings/logfleet-logfleet-logs-agent"),
+            format!("PATCH {LC_PATH}")
+        ]
     );
     assert!(!lock(&h.state).objects.contains_key(scc_path));
     assert_eq!(h.lc().metadata.finalizers, Some(vec![]));
+}
+
+/// Issue 11: the agents' ClusterRole and binding are cluster-scoped, so no
+/// owner reference removes them and (off OpenShift) no finalizer holds a
+/// collector for them: a reconcile deletes those whose collector is gone,
+/// and leaves the others.
+#[tokio::test]
+async fn agent_rbac_of_deleted_collectors_is_swept() {
+    let h = Harness::new(
+        collector(json!({}), &[], false),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    let seen = h.reconcile().await;
+    let role = "/apis/rbac.authorization.k8s.io/v1/clusterroles/logfleet-logfleet-logs-agent";
+    let applied = seen
+        .iter()
+        .find(|s| s.method == "PATCH" && s.path == role)
+        .expect("the agents' ClusterRole is applied");
+    assert_eq!(applied.body["rules"][0]["resources"], json!(["pods"]));
+    assert_eq!(
+        applied.body["metadata"]["annotations"]["logfleet.dev/collector"],
+        "logfleet/logs"
+    );
+    // A collector deleted while no controller ran left its RBAC behind.
+    let gone_role = "/apis/rbac.authorization.k8s.io/v1/clusterroles/logfleet-old-gone-agent";
+    let gone_binding =
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/logfleet-old-gone-agent";
+    {
+        let mut st = lock(&h.state);
+        let mut orphan = st.objects[role].clone();
+        orphan["metadata"]["name"] = json!("logfleet-old-gone-agent");
+        orphan["metadata"]["annotations"]["logfleet.dev/collector"] = json!("old/gone");
+        st.objects.insert(gone_role.into(), orphan.clone());
+        orphan["kind"] = json!("ClusterRoleBinding");
+        st.objects.insert(gone_binding.into(), orphan);
+    }
+    let seen = h.reconcile().await;
+    let deletes: Vec<String> = writes(&seen)
+        .into_iter()
+        .filter(|w| w.starts_with("DELETE"))
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            format!("DELETE {gone_binding}"),
+            format!("DELETE {gone_role}")
+        ]
+    );
+    let st = lock(&h.state);
+    assert!(!st.objects.contains_key(gone_role) && !st.objects.contains_key(gone_binding));
+    assert!(
+        st.objects.contains_key(role),
+        "the live collector's role stays"
+    );
 }
 
 /// A spec every agent would crash on (`kube-(` passed the CRD, rendered,

@@ -109,10 +109,16 @@ impl Drop for Bg {
 
 /// Starts this binary with `args`, its output in `log`.
 pub fn spawn(args: &[&str], log: &Path) -> Result<Bg> {
+    spawn_env(args, log, &[])
+}
+
+/// [`spawn`] with extra environment.
+pub fn spawn_env(args: &[&str], log: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Result<Bg> {
     let exe = std::env::current_exe()?;
     let f = std::fs::File::create(log)?;
     let child = Command::new(exe)
         .args(args)
+        .envs(env.iter().copied())
         .env("LOGFLEET_LOG", "warn")
         .stdout(f.try_clone()?)
         .stderr(f)
@@ -260,12 +266,112 @@ fn mb(b: u64) -> f64 {
     b as f64 / 1e6
 }
 
+/// How many records the agent makes of the tree's files with `detector`:
+/// the same framing, assembly and grouping, without files read twice by the
+/// agent. Without a detector, the line count.
+fn expected_records(root: &Path, detector: &str, lines: u64) -> Result<u64> {
+    use logfleet_agent::cri::{Assembler, Framer, Line, Oddities};
+    use logfleet_agent::multiline::{Detector, GroupConfig, Grouper};
+    let Some(det) = Detector::parse(detector)? else {
+        return Ok(lines);
+    };
+    let max_line = logfleet_agent::tail::TailConfig::default().max_line;
+    let mut records = 0u64;
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let data = std::fs::read(&p)?;
+            let (mut framer, mut asm) = (Framer::new(0, max_line), Assembler::new(0, max_line));
+            let mut group = Grouper::new(det.clone(), GroupConfig::default());
+            let mut odd = Oddities::default();
+            let mut out: Vec<Line> = Vec::new();
+            let now = Instant::now();
+            for chunk in data.chunks(64 << 10) {
+                let mut sink = group.sink(&mut out, now);
+                framer.feed(chunk, |rec, end| {
+                    asm.feed(rec, end, now, 0, &mut odd, &mut sink)
+                });
+                records += out.len() as u64;
+                out.clear();
+            }
+            {
+                let mut sink = group.sink(&mut out, now);
+                framer.finish(|rec, end| asm.feed(rec, end, now, 0, &mut odd, &mut sink));
+                asm.flush_all(framer.record_offset(), &mut odd, &mut sink);
+            }
+            group.flush_all(&mut out);
+            records += out.len() as u64;
+        }
+    }
+    Ok(records)
+}
+
+/// A stand-in API server with `n` pods on node `bench`: the tree's pods
+/// first, each owned by a ReplicaSet of a Deployment and labelled as a
+/// real workload is; `n` beyond the tree's files are pods without logs.
+async fn bench_api(
+    dir: &Path,
+    files: usize,
+    n: usize,
+) -> Result<(logfleet_kubesim::api::Api, PathBuf)> {
+    use serde_json::json;
+    let api = logfleet_kubesim::api::Api::start().await?;
+    for i in 0..n {
+        let (ns, name, uid) = if i < files {
+            ("bench".to_string(), format!("app-{i}"), format!("uid-{i}"))
+        } else {
+            (
+                "bench".to_string(),
+                format!("idle-{i}"),
+                format!("idle-uid-{i}"),
+            )
+        };
+        let deployment = format!("svc-{}", i % 20);
+        let rs = format!("{deployment}-5d8f7b");
+        api.put_replicaset(&ns, &rs, &deployment);
+        api.put_pod(logfleet_kubesim::api::pod(
+            &ns,
+            &name,
+            &uid,
+            "bench",
+            json!({"app": deployment, "app.kubernetes.io/name": deployment,
+                "app.kubernetes.io/instance": format!("{deployment}-prod"),
+                "app.kubernetes.io/version": "1.4.2", "app.kubernetes.io/component": "api",
+                "app.kubernetes.io/part-of": "shop", "team": format!("team-{}", i % 5),
+                "pod-template-hash": "5d8f7b"}),
+            json!({}),
+            Some(("ReplicaSet", &rs)),
+        ));
+    }
+    let kc = dir.join("bench-kubeconfig");
+    api.write_kubeconfig(&kc)?;
+    Ok((api, kc))
+}
+
 /// Ships the generated tree through a real agent into a real aggregator and
 /// reports both processes' cost. Leaves the aggregator's data in `dir/data-<compression>`.
-pub async fn pipeline(dir: &Path, compression: &str) -> Result<()> {
+/// With `multiline` other than `none` every container's lines are grouped;
+/// with `metadata_pods` the agent labels them from a stand-in API server.
+pub async fn pipeline(
+    dir: &Path,
+    compression: &str,
+    multiline: &str,
+    metadata_pods: usize,
+) -> Result<()> {
     let w: Workload = serde_json::from_slice(
         &std::fs::read(dir.join("workload.json")).context("run `logfleet bench generate` first")?,
     )?;
+    let records = expected_records(&dir.join("pods"), multiline, w.lines)?;
+    let api = if metadata_pods > 0 {
+        Some(bench_api(dir, w.files as usize, metadata_pods).await?)
+    } else {
+        None
+    };
     let data = dir.join(format!("data-{compression}"));
     let state = dir.join(format!("state-{compression}"));
     for d in [&data, &state] {
@@ -275,29 +381,42 @@ pub async fn pipeline(dir: &Path, compression: &str) -> Result<()> {
     }
     let (agg, url, mut c) = start_aggregator(&data, &dir.join("aggregator.log")).await?;
     let started = Instant::now();
-    let agent = spawn(
-        &[
-            "agent",
-            "--node-name",
-            "bench",
-            "--log-root",
-            &dir.join("pods").display().to_string(),
-            "--state-dir",
-            &state.display().to_string(),
-            "--aggregator",
-            &url,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--compression",
-            compression,
-        ],
-        &dir.join("agent.log"),
-    )?;
+    let root = dir.join("pods").display().to_string();
+    let state_dir = state.display().to_string();
+    let mut args = vec![
+        "agent",
+        "--node-name",
+        "bench",
+        "--log-root",
+        &root,
+        "--state-dir",
+        &state_dir,
+        "--aggregator",
+        &url,
+        "--http-addr",
+        "127.0.0.1:0",
+        "--compression",
+        compression,
+        "--multiline",
+        multiline,
+    ];
+    let pod_labels = "app,app.kubernetes.io/name,app.kubernetes.io/instance,app.kubernetes.io/version,app.kubernetes.io/component,app.kubernetes.io/part-of,team";
+    if api.is_some() {
+        args.extend(["--metadata", "--pod-labels", pod_labels]);
+    }
+    let agent = match &api {
+        Some((_, kc)) => spawn_env(
+            &args,
+            &dir.join("agent.log"),
+            &[("KUBECONFIG", kc.as_os_str())],
+        )?,
+        None => spawn(&args, &dir.join("agent.log"))?,
+    };
     let (apid, gpid) = (agent.0.id(), agg.0.id());
     let mut agent_rss = 0;
     loop {
         agent_rss = agent_rss.max(peak_rss(apid).unwrap_or(0));
-        if stored_lines(&mut c).await? >= w.lines {
+        if stored_lines(&mut c).await? >= records {
             break;
         }
         if started.elapsed() > Duration::from_secs(1800) {
@@ -317,6 +436,38 @@ pub async fn pipeline(dir: &Path, compression: &str) -> Result<()> {
         mb(w.bytes),
         w.lines
     );
+    if multiline != "none" || metadata_pods > 0 {
+        println!(
+            "  multiline {multiline}: {records} records; metadata: {metadata_pods} pods served"
+        );
+    }
+    if metadata_pods > 0 {
+        let mut q = logfleet_proto::v1::QueryRequest {
+            query: "{workload=\"svc-3\"}".into(),
+            limit: 1,
+            ..Default::default()
+        };
+        let n = c
+            .query(q.clone())
+            .await?
+            .into_inner()
+            .message()
+            .await?
+            .map_or(0, |r| r.entries.len());
+        q.query = "{workload=\"\"}".into();
+        let unlabelled = c
+            .query(q)
+            .await?
+            .into_inner()
+            .message()
+            .await?
+            .map_or(0, |r| r.entries.len());
+        println!(
+            "  labelled: {{workload=\"svc-3\"}} has lines: {}; lines without a workload: {}",
+            n > 0,
+            unlabelled > 0
+        );
+    }
     println!(
         "  agent:      {:.2} CPU-s  {:>7.0} MB/CPU-s  {:>9.0} lines/CPU-s  peak RSS {:.1} MiB",
         acpu,

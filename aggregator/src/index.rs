@@ -371,7 +371,11 @@ pub fn dedup(marks: &[&FileMark], ranges: &[FileRange], batch: &LineBatch) -> De
         .collect();
     let duplicates = keep.iter().filter(|k| !**k).count() as u64;
     Dedup {
-        keep: Some(keep),
+        // Nothing dropped: the batch is stored as it came (an agent's zstd
+        // payload without a second compression), as in the fast path. Lines
+        // past a range's end (multi-line records, partial lines) make the
+        // next batch of the file take this path every time.
+        keep: (duplicates > 0).then_some(keep),
         duplicates,
         advances,
     }
@@ -547,6 +551,10 @@ mod tests {
             &lines(&[(0, 60), (0, 115), (0, 150)]),
         );
         assert_eq!(d.keep, Some(vec![true, false, true]));
+        // The next batch of the same file, new lines only: kept as it came.
+        let r2 = [range(7, 60, 200)];
+        let d = dedup(&marks(&hwm, "n", &r2), &r2, &lines(&[(0, 60), (0, 150)]));
+        assert_eq!((d.keep, d.duplicates), (None, 0));
         // Once the end passes them, the ahead offsets are forgotten.
         advance(
             &mut hwm,

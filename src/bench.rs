@@ -427,6 +427,22 @@ pub async fn pipeline(
     let wall = started.elapsed().as_secs_f64();
     let (acpu, gcpu) = (cpu_seconds(apid)?, cpu_seconds(gpid)?);
     let (arss, grss) = (peak_rss(apid)?.max(agent_rss), peak_rss(gpid)?);
+    // Before the processes go: whether lines carry their workloads.
+    let labelled = if metadata_pods > 0 {
+        let mut q = logfleet_proto::v1::QueryRequest {
+            query: "{workload=\"svc-3\"}".into(),
+            limit: 1,
+            ..Default::default()
+        };
+        let with = c.query(q.clone()).await?.into_inner().message().await?;
+        q.query = "{workload=\"\"}".into();
+        let without = c.query(q).await?.into_inner().message().await?;
+        let found =
+            |m: Option<logfleet_proto::v1::QueryResponse>| m.is_some_and(|r| !r.entries.is_empty());
+        Some((found(with), found(without)))
+    } else {
+        None
+    };
     drop(agent);
     drop(agg);
     let disk = dir_size(&data);
@@ -441,32 +457,8 @@ pub async fn pipeline(
             "  multiline {multiline}: {records} records; metadata: {metadata_pods} pods served"
         );
     }
-    if metadata_pods > 0 {
-        let mut q = logfleet_proto::v1::QueryRequest {
-            query: "{workload=\"svc-3\"}".into(),
-            limit: 1,
-            ..Default::default()
-        };
-        let n = c
-            .query(q.clone())
-            .await?
-            .into_inner()
-            .message()
-            .await?
-            .map_or(0, |r| r.entries.len());
-        q.query = "{workload=\"\"}".into();
-        let unlabelled = c
-            .query(q)
-            .await?
-            .into_inner()
-            .message()
-            .await?
-            .map_or(0, |r| r.entries.len());
-        println!(
-            "  labelled: {{workload=\"svc-3\"}} has lines: {}; lines without a workload: {}",
-            n > 0,
-            unlabelled > 0
-        );
+    if let Some((with, without)) = labelled {
+        println!("  labelled: {{workload=\"svc-3\"}} has lines: {with}; lines without a workload: {without}");
     }
     println!(
         "  agent:      {:.2} CPU-s  {:>7.0} MB/CPU-s  {:>9.0} lines/CPU-s  peak RSS {:.1} MiB",

@@ -49,8 +49,7 @@ fn a_trace_cut_by_sigkill_is_stored_once_and_whole() {
     // "INFO started" is shipped once the trace's first line starts the next
     // record: the agent has read into the trace.
     wait_for("the line before the trace", Duration::from_secs(30), || {
-        query_all(&url, r#"{namespace="shop"} |= "INFO started""#, &[])
-            .filter(|v| v.len() == 1)
+        query_all(&url, r#"{namespace="shop"} |= "INFO started""#, &[]).filter(|v| v.len() == 1)
     });
     agent.kill9();
     for l in tail {

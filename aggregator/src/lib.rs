@@ -7,6 +7,7 @@
 //! [`query`].
 
 pub mod chunks;
+pub mod clickhouse;
 pub mod http;
 pub mod identity;
 pub mod index;

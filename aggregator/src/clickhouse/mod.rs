@@ -1,0 +1,480 @@
+//! ClickHouse as the store (issue 12, first part): schema, exactly-once
+//! inserts and log queries over ClickHouse's HTTP interface, for the
+//! Debian package's 18.16 as for current releases.
+//!
+//! Exactly-once: every line is a row keyed by its identity (node, file,
+//! offset) in a ReplacingMergeTree, so a re-sent range (an agent's retry,
+//! or the same range pushed to another aggregator replica) folds into one
+//! row when ClickHouse merges, and every query collapses what is not
+//! merged yet (`LIMIT 1 BY node, file_id, offset`). Nothing is kept in the
+//! aggregator: replicas need no shared state. The cost: duplicates take
+//! disk until merged, and queries sort by the key.
+//!
+//! [`Writer`] batches pushes from many agents into few inserts (what
+//! ClickHouse wants), with bounded memory, and answers each push only after
+//! ClickHouse confirmed the insert holding it.
+//!
+//! Not yet here: the aggregator's `--store clickhouse` wiring (gRPC and
+//! Loki API, tail, agents), clusters (`ReplicatedReplacingMergeTree` and a
+//! Distributed table), pipelines and metric queries in SQL. See
+//! docs/ARCHITECTURE.md, "Known gaps".
+
+pub mod rowbinary;
+pub mod sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use logfleet_proto::v1::{Entry, FileLabels, Label, LineBatch, PushRequest, Stream};
+use logfleet_proto::Limits;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::query::Query;
+
+/// Where the store is.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The HTTP interface, `http://host:8123`.
+    pub url: String,
+    /// Database (created when missing).
+    pub database: String,
+    /// User; none: ClickHouse's default user.
+    pub user: Option<String>,
+    /// Password of `user`.
+    pub password: Option<String>,
+    /// Days kept, as a table TTL where the server supports one.
+    pub retention_days: Option<u32>,
+}
+
+/// A failure talking to ClickHouse.
+#[derive(Debug, thiserror::Error)]
+pub enum ClickHouseError {
+    /// The URL is not an `http://host:port` address.
+    #[error("ClickHouse URL {0:?} is not http://host:port")]
+    Url(String),
+    /// The server could not be reached.
+    #[error("ClickHouse at {url} unreachable: {message}")]
+    Unreachable {
+        /// The server.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The server answered with an error.
+    #[error("ClickHouse refused ({status}): {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// ClickHouse's message (first line).
+        message: String,
+    },
+    /// A reply did not decode.
+    #[error(transparent)]
+    Malformed(#[from] rowbinary::Malformed),
+    /// The query cannot run on ClickHouse yet.
+    #[error(transparent)]
+    Unsupported(#[from] sql::Unsupported),
+    /// A push was invalid.
+    #[error(transparent)]
+    Push(#[from] crate::ingest::PushError),
+    /// The writer stopped.
+    #[error("the ClickHouse writer stopped")]
+    Closed,
+}
+
+/// A connection to a ClickHouse server whose schema is in place.
+#[derive(Clone)]
+pub struct ClickHouse {
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    cfg: Config,
+    features: sql::Features,
+}
+
+impl ClickHouse {
+    /// Connects, reads the server's version and creates or migrates the
+    /// schema (idempotent: safe with several aggregators starting at once).
+    pub async fn connect(cfg: Config) -> Result<ClickHouse, ClickHouseError> {
+        if !cfg.url.starts_with("http://") {
+            return Err(ClickHouseError::Url(cfg.url));
+        }
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).build(http);
+        let mut ch = ClickHouse {
+            client,
+            cfg,
+            features: sql::Features::of(""),
+        };
+        let version = ch.post("SELECT version()", Bytes::new()).await?;
+        ch.features = sql::Features::of(&String::from_utf8_lossy(&version));
+        for stmt in sql::schema(&ch.cfg.database, ch.features, ch.cfg.retention_days) {
+            ch.post(&stmt, Bytes::new()).await?;
+        }
+        tracing::info!(url = %ch.cfg.url, version = %String::from_utf8_lossy(&version).trim(), "ClickHouse store ready");
+        Ok(ch)
+    }
+
+    /// What the server supports.
+    pub fn features(&self) -> sql::Features {
+        self.features
+    }
+
+    /// Runs `query` with `body` (the data of an INSERT) and returns the
+    /// reply's body.
+    async fn post(&self, query: &str, body: Bytes) -> Result<Bytes, ClickHouseError> {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", query)
+            .finish();
+        let uri = format!("{}/?{q}", self.cfg.url.trim_end_matches('/'));
+        let mut req = ::http::Request::post(uri);
+        if let Some(user) = &self.cfg.user {
+            let pw = self.cfg.password.as_deref().unwrap_or("");
+            use base64::Engine;
+            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"));
+            req = req.header("authorization", format!("Basic {token}"));
+        }
+        // 18.16 refuses a POST without a length, which hyper leaves out
+        // for an empty body.
+        let req = req
+            .header("content-length", body.len())
+            .body(Full::new(body))
+            .map_err(|_| ClickHouseError::Url(self.cfg.url.clone()))?;
+        let unreachable = |e: &dyn std::fmt::Display| ClickHouseError::Unreachable {
+            url: self.cfg.url.clone(),
+            message: e.to_string(),
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
+            .await
+            .map_err(|e| unreachable(&e))?
+            .map_err(|e| unreachable(&e))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(&e))?
+            .to_bytes();
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(ClickHouseError::Server {
+                status: status.as_u16(),
+                message: text
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(500)
+                    .collect(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// Inserts the lines of validated pushes in one INSERT; returns once
+    /// ClickHouse confirmed it. `received`: ns since the epoch.
+    pub async fn insert(
+        &self,
+        pushes: &[(PushRequest, LineBatch)],
+        received: i64,
+    ) -> Result<u64, ClickHouseError> {
+        let mut rows = Vec::new();
+        let mut n = 0u64;
+        for (req, batch) in pushes {
+            n += encode_rows(&mut rows, req, batch, received);
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let stmt = format!(
+            "INSERT INTO {}.lines ({}) FORMAT RowBinary",
+            sql::ident(&self.cfg.database),
+            sql::COLUMNS
+        );
+        self.post(&stmt, Bytes::from(rows)).await?;
+        Ok(n)
+    }
+
+    /// The lines a log query selects, each once.
+    pub async fn query(&self, q: &Query, w: sql::Window) -> Result<Vec<Entry>, ClickHouseError> {
+        let stmt = sql::select(&self.cfg.database, q, w)?;
+        let body = self.post(&stmt, Bytes::new()).await?;
+        decode_rows(&body)
+    }
+}
+
+/// Appends the RowBinary rows of one push; returns how many.
+pub fn encode_rows(out: &mut Vec<u8>, req: &PushRequest, batch: &LineBatch, received: i64) -> u64 {
+    let mut n = 0;
+    for l in batch.lines() {
+        let Some(labels) = req
+            .ranges
+            .get(l.range as usize)
+            .and_then(|r| r.labels.as_ref().map(|lb| (r, lb)))
+        else {
+            continue;
+        };
+        let (range, fl) = labels;
+        out.extend_from_slice(&l.ts.to_le_bytes());
+        rowbinary::string(out, req.node.as_bytes());
+        rowbinary::string(out, fl.namespace.as_bytes());
+        rowbinary::string(out, fl.pod.as_bytes());
+        rowbinary::string(out, fl.pod_uid.as_bytes());
+        rowbinary::string(out, fl.container.as_bytes());
+        out.extend_from_slice(&fl.restart.to_le_bytes());
+        out.push(u8::try_from(l.stream).unwrap_or(0));
+        rowbinary::strings(out, fl.extra.iter().map(|e| e.name.as_bytes()));
+        rowbinary::strings(out, fl.extra.iter().map(|e| e.value.as_bytes()));
+        out.extend_from_slice(&range.file_id.to_le_bytes());
+        out.extend_from_slice(&l.offset.to_le_bytes());
+        out.extend_from_slice(&l.flags.to_le_bytes());
+        rowbinary::string(out, &l.text);
+        out.extend_from_slice(&received.to_le_bytes());
+        n += 1;
+    }
+    n
+}
+
+/// Entries from a RowBinary reply with [`sql::COLUMNS`].
+pub fn decode_rows(body: &[u8]) -> Result<Vec<Entry>, ClickHouseError> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut r = rowbinary::Reader::new(body);
+    let mut out = Vec::new();
+    while !r.done() {
+        let ts = r.i64()?;
+        let node = text(r.string()?);
+        let namespace = text(r.string()?);
+        let pod = text(r.string()?);
+        let pod_uid = text(r.string()?);
+        let container = text(r.string()?);
+        let restart = r.u32()?;
+        let stream = r.u8()?;
+        let names = r.strings()?;
+        let values = r.strings()?;
+        let _file_id = r.u64()?;
+        let _offset = r.u64()?;
+        let flags = r.u32()?;
+        let line = r.string()?.to_vec();
+        let _received = r.i64()?;
+        out.push(Entry {
+            ts_unix_nano: ts,
+            node,
+            labels: Some(FileLabels {
+                namespace,
+                pod,
+                pod_uid,
+                container,
+                restart,
+                extra: names
+                    .iter()
+                    .zip(&values)
+                    .map(|(n, v)| Label {
+                        name: text(n),
+                        value: text(v),
+                    })
+                    .collect(),
+            }),
+            stream: Stream::try_from(i32::from(stream)).unwrap_or(Stream::Unknown) as i32,
+            line,
+            unterminated: flags & logfleet_proto::lines::UNTERMINATED != 0,
+            cut: flags & logfleet_proto::lines::CUT != 0,
+            unparsed: flags & logfleet_proto::lines::UNPARSED != 0,
+            ..Default::default()
+        });
+    }
+    Ok(out)
+}
+
+struct Job {
+    req: PushRequest,
+    batch: LineBatch,
+    bytes: u64,
+    reply: oneshot::Sender<Result<u64, Arc<ClickHouseError>>>,
+}
+
+/// Batches pushes into inserts.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+    room: Arc<Semaphore>,
+    room_kib: u32,
+    limits: Limits,
+}
+
+/// Settings of the [`Writer`].
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Insert when this many bytes of line text wait.
+    pub batch_bytes: u64,
+    /// Insert at the latest this long after the first push waiting.
+    pub batch_wait: Duration,
+    /// Decompressed push bytes held at once; a push waits for room
+    /// (back-pressure towards agents while ClickHouse is slow).
+    pub max_inflight_bytes: u64,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            batch_bytes: 8 << 20,
+            batch_wait: Duration::from_millis(200),
+            max_inflight_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the insert task.
+    pub fn start(ch: ClickHouse, cfg: WriterConfig, limits: Limits) -> Writer {
+        let (tx, rx) = mpsc::channel(1024);
+        let room_kib = (cfg.max_inflight_bytes / 1024).clamp(1, u32::MAX as u64 >> 4) as u32;
+        tokio::spawn(insert_loop(ch, cfg, rx));
+        Writer {
+            tx,
+            room: Arc::new(Semaphore::new(room_kib as usize)),
+            room_kib,
+            limits,
+        }
+    }
+
+    /// Decodes, validates and stores one push; returns the lines stored
+    /// once ClickHouse confirmed the insert holding them.
+    pub async fn push(&self, req: PushRequest) -> Result<u64, ClickHouseError> {
+        let want = ((req.raw_len / 1024) as u32 + 1).min(self.room_kib);
+        let _permit = self
+            .room
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| ClickHouseError::Closed)?;
+        let limits = self.limits;
+        let (req, batch) = tokio::task::spawn_blocking(move || {
+            let batch = logfleet_proto::decode_payload(&req, limits)
+                .map_err(crate::ingest::PushError::from)?;
+            crate::ingest::validate(&req, &batch)?;
+            Ok::<_, ClickHouseError>((req, batch))
+        })
+        .await
+        .map_err(|_| ClickHouseError::Closed)??;
+        let (reply, rx) = oneshot::channel();
+        let bytes = batch.text.len() as u64;
+        self.tx
+            .send(Job {
+                req,
+                batch,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| ClickHouseError::Closed)?;
+        match rx.await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(match &*e {
+                ClickHouseError::Server { status, message } => ClickHouseError::Server {
+                    status: *status,
+                    message: message.clone(),
+                },
+                ClickHouseError::Unreachable { url, message } => ClickHouseError::Unreachable {
+                    url: url.clone(),
+                    message: message.clone(),
+                },
+                other => ClickHouseError::Unreachable {
+                    url: String::new(),
+                    message: other.to_string(),
+                },
+            }),
+            Err(_) => Err(ClickHouseError::Closed),
+        }
+    }
+}
+
+async fn insert_loop(ch: ClickHouse, cfg: WriterConfig, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + cfg.batch_wait;
+        let mut bytes = first.bytes;
+        let mut jobs = vec![first];
+        while bytes < cfg.batch_bytes {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(j)) => {
+                    bytes += j.bytes;
+                    jobs.push(j);
+                }
+                _ => break,
+            }
+        }
+        let received = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        let (pushes, replies): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .map(|j| ((j.req, j.batch), j.reply))
+            .unzip();
+        match ch.insert(&pushes, received).await {
+            Ok(_) => {
+                for ((_, batch), reply) in pushes.iter().zip(replies) {
+                    let _ = reply.send(Ok(batch.line_count() as u64));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, pushes = pushes.len(), "insert into ClickHouse failed; agents retry");
+                let e = Arc::new(e);
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_through_rowbinary() {
+        let mut b = logfleet_proto::LinesBuilder::default();
+        b.push(
+            0,
+            5,
+            100,
+            Stream::Stderr as i32,
+            logfleet_proto::lines::CUT,
+            b"\xffbytes\nline",
+        );
+        let batch = b.finish();
+        let req = PushRequest {
+            node: "n1".into(),
+            ranges: vec![logfleet_proto::v1::FileRange {
+                file_id: u64::MAX,
+                labels: Some(FileLabels {
+                    namespace: "ns".into(),
+                    pod: "p".into(),
+                    pod_uid: "u".into(),
+                    container: "c".into(),
+                    restart: 2,
+                    extra: vec![Label {
+                        name: "app".into(),
+                        value: "a".into(),
+                    }],
+                }),
+                start: 0,
+                end: 200,
+                lines_end: 0,
+            }],
+            ..Default::default()
+        };
+        let mut rows = Vec::new();
+        assert_eq!(encode_rows(&mut rows, &req, &batch, 9), 1);
+        let e = decode_rows(&rows).unwrap();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, b"\xffbytes\nline");
+        assert_eq!(
+            (e[0].ts_unix_nano, e[0].stream, e[0].cut),
+            (5, Stream::Stderr as i32, true)
+        );
+        assert_eq!(e[0].labels.as_ref().unwrap().extra[0].value, "a");
+        assert!(decode_rows(&rows[..rows.len() - 1]).is_err());
+    }
+}

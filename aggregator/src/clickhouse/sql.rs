@@ -1,0 +1,284 @@
+//! The SQL the ClickHouse store sends: its schema, for the server's
+//! version, and LogQL selectors and line filters as `WHERE` clauses.
+//!
+//! Pure: strings in, strings out. Tested here for their text and, in
+//! `tests/clickhouse.rs`, against a real server.
+
+use crate::query::{Filter, Label, Op, Query};
+
+/// Schema version this code writes; recorded in `schema_migrations`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What the server supports, from its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// `major.minor` of `SELECT version()`.
+    pub version: (u32, u32),
+    /// Column codecs (`CODEC(ZSTD(1))`, 19.1 and later).
+    pub codecs: bool,
+    /// Table TTL (19.6 and later).
+    pub ttl: bool,
+}
+
+impl Features {
+    /// Features of a server reporting `version` (`18.16.1`, `24.8.4.13`).
+    pub fn of(version: &str) -> Features {
+        let mut parts = version
+            .trim()
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let v = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        Features {
+            version: v,
+            codecs: v >= (19, 1),
+            ttl: v >= (19, 6),
+        }
+    }
+}
+
+/// A string literal: single quotes, with `\` and `'` escaped.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// An identifier: back-quoted.
+pub fn ident(s: &str) -> String {
+    format!("`{}`", s.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+/// Columns of `lines`, in the order rows are written and read.
+pub const COLUMNS: &str = "ts, node, namespace, pod, pod_uid, container, restart, stream, \
+    label_names, label_values, file_id, offset, flags, line, received";
+
+/// The statements that create (or leave as they are) the database and its
+/// tables. All are `IF NOT EXISTS`: several aggregators may run them at
+/// once. `retention_days`: a table TTL where the server has one (else
+/// retention drops partitions).
+pub fn schema(db: &str, f: Features, retention_days: Option<u32>) -> Vec<String> {
+    let db = ident(db);
+    let line = if f.codecs {
+        "line String CODEC(ZSTD(1))"
+    } else {
+        "line String"
+    };
+    let ttl = match (f.ttl, retention_days) {
+        (true, Some(d)) => format!(" TTL day + INTERVAL {d} DAY"),
+        _ => String::new(),
+    };
+    vec![
+        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+        // Aggregators starting at once may each record the version (the
+        // check and the insert are not atomic): the rows fold into one
+        // when merged, and readers take `max(version)`.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, applied DateTime DEFAULT now()) \
+             ENGINE = ReplacingMergeTree() ORDER BY version"
+        ),
+        // One row per stored line. The sorting key is the common query's
+        // (namespace, pod, container) and ends in the line's identity
+        // (node, file, offset): ReplacingMergeTree folds a line sent twice
+        // (a retry, or a range re-sent to another replica) into one row
+        // when it merges, and queries collapse what is not merged yet with
+        // `LIMIT 1 BY node, file_id, offset`. Lines of one file keep their
+        // path labels, so the key is the line's identity.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.lines (\
+             ts Int64, day Date DEFAULT toDate(intDiv(ts, 1000000000)), \
+             node String, namespace String, pod String, pod_uid String, container String, \
+             restart UInt32, stream UInt8, label_names Array(String), label_values Array(String), \
+             file_id UInt64, offset UInt64, flags UInt32, {line}, received Int64) \
+             ENGINE = ReplacingMergeTree() PARTITION BY day \
+             ORDER BY (namespace, pod, container, node, file_id, offset){ttl}"
+        ),
+        format!(
+            "INSERT INTO {db}.schema_migrations (version) SELECT {SCHEMA_VERSION} \
+             WHERE (SELECT count() FROM {db}.schema_migrations WHERE version = {SCHEMA_VERSION}) = 0"
+        ),
+    ]
+}
+
+/// The column or expression holding a label's value, as text.
+fn label_expr(l: &Label) -> String {
+    match l {
+        Label::Node => "node".into(),
+        Label::Namespace => "namespace".into(),
+        Label::Pod => "pod".into(),
+        Label::PodUid => "pod_uid".into(),
+        Label::Container => "container".into(),
+        Label::Restart => "toString(restart)".into(),
+        Label::Stream => "multiIf(stream = 1, 'stdout', stream = 2, 'stderr', '')".into(),
+        // Index 0 (absent) gives '': a missing label is the empty value,
+        // as in Loki and the embedded store.
+        Label::Other(name) => format!("label_values[indexOf(label_names, {})]", quote(name)),
+    }
+}
+
+fn op_sql(expr: &str, op: &Op) -> String {
+    match op {
+        Op::Eq(v) => format!("{expr} = {}", quote(v)),
+        Op::Ne(v) => format!("{expr} != {}", quote(v)),
+        // The compiled pattern is anchored (`^(?:...)$`), as matchers are.
+        Op::Re(r) => format!("match({expr}, {})", quote(r.as_str())),
+        Op::NotRe(r) => format!("NOT match({expr}, {})", quote(r.as_str())),
+    }
+}
+
+fn filter_sql(f: &Filter) -> String {
+    match f {
+        Filter::Contains(x) => format!(
+            "position(line, {}) > 0",
+            quote(&String::from_utf8_lossy(x.needle()))
+        ),
+        Filter::NotContains(x) => format!(
+            "position(line, {}) = 0",
+            quote(&String::from_utf8_lossy(x.needle()))
+        ),
+        Filter::Matches(r) => format!("match(line, {})", quote(r.as_str())),
+        Filter::NotMatches(r) => format!("NOT match(line, {})", quote(r.as_str())),
+    }
+}
+
+/// Why a query cannot go to ClickHouse yet.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Unsupported {
+    /// Pipeline stages (`| json`, `| line_format`, ...).
+    #[error("pipeline stages are not supported with the ClickHouse store yet")]
+    Pipeline,
+}
+
+/// Time bounds, limit and order of a log query.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Inclusive lower bound, ns.
+    pub from: Option<i64>,
+    /// Exclusive upper bound, ns.
+    pub to: Option<i64>,
+    /// At most this many lines; 0: no limit.
+    pub limit: u64,
+    /// Newest first.
+    pub backward: bool,
+}
+
+/// The `SELECT` of a log query: the lines the selector and the line
+/// filters pass, each (node, file, offset) once, in time order, as
+/// RowBinary with [`COLUMNS`].
+pub fn select(db: &str, q: &Query, w: Window) -> Result<String, Unsupported> {
+    if !q.pipeline.is_empty() || q.unwrap.is_some() {
+        return Err(Unsupported::Pipeline);
+    }
+    let mut conds: Vec<String> = q
+        .matchers
+        .iter()
+        .map(|m| op_sql(&label_expr(&m.label), &m.op))
+        .collect();
+    conds.extend(q.filters.iter().map(filter_sql));
+    if let Some(from) = w.from {
+        conds.push(format!("ts >= {from}"));
+    }
+    if let Some(to) = w.to {
+        conds.push(format!("ts < {to}"));
+    }
+    if conds.is_empty() {
+        conds.push("1".into());
+    }
+    let dir = if w.backward { "DESC" } else { "ASC" };
+    let limit = if w.limit > 0 {
+        format!(" LIMIT {}", w.limit)
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "SELECT {COLUMNS} FROM {}.lines WHERE {} \
+         ORDER BY ts {dir}, node {dir}, file_id {dir}, offset {dir} \
+         LIMIT 1 BY node, file_id, offset{limit} FORMAT RowBinary",
+        ident(db),
+        conds.join(" AND ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_decide_codecs_and_ttl() {
+        let old = Features::of("18.16.1");
+        assert_eq!((old.version, old.codecs, old.ttl), ((18, 16), false, false));
+        let new = Features::of("24.8.4.13");
+        assert!(new.codecs && new.ttl);
+        let s = schema("logs", old, Some(7)).join("\n");
+        assert!(!s.contains("CODEC") && !s.contains("TTL"), "{s}");
+        let s = schema("logs", new, Some(7)).join("\n");
+        assert!(
+            s.contains("CODEC(ZSTD(1))") && s.contains("TTL day + INTERVAL 7 DAY"),
+            "{s}"
+        );
+        assert!(schema("logs", new, None)
+            .iter()
+            .all(|st| st.contains("IF NOT EXISTS") || st.starts_with("INSERT")));
+    }
+
+    #[test]
+    fn quoting_keeps_literals_literal() {
+        assert_eq!(quote(r"a'b\c"), r"'a\'b\\c'");
+        assert_eq!(ident("my`db"), r"`my\`db`");
+    }
+
+    #[test]
+    fn log_queries_become_where_clauses() {
+        let q = crate::query::parse(
+            r#"{namespace="shop", pod=~"check.*", app!="x", stream="stderr"} |= "ERR" != "ok'" |~ "5\\d\\d""#,
+        )
+        .unwrap();
+        let s = select(
+            "logs",
+            &q,
+            Window {
+                from: Some(10),
+                to: Some(20),
+                limit: 100,
+                backward: true,
+            },
+        )
+        .unwrap();
+        for part in [
+            "namespace = 'shop'",
+            "match(pod, '^(?:check.*)$')",
+            "label_values[indexOf(label_names, 'app')] != 'x'",
+            "multiIf(stream = 1, 'stdout', stream = 2, 'stderr', '') = 'stderr'",
+            "position(line, 'ERR') > 0",
+            r"position(line, 'ok\'') = 0",
+            r"match(line, '5\\d\\d')",
+            "ts >= 10 AND ts < 20",
+            "ORDER BY ts DESC",
+            "LIMIT 1 BY node, file_id, offset LIMIT 100 FORMAT RowBinary",
+        ] {
+            assert!(s.contains(part), "{part} not in {s}");
+        }
+        let piped = crate::query::parse(r#"{pod="p"} | json"#).unwrap();
+        assert_eq!(
+            select(
+                "logs",
+                &piped,
+                Window {
+                    from: None,
+                    to: None,
+                    limit: 0,
+                    backward: false
+                }
+            ),
+            Err(Unsupported::Pipeline)
+        );
+    }
+}

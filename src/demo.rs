@@ -277,6 +277,7 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         max_concurrent_requests: 16,
         max_inflight_bytes: 64 << 20,
         query_timeout: Duration::from_secs(60),
+        clickhouse: None,
     };
     let aggregator = tokio::spawn(logfleet_aggregator::run_on(
         agg_cfg,

@@ -511,6 +511,33 @@ struct AggregatorArgs {
     /// A query stops after this long.
     #[arg(long, env = "LOGFLEET_QUERY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     query_timeout: Duration,
+    /// Where lines are stored: `embedded` (this aggregator's data
+    /// directory) or `clickhouse` (a ClickHouse server: aggregators keep no
+    /// state and scale out; ingest, log queries and agents only so far).
+    #[arg(long, env = "LOGFLEET_STORE", value_enum, default_value = "embedded")]
+    store: StoreArg,
+    /// ClickHouse's HTTP interface, with --store clickhouse.
+    #[arg(
+        long,
+        env = "LOGFLEET_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    clickhouse_url: String,
+    /// ClickHouse database (created when missing).
+    #[arg(long, env = "LOGFLEET_CLICKHOUSE_DATABASE", default_value = "logfleet")]
+    clickhouse_database: String,
+    /// ClickHouse user; none: the server's default user.
+    #[arg(long, env = "LOGFLEET_CLICKHOUSE_USER")]
+    clickhouse_user: Option<String>,
+    /// File holding the ClickHouse user's password.
+    #[arg(long, env = "LOGFLEET_CLICKHOUSE_PASSWORD_FILE")]
+    clickhouse_password_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreArg {
+    Embedded,
+    Clickhouse,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -781,6 +808,17 @@ fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::Aggregato
         max_concurrent_requests: a.max_concurrent_requests,
         max_inflight_bytes: a.max_inflight,
         query_timeout: a.query_timeout,
+        clickhouse: match a.store {
+            StoreArg::Embedded => None,
+            StoreArg::Clickhouse => Some(logfleet_aggregator::clickhouse::Config {
+                url: a.clickhouse_url,
+                database: a.clickhouse_database,
+                user: a.clickhouse_user,
+                password: read_token(&a.clickhouse_password_file)?,
+                retention_days: (!a.retention_age.is_zero())
+                    .then(|| (a.retention_age.as_secs() / 86_400).max(1) as u32),
+            }),
+        },
     })
 }
 

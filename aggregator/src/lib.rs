@@ -69,6 +69,8 @@ pub struct AggregatorConfig {
     pub max_inflight_bytes: u64,
     /// A query stops after this long.
     pub query_timeout: std::time::Duration,
+    /// Store lines in ClickHouse instead of `store`'s directory.
+    pub clickhouse: Option<clickhouse::Config>,
 }
 
 /// Why the aggregator could not start.
@@ -142,6 +144,9 @@ pub async fn run_on(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AggregatorError> {
+    if let Some(ch) = cfg.clickhouse.clone() {
+        return clickhouse::serve::run(cfg, ch, listeners, shutdown).await;
+    }
     let mut registry = Registry::default();
     let metrics = metrics::Metrics::new(&mut registry);
     let (shared, writer) = ingest::open(cfg.store.clone(), metrics.clone())?;

@@ -10,6 +10,7 @@
 //! exactly once.
 
 pub mod api;
+pub mod clickhouse;
 pub mod messages;
 
 use std::fs::{self, File, OpenOptions};

@@ -20,6 +20,7 @@
 //! docs/ARCHITECTURE.md, "Known gaps".
 
 pub mod rowbinary;
+pub mod serve;
 pub mod sql;
 
 use std::sync::Arc;
@@ -197,6 +198,16 @@ impl ClickHouse {
         );
         self.post(&stmt, Bytes::from(rows)).await?;
         Ok(n)
+    }
+
+    /// Runs a statement and returns its answer's body.
+    pub async fn execute(&self, statement: &str, data: Bytes) -> Result<Bytes, ClickHouseError> {
+        self.post(statement, data).await
+    }
+
+    /// The database.
+    pub fn database(&self) -> &str {
+        &self.cfg.database
     }
 
     /// The lines a log query selects, each once.

@@ -101,6 +101,12 @@ pub fn schema(db: &str, f: Features, retention_days: Option<u32>) -> Vec<String>
              ENGINE = ReplacingMergeTree() PARTITION BY day \
              ORDER BY (namespace, pod, container, node, file_id, offset){ttl}"
         ),
+        // The latest heartbeat of every agent, whichever replica took it.
+        format!(
+            "CREATE TABLE IF NOT EXISTS {db}.agents (node String, seen UInt64, version String, \
+             files UInt64, bytes_behind UInt64, last_error String, dead_letter_lines UInt64) \
+             ENGINE = ReplacingMergeTree(seen) ORDER BY node"
+        ),
         format!(
             "INSERT INTO {db}.schema_migrations (version) SELECT {SCHEMA_VERSION} \
              WHERE (SELECT count() FROM {db}.schema_migrations WHERE version = {SCHEMA_VERSION}) = 0"
@@ -205,6 +211,29 @@ pub fn select(db: &str, q: &Query, w: Window) -> Result<String, Unsupported> {
         ident(db),
         conds.join(" AND ")
     ))
+}
+
+/// Columns of `agents`, in the order heartbeats are written and read.
+pub const AGENT_COLUMNS: &str =
+    "node, seen, version, files, bytes_behind, last_error, dead_letter_lines";
+
+/// Every agent's latest heartbeat, as RowBinary with [`AGENT_COLUMNS`].
+pub fn agents(db: &str) -> String {
+    format!(
+        "SELECT {AGENT_COLUMNS} FROM {}.agents ORDER BY node, seen DESC LIMIT 1 BY node FORMAT RowBinary",
+        ident(db)
+    )
+}
+
+/// Per node: lines, bytes of text, first and last time received, each
+/// line counted once; RowBinary (String, UInt64, UInt64, Int64, Int64).
+pub fn agent_lines(db: &str) -> String {
+    format!(
+        "SELECT node, count(), sum(length(line)), min(received), max(received) FROM \
+         (SELECT node, line, received FROM {}.lines LIMIT 1 BY node, file_id, offset) \
+         GROUP BY node FORMAT RowBinary",
+        ident(db)
+    )
 }
 
 #[cfg(test)]

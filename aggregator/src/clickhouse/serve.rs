@@ -1,0 +1,417 @@
+//! `logfleet aggregator --store clickhouse`: the agents' gRPC ingest, the
+//! gRPC log queries and the agent list over a ClickHouse store, with no
+//! state of the aggregator's own, so replicas scale out behind one
+//! Service. `/readyz` says when ClickHouse is unreachable; pushes then
+//! fail as unavailable and agents keep their data until it is back.
+//!
+//! Not yet with ClickHouse: live tail, the Loki API and the web view (the
+//! HTTP port serves health and metrics only).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use bytes::Bytes;
+use logfleet_proto::v1::ingest_server::{Ingest, IngestServer};
+use logfleet_proto::v1::query_server::{Query as QueryApi, QueryServer};
+use logfleet_proto::v1::{
+    AgentInfo, HeartbeatRequest, HeartbeatResponse, ListAgentsRequest, ListAgentsResponse,
+    PushRequest, PushResponse, QueryRequest, QueryResponse, TailRequest,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{rowbinary, sql, ClickHouse, ClickHouseError, Config, Writer, WriterConfig};
+use crate::{AggregatorConfig, AggregatorError, Listeners};
+
+/// What the services share.
+struct Ch {
+    /// Set once connected and the schema is in place.
+    store: tokio::sync::OnceCell<(ClickHouse, Writer)>,
+    /// Why ClickHouse is not usable now; none: it is.
+    problem: Mutex<Option<String>>,
+    /// Heartbeats not yet written.
+    heartbeats: Mutex<HashMap<String, HeartbeatRequest>>,
+    up: Gauge,
+    inserted: Counter,
+    refused: Counter,
+}
+
+impl Ch {
+    fn set_problem(&self, p: Option<String>) {
+        if let Ok(mut g) = self.problem.lock() {
+            *g = p;
+        }
+        self.up.set(i64::from(
+            self.problem.lock().map(|g| g.is_none()).unwrap_or(false),
+        ));
+    }
+
+    fn store(&self) -> Result<&(ClickHouse, Writer), Status> {
+        self.store.get().ok_or_else(|| {
+            let why = self
+                .problem
+                .lock()
+                .ok()
+                .and_then(|g| g.clone())
+                .unwrap_or_else(|| "not connected yet".into());
+            Status::unavailable(format!("ClickHouse store unavailable: {why}"))
+        })
+    }
+}
+
+fn status(e: ClickHouseError) -> Status {
+    match e {
+        ClickHouseError::Push(p) => p.into(),
+        ClickHouseError::Unsupported(u) => Status::unimplemented(u.to_string()),
+        ClickHouseError::Url(_) | ClickHouseError::Malformed(_) => Status::internal(e.to_string()),
+        // Retried by agents; their data stays in their files meanwhile.
+        ClickHouseError::Unreachable { .. }
+        | ClickHouseError::Server { .. }
+        | ClickHouseError::Closed => Status::unavailable(e.to_string()),
+    }
+}
+
+struct IngestSvc(Arc<Ch>);
+
+#[tonic::async_trait]
+impl Ingest for IngestSvc {
+    async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
+        let (_, writer) = self.0.store()?;
+        match writer.push(req.into_inner()).await {
+            Ok(n) => {
+                self.0.inserted.inc_by(n);
+                self.0.set_problem(None);
+                Ok(Response::new(PushResponse {
+                    stored_lines: n,
+                    duplicate_lines: 0,
+                }))
+            }
+            Err(e) => {
+                self.0.refused.inc();
+                if matches!(
+                    e,
+                    ClickHouseError::Unreachable { .. } | ClickHouseError::Server { .. }
+                ) {
+                    self.0.set_problem(Some(e.to_string()));
+                }
+                Err(status(e))
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let hb = req.into_inner();
+        if hb.node.is_empty() || hb.node.len() > 253 {
+            return Err(Status::invalid_argument("node name must be 1 to 253 bytes"));
+        }
+        if let Ok(mut m) = self.0.heartbeats.lock() {
+            m.insert(hb.node.clone(), hb);
+        }
+        Ok(Response::new(HeartbeatResponse {}))
+    }
+}
+
+struct QuerySvc {
+    ch: Arc<Ch>,
+    timeout: Duration,
+}
+
+type Entries = ReceiverStream<Result<QueryResponse, Status>>;
+
+#[tonic::async_trait]
+impl QueryApi for QuerySvc {
+    type QueryStream = Entries;
+    type TailStream = Entries;
+
+    async fn query(&self, req: Request<QueryRequest>) -> Result<Response<Entries>, Status> {
+        let r = req.into_inner();
+        let q =
+            crate::query::parse(&r.query).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (store, _) = self.ch.store()?;
+        let w = sql::Window {
+            from: (r.from_unix_nano != 0).then_some(r.from_unix_nano),
+            to: (r.to_unix_nano != 0).then_some(r.to_unix_nano),
+            limit: r.limit,
+            backward: r.direction == logfleet_proto::v1::Direction::Backward as i32,
+        };
+        let entries = tokio::time::timeout(self.timeout, store.query(&q, w))
+            .await
+            .map_err(|_| Status::deadline_exceeded("query timed out"))?
+            .map_err(status)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut it = entries.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<_> = it.by_ref().take(1000).collect();
+                if tx.send(Ok(QueryResponse { entries: chunk })).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn tail(&self, _req: Request<TailRequest>) -> Result<Response<Entries>, Status> {
+        Err(Status::unimplemented(
+            "live tail is not available with the ClickHouse store yet",
+        ))
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let (store, _) = self.ch.store()?;
+        let agents = list_agents(store).await.map_err(status)?;
+        Ok(Response::new(ListAgentsResponse { agents }))
+    }
+}
+
+/// Every agent: its latest heartbeat and what is stored for it.
+async fn list_agents(store: &ClickHouse) -> Result<Vec<AgentInfo>, ClickHouseError> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut by_node: std::collections::BTreeMap<String, AgentInfo> = Default::default();
+    let body = store
+        .execute(&sql::agents(store.database()), Bytes::new())
+        .await?;
+    let mut r = rowbinary::Reader::new(&body);
+    while !r.done() {
+        let node = text(r.string()?);
+        let a = by_node.entry(node.clone()).or_default();
+        a.node = node;
+        a.last_seen_unix_nano = r.u64()? as i64;
+        a.version = text(r.string()?);
+        a.files = r.u64()?;
+        a.bytes_behind = r.u64()?;
+        a.last_error = text(r.string()?);
+        a.dead_letter_lines = r.u64()?;
+    }
+    let body = store
+        .execute(&sql::agent_lines(store.database()), Bytes::new())
+        .await?;
+    let mut r = rowbinary::Reader::new(&body);
+    while !r.done() {
+        let node = text(r.string()?);
+        let a = by_node.entry(node.clone()).or_default();
+        a.node = node;
+        a.lines = r.u64()?;
+        a.bytes = r.u64()?;
+        a.first_push_unix_nano = r.i64()?;
+        a.last_push_unix_nano = r.i64()?;
+        a.last_seen_unix_nano = a.last_seen_unix_nano.max(a.last_push_unix_nano);
+    }
+    Ok(by_node.into_values().collect())
+}
+
+/// Writes the heartbeats gathered since the last time, in one insert.
+async fn flush_heartbeats(ch: &Ch) {
+    let Some((store, _)) = ch.store.get() else {
+        return;
+    };
+    let batch: Vec<HeartbeatRequest> = match ch.heartbeats.lock() {
+        Ok(mut m) => m.drain().map(|(_, v)| v).collect(),
+        Err(_) => return,
+    };
+    if batch.is_empty() {
+        return;
+    }
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64;
+    let mut rows = Vec::new();
+    for hb in &batch {
+        rowbinary::string(&mut rows, hb.node.as_bytes());
+        rows.extend_from_slice(&now.to_le_bytes());
+        rowbinary::string(&mut rows, hb.version.as_bytes());
+        rows.extend_from_slice(&hb.files.to_le_bytes());
+        rows.extend_from_slice(&hb.bytes_behind.to_le_bytes());
+        rowbinary::string(&mut rows, hb.last_error.as_bytes());
+        rows.extend_from_slice(&hb.dead_letter_lines.to_le_bytes());
+    }
+    let stmt = format!(
+        "INSERT INTO {}.agents ({}) FORMAT RowBinary",
+        sql::ident(store.database()),
+        sql::AGENT_COLUMNS
+    );
+    if let Err(e) = store.execute(&stmt, Bytes::from(rows)).await {
+        tracing::warn!(error = %e, "writing heartbeats to ClickHouse failed; kept for the next try");
+        if let Ok(mut m) = ch.heartbeats.lock() {
+            for hb in batch {
+                m.entry(hb.node.clone()).or_insert(hb);
+            }
+        }
+    }
+}
+
+async fn readyz(State(ch): State<Arc<Ch>>) -> (StatusCode, String) {
+    let problem = ch.problem.lock().ok().and_then(|g| g.clone());
+    match (ch.store.get(), problem) {
+        (Some(_), None) => (StatusCode::OK, "ok\n".into()),
+        (_, Some(p)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ClickHouse store unavailable: {p}\n"),
+        ),
+        (None, None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ClickHouse store: connecting\n".into(),
+        ),
+    }
+}
+
+/// Runs an aggregator over ClickHouse until `shutdown` resolves.
+pub async fn run(
+    cfg: AggregatorConfig,
+    ch_cfg: Config,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AggregatorError> {
+    if cfg.tls.is_some() || listeners.query.is_some() {
+        return Err(AggregatorError::StorageFailed(
+            "TLS and a separate query port are not supported with the ClickHouse store yet".into(),
+        ));
+    }
+    let mut registry = Registry::default();
+    let metrics = crate::metrics::Metrics::new(&mut registry);
+    let ch = Arc::new(Ch {
+        store: Default::default(),
+        problem: Mutex::new(Some("connecting".into())),
+        heartbeats: Default::default(),
+        up: Gauge::default(),
+        inserted: Counter::default(),
+        refused: Counter::default(),
+    });
+    registry.register(
+        "logfleet_aggregator_clickhouse_up",
+        "1 when the ClickHouse store answers",
+        ch.up.clone(),
+    );
+    registry.register(
+        "logfleet_aggregator_clickhouse_lines_inserted",
+        "Lines inserted into ClickHouse",
+        ch.inserted.clone(),
+    );
+    registry.register(
+        "logfleet_aggregator_clickhouse_pushes_failed",
+        "Pushes not stored (ClickHouse unreachable or refusing, or invalid)",
+        ch.refused.clone(),
+    );
+    // Connect in the background, retrying: an aggregator that starts
+    // before ClickHouse serves its health endpoint and says why it is not
+    // ready.
+    {
+        let ch = ch.clone();
+        let wcfg = WriterConfig {
+            max_inflight_bytes: cfg.max_inflight_bytes,
+            ..Default::default()
+        };
+        let limits = cfg.limits;
+        tokio::spawn(async move {
+            loop {
+                match ClickHouse::connect(ch_cfg.clone()).await {
+                    Ok(store) => {
+                        let writer = Writer::start(store.clone(), wcfg, limits);
+                        let _ = ch.store.set((store, writer));
+                        ch.set_problem(None);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ClickHouse store not ready; retrying");
+                        ch.set_problem(Some(e.to_string()));
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            }
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                flush_heartbeats(&ch).await;
+                // Readiness follows ClickHouse, pushes or not.
+                if let Some((store, _)) = ch.store.get() {
+                    match store.execute("SELECT 1", Bytes::new()).await {
+                        Ok(_) => ch.set_problem(None),
+                        Err(e) => ch.set_problem(Some(e.to_string())),
+                    }
+                }
+            }
+        });
+    }
+    let registry = Arc::new(registry);
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get({
+                let registry = registry.clone();
+                move || {
+                    let registry = registry.clone();
+                    async move {
+                        let mut out = String::new();
+                        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+                        out
+                    }
+                }
+            }),
+        )
+        .with_state(ch.clone());
+    let http = tokio::net::TcpListener::from_std(listeners.http).map_err(|source| {
+        AggregatorError::Bind {
+            addr: cfg.http_addr,
+            source,
+        }
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(http, app).await {
+            tracing::error!(error = %e, "http endpoint failed");
+        }
+    });
+    let push_auth = crate::service::Auth::new(cfg.tokens.push.clone(), "push", metrics.clone());
+    let read_auth = crate::service::Auth::new(cfg.tokens.read.clone(), "read", metrics);
+    let ingest = tonic::service::interceptor::InterceptedService::new(
+        IngestServer::new(IngestSvc(ch.clone())).max_decoding_message_size(cfg.max_message),
+        push_auth,
+    );
+    let query = tonic::service::interceptor::InterceptedService::new(
+        QueryServer::new(QuerySvc {
+            ch: ch.clone(),
+            timeout: cfg.query_timeout,
+        })
+        .max_encoding_message_size(cfg.limits.max_raw_len as usize + (1 << 20)),
+        read_auth,
+    );
+    let grpc = tokio::net::TcpListener::from_std(listeners.grpc).map_err(|source| {
+        AggregatorError::Bind {
+            addr: cfg.grpc_addr,
+            source,
+        }
+    })?;
+    tracing::info!(grpc = %cfg.grpc_addr, http = %cfg.http_addr, store = "clickhouse", "aggregator started");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        stop_tx.send_replace(true);
+    });
+    tonic::transport::Server::builder()
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            cfg.max_concurrent_requests.max(1),
+        ))
+        .add_service(ingest)
+        .add_service(query)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            },
+        )
+        .await?;
+    flush_heartbeats(&ch).await;
+    tracing::info!("aggregator stopped");
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! A ClickHouse server of its own for tests and the demo: Debian's
+//! `clickhouse-server` (installed when missing and running as root, as CI
+//! does) with a configuration in a temporary directory, on free loopback
+//! ports. It is the real server, not a stand-in; this only starts it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Debian's `clickhouse-server`, installed when missing and root.
+pub fn server_binary() -> PathBuf {
+    if !have("clickhouse-server") {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if root {
+            let ok = Command::new("sh")
+                .args([
+                    "-c",
+                    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null",
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "installing Debian's clickhouse-server failed");
+        }
+    }
+    let out = Command::new("sh")
+        .args(["-c", "command -v clickhouse-server"])
+        .output()
+        .expect("sh");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        !path.is_empty(),
+        "this test needs ClickHouse: apt-get install clickhouse-server"
+    );
+    PathBuf::from(path)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running ClickHouse server in a temporary directory (stopped on drop).
+pub struct Server {
+    child: Option<Child>,
+    dir: PathBuf,
+    http: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server; panics (this is test support) when it cannot.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let http = free_port();
+        let tcp = free_port();
+        let users = ["/etc/clickhouse-server/users.xml"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("clickhouse-server's users.xml");
+        std::fs::write(
+            dir.join("config.xml"),
+            format!(
+                "<?xml version=\"1.0\"?>\n<yandex>\n\
+                 <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/err.log</errorlog></logger>\n\
+                 <http_port>{http}</http_port><tcp_port>{tcp}</tcp_port><listen_host>127.0.0.1</listen_host>\n\
+                 <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><user_files_path>{d}/files/</user_files_path>\n\
+                 <users_config>{users}</users_config><default_profile>default</default_profile>\n\
+                 <default_database>default</default_database><mark_cache_size>5368709</mark_cache_size>\n\
+                 </yandex>\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut s = Server {
+            child: None,
+            dir,
+            http,
+            _tmp: tmp,
+        };
+        s.run();
+        s
+    }
+
+    /// Starts the server process again (after [`Server::stop`]), on the same
+    /// ports and data.
+    pub fn run(&mut self) {
+        let child = Command::new(server_binary())
+            .arg(format!(
+                "--config-file={}",
+                self.dir.join("config.xml").display()
+            ))
+            .current_dir(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start clickhouse-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "clickhouse-server did not listen: {}",
+                std::fs::read_to_string(self.dir.join("err.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the server process.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The HTTP interface's URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    /// A plain-text query over HTTP, for checks outside the store's code:
+    /// the first line of the answer.
+    pub fn sql(&self, q: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).unwrap();
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{q}",
+            q.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{q}: {out}");
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        // Chunked: the value is the line after the first chunk size.
+        body.lines().nth(1).unwrap_or("").trim().to_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,131 @@
+//! `logfleet aggregator --store clickhouse`, the real binaries against
+//! Debian's ClickHouse on loopback: two aggregator replicas share one
+//! store; one agent pushes through replica A, then (A killed with SIGKILL)
+//! through B, then (B killed, A back) through A again, with a kubelet-style
+//! rotation on the way. Every written line is in the store once, through
+//! either replica; `/readyz` says when ClickHouse is away; `logfleet
+//! agents` is served from ClickHouse.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use logfleet_kubesim::clickhouse::Server;
+
+fn cri(i: usize) -> (String, String) {
+    let text = format!("line {i} status={}", 200 + i % 3);
+    let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let stream = if i % 7 == 0 { "stderr" } else { "stdout" };
+    (format!("{ts} {stream} F {text}\n"), text)
+}
+
+#[test]
+fn replicas_fail_over_and_every_line_is_stored_once() {
+    let mut ch = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = [
+        "--store",
+        "clickhouse",
+        "--clickhouse-url",
+        &ch.url(),
+        "--clickhouse-database",
+        "fleet",
+    ];
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let (mut a, url_a) = aggregator(&da, &store);
+    let (mut b, url_b) = aggregator(&db, &store);
+    for p in [&a, &b] {
+        wait_for("a replica ready", Duration::from_secs(60), || {
+            http_get(&p.http, "/readyz").filter(|r| r.starts_with("HTTP/1.1 200"))
+        });
+    }
+    let root = dir.path().join("pods");
+    let cdir = root.join("shop_checkout-1_uid-1/server");
+    std::fs::create_dir_all(&cdir).unwrap();
+    let log = cdir.join("0.log");
+    let mut written = Vec::new();
+    let write = |from: usize, to: usize, written: &mut Vec<String>| {
+        for i in from..to {
+            let (rec, text) = cri(i);
+            append(&log, &rec);
+            written.push(text);
+        }
+    };
+    let stored = |url: &str, n: usize| {
+        wait_for(
+            &format!("{n} lines stored"),
+            Duration::from_secs(60),
+            || query_all(url, "{}", &[]).filter(|v| v.len() >= n),
+        )
+    };
+
+    // Through A.
+    let mut agent = agent(dir.path(), "node-1", &root, &url_a, &[]);
+    write(0, 200, &mut written);
+    stored(&url_b, 200);
+    // A dies; the agent's pushes fail until it is sent to B (a Service
+    // would do that), more lines meanwhile, and a rotation.
+    a.kill9();
+    write(200, 300, &mut written);
+    std::fs::rename(&log, cdir.join("0.log.20261203-101500")).unwrap();
+    write(300, 400, &mut written);
+    agent.kill9();
+    let mut agent = common::agent(dir.path(), "node-1", &root, &url_b, &[]);
+    stored(&url_b, 400);
+    // B dies, A comes back and takes over.
+    b.kill9();
+    a.restart();
+    wait_for("A ready again", Duration::from_secs(60), || {
+        http_get(&a.http, "/readyz").filter(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    write(400, 500, &mut written);
+    agent.kill9();
+    let _agent = common::agent(dir.path(), "node-1", &root, &url_a, &[]);
+    let lines = stored(&url_a, 500);
+    b.restart();
+    let via_b = stored(&url_b, 500);
+    for got in [&lines, &via_b] {
+        let got = multiset(
+            got.iter()
+                .map(|l| l["line"].as_str().unwrap_or_default().to_owned()),
+        );
+        assert_eq!(got, multiset(written.iter().cloned()), "every line once");
+    }
+    assert_eq!(lines[0]["namespace"], "shop");
+    assert_eq!(lines[0]["pod"], "checkout-1");
+
+    // A filtered query, as the embedded store answers it.
+    let five = query_all(
+        &url_a,
+        r#"{pod="checkout-1", stream="stdout"} |= "status=201""#,
+        &[],
+    )
+    .unwrap();
+    let want = (0..500).filter(|i| i % 3 == 1 && i % 7 != 0).count();
+    assert_eq!(five.len(), want);
+
+    // The agent list comes from ClickHouse, whichever replica answers.
+    let out = cli(&["agents", "--aggregator", &url_b, "--output", "jsonl"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap_or("{}")).unwrap();
+    assert_eq!(node["node"], "node-1");
+    assert_eq!(node["lines"], 500);
+
+    // ClickHouse away: not ready, and why.
+    ch.stop();
+    let r = wait_for(
+        "not ready without ClickHouse",
+        Duration::from_secs(30),
+        || http_get(&a.http, "/readyz").filter(|r| r.starts_with("HTTP/1.1 503")),
+    );
+    assert!(r.contains("ClickHouse"), "{r}");
+}

@@ -109,7 +109,7 @@ fn replicas_fail_over_and_every_line_is_stored_once() {
     )
     .unwrap();
     let want = (0..500)
-        .filter(|i| i % 3 == 1 && !i.is_multiple_of(7))
+        .filter(|i: &usize| i % 3 == 1 && !i.is_multiple_of(7))
         .count();
     assert_eq!(five.len(), want);
 

@@ -17,37 +17,11 @@ use std::time::Instant;
 use logfleet_agent::cri::{Assembler, Framer, Line, Oddities};
 use logfleet_agent::multiline::{Detector, GroupConfig, Grouper};
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// `cmd` on the PATH, installed from Debian's `package` when missing and
-/// running as root.
+/// `cmd` on the PATH (Debian's `package` installed when missing).
 fn need(cmd: &str, package: &str) {
-    if have(cmd) {
-        return;
+    if let Err(e) = logfleet_kubesim::tools::ensure(cmd, package) {
+        panic!("this test needs {cmd}: {e}");
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    if root {
-        let ok = Command::new("sh")
-            .args([
-                "-c",
-                &format!("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {package} >/dev/null"),
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "installing Debian's {package} failed");
-    }
-    assert!(
-        have(cmd),
-        "this test needs {cmd}: apt-get install {package}"
-    );
 }
 
 /// Runs a program; returns its stdout lines and its stderr (the trace).

@@ -48,6 +48,8 @@ struct Shared {
     down: AtomicBool,
     lists: AtomicU64,
     watches: AtomicU64,
+    /// Every request: method, path and query.
+    requests: Mutex<Vec<(String, String)>>,
 }
 
 /// A running stand-in API server.
@@ -61,36 +63,10 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, Store> {
     s.store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn param(query: &Option<String>, name: &str) -> Option<String> {
-    query.as_deref()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
-    })
+    form_urlencoded::parse(query.as_deref()?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Whether `obj` passes a field selector of the form `spec.nodeName=<n>`
@@ -118,6 +94,7 @@ async fn collection(
     Path(coll): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    record(&s, &format!("/api/v1/{coll}"), query.as_deref());
     if s.down.load(Ordering::Relaxed) {
         return status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -156,6 +133,10 @@ async fn collection(
         let events = tokio_stream::iter(missed.into_iter().map(Ok))
             .chain(tokio_stream::wrappers::BroadcastStream::new(rx))
             .take_while(move |_| !shared.down.load(Ordering::Relaxed))
+            // A watcher that fell behind the channel ends its watch, as an
+            // API server ends a slow one: the client watches again from its
+            // last resourceVersion and the history gives it what it missed.
+            .take_while(|ev| ev.is_ok())
             .filter_map(move |ev| {
                 let (c, line) = ev.ok()?;
                 (c == coll).then_some(line)
@@ -194,7 +175,18 @@ async fn collection(
     ([("content-type", "application/json")], body.to_string()).into_response()
 }
 
+fn record(s: &Shared, path: &str, query: Option<&str>) {
+    if let Ok(mut r) = s.requests.lock() {
+        let target = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        r.push(("GET".into(), target));
+    }
+}
+
 async fn object(State(s): State<Arc<Shared>>, uri: axum::http::Uri) -> Response {
+    record(&s, uri.path(), uri.query());
     if s.down.load(Ordering::Relaxed) {
         return status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -221,6 +213,7 @@ impl Api {
             down: AtomicBool::new(false),
             lists: AtomicU64::new(0),
             watches: AtomicU64::new(0),
+            requests: Mutex::new(Vec::new()),
         });
         let app = axum::Router::new()
             .route("/api/v1/{collection}", get(collection))
@@ -355,6 +348,16 @@ impl Api {
             // Wake the watches so that they notice and end.
             let _ = self.shared.events.send((String::new(), Value::Null));
         }
+    }
+
+    /// Every request so far, as (method, path with query): what RBAC would
+    /// be asked about.
+    pub fn request_log(&self) -> Vec<(String, String)> {
+        self.shared
+            .requests
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// Lists and watches served so far.

@@ -8,41 +8,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Debian's `clickhouse-server`, installed when missing and root.
 pub fn server_binary() -> PathBuf {
-    if !have("clickhouse-server") {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        if root {
-            let ok = Command::new("sh")
-                .args([
-                    "-c",
-                    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server >/dev/null",
-                ])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "installing Debian's clickhouse-server failed");
-        }
+    if let Err(e) = crate::tools::ensure("clickhouse-server", "clickhouse-server") {
+        panic!("this test needs ClickHouse: {e}");
     }
     let out = Command::new("sh")
         .args(["-c", "command -v clickhouse-server"])
         .output()
         .expect("sh");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(
-        !path.is_empty(),
-        "this test needs ClickHouse: apt-get install clickhouse-server"
-    );
-    PathBuf::from(path)
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn free_port() -> u16 {

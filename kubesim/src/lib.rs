@@ -12,6 +12,7 @@
 pub mod api;
 pub mod clickhouse;
 pub mod messages;
+pub mod tools;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -85,6 +85,23 @@ pub enum ClickHouseError {
     /// The writer stopped.
     #[error("the ClickHouse writer stopped")]
     Closed,
+    /// The insert holding this push failed (shared by every push in it).
+    #[error(transparent)]
+    Insert(Arc<ClickHouseError>),
+}
+
+impl ClickHouseError {
+    /// Whether ClickHouse is away or refusing (retrying may help), rather
+    /// than the push or the query being wrong.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            ClickHouseError::Unreachable { .. }
+            | ClickHouseError::Server { .. }
+            | ClickHouseError::Closed => true,
+            ClickHouseError::Insert(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
 }
 
 /// A connection to a ClickHouse server whose schema is in place.
@@ -221,6 +238,8 @@ impl ClickHouse {
 /// Appends the RowBinary rows of one push; returns how many.
 pub fn encode_rows(out: &mut Vec<u8>, req: &PushRequest, batch: &LineBatch, received: i64) -> u64 {
     let mut n = 0;
+    // Pushes are validated first (`ingest::validate`): every line's range
+    // exists and has labels, so no line is skipped below.
     for l in batch.lines() {
         let Some(labels) = req
             .ranges
@@ -384,20 +403,7 @@ impl Writer {
             .map_err(|_| ClickHouseError::Closed)?;
         match rx.await {
             Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(match &*e {
-                ClickHouseError::Server { status, message } => ClickHouseError::Server {
-                    status: *status,
-                    message: message.clone(),
-                },
-                ClickHouseError::Unreachable { url, message } => ClickHouseError::Unreachable {
-                    url: url.clone(),
-                    message: message.clone(),
-                },
-                other => ClickHouseError::Unreachable {
-                    url: String::new(),
-                    message: other.to_string(),
-                },
-            }),
+            Ok(Err(e)) => Err(ClickHouseError::Insert(e)),
             Err(_) => Err(ClickHouseError::Closed),
         }
     }

@@ -70,11 +70,9 @@ fn status(e: ClickHouseError) -> Status {
     match e {
         ClickHouseError::Push(p) => p.into(),
         ClickHouseError::Unsupported(u) => Status::unimplemented(u.to_string()),
-        ClickHouseError::Url(_) | ClickHouseError::Malformed(_) => Status::internal(e.to_string()),
         // Retried by agents; their data stays in their files meanwhile.
-        ClickHouseError::Unreachable { .. }
-        | ClickHouseError::Server { .. }
-        | ClickHouseError::Closed => Status::unavailable(e.to_string()),
+        e if e.is_unavailable() => Status::unavailable(e.to_string()),
+        e => Status::internal(e.to_string()),
     }
 }
 
@@ -95,10 +93,7 @@ impl Ingest for IngestSvc {
             }
             Err(e) => {
                 self.0.refused.inc();
-                if matches!(
-                    e,
-                    ClickHouseError::Unreachable { .. } | ClickHouseError::Server { .. }
-                ) {
+                if e.is_unavailable() {
                     self.0.set_problem(Some(e.to_string()));
                 }
                 Err(status(e))

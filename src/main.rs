@@ -2,6 +2,7 @@
 //! commands. This file only parses arguments and calls the libraries.
 
 mod bench;
+mod bench_clickhouse;
 mod bench_fleet;
 mod bench_load;
 mod client;
@@ -195,6 +196,13 @@ enum BenchCmd {
         /// label lines from them (0: no metadata).
         #[arg(long, env = "LOGFLEET_BENCH_METADATA_PODS", default_value = "0")]
         metadata_pods: usize,
+    },
+    /// The tree through an aggregator with --store clickhouse into Debian's
+    /// ClickHouse on loopback: ingest cost (aggregator and ClickHouse), bytes
+    /// on disk, the needle scan and the newest 1,000 lines.
+    Clickhouse {
+        #[arg(long, env = "LOGFLEET_BENCH_DIR", default_value_os_t = bench::default_dir())]
+        dir: PathBuf,
     },
     /// Queries over what a pipeline run stored.
     Query {
@@ -1040,6 +1048,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 metadata_pods,
             } => bench::pipeline(&dir, &compression, &multiline, metadata_pods).await?,
             BenchCmd::Query { dir, compression } => bench::query(&dir, &compression).await?,
+            BenchCmd::Clickhouse { dir } => bench_clickhouse::clickhouse(&dir).await?,
             BenchCmd::Tail { dir, pushes } => bench::tail(&dir, pushes).await?,
             BenchCmd::Idle {
                 dir,

@@ -96,6 +96,11 @@ impl Server {
         }
     }
 
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Kills the server process.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

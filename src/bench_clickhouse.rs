@@ -1,0 +1,150 @@
+//! `logfleet bench clickhouse`: the generated tree through a real agent
+//! into an aggregator with `--store clickhouse` and Debian's ClickHouse on
+//! loopback; the cost of durable ingest counts the aggregator and
+//! ClickHouse both, then bytes on disk and the two reference queries.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use logfleet_proto::v1::Direction;
+
+use crate::bench::{cpu_seconds, peak_rss, run_query, spawn, start_aggregator_http, Workload};
+
+fn mb(b: f64) -> f64 {
+    b / 1e6
+}
+
+pub async fn clickhouse(dir: &Path) -> Result<()> {
+    let w: Workload = serde_json::from_slice(
+        &std::fs::read(dir.join("workload.json")).context("run `logfleet bench generate` first")?,
+    )?;
+    let ch = logfleet_kubesim::clickhouse::Server::start();
+    let chpid = ch.pid().context("ClickHouse not running")?;
+    let store = [
+        "--store",
+        "clickhouse",
+        "--clickhouse-url",
+        &ch.url(),
+        "--clickhouse-database",
+        "bench",
+    ];
+    let (agg, url, _http, mut c) = start_aggregator_http(
+        &dir.join("data-clickhouse-unused"),
+        &dir.join("aggregator-clickhouse.log"),
+        &store,
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run_query(&mut c, "{}", 1, Direction::Forward)
+        .await
+        .is_err()
+    {
+        if Instant::now() > deadline {
+            bail!("the aggregator never connected to ClickHouse");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = dir.join("state-clickhouse");
+    if state.exists() {
+        std::fs::remove_dir_all(&state)?;
+    }
+    let (g0, c0) = (cpu_seconds(agg.0.id())?, cpu_seconds(chpid)?);
+    let started = Instant::now();
+    let agent = spawn(
+        &[
+            "agent",
+            "--node-name",
+            "bench",
+            "--log-root",
+            &dir.join("pods").display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+            "--aggregator",
+            &url,
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &dir.join("agent-clickhouse.log"),
+    )?;
+    loop {
+        let n: u64 = ch
+            .sql("SELECT count() FROM bench.lines")
+            .parse()
+            .unwrap_or(0);
+        if n >= w.lines {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            bail!("not everything arrived within 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let acpu = cpu_seconds(agent.0.id())?;
+    let (gcpu, ccpu) = (cpu_seconds(agg.0.id())? - g0, cpu_seconds(chpid)? - c0);
+    let (grss, crss) = (peak_rss(agg.0.id())?, peak_rss(chpid)?);
+    drop(agent);
+    let raw = w.bytes as f64;
+    println!(
+        "clickhouse store ({}): {} files, {:.0} MB raw, {} lines, wall {wall:.1} s",
+        ch.sql("SELECT version()"),
+        w.files,
+        mb(raw),
+        w.lines
+    );
+    println!(
+        "  agent:      {acpu:.2} CPU-s  {:>6.0} MB/CPU-s",
+        mb(raw) / acpu
+    );
+    println!(
+        "  aggregator: {gcpu:.2} CPU-s  {:>6.0} MB/CPU-s  peak RSS {:.1} MiB",
+        mb(raw) / gcpu,
+        grss as f64 / 1048576.0
+    );
+    println!(
+        "  ClickHouse: {ccpu:.2} CPU-s  {:>6.0} MB/CPU-s  peak RSS {:.1} MiB",
+        mb(raw) / ccpu,
+        crss as f64 / 1048576.0
+    );
+    println!(
+        "  durable ingest, aggregator + ClickHouse: {:.0} MB/CPU-s",
+        mb(raw) / (gcpu + ccpu)
+    );
+    let disk: f64 = ch
+        .sql("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'bench' AND active")
+        .parse()
+        .unwrap_or(0.0);
+    println!("  on disk: {:.1} MB ({:.4} of raw)", mb(disk), disk / raw);
+    for _ in 0..3 {
+        let (g, cc) = (cpu_seconds(agg.0.id())?, cpu_seconds(chpid)?);
+        let t0 = Instant::now();
+        let n = run_query(
+            &mut c,
+            r#"{} |= "no-such-text-anywhere""#,
+            0,
+            Direction::Forward,
+        )
+        .await?;
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(agg.0.id())? - g + cpu_seconds(chpid)? - cc;
+        println!("  substring filter over everything: {n} hits, wall {wall:.2} s, {cpu:.2} CPU-s, {:.0} MB raw scanned per CPU-s", mb(raw) / cpu);
+    }
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let q = format!(r#"{{pod="app-{}"}}"#, (i * 7) % w.files);
+        let t0 = Instant::now();
+        let n = run_query(&mut c, &q, 1000, Direction::Backward).await?;
+        times.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if n != 1000 {
+            bail!("expected 1000 lines, got {n}");
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "  newest 1,000 lines of one pod: median {:.1} ms, max {:.1} ms (20 pods)",
+        times[10], times[19]
+    );
+    drop(agg);
+    Ok(())
+}

@@ -540,6 +540,10 @@ struct AggregatorArgs {
     /// File holding the ClickHouse user's password.
     #[arg(long, env = "LOGFLEET_CLICKHOUSE_PASSWORD_FILE")]
     clickhouse_password_file: Option<PathBuf>,
+    /// A ClickHouse cluster (remote_servers) to create the schema on:
+    /// replicated tables under Distributed ones.
+    #[arg(long, env = "LOGFLEET_CLICKHOUSE_CLUSTER")]
+    clickhouse_cluster: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -825,6 +829,7 @@ fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::Aggregato
                 password: read_token(&a.clickhouse_password_file)?,
                 retention_days: (!a.retention_age.is_zero())
                     .then(|| (a.retention_age.as_secs() / 86_400).max(1) as u32),
+                cluster: a.clickhouse_cluster,
             }),
         },
     })

@@ -22,6 +22,7 @@ fn config(s: &Server, db: &str) -> Config {
         user: None,
         password: None,
         retention_days: None,
+        cluster: None,
     }
 }
 
@@ -287,5 +288,85 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
         )
         .await
         .unwrap();
+    assert_eq!(got.len(), all.len());
+}
+
+/// Two ClickHouse servers replicating one shard through ZooKeeper
+/// (Debian's), the schema created `ON CLUSTER` by two aggregators at once:
+/// pushes through either server, a range re-sent to the other, show once
+/// through both; with one server gone the other takes pushes and answers
+/// with everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_of_two_replicas_through_zookeeper() {
+    let zk = logfleet_kubesim::clickhouse::ZooKeeper::start();
+    let mut servers = Server::cluster(2, zk.port);
+    let cfg = |s: &Server| Config {
+        cluster: Some("logs".into()),
+        ..config(s, "fleet")
+    };
+    let (a, b) = tokio::join!(
+        ClickHouse::connect(cfg(&servers[0])),
+        ClickHouse::connect(cfg(&servers[1]))
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for s in &servers {
+        assert_eq!(
+            s.sql("SELECT engine FROM system.tables WHERE database = 'fleet' AND name = 'lines_local'"),
+            "ReplicatedReplacingMergeTree"
+        );
+    }
+    let wcfg = WriterConfig {
+        batch_wait: Duration::from_millis(20),
+        ..Default::default()
+    };
+    let (wa, wb) = (
+        Writer::start(a.clone(), wcfg, Default::default()),
+        Writer::start(b.clone(), wcfg, Default::default()),
+    );
+    let (reqs, all) = pushes();
+    for (i, r) in reqs.iter().enumerate() {
+        // Alternate servers; every third push again through the other.
+        let (first, other) = if i % 2 == 0 { (&wa, &wb) } else { (&wb, &wa) };
+        first.push(r.clone()).await.unwrap();
+        if i % 3 == 0 {
+            other.push(r.clone()).await.unwrap();
+        }
+    }
+    let everything = logfleet_aggregator::query::parse("{}").unwrap();
+    let window = Window {
+        from: None,
+        to: None,
+        limit: 0,
+        backward: false,
+    };
+    let mut want: Vec<(i64, Vec<u8>)> = all.iter().map(|g| (g.ts, g.text.clone())).collect();
+    want.sort();
+    for ch in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: Vec<(i64, Vec<u8>)> = ch
+                .query(&everything, window)
+                .await
+                .unwrap()
+                .iter()
+                .map(key)
+                .collect();
+            if got == want {
+                break;
+            }
+            // Replication is asynchronous; a replica catches up.
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} lines",
+                got.len(),
+                want.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // One server gone: the other takes the pushes and answers alone.
+    servers[0].stop();
+    wb.push(reqs[1].clone()).await.unwrap();
+    let got = b.query(&everything, window).await.unwrap();
     assert_eq!(got.len(), all.len());
 }

@@ -39,10 +39,39 @@ pub struct Server {
 impl Server {
     /// Starts a server; panics (this is test support) when it cannot.
     pub fn start() -> Server {
+        Server::start_with(free_port(), free_port(), "")
+    }
+
+    /// Starts `n` servers that form the one-shard cluster `logs`, each a
+    /// replica (macros `{shard}` = 01, `{replica}` = r1, r2, ...), with
+    /// ZooKeeper at `zookeeper` (port on loopback).
+    pub fn cluster(n: usize, zookeeper: u16) -> Vec<Server> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let replicas: String = ports
+            .iter()
+            .map(|(_, tcp)| format!("<replica><host>127.0.0.1</host><port>{tcp}</port></replica>"))
+            .collect();
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, (http, tcp))| {
+                let extra = format!(
+                    "<zookeeper><node><host>127.0.0.1</host><port>{zookeeper}</port></node></zookeeper>\n\
+                     <remote_servers><logs><shard><internal_replication>true</internal_replication>{replicas}</shard></logs></remote_servers>\n\
+                     <macros><shard>01</shard><replica>r{}</replica></macros>\n\
+                     <interserver_http_port>{}</interserver_http_port><interserver_http_host>127.0.0.1</interserver_http_host>\n\
+                     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>\n",
+                    i + 1,
+                    free_port()
+                );
+                Server::start_with(*http, *tcp, &extra)
+            })
+            .collect()
+    }
+
+    fn start_with(http: u16, tcp: u16, extra: &str) -> Server {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
-        let http = free_port();
-        let tcp = free_port();
         let users = ["/etc/clickhouse-server/users.xml"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -56,7 +85,7 @@ impl Server {
                  <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><user_files_path>{d}/files/</user_files_path>\n\
                  <users_config>{users}</users_config><default_profile>default</default_profile>\n\
                  <default_database>default</default_database><mark_cache_size>5368709</mark_cache_size>\n\
-                 </yandex>\n",
+                 {extra}</yandex>\n",
                 d = dir.display()
             ),
         )
@@ -137,5 +166,72 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Debian's ZooKeeper, standalone, in a temporary directory (stopped on
+/// drop): what replicated ClickHouse tables coordinate through.
+pub struct ZooKeeper {
+    child: Child,
+    /// Its client port on loopback.
+    pub port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl ZooKeeper {
+    /// Starts it (installing Debian's `zookeeper` when missing and root);
+    /// panics (test support) when it cannot.
+    pub fn start() -> ZooKeeper {
+        if let Err(e) = crate::tools::ensure("java", "default-jre-headless") {
+            panic!("ZooKeeper needs Java: {e}");
+        }
+        if !Path::new("/usr/share/java/zookeeper.jar").exists() {
+            if let Err(e) = crate::tools::ensure("zooinspector", "zookeeper") {
+                assert!(
+                    Path::new("/usr/share/java/zookeeper.jar").exists(),
+                    "this test needs ZooKeeper: {e}"
+                );
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = tmp.path().join("zoo.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "tickTime=2000\ndataDir={}\nclientPort={port}\nadmin.enableServer=false\n",
+                tmp.path().display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("java")
+            .args([
+                "-cp",
+                "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/*",
+                "org.apache.zookeeper.server.ZooKeeperServerMain",
+            ])
+            .arg(&cfg)
+            .current_dir(tmp.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ZooKeeper");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "ZooKeeper did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ZooKeeper {
+            child,
+            port,
+            _tmp: tmp,
+        }
+    }
+}
+
+impl Drop for ZooKeeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

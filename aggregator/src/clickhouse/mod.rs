@@ -49,6 +49,9 @@ pub struct Config {
     pub password: Option<String>,
     /// Days kept, as a table TTL where the server supports one.
     pub retention_days: Option<u32>,
+    /// A cluster (`remote_servers`) to create the schema on: replicated
+    /// tables under Distributed ones; inserts wait for the shards.
+    pub cluster: Option<String>,
 }
 
 /// A failure talking to ClickHouse.
@@ -130,7 +133,12 @@ impl ClickHouse {
         };
         let version = ch.post("SELECT version()", Bytes::new()).await?;
         ch.features = sql::Features::of(&String::from_utf8_lossy(&version));
-        for stmt in sql::schema(&ch.cfg.database, ch.features, ch.cfg.retention_days) {
+        for stmt in sql::schema(
+            &ch.cfg.database,
+            ch.features,
+            ch.cfg.retention_days,
+            ch.cfg.cluster.as_deref(),
+        ) {
             ch.post(&stmt, Bytes::new()).await?;
         }
         tracing::info!(url = %ch.cfg.url, version = %String::from_utf8_lossy(&version).trim(), "ClickHouse store ready");
@@ -145,9 +153,16 @@ impl ClickHouse {
     /// Runs `query` with `body` (the data of an INSERT) and returns the
     /// reply's body.
     async fn post(&self, query: &str, body: Bytes) -> Result<Bytes, ClickHouseError> {
-        let q: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("query", query)
-            .finish();
+        let q = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("query", query);
+            if self.cfg.cluster.is_some() {
+                // A Distributed insert is acknowledged once the shards have
+                // it, not when it is queued on this server.
+                q.append_pair("insert_distributed_sync", "1");
+            }
+            q.finish()
+        };
         let uri = format!("{}/?{q}", self.cfg.url.trim_end_matches('/'));
         let mut req = ::http::Request::post(uri);
         if let Some(user) = &self.cfg.user {

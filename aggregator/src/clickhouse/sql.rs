@@ -65,8 +65,13 @@ pub const COLUMNS: &str = "ts, node, namespace, pod, pod_uid, container, restart
 /// tables. All are `IF NOT EXISTS`: several aggregators may run them at
 /// once. `retention_days`: a table TTL where the server has one (else
 /// retention drops partitions).
-pub fn schema(db: &str, f: Features, retention_days: Option<u32>) -> Vec<String> {
-    let db = ident(db);
+pub fn schema(
+    db_name: &str,
+    f: Features,
+    retention_days: Option<u32>,
+    cluster: Option<&str>,
+) -> Vec<String> {
+    let db = ident(db_name);
     let line = if f.codecs {
         "line String CODEC(ZSTD(1))"
     } else {
@@ -76,13 +81,31 @@ pub fn schema(db: &str, f: Features, retention_days: Option<u32>) -> Vec<String>
         (true, Some(d)) => format!(" TTL day + INTERVAL {d} DAY"),
         _ => String::new(),
     };
-    vec![
-        format!("CREATE DATABASE IF NOT EXISTS {db}"),
+    let on = cluster.map_or(String::new(), |c| format!(" ON CLUSTER {}", ident(c)));
+    // In a cluster, `lines` and `agents` are Distributed tables over
+    // replicated local ones: sharded by the line's file, so every copy of
+    // a line lands in the same shard and folds there.
+    let (lines, agents) = if cluster.is_some() {
+        ("lines_local", "agents_local")
+    } else {
+        ("lines", "agents")
+    };
+    let engine = |table: &str, version: &str| {
+        match cluster {
+        Some(_) => format!(
+            "ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db_name}/{table}', '{{replica}}'{})",
+            if version.is_empty() { String::new() } else { format!(", {version}") }
+        ),
+        None => format!("ReplacingMergeTree({version})"),
+    }
+    };
+    let mut out = vec![
+        format!("CREATE DATABASE IF NOT EXISTS {db}{on}"),
         // Aggregators starting at once may each record the version (the
         // check and the insert are not atomic): the rows fold into one
         // when merged, and readers take `max(version)`.
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, applied DateTime DEFAULT now()) \
+            "CREATE TABLE IF NOT EXISTS {db}.schema_migrations{on} (version UInt32, applied DateTime DEFAULT now()) \
              ENGINE = ReplacingMergeTree() ORDER BY version"
         ),
         // One row per stored line. The sorting key is the common query's
@@ -93,25 +116,39 @@ pub fn schema(db: &str, f: Features, retention_days: Option<u32>) -> Vec<String>
         // `LIMIT 1 BY node, file_id, offset`. Lines of one file keep their
         // path labels, so the key is the line's identity.
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.lines (\
+            "CREATE TABLE IF NOT EXISTS {db}.{lines}{on} (\
              ts Int64, day Date DEFAULT toDate(intDiv(ts, 1000000000)), \
              node String, namespace String, pod String, pod_uid String, container String, \
              restart UInt32, stream UInt8, label_names Array(String), label_values Array(String), \
              file_id UInt64, offset UInt64, flags UInt32, {line}, received Int64) \
-             ENGINE = ReplacingMergeTree() PARTITION BY day \
-             ORDER BY (namespace, pod, container, node, file_id, offset){ttl}"
+             ENGINE = {} PARTITION BY day \
+             ORDER BY (namespace, pod, container, node, file_id, offset){ttl}",
+            engine(lines, "")
         ),
         // The latest heartbeat of every agent, whichever replica took it.
         format!(
-            "CREATE TABLE IF NOT EXISTS {db}.agents (node String, seen UInt64, version String, \
+            "CREATE TABLE IF NOT EXISTS {db}.{agents}{on} (node String, seen UInt64, version String, \
              files UInt64, bytes_behind UInt64, last_error String, dead_letter_lines UInt64) \
-             ENGINE = ReplacingMergeTree(seen) ORDER BY node"
+             ENGINE = {} ORDER BY node",
+            engine(agents, "seen")
         ),
-        format!(
-            "INSERT INTO {db}.schema_migrations (version) SELECT {SCHEMA_VERSION} \
-             WHERE (SELECT count() FROM {db}.schema_migrations WHERE version = {SCHEMA_VERSION}) = 0"
-        ),
-    ]
+    ];
+    if let Some(c) = cluster {
+        let c = ident(c);
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {db}.lines{on} AS {db}.lines_local \
+             ENGINE = Distributed({c}, {db}, lines_local, cityHash64(node, file_id))"
+        ));
+        out.push(format!(
+            "CREATE TABLE IF NOT EXISTS {db}.agents{on} AS {db}.agents_local \
+             ENGINE = Distributed({c}, {db}, agents_local, cityHash64(node))"
+        ));
+    }
+    out.push(format!(
+        "INSERT INTO {db}.schema_migrations (version) SELECT {SCHEMA_VERSION} \
+         WHERE (SELECT count() FROM {db}.schema_migrations WHERE version = {SCHEMA_VERSION}) = 0"
+    ));
+    out
 }
 
 /// The column or expression holding a label's value, as text.
@@ -246,9 +283,9 @@ mod tests {
         assert_eq!((old.version, old.codecs, old.ttl), ((18, 16), false, false));
         let new = Features::of("24.8.4.13");
         assert!(new.codecs && new.ttl);
-        let s = schema("logs", old, Some(7)).join("\n");
+        let s = schema("logs", old, Some(7), None).join("\n");
         assert!(!s.contains("CODEC") && !s.contains("TTL"), "{s}");
-        let s = schema("logs", new, Some(7)).join("\n");
+        let s = schema("logs", new, Some(7), None).join("\n");
         assert!(
             s.contains("CODEC(ZSTD(1))") && s.contains("TTL day + INTERVAL 7 DAY"),
             "{s}"

@@ -290,9 +290,24 @@ mod tests {
             s.contains("CODEC(ZSTD(1))") && s.contains("TTL day + INTERVAL 7 DAY"),
             "{s}"
         );
-        assert!(schema("logs", new, None)
+        assert!(schema("logs", new, None, None)
             .iter()
             .all(|st| st.contains("IF NOT EXISTS") || st.starts_with("INSERT")));
+        let c = schema("logs", new, None, Some("logs")).join("\n");
+        assert!(
+            c.contains("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/logs/lines_local', '{replica}')"),
+            "{c}"
+        );
+        assert!(
+            c.contains(
+                "ENGINE = Distributed(`logs`, `logs`, lines_local, cityHash64(node, file_id))"
+            ),
+            "{c}"
+        );
+        assert!(
+            c.contains("CREATE DATABASE IF NOT EXISTS `logs` ON CLUSTER `logs`"),
+            "{c}"
+        );
     }
 
     #[test]

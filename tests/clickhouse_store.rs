@@ -126,6 +126,51 @@ fn replicas_fail_over_and_every_line_is_stored_once() {
     assert_eq!(node["node"], "node-1");
     assert_eq!(node["lines"], 500);
 
+    // The agents API the controller reads, on the HTTP port.
+    let agents = http_get(&b.http, "/api/v1/agents").unwrap_or_default();
+    assert!(agents.contains("\"node\":\"node-1\""), "{agents}");
+
+    // A live tail sees lines as they arrive.
+    let mut tail = std::process::Command::new(bin())
+        .args([
+            "tail",
+            "--aggregator",
+            &url_a,
+            r#"{pod="checkout-1"} |= "tailed""#,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = tail.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    let seen = loop {
+        // Written until the tail (which starts from now) prints one.
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        append(&log, &format!("{ts} stdout F tailed {i}\n"));
+        i += 1;
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tail printed nothing"
+        );
+    };
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert!(seen.contains("tailed "), "{seen}");
+
     // ClickHouse away: not ready, and why.
     ch.stop();
     let r = wait_for(

@@ -137,27 +137,33 @@ pub fn rfc3339(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
+impl From<logfleet_proto::v1::AgentInfo> for AgentJson {
+    fn from(a: logfleet_proto::v1::AgentInfo) -> Self {
+        AgentJson {
+            node: a.node,
+            first_push: rfc3339(a.first_push_unix_nano),
+            last_push: rfc3339(a.last_push_unix_nano),
+            lines: a.lines,
+            bytes: a.bytes,
+            last_seen: if a.last_seen_unix_nano == 0 {
+                String::new()
+            } else {
+                rfc3339(a.last_seen_unix_nano)
+            },
+            version: a.version,
+            files: a.files,
+            bytes_behind: a.bytes_behind,
+            last_error: a.last_error,
+            dead_letter_lines: a.dead_letter_lines,
+        }
+    }
+}
+
 async fn agents(State(s): State<HttpState>) -> Json<Vec<AgentJson>> {
     Json(
         crate::service::agents(&s.shared)
             .into_iter()
-            .map(|a| AgentJson {
-                node: a.node,
-                first_push: rfc3339(a.first_push_unix_nano),
-                last_push: rfc3339(a.last_push_unix_nano),
-                lines: a.lines,
-                bytes: a.bytes,
-                last_seen: if a.last_seen_unix_nano == 0 {
-                    String::new()
-                } else {
-                    rfc3339(a.last_seen_unix_nano)
-                },
-                version: a.version,
-                files: a.files,
-                bytes_behind: a.bytes_behind,
-                last_error: a.last_error,
-                dead_letter_lines: a.dead_letter_lines,
-            })
+            .map(AgentJson::from)
             .collect(),
     )
 }

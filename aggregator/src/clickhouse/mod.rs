@@ -242,6 +242,19 @@ impl ClickHouse {
         &self.cfg.database
     }
 
+    /// Lines of a log query that arrived at or after `received` (ns), in
+    /// arrival order, at most `limit`: what a live tail polls for.
+    pub async fn arrived_since(
+        &self,
+        q: &Query,
+        received: i64,
+        limit: u64,
+    ) -> Result<Vec<Stored>, ClickHouseError> {
+        let stmt = sql::arrived_since(&self.cfg.database, q, received, limit)?;
+        let body = self.post(&stmt, Bytes::new()).await?;
+        decode_stored(&body)
+    }
+
     /// The lines a log query selects, each once.
     pub async fn query(&self, q: &Query, w: sql::Window) -> Result<Vec<Entry>, ClickHouseError> {
         let stmt = sql::select(&self.cfg.database, q, w)?;
@@ -284,8 +297,26 @@ pub fn encode_rows(out: &mut Vec<u8>, req: &PushRequest, batch: &LineBatch, rece
     n
 }
 
+/// A stored line: the entry a query returns, and its identity and arrival.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The line as queries return it.
+    pub entry: Entry,
+    /// Its file.
+    pub file_id: u64,
+    /// Its offset in the file.
+    pub offset: u64,
+    /// When the insert holding it was made, ns since the epoch.
+    pub received: i64,
+}
+
 /// Entries from a RowBinary reply with [`sql::COLUMNS`].
 pub fn decode_rows(body: &[u8]) -> Result<Vec<Entry>, ClickHouseError> {
+    Ok(decode_stored(body)?.into_iter().map(|s| s.entry).collect())
+}
+
+/// Stored lines from a RowBinary reply with [`sql::COLUMNS`].
+pub fn decode_stored(body: &[u8]) -> Result<Vec<Stored>, ClickHouseError> {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut r = rowbinary::Reader::new(body);
     let mut out = Vec::new();
@@ -300,12 +331,12 @@ pub fn decode_rows(body: &[u8]) -> Result<Vec<Entry>, ClickHouseError> {
         let stream = r.u8()?;
         let names = r.strings()?;
         let values = r.strings()?;
-        let _file_id = r.u64()?;
-        let _offset = r.u64()?;
+        let file_id = r.u64()?;
+        let offset = r.u64()?;
         let flags = r.u32()?;
         let line = r.string()?.to_vec();
-        let _received = r.i64()?;
-        out.push(Entry {
+        let received = r.i64()?;
+        let entry = Entry {
             ts_unix_nano: ts,
             node,
             labels: Some(FileLabels {
@@ -329,6 +360,12 @@ pub fn decode_rows(body: &[u8]) -> Result<Vec<Entry>, ClickHouseError> {
             cut: flags & logfleet_proto::lines::CUT != 0,
             unparsed: flags & logfleet_proto::lines::UNPARSED != 0,
             ..Default::default()
+        };
+        out.push(Stored {
+            entry,
+            file_id,
+            offset,
+            received,
         });
     }
     Ok(out)

@@ -123,6 +123,11 @@ struct QuerySvc {
 
 type Entries = ReceiverStream<Result<QueryResponse, Status>>;
 
+/// How often a live tail asks ClickHouse.
+const TAIL_POLL: Duration = Duration::from_millis(500);
+/// How far back each poll looks again.
+const TAIL_OVERLAP: Duration = Duration::from_secs(10);
+
 #[tonic::async_trait]
 impl QueryApi for QuerySvc {
     type QueryStream = Entries;
@@ -156,10 +161,58 @@ impl QueryApi for QuerySvc {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn tail(&self, _req: Request<TailRequest>) -> Result<Response<Entries>, Status> {
-        Err(Status::unimplemented(
-            "live tail is not available with the ClickHouse store yet",
-        ))
+    /// Polls ClickHouse for lines that arrived since the last poll (by
+    /// arrival, not by their own timestamps, so a late line stamped
+    /// earlier still shows). Each poll looks back `TAIL_OVERLAP`, as
+    /// inserts by other replicas may become visible out of order, and
+    /// lines already sent are skipped by their identity.
+    async fn tail(&self, req: Request<TailRequest>) -> Result<Response<Entries>, Status> {
+        let q = crate::query::parse(&req.into_inner().query)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (store, _) = self.ch.store()?;
+        // Refuse what SQL cannot do before the stream starts.
+        sql::arrived_since(store.database(), &q, 0, 1)
+            .map_err(|e| Status::unimplemented(e.to_string()))?;
+        let store = store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let now = || chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+            let start = now();
+            let mut last = start;
+            let mut seen: HashMap<(String, u64, u64), i64> = HashMap::new();
+            loop {
+                let since = (last - TAIL_OVERLAP.as_nanos() as i64).max(start);
+                match store.arrived_since(&q, since, 10_000).await {
+                    Ok(rows) => {
+                        let mut fresh = Vec::new();
+                        for r in rows {
+                            last = last.max(r.received);
+                            let key = (r.entry.node.clone(), r.file_id, r.offset);
+                            if seen.insert(key, r.received).is_none() {
+                                fresh.push(r.entry);
+                            }
+                        }
+                        // What the overlap can no longer return is forgotten.
+                        let horizon = last - 2 * TAIL_OVERLAP.as_nanos() as i64;
+                        seen.retain(|_, t| *t >= horizon);
+                        if !fresh.is_empty()
+                            && tx.send(Ok(QueryResponse { entries: fresh })).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(TAIL_POLL).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn list_agents(
@@ -243,6 +296,39 @@ async fn flush_heartbeats(ch: &Ch) {
                 m.entry(hb.node.clone()).or_insert(hb);
             }
         }
+    }
+}
+
+/// The agents listing the controller and `logfleet status` read, as the
+/// embedded store's HTTP port serves it; the read token.
+async fn agents_json(
+    State((ch, auth)): State<(Arc<Ch>, crate::service::Auth)>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !auth.allows(headers.get("authorization").map(|v| v.as_bytes())) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer")],
+            "missing or wrong bearer token\n",
+        )
+            .into_response();
+    }
+    let Some((store, _)) = ch.store.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ClickHouse store: connecting\n",
+        )
+            .into_response();
+    };
+    match list_agents(store).await {
+        Ok(a) => axum::Json(
+            a.into_iter()
+                .map(crate::http::AgentJson::from)
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
     }
 }
 
@@ -338,6 +424,11 @@ pub async fn run(
         });
     }
     let registry = Arc::new(registry);
+    let push_auth = crate::service::Auth::new(cfg.tokens.push.clone(), "push", metrics.clone());
+    let read_auth = crate::service::Auth::new(cfg.tokens.read.clone(), "read", metrics);
+    let agents_api = axum::Router::new()
+        .route("/api/v1/agents", get(agents_json))
+        .with_state((ch.clone(), read_auth.clone()));
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -355,7 +446,8 @@ pub async fn run(
                 }
             }),
         )
-        .with_state(ch.clone());
+        .with_state(ch.clone())
+        .merge(agents_api);
     let http = tokio::net::TcpListener::from_std(listeners.http).map_err(|source| {
         AggregatorError::Bind {
             addr: cfg.http_addr,
@@ -367,8 +459,6 @@ pub async fn run(
             tracing::error!(error = %e, "http endpoint failed");
         }
     });
-    let push_auth = crate::service::Auth::new(cfg.tokens.push.clone(), "push", metrics.clone());
-    let read_auth = crate::service::Auth::new(cfg.tokens.read.clone(), "read", metrics);
     let ingest = tonic::service::interceptor::InterceptedService::new(
         IngestServer::new(IngestSvc(ch.clone())).max_decoding_message_size(cfg.max_message),
         push_auth,

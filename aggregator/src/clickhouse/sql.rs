@@ -213,10 +213,29 @@ pub struct Window {
     pub backward: bool,
 }
 
-/// The `SELECT` of a log query: the lines the selector and the line
-/// filters pass, each (node, file, offset) once, in time order, as
-/// RowBinary with [`COLUMNS`].
-pub fn select(db: &str, q: &Query, w: Window) -> Result<String, Unsupported> {
+/// The lines of a log query that arrived (were inserted) at or after
+/// `received`, oldest arrival first, each (node, file, offset) once, at
+/// most `limit`; RowBinary with [`COLUMNS`].
+pub fn arrived_since(
+    db: &str,
+    q: &Query,
+    received: i64,
+    limit: u64,
+) -> Result<String, Unsupported> {
+    let mut conds = conditions(q)?;
+    conds.push(format!("received >= {received}"));
+    Ok(format!(
+        "SELECT {COLUMNS} FROM {}.lines WHERE {} \
+         ORDER BY received, node, file_id, offset \
+         LIMIT 1 BY node, file_id, offset LIMIT {} FORMAT RowBinary",
+        ident(db),
+        conds.join(" AND "),
+        limit.max(1)
+    ))
+}
+
+/// The `WHERE` conditions of a log query's selector and line filters.
+fn conditions(q: &Query) -> Result<Vec<String>, Unsupported> {
     if !q.pipeline.is_empty() || q.unwrap.is_some() {
         return Err(Unsupported::Pipeline);
     }
@@ -226,14 +245,20 @@ pub fn select(db: &str, q: &Query, w: Window) -> Result<String, Unsupported> {
         .map(|m| op_sql(&label_expr(&m.label), &m.op))
         .collect();
     conds.extend(q.filters.iter().map(filter_sql));
+    conds.push("1".into());
+    Ok(conds)
+}
+
+/// The `SELECT` of a log query: the lines the selector and the line
+/// filters pass, each (node, file, offset) once, in time order, as
+/// RowBinary with [`COLUMNS`].
+pub fn select(db: &str, q: &Query, w: Window) -> Result<String, Unsupported> {
+    let mut conds = conditions(q)?;
     if let Some(from) = w.from {
         conds.push(format!("ts >= {from}"));
     }
     if let Some(to) = w.to {
         conds.push(format!("ts < {to}"));
-    }
-    if conds.is_empty() {
-        conds.push("1".into());
     }
     let dir = if w.backward { "DESC" } else { "ASC" };
     let limit = if w.limit > 0 {

@@ -84,8 +84,22 @@ fn new_pod(root: &std::path::Path, node: usize, generation: u32, rotation: Rotat
 
 #[test]
 fn every_line_exactly_once_through_rotation_restarts_and_crashes() {
+    scenario(&[]);
+}
+
+/// The same run with the aggregator over ClickHouse (Debian's, on
+/// loopback): kills, restarts, rotations and pod deletions, every line
+/// once.
+#[test]
+fn the_same_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start();
+    let url = ch.url();
+    scenario(&["--store", "clickhouse", "--clickhouse-url", &url]);
+}
+
+fn scenario(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut agg, url) = aggregator(dir.path(), &[]);
+    let (mut agg, url) = aggregator(dir.path(), store);
     let rotation = Rotation {
         max_size: 24 << 10,
         max_files: 5,

@@ -600,17 +600,22 @@ fn entry_piped(
 ) -> Entry {
     let mut e = entry(node, labels, l);
     if let Some(p) = piped {
-        e.piped = true;
-        if p.line.as_bytes() != l.text.as_ref() {
-            e.formatted = Some(p.line);
-        }
-        e.pipeline_labels = p
-            .labels
-            .into_iter()
-            .map(|(name, value)| logfleet_proto::v1::Label { name, value })
-            .collect();
+        pipe(&mut e, p);
     }
     e
+}
+
+/// Sets what a query's pipeline made of an entry's line.
+pub fn pipe(e: &mut Entry, p: crate::pipeline::Processed) {
+    e.piped = true;
+    if p.line.as_bytes() != e.line.as_slice() {
+        e.formatted = Some(p.line);
+    }
+    e.pipeline_labels = p
+        .labels
+        .into_iter()
+        .map(|(name, value)| logfleet_proto::v1::Label { name, value })
+        .collect();
 }
 
 /// Converts a stored line to an entry.

@@ -255,6 +255,78 @@ impl ClickHouse {
         decode_stored(&body)
     }
 
+    /// One page of a log query's lines, after `after` in its order.
+    pub async fn query_page(
+        &self,
+        q: &Query,
+        w: sql::Window,
+        after: Option<&sql::Cursor>,
+    ) -> Result<Vec<Stored>, ClickHouseError> {
+        let stmt = sql::select_after(&self.cfg.database, q, w, after)?;
+        let body = self.post(&stmt, Bytes::new()).await?;
+        decode_stored(&body)
+    }
+
+    /// A log query with pipeline stages: the selector and the line filters
+    /// before the stages run in ClickHouse, the stages here, page by page
+    /// until `w.limit` lines passed them (or the lines ran out).
+    pub async fn query_piped(
+        &self,
+        q: &Query,
+        w: sql::Window,
+    ) -> Result<Vec<Entry>, ClickHouseError> {
+        self.query_piped_in_pages(q, w, 5_000).await
+    }
+
+    /// [`ClickHouse::query_piped`] with pages of `page_size` lines.
+    pub async fn query_piped_in_pages(
+        &self,
+        q: &Query,
+        w: sql::Window,
+        page_size: u64,
+    ) -> Result<Vec<Entry>, ClickHouseError> {
+        let page_size = page_size.max(1);
+        let base = Query {
+            pipeline: Default::default(),
+            unwrap: None,
+            ..q.clone()
+        };
+        let page = sql::Window {
+            limit: page_size,
+            ..w
+        };
+        let mut out = Vec::new();
+        let mut after: Option<sql::Cursor> = None;
+        loop {
+            let rows = self.query_page(&base, page, after.as_ref()).await?;
+            let full = rows.len() as u64 == page_size;
+            for r in rows {
+                after = Some(sql::Cursor {
+                    ts: r.entry.ts_unix_nano,
+                    node: r.entry.node.clone(),
+                    file_id: r.file_id,
+                    offset: r.offset,
+                });
+                let mut e = r.entry;
+                let labels = e.labels.clone().unwrap_or_default();
+                let stream: crate::pipeline::Labels =
+                    crate::query::label_pairs(&e.node, &labels, e.stream)
+                        .into_iter()
+                        .collect();
+                if let Some(p) = q.pipeline.process(&stream, &e.line) {
+                    crate::query::pipe(&mut e, p);
+                    out.push(e);
+                    if w.limit > 0 && out.len() as u64 >= w.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
     /// The lines a log query selects, each once.
     pub async fn query(&self, q: &Query, w: sql::Window) -> Result<Vec<Entry>, ClickHouseError> {
         let stmt = sql::select(&self.cfg.database, q, w)?;

@@ -144,7 +144,14 @@ impl QueryApi for QuerySvc {
             limit: r.limit,
             backward: r.direction == logfleet_proto::v1::Direction::Backward as i32,
         };
-        let entries = tokio::time::timeout(self.timeout, store.query(&q, w))
+        let run = async {
+            if q.pipeline.is_empty() {
+                store.query(&q, w).await
+            } else {
+                store.query_piped(&q, w).await
+            }
+        };
+        let entries = tokio::time::timeout(self.timeout, run)
             .await
             .map_err(|_| Status::deadline_exceeded("query timed out"))?
             .map_err(status)?;

@@ -253,7 +253,43 @@ fn conditions(q: &Query) -> Result<Vec<String>, Unsupported> {
 /// filters pass, each (node, file, offset) once, in time order, as
 /// RowBinary with [`COLUMNS`].
 pub fn select(db: &str, q: &Query, w: Window) -> Result<String, Unsupported> {
+    select_after(db, q, w, None)
+}
+
+/// Where a page of results ended: the next page starts after this line in
+/// the query's order (timestamp, then node, file, offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    /// Timestamp.
+    pub ts: i64,
+    /// Node.
+    pub node: String,
+    /// File.
+    pub file_id: u64,
+    /// Offset.
+    pub offset: u64,
+}
+
+/// [`select`] from after `after`, for paging.
+pub fn select_after(
+    db: &str,
+    q: &Query,
+    w: Window,
+    after: Option<&Cursor>,
+) -> Result<String, Unsupported> {
     let mut conds = conditions(q)?;
+    if let Some(c) = after {
+        // Lexicographic (ts, node, file_id, offset), past the cursor in
+        // the query's direction; written out, as 18.16 compares no tuples.
+        let (gt, node) = (if w.backward { "<" } else { ">" }, quote(&c.node));
+        conds.push(format!(
+            "(ts {gt} {ts} OR (ts = {ts} AND (node {gt} {node} OR (node = {node} AND \
+             (file_id {gt} {f} OR (file_id = {f} AND offset {gt} {o}))))))",
+            ts = c.ts,
+            f = c.file_id,
+            o = c.offset
+        ));
+    }
     if let Some(from) = w.from {
         conds.push(format!("ts >= {from}"));
     }

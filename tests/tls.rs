@@ -9,6 +9,18 @@ use common::*;
 
 #[test]
 fn agent_and_cli_over_tls_and_plaintext_is_refused() {
+    over_tls(&[]);
+}
+
+/// The same with the aggregator over ClickHouse.
+#[test]
+fn the_same_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start();
+    let url = ch.url();
+    over_tls(&["--store", "clickhouse", "--clickhouse-url", &url]);
+}
+
+fn over_tls(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let ck =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
@@ -17,7 +29,9 @@ fn agent_and_cli_over_tls_and_plaintext_is_refused() {
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
     let (c, k) = (cert.display().to_string(), key.display().to_string());
-    let (agg, plain_url) = aggregator(dir.path(), &["--tls-cert", &c, "--tls-key", &k]);
+    let mut args = vec!["--tls-cert", c.as_str(), "--tls-key", k.as_str()];
+    args.extend_from_slice(store);
+    let (agg, plain_url) = aggregator(dir.path(), &args);
     let url = plain_url.replace("http://", "https://");
 
     let root = dir.path().join("pods");

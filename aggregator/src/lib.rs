@@ -154,23 +154,7 @@ pub async fn run_on(
     cfg.tokens.check()?;
     let push_auth = service::Auth::new(cfg.tokens.push.clone(), "push", metrics.clone());
     let read_auth = service::Auth::new(cfg.tokens.read.clone(), "read", metrics.clone());
-    let cert = match &cfg.tls {
-        Some(files) => {
-            let cert = transport::ReloadingCert::load(files.clone())?;
-            cert.spawn_reloader(cfg.tls_reload);
-            Some(cert)
-        }
-        None => None,
-    };
-    let tls_config =
-        |alpn: &[&[u8]]| -> Result<Option<Arc<rustls::ServerConfig>>, AggregatorError> {
-            cert.as_ref()
-                .map(|c| c.server_config(alpn).map(Arc::new))
-                .transpose()
-                .map_err(AggregatorError::from)
-        };
-    let grpc_tls = tls_config(&[b"h2"])?;
-    let http_tls = tls_config(&[b"h2", b"http/1.1"])?;
+    let (grpc_tls, http_tls) = tls_configs(&cfg)?;
     let mut failed = shared.failed.subscribe();
     let stopping = shared.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -204,42 +188,8 @@ pub async fn run_on(
         },
         push_auth: push_auth.clone(),
     });
-    let http_listener = listeners.http;
-    match http_tls {
-        Some(tls) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
-            let server = axum_server::from_tcp_rustls(http_listener, tls).map_err(|source| {
-                AggregatorError::Bind {
-                    addr: cfg.http_addr,
-                    source,
-                }
-            })?;
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(app.into_make_service()).await {
-                    tracing::error!(error = %e, "https endpoint failed");
-                }
-            });
-        }
-        None => {
-            let listener = tokio::net::TcpListener::from_std(http_listener).map_err(|source| {
-                AggregatorError::Bind {
-                    addr: cfg.http_addr,
-                    source,
-                }
-            })?;
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(error = %e, "http endpoint failed");
-                }
-            });
-        }
-    }
+    serve_http(app, listeners.http, http_tls, cfg.http_addr)?;
 
-    let tokio_listener = |l: std::net::TcpListener, addr: SocketAddr| {
-        tokio::net::TcpListener::from_std(l)
-            .map_err(|source| AggregatorError::Bind { addr, source })
-    };
-    let grpc_listener = tokio_listener(listeners.grpc, cfg.grpc_addr)?;
     let ingest = tonic::service::interceptor::InterceptedService::new(
         IngestServer::new(service::IngestService {
             writer,
@@ -259,9 +209,132 @@ pub async fn run_on(
         .max_encoding_message_size(cfg.limits.max_raw_len as usize + (1 << 20)),
         read_auth,
     );
-    // Bounded: so many requests at once (over every gRPC port), so many
-    // streams per connection, and windows that hold back the bytes of
-    // those that wait.
+    tracing::info!(grpc = %cfg.grpc_addr, query = ?cfg.query_addr, http = %cfg.http_addr, tls = cfg.tls.is_some(), data = %cfg.store.data_dir.display(), "aggregator started");
+    serve_grpc(
+        &cfg,
+        listeners.grpc,
+        listeners.query,
+        grpc_tls,
+        GrpcServices::new(ingest, query),
+        stopped,
+    )
+    .await?;
+    if let Some(why) = failed.borrow().clone() {
+        tracing::error!(reason = %why, "aggregator stopped: storage failed");
+        return Err(AggregatorError::StorageFailed(why));
+    }
+    tracing::info!("aggregator stopped");
+    Ok(())
+}
+
+/// Server configurations for the gRPC and the HTTP port (`None`: plaintext);
+/// a renewed certificate is picked up without a restart.
+type TlsConfig = Option<Arc<rustls::ServerConfig>>;
+
+pub(crate) fn tls_configs(
+    cfg: &AggregatorConfig,
+) -> Result<(TlsConfig, TlsConfig), AggregatorError> {
+    let Some(files) = &cfg.tls else {
+        return Ok((None, None));
+    };
+    let cert = transport::ReloadingCert::load(files.clone())?;
+    cert.spawn_reloader(cfg.tls_reload);
+    let grpc = cert.server_config(&[b"h2"]).map(Arc::new)?;
+    let http = cert.server_config(&[b"h2", b"http/1.1"]).map(Arc::new)?;
+    Ok((Some(grpc), Some(http)))
+}
+
+/// Serves `app` on the HTTP port, over TLS when configured.
+pub(crate) fn serve_http(
+    app: axum::Router,
+    listener: std::net::TcpListener,
+    tls: TlsConfig,
+    addr: SocketAddr,
+) -> Result<(), AggregatorError> {
+    match tls {
+        Some(tls) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+            let server = axum_server::from_tcp_rustls(listener, tls)
+                .map_err(|source| AggregatorError::Bind { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(app.into_make_service()).await {
+                    tracing::error!(error = %e, "https endpoint failed");
+                }
+            });
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|source| AggregatorError::Bind { addr, source })?;
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "http endpoint failed");
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The gRPC services, as one set and apart (for a query port of its own).
+pub(crate) struct GrpcServices {
+    /// Ingest only.
+    pub ingest: tonic::service::Routes,
+    /// Queries only.
+    pub query: tonic::service::Routes,
+    /// Both.
+    pub both: tonic::service::Routes,
+}
+
+impl GrpcServices {
+    /// The routes of `ingest` and `query`.
+    pub fn new<I, Q>(ingest: I, query: Q) -> Self
+    where
+        I: tower::Service<::http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        I::Response: axum::response::IntoResponse,
+        I::Future: Send + 'static,
+        Q: tower::Service<::http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        Q::Response: axum::response::IntoResponse,
+        Q::Future: Send + 'static,
+    {
+        GrpcServices {
+            ingest: tonic::service::Routes::new(ingest.clone()),
+            query: tonic::service::Routes::new(query.clone()),
+            both: tonic::service::Routes::new(ingest).add_service(query),
+        }
+    }
+}
+
+/// Serves ingest and queries on the gRPC port, or each on its own when a
+/// query port is bound, until `stopped` resolves. Bounded: so many requests
+/// at once over every gRPC port, so many streams per connection, and
+/// windows that hold back the bytes of those that wait.
+pub(crate) async fn serve_grpc<F, Fut>(
+    cfg: &AggregatorConfig,
+    grpc: std::net::TcpListener,
+    query_port: Option<std::net::TcpListener>,
+    tls: TlsConfig,
+    services: GrpcServices,
+    stopped: F,
+) -> Result<(), AggregatorError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let tokio_listener = |l: std::net::TcpListener, addr: SocketAddr| {
+        tokio::net::TcpListener::from_std(l)
+            .map_err(|source| AggregatorError::Bind { addr, source })
+    };
+    let grpc_listener = tokio_listener(grpc, cfg.grpc_addr)?;
     let limit = tower::limit::GlobalConcurrencyLimitLayer::new(cfg.max_concurrent_requests.max(1));
     let builder = || {
         tonic::transport::Server::builder()
@@ -271,14 +344,12 @@ pub async fn run_on(
             .layer(limit.clone())
     };
     const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
-    tracing::info!(grpc = %cfg.grpc_addr, query = ?cfg.query_addr, http = %cfg.http_addr, tls = cfg.tls.is_some(), data = %cfg.store.data_dir.display(), "aggregator started");
-    match listeners.query {
+    match query_port {
         None => {
             builder()
-                .add_service(ingest)
-                .add_service(query)
+                .add_routes(services.both)
                 .serve_with_incoming_shutdown(
-                    transport::incoming(grpc_listener, grpc_tls, HANDSHAKE),
+                    transport::incoming(grpc_listener, tls, HANDSHAKE),
                     stopped(),
                 )
                 .await?;
@@ -286,23 +357,22 @@ pub async fn run_on(
         Some(q) => {
             let addr = cfg.query_addr.unwrap_or(cfg.grpc_addr);
             let query_listener = tokio_listener(q, addr)?;
-            let ingest_server = builder().add_service(ingest).serve_with_incoming_shutdown(
-                transport::incoming(grpc_listener, grpc_tls.clone(), HANDSHAKE),
-                stopped(),
-            );
-            let query_server = builder().add_service(query).serve_with_incoming_shutdown(
-                transport::incoming(query_listener, grpc_tls, HANDSHAKE),
-                stopped(),
-            );
+            let ingest_server = builder()
+                .add_routes(services.ingest)
+                .serve_with_incoming_shutdown(
+                    transport::incoming(grpc_listener, tls.clone(), HANDSHAKE),
+                    stopped(),
+                );
+            let query_server = builder()
+                .add_routes(services.query)
+                .serve_with_incoming_shutdown(
+                    transport::incoming(query_listener, tls, HANDSHAKE),
+                    stopped(),
+                );
             let (a, b) = tokio::join!(ingest_server, query_server);
             a?;
             b?;
         }
     }
-    if let Some(why) = failed.borrow().clone() {
-        tracing::error!(reason = %why, "aggregator stopped: storage failed");
-        return Err(AggregatorError::StorageFailed(why));
-    }
-    tracing::info!("aggregator stopped");
     Ok(())
 }

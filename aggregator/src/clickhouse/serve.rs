@@ -361,11 +361,6 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AggregatorError> {
-    if cfg.tls.is_some() || listeners.query.is_some() {
-        return Err(AggregatorError::StorageFailed(
-            "TLS and a separate query port are not supported with the ClickHouse store yet".into(),
-        ));
-    }
     let mut registry = Registry::default();
     let metrics = crate::metrics::Metrics::new(&mut registry);
     let ch = Arc::new(Ch {
@@ -455,17 +450,8 @@ pub async fn run(
         )
         .with_state(ch.clone())
         .merge(agents_api);
-    let http = tokio::net::TcpListener::from_std(listeners.http).map_err(|source| {
-        AggregatorError::Bind {
-            addr: cfg.http_addr,
-            source,
-        }
-    })?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(http, app).await {
-            tracing::error!(error = %e, "http endpoint failed");
-        }
-    });
+    let (grpc_tls, http_tls) = crate::tls_configs(&cfg)?;
+    crate::serve_http(app, listeners.http, http_tls, cfg.http_addr)?;
     let ingest = tonic::service::interceptor::InterceptedService::new(
         IngestServer::new(IngestSvc(ch.clone())).max_decoding_message_size(cfg.max_message),
         push_auth,
@@ -478,31 +464,27 @@ pub async fn run(
         .max_encoding_message_size(cfg.limits.max_raw_len as usize + (1 << 20)),
         read_auth,
     );
-    let grpc = tokio::net::TcpListener::from_std(listeners.grpc).map_err(|source| {
-        AggregatorError::Bind {
-            addr: cfg.grpc_addr,
-            source,
-        }
-    })?;
-    tracing::info!(grpc = %cfg.grpc_addr, http = %cfg.http_addr, store = "clickhouse", "aggregator started");
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tracing::info!(grpc = %cfg.grpc_addr, query = ?cfg.query_addr, http = %cfg.http_addr, tls = cfg.tls.is_some(), store = "clickhouse", "aggregator started");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
     });
-    tonic::transport::Server::builder()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            cfg.max_concurrent_requests.max(1),
-        ))
-        .add_service(ingest)
-        .add_service(query)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            },
-        )
-        .await?;
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    crate::serve_grpc(
+        &cfg,
+        listeners.grpc,
+        listeners.query,
+        grpc_tls,
+        crate::GrpcServices::new(ingest, query),
+        stopped,
+    )
+    .await?;
     flush_heartbeats(&ch).await;
     tracing::info!("aggregator stopped");
     Ok(())

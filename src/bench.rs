@@ -512,32 +512,27 @@ impl Write for Counter {
     }
 }
 
-/// Queries the data a pipeline run stored.
-pub async fn query(dir: &Path, compression: &str) -> Result<()> {
-    let w: Workload = serde_json::from_slice(&std::fs::read(dir.join("workload.json"))?)?;
-    let data = dir.join(format!("data-{compression}"));
-    let (agg, _, http, mut c) =
-        start_aggregator_http(&data, &dir.join("aggregator-query.log"), &[]).await?;
-    let pid = agg.0.id();
-    // A substring that occurs nowhere: every stored line is scanned.
+/// The two reference queries over a stored tree: a substring found nowhere
+/// (every line scanned; MB of raw log per CPU-second of the processes
+/// `pids`, three runs) and the newest 1,000 lines of one pod (20 pods).
+pub async fn reference_queries(
+    c: &mut QueryClient<tonic::transport::Channel>,
+    w: &Workload,
+    pids: &[u32],
+) -> Result<()> {
+    let cpu = || -> Result<f64> { pids.iter().map(|p| cpu_seconds(*p)).sum() };
     for _ in 0..3 {
-        let cpu0 = cpu_seconds(pid)?;
+        let cpu0 = cpu()?;
         let t0 = Instant::now();
-        let n = run_query(
-            &mut c,
-            r#"{} |= "no-such-text-anywhere""#,
-            0,
-            Direction::Forward,
-        )
-        .await?;
-        let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds(pid)? - cpu0);
-        println!("  substring filter over everything: {n} hits, wall {wall:.2} s, {cpu:.2} CPU-s, {:.0} MB raw scanned per CPU-s", mb(w.bytes) / cpu);
+        let n = run_query(c, r#"{} |= "no-such-text-anywhere""#, 0, Direction::Forward).await?;
+        let (wall, used) = (t0.elapsed().as_secs_f64(), cpu()? - cpu0);
+        println!("  substring filter over everything: {n} hits, wall {wall:.2} s, {used:.2} CPU-s, {:.0} MB raw scanned per CPU-s", mb(w.bytes) / used);
     }
     let mut times = Vec::new();
     for i in 0..20 {
         let q = format!(r#"{{pod="app-{}"}}"#, (i * 7) % w.files);
         let t0 = Instant::now();
-        let n = run_query(&mut c, &q, 1000, Direction::Backward).await?;
+        let n = run_query(c, &q, 1000, Direction::Backward).await?;
         times.push(t0.elapsed().as_secs_f64() * 1000.0);
         if n != 1000 {
             bail!("expected 1000 lines, got {n}");
@@ -548,6 +543,16 @@ pub async fn query(dir: &Path, compression: &str) -> Result<()> {
         "  newest 1,000 lines of one pod: median {:.1} ms, max {:.1} ms (20 pods)",
         times[10], times[19]
     );
+    Ok(())
+}
+
+/// Queries the data a pipeline run stored.
+pub async fn query(dir: &Path, compression: &str) -> Result<()> {
+    let w: Workload = serde_json::from_slice(&std::fs::read(dir.join("workload.json"))?)?;
+    let data = dir.join(format!("data-{compression}"));
+    let (agg, _, http, mut c) =
+        start_aggregator_http(&data, &dir.join("aggregator-query.log"), &[]).await?;
+    reference_queries(&mut c, &w, &[agg.0.id()]).await?;
     // The same through Loki's HTTP API, as Grafana asks: the span of the
     // data, then Explore's log-volume query over all of it (about 250
     // points, as Grafana's $__auto gives) and the newest 1,000 lines.

@@ -116,35 +116,7 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
         .parse()
         .unwrap_or(0.0);
     println!("  on disk: {:.1} MB ({:.4} of raw)", mb(disk), disk / raw);
-    for _ in 0..3 {
-        let (g, cc) = (cpu_seconds(agg.0.id())?, cpu_seconds(chpid)?);
-        let t0 = Instant::now();
-        let n = run_query(
-            &mut c,
-            r#"{} |= "no-such-text-anywhere""#,
-            0,
-            Direction::Forward,
-        )
-        .await?;
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_seconds(agg.0.id())? - g + cpu_seconds(chpid)? - cc;
-        println!("  substring filter over everything: {n} hits, wall {wall:.2} s, {cpu:.2} CPU-s, {:.0} MB raw scanned per CPU-s", mb(raw) / cpu);
-    }
-    let mut times = Vec::new();
-    for i in 0..20 {
-        let q = format!(r#"{{pod="app-{}"}}"#, (i * 7) % w.files);
-        let t0 = Instant::now();
-        let n = run_query(&mut c, &q, 1000, Direction::Backward).await?;
-        times.push(t0.elapsed().as_secs_f64() * 1000.0);
-        if n != 1000 {
-            bail!("expected 1000 lines, got {n}");
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "  newest 1,000 lines of one pod: median {:.1} ms, max {:.1} ms (20 pods)",
-        times[10], times[19]
-    );
+    crate::bench::reference_queries(&mut c, &w, &[agg.0.id(), chpid]).await?;
     drop(agg);
     Ok(())
 }

@@ -173,22 +173,7 @@ pub struct Pipeline {
 }
 
 /// Replaces what may not be in a label name by `_`.
-pub fn sanitize(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
-}
+pub use logfleet_proto::labels::sanitize;
 
 /// Adds an extracted label: a name the stream already has gets
 /// `_extracted`.

@@ -248,17 +248,9 @@ pub struct MetadataSpec {
 }
 
 fn default_pod_labels() -> Vec<String> {
-    [
-        "app",
-        "app.kubernetes.io/name",
-        "app.kubernetes.io/instance",
-        "app.kubernetes.io/version",
-        "app.kubernetes.io/component",
-        "app.kubernetes.io/part-of",
-        "app.kubernetes.io/managed-by",
-    ]
-    .map(String::from)
-    .to_vec()
+    logfleet_proto::labels::DEFAULT_POD_LABELS
+        .map(String::from)
+        .to_vec()
 }
 
 impl Default for MetadataSpec {

@@ -584,9 +584,7 @@ fn truncate(s: &str, max: usize) -> String {
 /// deleted collector in Terminating whenever the controller goes first.
 /// Best effort: a failure is logged and tried again next reconcile.
 async fn sweep_agent_rbac(ctx: &Context) {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    let roles: Api<ClusterRole> = Api::all(ctx.client.clone());
-    let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(ctx.client.clone());
     let lp = kube::api::ListParams::default().labels(
         "app.kubernetes.io/managed-by=logfleet-controller,app.kubernetes.io/component=agent",
     );
@@ -611,23 +609,35 @@ async fn sweep_agent_rbac(ctx: &Context) {
             continue;
         }
         tracing::info!(%role, collector = %format!("{ns}/{lc}"), "deleting the agent RBAC of a deleted collector");
-        for r in [
-            bindings
-                .delete(&role, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-            roles
-                .delete(&role, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-        ] {
-            match r {
-                Ok(()) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => tracing::warn!(%role, error = %e, "deleting agent RBAC failed"),
-            }
+        if let Err(e) = delete_agent_rbac(&ctx.client, &role).await {
+            tracing::warn!(%role, error = %e, "deleting agent RBAC failed");
         }
     }
+}
+
+/// Deletes the agents' ClusterRoleBinding, then their ClusterRole (the
+/// grant goes first); already gone is fine.
+async fn delete_agent_rbac(client: &kube::Client, name: &str) -> Result<(), kube::Error> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    for r in [
+        bindings
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+        roles
+            .delete(name, &DeleteParams::default())
+            .await
+            .map(|_| ()),
+    ] {
+        match r {
+            Ok(()) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Removes what owner references cannot: the cluster-scoped objects.
@@ -644,25 +654,9 @@ async fn cleanup(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let role = render::agent_role_name(&name, &ns);
-    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(ctx.client.clone());
-    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
-        Api::all(ctx.client.clone());
-    for r in [
-        roles
-            .delete(&role, &DeleteParams::default())
-            .await
-            .map(|_| ()),
-        bindings
-            .delete(&role, &DeleteParams::default())
-            .await
-            .map(|_| ()),
-    ] {
-        match r {
-            Ok(()) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("deleting {role}"))(e)),
-        }
-    }
+    delete_agent_rbac(&ctx.client, &role)
+        .await
+        .map_err(kube_err(format!("deleting {role}")))?;
     tracing::info!(%ns, %name, "cleaned up");
     Ok(Action::await_change())
 }

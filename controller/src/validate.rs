@@ -65,6 +65,15 @@ fn duration(field: &str, v: &str, zero_ok: bool, out: &mut Vec<Problem>) {
     }
 }
 
+/// The regex crate's message spans lines; one line reads better in a
+/// condition.
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Checks a spec; `Err` lists every problem.
 pub fn validate(spec: &LogCollectorSpec) -> Result<(), Vec<Problem>> {
     let mut out = Vec::new();
@@ -80,13 +89,7 @@ pub fn validate(spec: &LogCollectorSpec) -> Result<(), Vec<Problem>> {
     ] {
         for (i, p) in list.iter().enumerate() {
             if let Err(e) = regex::Regex::new(&format!("^(?:{p})$")) {
-                // The regex crate's message spans lines; one line reads
-                // better in a condition.
-                let msg = e
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let msg = one_line(&e);
                 out.push(Problem {
                     field: format!("spec.agent.filters.{name}[{i}]"),
                     message: format!("{p:?} is not a valid regular expression: {msg}"),
@@ -107,11 +110,7 @@ pub fn validate(spec: &LogCollectorSpec) -> Result<(), Vec<Problem>> {
             .size_limit(1 << 20)
             .build()
         {
-            let msg = e
-                .to_string()
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ");
+            let msg = one_line(&e);
             out.push(Problem {
                 field: "spec.agent.multiline.default".into(),
                 message: format!(

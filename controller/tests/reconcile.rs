@@ -635,8 +635,8 @@ async fn finalizer_is_added_first_and_cleanup_removes_cluster_scoped_objects() {
         writes(&seen),
         [
             format!("DELETE {scc_path}"),
-            format!("DELETE {rbac}/clusterroles/logfleet-logfleet-logs-agent"),
             format!("DELETE {rbac}/clusterrolebindings/logfleet-logfleet-logs-agent"),
+            format!("DELETE {rbac}/clusterroles/logfleet-logfleet-logs-agent"),
             format!("PATCH {LC_PATH}")
         ]
     );

@@ -3,6 +3,7 @@
 //! both ends share ([`codec`], [`lines`]).
 
 pub mod codec;
+pub mod labels;
 pub mod lines;
 pub mod ports;
 

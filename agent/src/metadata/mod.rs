@@ -40,15 +40,7 @@ const RESERVED: [&str; 9] = [
 
 /// The label set a collector takes by default: the recommended
 /// `app.kubernetes.io/*` labels and `app`.
-pub const DEFAULT_POD_LABELS: [&str; 7] = [
-    "app",
-    "app.kubernetes.io/name",
-    "app.kubernetes.io/instance",
-    "app.kubernetes.io/version",
-    "app.kubernetes.io/component",
-    "app.kubernetes.io/part-of",
-    "app.kubernetes.io/managed-by",
-];
+pub use logfleet_proto::labels::DEFAULT_POD_LABELS;
 
 /// Turns a Kubernetes label key into a label name as Prometheus and Loki
 /// accept it: every character outside `[A-Za-z0-9_]` becomes `_`, a leading
@@ -56,18 +48,9 @@ pub const DEFAULT_POD_LABELS: [&str; 7] = [
 /// `label_` prefix. `app.kubernetes.io/name` becomes
 /// `app_kubernetes_io_name`.
 pub fn sanitize(key: &str) -> String {
-    let mut s: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
+    let mut s = logfleet_proto::labels::sanitize(key);
+    if s.is_empty() {
+        s.push('_');
     }
     if RESERVED.contains(&s.as_str()) {
         s.insert_str(0, "label_");

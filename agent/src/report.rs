@@ -155,6 +155,14 @@ mod tests {
             (hb.node.as_str(), hb.last_error.as_str()),
             ("n1", "refused")
         );
+        assert!(!hb.metadata_stale);
+        // Stale pod metadata: said in the heartbeat, lines still ship.
+        r.set(Source::Refused, None);
+        r.set(Source::Metadata, Some("pod metadata is stale: 503".into()));
+        assert_eq!(r.ready(), Ok(()), "stale metadata does not stop the agent");
+        let hb = r.heartbeat("n1");
+        assert!(hb.metadata_stale);
+        assert_eq!(hb.last_error, "pod metadata is stale: 503");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct DemoConfig {
     /// None: the default port, or a free one when it is taken.
     pub http_addr: Option<SocketAddr>,
     pub duration: Option<Duration>,
+    /// Store lines in this ClickHouse instead of the demo's directory.
+    pub clickhouse: Option<logfleet_aggregator::clickhouse::Config>,
 }
 
 fn now_ns() -> i64 {
@@ -277,7 +279,7 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         max_concurrent_requests: 16,
         max_inflight_bytes: 64 << 20,
         query_timeout: Duration::from_secs(60),
-        clickhouse: None,
+        clickhouse: cfg.clickhouse.clone(),
     };
     let aggregator = tokio::spawn(logfleet_aggregator::run_on(
         agg_cfg,
@@ -286,9 +288,13 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
     ));
     let url = format!("http://{grpc_addr}");
     println!("logfleet demo: aggregator on {url} (metrics on http://{http_addr}/metrics)");
-    println!(
-        "  web view: http://{http_addr}/#q=%7Bnamespace%3D~%22.%2B%22%7D  (Grafana: a Loki data source at http://{http_addr})"
-    );
+    match &cfg.clickhouse {
+        // The web view and the Loki API are not served over ClickHouse yet.
+        Some(ch) => println!("  store: ClickHouse at {}, database {}", ch.url, ch.database),
+        None => println!(
+            "  web view: http://{http_addr}/#q=%7Bnamespace%3D~%22.%2B%22%7D  (Grafana: a Loki data source at http://{http_addr})"
+        ),
+    }
     println!("  files under {}", dir.display());
 
     let stop_writers = Arc::new(AtomicBool::new(false));

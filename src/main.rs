@@ -649,6 +649,22 @@ struct DemoArgs {
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, env = "LOGFLEET_DEMO_DURATION", value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Where the demo's aggregator stores lines: embedded, or clickhouse
+    /// (a ClickHouse server reachable at --clickhouse-url).
+    #[arg(
+        long,
+        env = "LOGFLEET_DEMO_STORE",
+        value_enum,
+        default_value = "embedded"
+    )]
+    store: StoreArg,
+    /// ClickHouse's HTTP interface, with --store clickhouse.
+    #[arg(
+        long,
+        env = "LOGFLEET_DEMO_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    clickhouse_url: String,
 }
 
 fn read_token(path: &Option<PathBuf>) -> Result<Option<String>> {
@@ -1101,6 +1117,16 @@ async fn run(cmd: Cmd) -> Result<()> {
                 grpc_addr: d.grpc_addr,
                 http_addr: d.http_addr,
                 duration: d.duration,
+                clickhouse: (d.store == StoreArg::Clickhouse).then(|| {
+                    logfleet_aggregator::clickhouse::Config {
+                        url: d.clickhouse_url,
+                        database: "logfleet_demo".into(),
+                        user: None,
+                        password: None,
+                        retention_days: None,
+                        cluster: None,
+                    }
+                }),
             })
             .await?;
         }

@@ -15,6 +15,36 @@ fn printed(p: &Proc) -> Vec<String> {
     p.log_text().lines().map(str::to_owned).collect()
 }
 
+/// The commands the demo printed under "Try, in another terminal".
+fn wait_for_hints(demo: &Proc) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines = printed(demo);
+        let found = lines
+            .iter()
+            .position(|l| l.starts_with("Try, in another terminal"))
+            .map(|at| {
+                // stderr (log lines) shares the file: keep only the hints.
+                lines[at + 1..]
+                    .iter()
+                    .take_while(|l| !l.starts_with("(`cargo install"))
+                    .filter(|l| l.starts_with("  "))
+                    .map(|l| l.trim().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|h| h.len() >= 4);
+        if let Some(h) = found {
+            return h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hints after 60 s; the demo printed:\n{}",
+            demo.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
     // Hold the defaults, as a developer's other servers would. (If
@@ -34,32 +64,7 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
         ],
         dir.path(),
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let hints: Vec<String> = loop {
-        let lines = printed(&demo);
-        let found = lines
-            .iter()
-            .position(|l| l.starts_with("Try, in another terminal"))
-            .map(|at| {
-                // stderr (log lines) shares the file: keep only the hints.
-                lines[at + 1..]
-                    .iter()
-                    .take_while(|l| !l.starts_with("(`cargo install"))
-                    .filter(|l| l.starts_with("  "))
-                    .map(|l| l.trim().to_owned())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|h| h.len() >= 4);
-        if let Some(h) = found {
-            break h;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no hints after 60 s; the demo printed:\n{}",
-            demo.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let hints = wait_for_hints(&demo);
     let first = printed(&demo)
         .into_iter()
         .find(|l| l.starts_with("logfleet demo: aggregator on"))
@@ -145,4 +150,54 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
         "{tail} printed {line:?}; stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `logfleet demo --store clickhouse` with a ClickHouse reachable (Debian's,
+/// on loopback): the printed commands answer from ClickHouse, and stack
+/// traces arrive whole with their pods' labels.
+#[test]
+fn the_demo_runs_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Proc::start(
+        "demo-clickhouse",
+        &[
+            "demo".into(),
+            "--dir".into(),
+            dir.path().join("demo").display().to_string(),
+            "--duration".into(),
+            "5m".into(),
+            "--grpc-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--store".into(),
+            "clickhouse".into(),
+            "--clickhouse-url".into(),
+            ch.url(),
+        ],
+        dir.path(),
+    );
+    let hints = wait_for_hints(&demo);
+    assert!(demo.log_text().contains("store: ClickHouse at"));
+    let exc = hints.iter().find(|h| h.contains("workload=")).unwrap();
+    wait_for(
+        "a whole Java trace from ClickHouse",
+        Duration::from_secs(90),
+        || {
+            let out = Command::new("sh").arg("-c").arg(exc).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            (text.contains("\njava.lang.IllegalStateException: ") && text.contains("\nCaused by: "))
+                .then_some(())
+        },
+    );
+    let agents = hints.iter().find(|h| h.contains(" agents ")).unwrap();
+    let out = Command::new("sh").arg("-c").arg(agents).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("node-1"), "{text}");
+    let rows: u64 = ch
+        .sql("SELECT count() FROM logfleet_demo.lines")
+        .parse()
+        .unwrap_or(0);
+    assert!(rows > 0, "the lines are in ClickHouse");
 }

@@ -126,6 +126,54 @@ fn replicas_fail_over_and_every_line_is_stored_once() {
     assert_eq!(node["node"], "node-1");
     assert_eq!(node["lines"], 500);
 
+    // Loki's read API, as Grafana asks it, from ClickHouse.
+    let enc = |q: &str| -> String {
+        q.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let body = |resp: Option<String>| -> serde_json::Value {
+        let r = resp.unwrap_or_default();
+        let b = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(b).unwrap_or_else(|e| panic!("{e}: {r}"))
+    };
+    let path = format!(
+        "/loki/api/v1/query_range?limit=1000&query={}",
+        enc(r#"{pod="checkout-1", stream="stdout"} |= "status=201""#)
+    );
+    let r = body(http_get(&a.http, &path));
+    assert_eq!(r["data"]["resultType"], "streams", "{r}");
+    let values: usize = r["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["values"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(values, want);
+    let names = body(http_get(&a.http, "/loki/api/v1/labels"));
+    for n in ["namespace", "pod", "container", "node", "stream"] {
+        assert!(
+            names["data"].as_array().unwrap().iter().any(|v| v == n),
+            "{names}"
+        );
+    }
+    let pods = body(http_get(&a.http, "/loki/api/v1/label/pod/values"));
+    assert_eq!(pods["data"], serde_json::json!(["checkout-1"]));
+    let metric = http_get(
+        &a.http,
+        &format!(
+            "/loki/api/v1/query_range?query={}",
+            enc(r#"count_over_time({pod="checkout-1"}[1m])"#)
+        ),
+    )
+    .unwrap_or_default();
+    assert!(metric.starts_with("HTTP/1.1 501"), "{metric}");
+
     // The agents API the controller reads, on the HTTP port.
     let agents = http_get(&b.http, "/api/v1/agents").unwrap_or_default();
     assert!(agents.contains("\"node\":\"node-1\""), "{agents}");

@@ -19,6 +19,7 @@
 //! Distributed table), pipelines and metric queries in SQL. See
 //! docs/ARCHITECTURE.md, "Known gaps".
 
+pub mod loki;
 pub mod rowbinary;
 pub mod serve;
 pub mod sql;
@@ -253,6 +254,17 @@ impl ClickHouse {
         let stmt = sql::arrived_since(&self.cfg.database, q, received, limit)?;
         let body = self.post(&stmt, Bytes::new()).await?;
         decode_stored(&body)
+    }
+
+    /// The strings a one-column RowBinary `statement` returns.
+    pub async fn strings(&self, statement: &str) -> Result<Vec<String>, ClickHouseError> {
+        let body = self.post(statement, Bytes::new()).await?;
+        let mut r = rowbinary::Reader::new(&body);
+        let mut out = Vec::new();
+        while !r.done() {
+            out.push(String::from_utf8_lossy(r.string()?).into_owned());
+        }
+        Ok(out)
     }
 
     /// One page of a log query's lines, after `after` in its order.

@@ -386,11 +386,13 @@ pub async fn run(
         "Pushes not stored (ClickHouse unreachable or refusing, or invalid)",
         ch.refused.clone(),
     );
+    let loki_store: super::loki::Store = Default::default();
     // Connect in the background, retrying: an aggregator that starts
     // before ClickHouse serves its health endpoint and says why it is not
     // ready.
     {
         let ch = ch.clone();
+        let loki_store = loki_store.clone();
         let wcfg = WriterConfig {
             max_inflight_bytes: cfg.max_inflight_bytes,
             ..Default::default()
@@ -400,6 +402,7 @@ pub async fn run(
             loop {
                 match ClickHouse::connect(ch_cfg.clone()).await {
                     Ok(store) => {
+                        let _ = loki_store.set(store.clone());
                         let writer = Writer::start(store.clone(), wcfg, limits);
                         let _ = ch.store.set((store, writer));
                         ch.set_problem(None);
@@ -431,6 +434,27 @@ pub async fn run(
     let agents_api = axum::Router::new()
         .route("/api/v1/agents", get(agents_json))
         .with_state((ch.clone(), read_auth.clone()));
+    // Loki's read API, behind the read token as on the embedded store.
+    let loki_api = super::loki::router(loki_store).route_layer(axum::middleware::from_fn({
+        let auth = read_auth.clone();
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let auth = auth.clone();
+            async move {
+                use axum::response::IntoResponse;
+                let h = req.headers().get("authorization").map(|v| v.as_bytes());
+                if auth.allows(h) {
+                    next.run(req).await
+                } else {
+                    (
+                        StatusCode::UNAUTHORIZED,
+                        [("www-authenticate", "Bearer")],
+                        "missing or wrong bearer token\n",
+                    )
+                        .into_response()
+                }
+            }
+        }
+    }));
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -448,8 +472,10 @@ pub async fn run(
                 }
             }),
         )
+        .route("/ready", get(readyz))
         .with_state(ch.clone())
-        .merge(agents_api);
+        .merge(agents_api)
+        .merge(loki_api);
     let (grpc_tls, http_tls) = crate::tls_configs(&cfg)?;
     crate::serve_http(app, listeners.http, http_tls, cfg.http_addr)?;
     let ingest = tonic::service::interceptor::InterceptedService::new(

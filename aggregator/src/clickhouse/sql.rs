@@ -249,6 +249,47 @@ fn conditions(q: &Query) -> Result<Vec<String>, Unsupported> {
     Ok(conds)
 }
 
+/// Label names of the lines `q` selects in `[from, to)`: the extra labels'
+/// names, as a one-column RowBinary of strings.
+pub fn label_names(db: &str, q: &Query, from: i64, to: i64) -> Result<String, Unsupported> {
+    let mut conds = conditions(q)?;
+    conds.push(format!("ts >= {from} AND ts < {to}"));
+    Ok(format!(
+        "SELECT DISTINCT arrayJoin(label_names) FROM {}.lines WHERE {} FORMAT RowBinary",
+        ident(db),
+        conds.join(" AND ")
+    ))
+}
+
+/// Values of label `name` on the lines `q` selects in `[from, to)`, the
+/// empty value left out; a one-column RowBinary of strings.
+pub fn label_values(
+    db: &str,
+    q: &Query,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> Result<String, Unsupported> {
+    let label = match name {
+        "node" => Label::Node,
+        "namespace" => Label::Namespace,
+        "pod" => Label::Pod,
+        "pod_uid" => Label::PodUid,
+        "container" => Label::Container,
+        "restart" => Label::Restart,
+        "stream" => Label::Stream,
+        other => Label::Other(other.to_owned()),
+    };
+    let expr = label_expr(&label);
+    let mut conds = conditions(q)?;
+    conds.push(format!("ts >= {from} AND ts < {to}"));
+    Ok(format!(
+        "SELECT DISTINCT {expr} AS v FROM {}.lines WHERE {} AND v != '' ORDER BY v FORMAT RowBinary",
+        ident(db),
+        conds.join(" AND ")
+    ))
+}
+
 /// The `SELECT` of a log query: the lines the selector and the line
 /// filters pass, each (node, file, offset) once, in time order, as
 /// RowBinary with [`COLUMNS`].

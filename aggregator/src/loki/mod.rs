@@ -148,7 +148,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: LokiState) -> axum::Route
         .with_state(state)
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     chrono::Utc::now()
         .timestamp_nanos_opt()
         .unwrap_or(i64::MAX / 2)
@@ -173,7 +173,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError {
         status,
         msg: msg.into(),
@@ -212,11 +212,11 @@ fn query_error(e: QueryError) -> ApiError {
 /// Loki's text when a selector could select every stream.
 pub const EMPTY_SELECTOR: &str = "parse error : queries require at least one regexp or equality matcher that does not have an empty-compatible value. For instance, app=~\".*\" does not meet this requirement, but app=~\".+\" will";
 
-fn success(data: Json) -> Response {
+pub(crate) fn success(data: Json) -> Response {
     axum::Json(json!({"status": "success", "data": data})).into_response()
 }
 
-fn parse_expr(text: &str) -> Result<Expr, ApiError> {
+pub(crate) fn parse_expr(text: &str) -> Result<Expr, ApiError> {
     let e = logql::parse(text)?;
     let selectors: Vec<&query::Query> = match &e {
         Expr::Log(q) => vec![q],
@@ -244,7 +244,7 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn stats(started: std::time::Instant, entries: usize) -> Json {
+pub(crate) fn stats(started: std::time::Instant, entries: usize) -> Json {
     json!({"summary": {
         "execTime": started.elapsed().as_secs_f64(),
         "totalEntriesReturned": entries,
@@ -374,7 +374,7 @@ fn selected_streams(
 
 /// The range of the label and series endpoints: `start`/`end`/`since`,
 /// by default the last six hours, as Loki's.
-fn label_range(p: &Params) -> Result<(i64, i64), ApiError> {
+pub(crate) fn label_range(p: &Params) -> Result<(i64, i64), ApiError> {
     let mut r = params::range_request(p, now_ns())?;
     if p.get("start").is_none() && p.get("since").is_none() {
         r.start = r.end - 6 * params::DEFAULT_RANGE_NS;
@@ -397,7 +397,7 @@ async fn streams_of(
     .await
 }
 
-fn selectors(p: &Params, key: &str) -> Result<Vec<query::Query>, ApiError> {
+pub(crate) fn selectors(p: &Params, key: &str) -> Result<Vec<query::Query>, ApiError> {
     Ok(p.all(key)
         .into_iter()
         .filter(|s| !s.trim().is_empty())

@@ -1,0 +1,145 @@
+//! The Loki API's read endpoints over the ClickHouse store, as Grafana's
+//! Explore and label browser use them: `query_range` for log queries,
+//! `labels`, `label/<name>/values`, `status/buildinfo` and `/ready`. The
+//! parameters, envelopes and errors are the embedded store's
+//! ([`crate::loki`]); metric queries are not served here yet.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::json;
+
+use super::{sql, ClickHouse};
+use crate::logql::Expr;
+use crate::loki::params::{self, Params};
+use crate::loki::{error, label_range, now_ns, parse_expr, selectors, stats, success, ApiError};
+
+fn unavailable(e: super::ClickHouseError) -> ApiError {
+    if e.is_unavailable() {
+        error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    } else {
+        error(StatusCode::BAD_REQUEST, e.to_string())
+    }
+}
+
+/// The store once connected (the aggregator connects in the background).
+pub type Store = std::sync::Arc<tokio::sync::OnceCell<ClickHouse>>;
+
+fn connected(s: &Store) -> Result<ClickHouse, ApiError> {
+    s.get().cloned().ok_or_else(|| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ClickHouse store: connecting",
+        )
+    })
+}
+
+/// The read routes; the caller adds authentication.
+pub fn router(ch: Store) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/loki/api/v1/query_range",
+            get(query_range).post(query_range),
+        )
+        .route("/loki/api/v1/labels", get(labels).post(labels))
+        .route("/loki/api/v1/label/{name}/values", get(label_values))
+        .route(
+            "/loki/api/v1/status/buildinfo",
+            get(|| async { axum::Json(json!({"version": "3.0.0"})) }),
+        )
+        .with_state(ch)
+}
+
+async fn query_range(
+    State(store): State<Store>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let ch = connected(&store)?;
+    let p = Params::new(raw.as_deref(), &body);
+    let r = params::range_request(&p, now_ns())?;
+    let Expr::Log(q) = parse_expr(&r.query)? else {
+        return Err(error(
+            StatusCode::NOT_IMPLEMENTED,
+            "metric queries are not available with the ClickHouse store yet",
+        ));
+    };
+    let w = sql::Window {
+        from: Some(r.start),
+        to: Some(r.end),
+        limit: r.limit as u64,
+        backward: r.direction == logfleet_proto::v1::Direction::Backward,
+    };
+    let entries = if q.pipeline.is_empty() {
+        ch.query(&q, w).await
+    } else {
+        ch.query_piped(&q, w).await
+    }
+    .map_err(unavailable)?;
+    let lines: Vec<_> = entries
+        .iter()
+        .map(|e| {
+            (
+                crate::query::entry_labels(e),
+                e.ts_unix_nano,
+                crate::query::entry_text(e),
+            )
+        })
+        .collect();
+    let n = lines.len();
+    Ok(success(json!({
+        "resultType": "streams",
+        "result": params::streams_json(lines),
+        "stats": stats(started, n),
+    })))
+}
+
+/// The selector of a label request (`query`), or everything.
+fn selector(p: &Params) -> Result<crate::query::Query, ApiError> {
+    Ok(selectors(p, "query")?
+        .into_iter()
+        .next()
+        .unwrap_or_default())
+}
+
+async fn labels(
+    State(store): State<Store>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ch = connected(&store)?;
+    let p = Params::new(raw.as_deref(), &body);
+    let (start, end) = label_range(&p)?;
+    let q = selector(&p)?;
+    let stmt =
+        sql::label_names(ch.database(), &q, start, end).map_err(|e| unavailable(e.into()))?;
+    let mut names = ch.strings(&stmt).await.map_err(unavailable)?;
+    // The path labels, when any line is in the range.
+    let any = sql::label_values(ch.database(), &q, "node", start, end)
+        .map_err(|e| unavailable(e.into()))?;
+    if !ch.strings(&any).await.map_err(unavailable)?.is_empty() {
+        names.extend(crate::query::LABEL_NAMES.iter().map(|n| n.to_string()));
+    }
+    names.sort_unstable();
+    names.dedup();
+    Ok(success(json!(names)))
+}
+
+async fn label_values(
+    State(store): State<Store>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ch = connected(&store)?;
+    let p = Params::new(raw.as_deref(), &body);
+    let (start, end) = label_range(&p)?;
+    let q = selector(&p)?;
+    let stmt = sql::label_values(ch.database(), &q, &name, start, end)
+        .map_err(|e| unavailable(e.into()))?;
+    let values = ch.strings(&stmt).await.map_err(unavailable)?;
+    Ok(success(json!(values)))
+}

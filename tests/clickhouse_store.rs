@@ -164,15 +164,27 @@ fn replicas_fail_over_and_every_line_is_stored_once() {
     }
     let pods = body(http_get(&a.http, "/loki/api/v1/label/pod/values"));
     assert_eq!(pods["data"], serde_json::json!(["checkout-1"]));
-    let metric = http_get(
+    // Grafana's log volume: a metric query, evaluated over ClickHouse.
+    let volume = body(http_get(
         &a.http,
         &format!(
-            "/loki/api/v1/query_range?query={}",
-            enc(r#"count_over_time({pod="checkout-1"}[1m])"#)
+            "/loki/api/v1/query_range?step=60&query={}",
+            enc(r#"sum by (pod) (count_over_time({pod="checkout-1"} |= "status=201" [1h]))"#)
         ),
-    )
-    .unwrap_or_default();
-    assert!(metric.starts_with("HTTP/1.1 501"), "{metric}");
+    ));
+    assert_eq!(volume["data"]["resultType"], "matrix", "{volume}");
+    let last = volume["data"]["result"][0]["values"]
+        .as_array()
+        .and_then(|v| v.last())
+        .and_then(|p| p[1].as_str())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    // Over the last hour, every matching line (both streams).
+    assert_eq!(
+        last,
+        (0..500).filter(|i: &usize| i % 3 == 1).count(),
+        "{volume}"
+    );
 
     // The agents API the controller reads, on the HTTP port.
     let agents = http_get(&b.http, "/api/v1/agents").unwrap_or_default();

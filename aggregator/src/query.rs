@@ -123,6 +123,9 @@ pub enum QueryError {
     /// Storage error while reading.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An external store (ClickHouse) could not be read; retrying may help.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// The query ran past its deadline.
     #[error("query stopped after {0:?}: narrow the time range or the selector")]
     Timeout(std::time::Duration),

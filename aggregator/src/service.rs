@@ -266,6 +266,7 @@ fn bad_query(e: QueryError) -> Status {
     match e {
         QueryError::Parse { .. } | QueryError::Eval(_) => Status::invalid_argument(e.to_string()),
         QueryError::Store(_) => Status::internal(e.to_string()),
+        QueryError::Unavailable(_) => Status::unavailable(e.to_string()),
         QueryError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         QueryError::Cancelled => Status::cancelled(e.to_string()),
     }

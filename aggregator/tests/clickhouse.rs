@@ -460,4 +460,35 @@ async fn the_same_answers_as_the_embedded_store() {
             assert_eq!(got, want, "{q} backward={backward} limit={limit}");
         }
     }
+    // Metric queries: the same numbers (evaluated by the same code over
+    // lines read from ClickHouse).
+    let (first, last) = (
+        1_764_756_000_000_000_000i64,
+        1_764_756_000_000_000_000i64 + 400_000,
+    );
+    let steps = logfleet_aggregator::logql::eval::Steps {
+        start: first,
+        end: last,
+        step: 50_000,
+    };
+    for q in [
+        r#"sum by (namespace) (count_over_time({app=~".+"} [100us]))"#,
+        r#"bytes_over_time({pod=~"web.*"} |= "status" [200us])"#,
+        r#"sum by (status) (count_over_time({container="app"} | logfmt | status != "" [1ms]))"#,
+        r#"topk(2, sum by (pod) (rate({namespace="shop"} [300us])))"#,
+    ] {
+        let logfleet_aggregator::logql::Expr::Metric(m) =
+            logfleet_aggregator::logql::parse(q).unwrap()
+        else {
+            panic!("{q} is no metric query");
+        };
+        let want = logfleet_aggregator::logql::run::metric(&shared, &m, steps, &Default::default())
+            .unwrap();
+        let got = ch.metric(m.clone(), steps).await.unwrap();
+        assert_eq!(format!("{got:?}"), format!("{want:?}"), "{q}");
+        assert!(
+            format!("{want:?}").len() > 40,
+            "{q}: nothing to compare: {want:?}"
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! The Loki API's read endpoints over the ClickHouse store, as Grafana's
 //! Explore and label browser use them: `query_range` for log queries,
-//! `labels`, `label/<name>/values`, `status/buildinfo` and `/ready`. The
-//! parameters, envelopes and errors are the embedded store's
-//! ([`crate::loki`]); metric queries are not served here yet.
+//! `labels`, `label/<name>/values`, `status/buildinfo` and `/ready`, and
+//! metric queries (`query_range`, `query`) evaluated over lines read from
+//! ClickHouse. The parameters, envelopes and errors are the embedded
+//! store's ([`crate::loki`]).
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -14,7 +15,9 @@ use serde_json::json;
 use super::{sql, ClickHouse};
 use crate::logql::Expr;
 use crate::loki::params::{self, Params};
-use crate::loki::{error, label_range, now_ns, parse_expr, selectors, stats, success, ApiError};
+use crate::loki::{
+    error, label_range, now_ns, parse_expr, query_error, selectors, stats, success, ApiError,
+};
 
 fn unavailable(e: super::ClickHouseError) -> ApiError {
     if e.is_unavailable() {
@@ -43,6 +46,7 @@ pub fn router(ch: Store) -> axum::Router {
             "/loki/api/v1/query_range",
             get(query_range).post(query_range),
         )
+        .route("/loki/api/v1/query", get(instant).post(instant))
         .route("/loki/api/v1/labels", get(labels).post(labels))
         .route("/loki/api/v1/label/{name}/values", get(label_values))
         .route(
@@ -61,11 +65,17 @@ async fn query_range(
     let ch = connected(&store)?;
     let p = Params::new(raw.as_deref(), &body);
     let r = params::range_request(&p, now_ns())?;
-    let Expr::Log(q) = parse_expr(&r.query)? else {
-        return Err(error(
-            StatusCode::NOT_IMPLEMENTED,
-            "metric queries are not available with the ClickHouse store yet",
-        ));
+    let q = match parse_expr(&r.query)? {
+        Expr::Log(q) => q,
+        Expr::Metric(m) => {
+            let steps = r.steps();
+            let v = ch.metric(m, steps).await.map_err(query_error)?;
+            return Ok(success(json!({
+                "resultType": "matrix",
+                "result": params::matrix_json(v, steps),
+                "stats": stats(started, 0),
+            })));
+        }
     };
     let w = sql::Window {
         from: Some(r.start),
@@ -95,6 +105,33 @@ async fn query_range(
         "result": params::streams_json(lines),
         "stats": stats(started, n),
     })))
+}
+
+async fn instant(
+    State(store): State<Store>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let ch = connected(&store)?;
+    let p = Params::new(raw.as_deref(), &body);
+    let t = p
+        .get("time")
+        .map(params::parse_time)
+        .transpose()?
+        .unwrap_or_else(now_ns);
+    let Expr::Metric(m) = parse_expr(p.get("query").unwrap_or(""))? else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "log queries are not supported as an instant query type, please change your query to a range query type",
+        ));
+    };
+    let steps = crate::logql::eval::Steps::instant(t);
+    let v = ch.metric(m, steps).await.map_err(query_error)?;
+    let (kind, result) = params::instant_json(v, t);
+    Ok(success(
+        json!({"resultType": kind, "result": result, "stats": stats(started, 0)}),
+    ))
 }
 
 /// The selector of a label request (`query`), or everything.

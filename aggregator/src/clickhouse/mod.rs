@@ -339,6 +339,91 @@ impl ClickHouse {
         }
     }
 
+    /// A metric query: each range aggregation reads its lines from
+    /// ClickHouse page by page (selector and line filters in SQL, each line
+    /// once) and is evaluated here by the same code as on the embedded
+    /// store, so the answers are the same. Every selected line in the
+    /// range crosses the wire: fine for a pod's or a namespace's volume,
+    /// slow over a whole large store (aggregation in SQL is the next step).
+    pub async fn metric(
+        &self,
+        m: crate::logql::Metric,
+        steps: crate::logql::eval::Steps,
+    ) -> Result<crate::logql::eval::Value, crate::query::QueryError> {
+        use crate::query::QueryError;
+        const PAGE: u64 = 20_000;
+        let ch = self.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            // Stream ids by the file's node and labels (labels may change
+            // within a file when pod metadata arrives).
+            let mut ids: std::collections::HashMap<(String, FileLabels), u32> = Default::default();
+            crate::logql::run::metric_over(&m, steps, &mut |agg, bounds, f| {
+                let base = Query {
+                    pipeline: Default::default(),
+                    unwrap: None,
+                    ..agg.query.clone()
+                };
+                let w = sql::Window {
+                    from: bounds.from,
+                    to: bounds.to,
+                    limit: PAGE,
+                    backward: false,
+                };
+                let mut after: Option<sql::Cursor> = None;
+                loop {
+                    let rows = handle
+                        .block_on(ch.query_page(&base, w, after.as_ref()))
+                        .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+                    let full = rows.len() as u64 == PAGE;
+                    for r in rows {
+                        after = Some(sql::Cursor {
+                            ts: r.entry.ts_unix_nano,
+                            node: r.entry.node.clone(),
+                            file_id: r.file_id,
+                            offset: r.offset,
+                        });
+                        let labels = r.entry.labels.unwrap_or_default();
+                        let next = ids.len() as u32;
+                        let id = *ids
+                            .entry((r.entry.node.clone(), labels.clone()))
+                            .or_insert(next);
+                        let info = crate::index::StreamInfo {
+                            node: r.entry.node.as_str().into(),
+                            labels,
+                        };
+                        let mut flags = 0;
+                        if r.entry.unterminated {
+                            flags |= logfleet_proto::lines::UNTERMINATED;
+                        }
+                        if r.entry.cut {
+                            flags |= logfleet_proto::lines::CUT;
+                        }
+                        if r.entry.unparsed {
+                            flags |= logfleet_proto::lines::UNPARSED;
+                        }
+                        let line = logfleet_proto::Line {
+                            range: 0,
+                            ts: r.entry.ts_unix_nano,
+                            offset: r.offset,
+                            stream: r.entry.stream,
+                            flags,
+                            text: Bytes::from(r.entry.line),
+                        };
+                        if !f(id, &info, &line) {
+                            return Ok(());
+                        }
+                    }
+                    if !full {
+                        return Ok(());
+                    }
+                }
+            })
+        })
+        .await
+        .map_err(|e| QueryError::Unavailable(e.to_string()))?
+    }
+
     /// The lines a log query selects, each once.
     pub async fn query(&self, q: &Query, w: sql::Window) -> Result<Vec<Entry>, ClickHouseError> {
         let stmt = sql::select(&self.cfg.database, q, w)?;

@@ -8,8 +8,10 @@ use logfleet_proto::v1::Direction;
 
 use super::eval::{self, Matrix, RangeAcc, Steps, Value};
 use super::{Metric, RangeAgg};
+use crate::index::StreamInfo;
 use crate::ingest::Shared;
 use crate::query::{self, Bounds, Control, QueryError};
+use logfleet_proto::Line;
 
 /// Evaluates `m` at `steps` over the store.
 pub fn metric(
@@ -30,6 +32,49 @@ fn range(
     steps: Steps,
     ctl: &Control,
 ) -> Result<Matrix, QueryError> {
+    range_over(agg, steps, &mut |bounds, f| {
+        query::visit(shared, &agg.query, bounds, ctl, &mut |v| {
+            f(v.stream_id, v.info, v.line)
+        })
+    })
+}
+
+/// A source of a range aggregation's lines: called with the time bounds,
+/// it hands every line of `agg.query`'s selector and line filters (before
+/// its pipeline) to `f` with its stream's id and labels, until `f` returns
+/// false.
+pub type LineSource<'a> = dyn FnMut(Bounds, &mut dyn FnMut(u32, &StreamInfo, &Line) -> bool) -> Result<(), QueryError>
+    + 'a;
+
+/// Where the lines of every range aggregation of a metric query come
+/// from: called with the aggregation and the time bounds, it hands the
+/// lines to the callback as a [`LineSource`] does.
+pub type RangeSource<'a> =
+    dyn FnMut(&RangeAgg, Bounds, &mut LineSink<'_>) -> Result<(), QueryError> + 'a;
+
+/// Receives a line with its stream's id and labels; false stops.
+pub type LineSink<'a> = dyn FnMut(u32, &StreamInfo, &Line) -> bool + 'a;
+
+/// Evaluates `m` at `steps` over lines from `source` (any store).
+pub fn metric_over(
+    m: &Metric,
+    steps: Steps,
+    source: &mut RangeSource<'_>,
+) -> Result<Value, QueryError> {
+    if steps.len() as i64 > eval::MAX_STEPS {
+        return Err(eval::EvalError::TooManySteps.into());
+    }
+    eval::evaluate(m, steps, &mut |agg| {
+        range_over(agg, steps, &mut |bounds, f| source(agg, bounds, f))
+    })
+}
+
+/// One range aggregation over the lines `source` gives.
+fn range_over(
+    agg: &RangeAgg,
+    steps: Steps,
+    source: &mut LineSource<'_>,
+) -> Result<Matrix, QueryError> {
     let mut acc = RangeAcc::new(agg, steps);
     let (from, to) = acc.span();
     let bounds = Bounds {
@@ -46,11 +91,10 @@ fn range(
     let mut failed: Option<eval::EvalError> = None;
     let per_line = !agg.query.pipeline.is_label_only() || agg.query.unwrap.is_some();
     let mut stream_labels = query::StreamLabels::default();
-    let result = query::visit(shared, &agg.query, bounds, ctl, &mut |v| {
-        let l = v.line;
+    let result = source(bounds, &mut |stream_id, info, l| {
         if !per_line {
-            let id = *ids.entry((v.stream_id, l.stream)).or_insert_with(|| {
-                let labels = query::label_pairs(&v.info.node, &v.info.labels, l.stream);
+            let id = *ids.entry((stream_id, l.stream)).or_insert_with(|| {
+                let labels = query::label_pairs(&info.node, &info.labels, l.stream);
                 if agg.query.pipeline.is_empty() {
                     return Some(acc.series(labels));
                 }
@@ -64,7 +108,7 @@ fn range(
             }
             return true;
         }
-        let stream = stream_labels.get(v.stream_id, v.info, l.stream);
+        let stream = stream_labels.get(stream_id, info, l.stream);
         let Some(p) = agg.query.pipeline.process(stream, &l.text) else {
             return true;
         };

@@ -192,7 +192,7 @@ impl From<QueryError> for ApiError {
     }
 }
 
-fn query_error(e: QueryError) -> ApiError {
+pub(crate) fn query_error(e: QueryError) -> ApiError {
     match e {
         QueryError::Parse { pos, msg } => error(
             StatusCode::BAD_REQUEST,
@@ -206,6 +206,7 @@ fn query_error(e: QueryError) -> ApiError {
             e.to_string(),
         ),
         QueryError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        QueryError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

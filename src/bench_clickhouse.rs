@@ -19,7 +19,7 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
     let w: Workload = serde_json::from_slice(
         &std::fs::read(dir.join("workload.json")).context("run `logfleet bench generate` first")?,
     )?;
-    let ch = logfleet_kubesim::clickhouse::Server::start();
+    let ch = logfleet_kubesim::clickhouse::Server::start().context("starting ClickHouse")?;
     let chpid = ch.pid().context("ClickHouse not running")?;
     let store = [
         "--store",
@@ -69,7 +69,7 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
     )?;
     loop {
         let n: u64 = ch
-            .sql("SELECT count() FROM bench.lines")
+            .sql("SELECT count() FROM bench.lines")?
             .parse()
             .unwrap_or(0);
         if n >= w.lines {
@@ -88,7 +88,7 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
     let raw = w.bytes as f64;
     println!(
         "clickhouse store ({}): {} files, {:.0} MB raw, {} lines, wall {wall:.1} s",
-        ch.sql("SELECT version()"),
+        ch.sql("SELECT version()")?,
         w.files,
         mb(raw),
         w.lines
@@ -112,7 +112,7 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
         mb(raw) / (gcpu + ccpu)
     );
     let disk: f64 = ch
-        .sql("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'bench' AND active")
+        .sql("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'bench' AND active")?
         .parse()
         .unwrap_or(0.0);
     println!("  on disk: {:.1} MB ({:.4} of raw)", mb(disk), disk / raw);

@@ -26,7 +26,7 @@ fn cri(i: usize) -> (String, String) {
 
 #[test]
 fn replicas_fail_over_and_every_line_is_stored_once() {
-    let mut ch = Server::start();
+    let mut ch = Server::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = [
         "--store",

@@ -157,7 +157,7 @@ fn the_demo_avoids_taken_ports_and_every_printed_command_works() {
 /// traces arrive whole with their pods' labels.
 #[test]
 fn the_demo_runs_over_clickhouse() {
-    let ch = logfleet_kubesim::clickhouse::Server::start();
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let demo = Proc::start(
         "demo-clickhouse",
@@ -197,6 +197,7 @@ fn the_demo_runs_over_clickhouse() {
     assert!(out.status.success() && text.contains("node-1"), "{text}");
     let rows: u64 = ch
         .sql("SELECT count() FROM logfleet_demo.lines")
+        .unwrap()
         .parse()
         .unwrap_or(0);
     assert!(rows > 0, "the lines are in ClickHouse");

@@ -109,7 +109,7 @@ fn every_line_exactly_once_through_rotation_restarts_and_crashes() {
 /// once.
 #[test]
 fn the_same_over_clickhouse() {
-    let ch = logfleet_kubesim::clickhouse::Server::start();
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
     let url = ch.url();
     scenario(&["--store", "clickhouse", "--clickhouse-url", &url]);
 }

@@ -15,7 +15,7 @@ fn agent_and_cli_over_tls_and_plaintext_is_refused() {
 /// The same with the aggregator over ClickHouse.
 #[test]
 fn the_same_over_clickhouse() {
-    let ch = logfleet_kubesim::clickhouse::Server::start();
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
     let url = ch.url();
     over_tls(&["--store", "clickhouse", "--clickhouse-url", &url]);
 }

@@ -116,7 +116,7 @@ fn key(e: &logfleet_proto::v1::Entry) -> (i64, Vec<u8>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_across_replicas_and_queries_as_logql_says() {
-    let mut server = Server::start();
+    let mut server = Server::start().unwrap();
     let cfg = config(&server, "logfleet");
     // Three aggregators starting at once create the schema once.
     let (a, b, c) = tokio::join!(
@@ -127,7 +127,9 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
     let (a, b) = (a.unwrap(), b.unwrap());
     c.unwrap();
     assert_eq!(
-        server.sql("SELECT uniqExact(version), max(version) FROM logfleet.schema_migrations"),
+        server
+            .sql("SELECT uniqExact(version), max(version) FROM logfleet.schema_migrations")
+            .unwrap(),
         "1\t1"
     );
     let wcfg = WriterConfig {
@@ -158,6 +160,7 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
     }
     let stored: usize = server
         .sql("SELECT count() FROM logfleet.lines")
+        .unwrap()
         .parse()
         .unwrap();
     assert!(
@@ -244,10 +247,11 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
     );
 
     // Once merged, the table itself holds each line once.
-    server.sql("OPTIMIZE TABLE logfleet.lines FINAL");
+    server.sql("OPTIMIZE TABLE logfleet.lines FINAL").unwrap();
     assert_eq!(
         server
             .sql("SELECT count() FROM logfleet.lines")
+            .unwrap()
             .parse::<usize>()
             .unwrap(),
         all.len()
@@ -258,7 +262,7 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
     server.stop();
     let err = w1.push(reqs[0].clone()).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
-    server.run();
+    server.run().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match w1.push(reqs[0].clone()).await {
@@ -298,8 +302,8 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
 /// with everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_two_replicas_through_zookeeper() {
-    let zk = logfleet_kubesim::clickhouse::ZooKeeper::start();
-    let mut servers = Server::cluster(2, zk.port);
+    let zk = logfleet_kubesim::clickhouse::ZooKeeper::start().unwrap();
+    let mut servers = Server::cluster(2, zk.port).unwrap();
     let cfg = |s: &Server| Config {
         cluster: Some("logs".into()),
         ..config(s, "fleet")
@@ -311,7 +315,7 @@ async fn a_cluster_of_two_replicas_through_zookeeper() {
     let (a, b) = (a.unwrap(), b.unwrap());
     for s in &servers {
         assert_eq!(
-            s.sql("SELECT engine FROM system.tables WHERE database = 'fleet' AND name = 'lines_local'"),
+            s.sql("SELECT engine FROM system.tables WHERE database = 'fleet' AND name = 'lines_local'").unwrap(),
             "ReplicatedReplacingMergeTree"
         );
     }
@@ -379,7 +383,7 @@ async fn a_cluster_of_two_replicas_through_zookeeper() {
 async fn the_same_answers_as_the_embedded_store() {
     use logfleet_aggregator::query::{self, Bounds};
     use logfleet_proto::v1::Direction;
-    let server = Server::start();
+    let server = Server::start().unwrap();
     let ch = ClickHouse::connect(config(&server, "same")).await.unwrap();
     let writer = Writer::start(ch.clone(), WriterConfig::default(), Default::default());
     let tmp = tempfile::tempdir().unwrap();

@@ -1,31 +1,47 @@
-//! A ClickHouse server of its own for tests and the demo: Debian's
-//! `clickhouse-server` (installed when missing and running as root, as CI
-//! does) with a configuration in a temporary directory, on free loopback
-//! ports. It is the real server, not a stand-in; this only starts it.
+//! A ClickHouse server of its own for tests, benchmarks and the demo:
+//! Debian's `clickhouse-server` (installed when missing and running as
+//! root, as CI does) with a configuration in a temporary directory, on
+//! free loopback ports; and Debian's ZooKeeper for replicated tables. They
+//! are the real servers, not stand-ins; this only starts them.
 
+use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Debian's `clickhouse-server`, installed when missing and root.
-pub fn server_binary() -> PathBuf {
-    if let Err(e) = crate::tools::ensure("clickhouse-server", "clickhouse-server") {
-        panic!("this test needs ClickHouse: {e}");
-    }
-    let out = Command::new("sh")
-        .args(["-c", "command -v clickhouse-server"])
-        .output()
-        .expect("sh");
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+fn other(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Debian's `clickhouse-server`, installed when missing and root.
+pub fn server_binary() -> io::Result<PathBuf> {
+    crate::tools::ensure("clickhouse-server", "clickhouse-server").map_err(other)?;
+    let out = Command::new("sh")
+        .args(["-c", "command -v clickhouse-server"])
+        .output()?;
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until `port` on loopback accepts connections.
+fn wait_listening(port: u16, what: &str, log: Option<&Path>) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let detail = log
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .unwrap_or_default();
+            return Err(other(format!(
+                "{what} did not listen within 60 s: {detail}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// A running ClickHouse server in a temporary directory (stopped on drop).
@@ -37,16 +53,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a server; panics (this is test support) when it cannot.
-    pub fn start() -> Server {
-        Server::start_with(free_port(), free_port(), "")
+    /// Starts a server.
+    pub fn start() -> io::Result<Server> {
+        Server::start_with(free_port()?, free_port()?, "")
     }
 
     /// Starts `n` servers that form the one-shard cluster `logs`, each a
     /// replica (macros `{shard}` = 01, `{replica}` = r1, r2, ...), with
     /// ZooKeeper at `zookeeper` (port on loopback).
-    pub fn cluster(n: usize, zookeeper: u16) -> Vec<Server> {
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    pub fn cluster(n: usize, zookeeper: u16) -> io::Result<Vec<Server>> {
+        let ports = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<io::Result<Vec<(u16, u16)>>>()?;
         let replicas: String = ports
             .iter()
             .map(|(_, tcp)| format!("<replica><host>127.0.0.1</host><port>{tcp}</port></replica>"))
@@ -62,20 +80,27 @@ impl Server {
                      <interserver_http_port>{}</interserver_http_port><interserver_http_host>127.0.0.1</interserver_http_host>\n\
                      <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>\n",
                     i + 1,
-                    free_port()
+                    free_port()?
                 );
                 Server::start_with(*http, *tcp, &extra)
             })
             .collect()
     }
 
-    fn start_with(http: u16, tcp: u16, extra: &str) -> Server {
-        let tmp = tempfile::tempdir().unwrap();
+    fn start_with(http: u16, tcp: u16, extra: &str) -> io::Result<Server> {
+        let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_owned();
         let users = ["/etc/clickhouse-server/users.xml"]
             .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("clickhouse-server's users.xml");
+            .find(|p| Path::new(p).exists());
+        // The package's users.xml appears with the package.
+        let users = match users {
+            Some(u) => u,
+            None => {
+                server_binary()?;
+                "/etc/clickhouse-server/users.xml"
+            }
+        };
         std::fs::write(
             dir.join("config.xml"),
             format!(
@@ -88,22 +113,21 @@ impl Server {
                  {extra}</yandex>\n",
                 d = dir.display()
             ),
-        )
-        .unwrap();
+        )?;
         let mut s = Server {
             child: None,
             dir,
             http,
             _tmp: tmp,
         };
-        s.run();
-        s
+        s.run()?;
+        Ok(s)
     }
 
     /// Starts the server process again (after [`Server::stop`]), on the same
     /// ports and data.
-    pub fn run(&mut self) {
-        let child = Command::new(server_binary())
+    pub fn run(&mut self) -> io::Result<()> {
+        let child = Command::new(server_binary()?)
             .arg(format!(
                 "--config-file={}",
                 self.dir.join("config.xml").display()
@@ -111,18 +135,13 @@ impl Server {
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .expect("start clickhouse-server");
+            .spawn()?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "clickhouse-server did not listen: {}",
-                std::fs::read_to_string(self.dir.join("err.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(
+            self.http,
+            "clickhouse-server",
+            Some(&self.dir.join("err.log")),
+        )
     }
 
     /// The server process's id, while it runs.
@@ -144,22 +163,23 @@ impl Server {
     }
 
     /// A plain-text query over HTTP, for checks outside the store's code:
-    /// the first line of the answer.
-    pub fn sql(&self, q: &str) -> String {
+    /// the first line of the answer; an error when ClickHouse refuses it.
+    pub fn sql(&self, q: &str) -> io::Result<String> {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http))?;
         write!(
             s,
             "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{q}",
             q.len()
-        )
-        .unwrap();
+        )?;
         let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 200"), "{q}: {out}");
+        s.read_to_string(&mut out)?;
+        if !out.starts_with("HTTP/1.1 200") {
+            return Err(other(format!("{q}: {out}")));
+        }
         let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         // Chunked: the value is the line after the first chunk size.
-        body.lines().nth(1).unwrap_or("").trim().to_owned()
+        Ok(body.lines().nth(1).unwrap_or("").trim().to_owned())
     }
 }
 
@@ -179,22 +199,15 @@ pub struct ZooKeeper {
 }
 
 impl ZooKeeper {
-    /// Starts it (installing Debian's `zookeeper` when missing and root);
-    /// panics (test support) when it cannot.
-    pub fn start() -> ZooKeeper {
-        if let Err(e) = crate::tools::ensure("java", "default-jre-headless") {
-            panic!("ZooKeeper needs Java: {e}");
-        }
+    /// Starts it, installing Debian's `zookeeper` (and a Java runtime) when
+    /// missing and root.
+    pub fn start() -> io::Result<ZooKeeper> {
+        crate::tools::ensure("java", "default-jre-headless").map_err(other)?;
         if !Path::new("/usr/share/java/zookeeper.jar").exists() {
-            if let Err(e) = crate::tools::ensure("zooinspector", "zookeeper") {
-                assert!(
-                    Path::new("/usr/share/java/zookeeper.jar").exists(),
-                    "this test needs ZooKeeper: {e}"
-                );
-            }
+            crate::tools::ensure("zooinspector", "zookeeper").map_err(other)?;
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let port = free_port();
+        let tmp = tempfile::tempdir()?;
+        let port = free_port()?;
         let cfg = tmp.path().join("zoo.cfg");
         std::fs::write(
             &cfg,
@@ -202,9 +215,8 @@ impl ZooKeeper {
                 "tickTime=2000\ndataDir={}\nclientPort={port}\nadmin.enableServer=false\n",
                 tmp.path().display()
             ),
-        )
-        .unwrap();
-        let child = Command::new("java")
+        )?;
+        let mut child = Command::new("java")
             .args([
                 "-cp",
                 "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/*",
@@ -214,18 +226,17 @@ impl ZooKeeper {
             .current_dir(tmp.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
-            .expect("start ZooKeeper");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "ZooKeeper did not listen");
-            std::thread::sleep(Duration::from_millis(50));
+            .spawn()?;
+        if let Err(e) = wait_listening(port, "ZooKeeper", None) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
         }
-        ZooKeeper {
+        Ok(ZooKeeper {
             child,
             port,
             _tmp: tmp,
-        }
+        })
     }
 }
 

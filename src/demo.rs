@@ -145,10 +145,9 @@ fn write_node(
                 (0, true) => msgs.python_trace(),
                 _ => continue,
             };
-            let c = pod
-                .containers
-                .last_mut()
-                .expect("every pod has a container");
+            let Some(c) = pod.containers.last_mut() else {
+                continue;
+            };
             let stream = if spec == 0 { "stderr" } else { "stdout" };
             for line in &trace {
                 c.write(now_ns(), stream, line, true)?;

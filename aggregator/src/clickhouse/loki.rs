@@ -16,7 +16,8 @@ use super::{sql, ClickHouse};
 use crate::logql::Expr;
 use crate::loki::params::{self, Params};
 use crate::loki::{
-    error, label_range, now_ns, parse_expr, query_error, selectors, stats, success, ApiError,
+    error, instant_request, instant_response, label_range, matrix_response, now_ns, parse_expr,
+    query_error, selectors, streams_response, success, ApiError,
 };
 
 fn unavailable(e: super::ClickHouseError) -> ApiError {
@@ -70,11 +71,7 @@ async fn query_range(
         Expr::Metric(m) => {
             let steps = r.steps();
             let v = ch.metric(m, steps).await.map_err(query_error)?;
-            return Ok(success(json!({
-                "resultType": "matrix",
-                "result": params::matrix_json(v, steps),
-                "stats": stats(started, 0),
-            })));
+            return Ok(matrix_response(v, steps, started));
         }
     };
     let w = sql::Window {
@@ -99,12 +96,7 @@ async fn query_range(
             )
         })
         .collect();
-    let n = lines.len();
-    Ok(success(json!({
-        "resultType": "streams",
-        "result": params::streams_json(lines),
-        "stats": stats(started, n),
-    })))
+    Ok(streams_response(lines, started))
 }
 
 async fn instant(
@@ -114,24 +106,12 @@ async fn instant(
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
     let ch = connected(&store)?;
-    let p = Params::new(raw.as_deref(), &body);
-    let t = p
-        .get("time")
-        .map(params::parse_time)
-        .transpose()?
-        .unwrap_or_else(now_ns);
-    let Expr::Metric(m) = parse_expr(p.get("query").unwrap_or(""))? else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "log queries are not supported as an instant query type, please change your query to a range query type",
-        ));
-    };
-    let steps = crate::logql::eval::Steps::instant(t);
-    let v = ch.metric(m, steps).await.map_err(query_error)?;
-    let (kind, result) = params::instant_json(v, t);
-    Ok(success(
-        json!({"resultType": kind, "result": result, "stats": stats(started, 0)}),
-    ))
+    let (t, m) = instant_request(&Params::new(raw.as_deref(), &body))?;
+    let v = ch
+        .metric(m, crate::logql::eval::Steps::instant(t))
+        .await
+        .map_err(query_error)?;
+    Ok(instant_response(v, t, started))
 }
 
 /// The selector of a label request (`query`), or everything.

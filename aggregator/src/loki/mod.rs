@@ -290,12 +290,7 @@ async fn query_range(
         Expr::Log(q) => {
             let req = r.clone();
             let lines = blocking(&st, move |shared, ctl| log_lines(shared, &q, &req, ctl)).await?;
-            let n = lines.len();
-            success(json!({
-                "resultType": "streams",
-                "result": params::streams_json(lines),
-                "stats": stats(started, n),
-            }))
+            streams_response(lines, started)
         }
         Expr::Metric(m) => {
             let steps = r.steps();
@@ -303,11 +298,7 @@ async fn query_range(
                 logql::run::metric(shared, &m, steps, ctl)
             })
             .await?;
-            success(json!({
-                "resultType": "matrix",
-                "result": params::matrix_json(v, steps),
-                "stats": stats(started, 0),
-            }))
+            matrix_response(v, steps, started)
         }
     })
 }
@@ -318,7 +309,18 @@ async fn instant(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let p = Params::new(raw.as_deref(), &body);
+    let (t, m) = instant_request(&Params::new(raw.as_deref(), &body))?;
+    let steps = Steps::instant(t);
+    let v = blocking(&st, move |shared, ctl| {
+        logql::run::metric(shared, &m, steps, ctl)
+    })
+    .await?;
+    Ok(instant_response(v, t, started))
+}
+
+/// An instant query's time (default now) and metric expression; a log
+/// query is refused with Loki's text.
+pub(crate) fn instant_request(p: &Params) -> Result<(i64, logql::Metric), ApiError> {
     let t = p
         .get("time")
         .map(params::parse_time)
@@ -330,15 +332,43 @@ async fn instant(
             "log queries are not supported as an instant query type, please change your query to a range query type",
         ));
     };
-    let steps = Steps::instant(t);
-    let v = blocking(&st, move |shared, ctl| {
-        logql::run::metric(shared, &m, steps, ctl)
-    })
-    .await?;
+    Ok((t, m))
+}
+
+/// An instant query's answer.
+pub(crate) fn instant_response(
+    v: logql::eval::Value,
+    t: i64,
+    started: std::time::Instant,
+) -> Response {
     let (kind, result) = params::instant_json(v, t);
-    Ok(success(
-        json!({"resultType": kind, "result": result, "stats": stats(started, 0)}),
-    ))
+    success(json!({"resultType": kind, "result": result, "stats": stats(started, 0)}))
+}
+
+/// A range query's metric answer.
+pub(crate) fn matrix_response(
+    v: logql::eval::Value,
+    steps: Steps,
+    started: std::time::Instant,
+) -> Response {
+    success(json!({
+        "resultType": "matrix",
+        "result": params::matrix_json(v, steps),
+        "stats": stats(started, 0),
+    }))
+}
+
+/// A log query's answer: lines grouped into streams.
+pub(crate) fn streams_response(
+    lines: Vec<(logql::eval::Labels, i64, String)>,
+    started: std::time::Instant,
+) -> Response {
+    let n = lines.len();
+    success(json!({
+        "resultType": "streams",
+        "result": params::streams_json(lines),
+        "stats": stats(started, n),
+    }))
 }
 
 /// The streams (label sets of files) that the `query` or `match[]`

@@ -261,6 +261,8 @@ pub struct Tailer {
     persist: Option<PathBuf>,
     /// Files skipped by annotation in the current scan, by identity.
     excluded: Vec<u64>,
+    /// Multi-line settings fixed but not yet saved.
+    settings_unsaved: bool,
 }
 
 fn inode(md: &std::fs::Metadata) -> Inode {
@@ -304,6 +306,7 @@ impl Tailer {
             meta_generation: u64::MAX,
             persist: None,
             excluded: Vec::new(),
+            settings_unsaved: false,
         }
     }
 
@@ -375,6 +378,17 @@ impl Tailer {
                     multiline: None,
                 });
             e.multiline = Some(name);
+        }
+        self.settings_unsaved = true;
+    }
+
+    /// Saves the multi-line settings fixed since the last save. Called
+    /// before any line of those files is read: at the end of a scan (one
+    /// save for every file it opened, not one each), and when a file is
+    /// identified while being polled.
+    fn save_settings(&mut self) {
+        if !std::mem::take(&mut self.settings_unsaved) {
+            return;
         }
         if let Some(path) = &self.persist {
             if let Err(e) = crate::checkpoint::save_shared(path, &self.checkpoints) {
@@ -470,6 +484,7 @@ impl Tailer {
         }
         self.stats.deferred_files = deferred;
         self.stats.excluded_files = self.excluded.len() as u64;
+        self.save_settings();
         // Finished files gone from disk: their checkpoints can go too, once
         // everything read from them is acknowledged.
         let gone: Vec<u64> = self
@@ -798,6 +813,7 @@ impl Tailer {
                 }
                 self.files[i].id = Some(id);
                 self.settle(i);
+                self.save_settings();
                 None
             }
             None if deleted || rotated_idle => Some((false, true)),

@@ -150,3 +150,29 @@ fn labels_exclusion_and_multiline_come_from_the_pod() {
     let got = pass(&mut tailer, &root);
     assert!(got.iter().all(|(pod, _, _)| pod != "web/app"), "{got:?}");
 }
+
+/// The multi-line setting a file is read with is on disk before any of its
+/// lines is read: a restart after a crash must group the same bytes the
+/// same way, whatever the pod's annotation says by then. One save covers
+/// every file a scan opens.
+#[test]
+fn the_setting_is_saved_before_lines_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("pods");
+    write(&root, "a", "app", &["ERROR x", "\tat a.B.c(B.java:1)"]);
+    write(&root, "b", "app", &["hello"]);
+    let path = logfleet_agent::checkpoint::file_in(tmp.path());
+    let cfg = TailConfig {
+        multiline: logfleet_agent::multiline::Detector::parse("java").unwrap(),
+        ..Default::default()
+    };
+    let cp = Arc::new(Mutex::new(Checkpoints::default()));
+    let mut tailer = Tailer::new(cfg, cp).persist_settings(path.clone());
+    tailer.apply_scan(discover::scan(&root, &Filter::default()));
+    // Scanned, opened, nothing read yet: already on disk.
+    let saved = logfleet_agent::checkpoint::load(&path).unwrap();
+    let settings: Vec<Option<String>> = saved.files.values().map(|p| p.multiline.clone()).collect();
+    assert_eq!(settings, vec![Some("java".to_string()); 2]);
+    assert!(saved.files.values().all(|p| p.offset == 0));
+    assert_eq!(tailer.stats.lines, 0);
+}

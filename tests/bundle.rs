@@ -50,6 +50,7 @@ fn parse_typed(d: &Value) -> String {
         "Deployment" => p::<Deployment>(d),
         "DaemonSet" => p::<DaemonSet>(d),
         "StatefulSet" => p::<StatefulSet>(d),
+        "PodDisruptionBudget" => p::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(d),
         "Service" => p::<Service>(d),
         "ConfigMap" => p::<ConfigMap>(d),
         "NetworkPolicy" => p::<k8s_openapi::api::networking::v1::NetworkPolicy>(d),
@@ -127,6 +128,30 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
     );
 
     let dir = tempfile::tempdir().expect("tempdir");
+    // Over ClickHouse: stateless replicas and their budget, no volume.
+    let ch = dir.path().join("ch.yaml");
+    std::fs::write(&ch, "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollector\nmetadata:\n  name: big\n  namespace: obs\nspec:\n  aggregator:\n    replicas: 3\n    clickhouse:\n      url: http://clickhouse.obs.svc:8123\n").expect("write");
+    let kinds: Vec<String> = docs(&stdout(&["render", "-f", ch.to_str().expect("path")]))
+        .iter()
+        .map(parse_typed)
+        .collect();
+    assert!(kinds.contains(&"Deployment".to_owned()), "{kinds:?}");
+    assert!(
+        kinds.contains(&"PodDisruptionBudget".to_owned()),
+        "{kinds:?}"
+    );
+    assert!(!kinds.contains(&"StatefulSet".to_owned()), "{kinds:?}");
+    // The CRD's rules, as the API server applies them: more than one
+    // replica needs ClickHouse.
+    std::fs::write(&ch, "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollector\nmetadata:\n  name: big\n  namespace: obs\nspec:\n  aggregator:\n    replicas: 3\n").expect("write");
+    let out = cli(&["render", "-f", ch.to_str().expect("path")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("without clickhouse"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let file = dir.path().join("lc.yaml");
     std::fs::write(&file, "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollector\nmetadata:\n  name: edge\n  namespace: obs\nspec:\n  agent:\n    compression: gzip\n").expect("write");
     let objs = docs(&stdout(&[
@@ -321,7 +346,12 @@ fn kustomize_renders_the_bundle_and_its_documented_patch() {
 /// refused (clap only reads the variables it knows).
 #[test]
 fn every_rendered_variable_is_a_flag_of_its_command() {
-    let objs = docs(&stdout(&["render"]));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ch = dir.path().join("ch.yaml");
+    std::fs::write(&ch, "apiVersion: logfleet.dev/v1alpha1\nkind: LogCollector\nmetadata:\n  name: big\n  namespace: obs\nspec:\n  aggregator:\n    clickhouse:\n      url: http://ch:8123\n      cluster: logs\n      credentialsSecret: ch\n").expect("write");
+    // Both stores: the StatefulSet's variables and the Deployment's.
+    let mut objs = docs(&stdout(&["render"]));
+    objs.extend(docs(&stdout(&["render", "-f", ch.to_str().expect("path")])));
     let help = |cmd: &str| stdout(&[cmd, "--help"]);
     let (agent_help, agg_help) = (help("agent"), help("aggregator"));
     let mut checked = 0;
@@ -336,7 +366,7 @@ fn every_rendered_variable_is_a_flag_of_its_command() {
                     .collect(),
                 &agent_help,
             ),
-            Some("StatefulSet") => (
+            Some("StatefulSet" | "Deployment") => (
                 o["spec"]["template"]["spec"]["containers"][0]["env"]
                     .as_array()
                     .expect("env")

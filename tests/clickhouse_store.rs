@@ -239,4 +239,19 @@ fn replicas_fail_over_and_every_line_is_stored_once() {
         || http_get(&a.http, "/readyz").filter(|r| r.starts_with("HTTP/1.1 503")),
     );
     assert!(r.contains("ClickHouse"), "{r}");
+    // The controller asks the agents API and hears why: its status then
+    // says Degraded, StoreUnavailable.
+    use logfleet_controller::reconcile::{AgentsAccess, AgentsReport, PushSource};
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let report = rt.block_on(
+        logfleet_controller::run::AggregatorAgents::default().last_pushes(AgentsAccess {
+            url: format!("http://{}", a.http),
+            read_token: None,
+            ca_pem: None,
+        }),
+    );
+    match report {
+        AgentsReport::StoreUnavailable(e) => assert!(e.contains("ClickHouse"), "{e}"),
+        other => panic!("expected StoreUnavailable, got {other:?}"),
+    }
 }

@@ -37,9 +37,13 @@ pub fn controller_rules() -> Value {
         {"apiGroups": ["logfleet.dev"], "resources": ["logcollectors/finalizers"],
          "verbs": ["update"]},
         // Read, then server-side applied (create when absent); the owned
-        // DaemonSets and StatefulSets are watched too.
-        {"apiGroups": ["apps"], "resources": ["daemonsets", "statefulsets"],
+        // DaemonSets, StatefulSets and (over ClickHouse) Deployments are
+        // watched too.
+        {"apiGroups": ["apps"], "resources": ["daemonsets", "statefulsets", "deployments"],
          "verbs": ["get", "list", "watch", "create", "patch"]},
+        // The aggregators' disruption budget over ClickHouse.
+        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"],
+         "verbs": ["get", "create", "patch"]},
         // The DaemonSet's current revision, to judge pods as it does.
         {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"],

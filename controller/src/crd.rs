@@ -455,17 +455,30 @@ pub struct Filters {
     pub exclude_containers: Vec<String>,
 }
 
-/// The aggregator StatefulSet.
+/// The aggregator: a StatefulSet with its own volume (the embedded store),
+/// or a Deployment of stateless replicas over ClickHouse.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.retentionAge != '0' || self.retentionSize != '0'")
     .message("set retentionAge or retentionSize, or the aggregator's disk fills up"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.clickhouse) || self.replicas <= 1")
+    .message("replicas must be 0 or 1 without clickhouse: one aggregator stores all logs on its volume"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.clickhouse) || self.retentionSize == '0'")
+    .message("retentionSize applies to the embedded store; over clickhouse retention is by retentionAge"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.clickhouse) == has(oldSelf.clickhouse)")
+    .message("the store (clickhouse or the embedded volume) cannot change after creation: the stored logs would be left behind; create another LogCollector"))]
 pub struct AggregatorSpec {
-    /// Replicas; each stores on its own volume and the agents push to one,
-    /// so only 0 (paused) and 1 are supported.
+    /// Replicas. With the embedded store each would store on its own
+    /// volume, so only 0 (paused) and 1; with `clickhouse` any number up to
+    /// 32, behind one Service.
     #[serde(default = "one")]
-    #[x_kube(validation = kube::core::Rule::new("self == 0 || self == 1").message("replicas must be 0 or 1: one aggregator stores all logs"))]
+    #[x_kube(validation = kube::core::Rule::new("self >= 0 && self <= 32").message("replicas must be between 0 and 32"))]
     pub replicas: i32,
+    /// Store in this ClickHouse server or cluster instead of a volume: the
+    /// aggregators keep no state and run as a Deployment (with a
+    /// PodDisruptionBudget). Fixed at creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clickhouse: Option<ClickHouseSpec>,
     /// The data volume. Fixed at creation: a StatefulSet's volume claim
     /// template cannot change.
     #[serde(default)]
@@ -500,6 +513,36 @@ pub struct AggregatorSpec {
     /// then gets an API token, to read the cluster's token keys.
     #[serde(default = "yes")]
     pub verify_node_identity: bool,
+}
+
+/// A ClickHouse server or cluster as the store.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClickHouseSpec {
+    /// ClickHouse's HTTP interface, e.g. `http://clickhouse.logs.svc:8123`.
+    #[schemars(length(min = 8, max = 512))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^http://[^/?#@]+/?$')").message("url is ClickHouse's HTTP interface: http://host:port"))]
+    pub url: String,
+    /// Database, created when missing.
+    #[serde(default = "default_clickhouse_database")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z_][A-Za-z0-9_]*$')").message("database is a ClickHouse identifier: letters, digits and _"))]
+    pub database: String,
+    /// A cluster of the server's `remote_servers`: the schema is created on
+    /// every server of it, replicated tables under Distributed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[A-Za-z0-9_.-]+$')").message("cluster is a remote_servers name: letters, digits, _ . -"))]
+    pub cluster: Option<String>,
+    /// A Secret in this namespace with keys `username` and `password`;
+    /// unset: ClickHouse's default user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret: Option<String>,
+}
+
+fn default_clickhouse_database() -> String {
+    "logfleet".into()
 }
 
 /// Where the aggregator's serving certificate comes from.
@@ -571,6 +614,7 @@ impl Default for AggregatorSpec {
     fn default() -> Self {
         AggregatorSpec {
             replicas: 1,
+            clickhouse: None,
             storage: Storage::default(),
             retention_age: default_retention_age(),
             retention_size: zero(),
@@ -776,7 +820,31 @@ mod tests {
             ),
             (
                 serde_json::json!({"aggregator": {"replicas": 2}}),
-                "replicas must be 0 or 1",
+                "replicas must be 0 or 1 without clickhouse",
+            ),
+            (
+                serde_json::json!({"aggregator": {"replicas": 33, "clickhouse": {"url": "http://ch:8123"}}}),
+                "between 0 and 32",
+            ),
+            (
+                serde_json::json!({"aggregator": {"clickhouse": {"url": "https://ch:8443"}}}),
+                "http://host:port",
+            ),
+            (
+                serde_json::json!({"aggregator": {"clickhouse": {"url": "http://ch:8123/?user=x"}}}),
+                "http://host:port",
+            ),
+            (
+                serde_json::json!({"aggregator": {"clickhouse": {"url": "http://ch:8123", "database": "logs; DROP"}}}),
+                "ClickHouse identifier",
+            ),
+            (
+                serde_json::json!({"aggregator": {"clickhouse": {"url": "http://ch:8123", "cluster": "a b"}}}),
+                "remote_servers name",
+            ),
+            (
+                serde_json::json!({"aggregator": {"clickhouse": {"url": "http://ch:8123"}, "retentionSize": "1TiB"}}),
+                "retention is by retentionAge",
             ),
             (
                 serde_json::json!({"aggregator": {"retentionAge": "0", "retentionSize": "0"}}),
@@ -799,6 +867,8 @@ mod tests {
             serde_json::json!({"agent": {"updateStrategy": {"type": "OnDelete"}}}),
             serde_json::json!({"agent": {"batchSize": "512KiB", "batchWait": "250ms", "runAsUser": 65532}}),
             serde_json::json!({"aggregator": {"replicas": 0, "retentionAge": "0", "retentionSize": "50GiB"}}),
+            serde_json::json!({"aggregator": {"replicas": 3, "clickhouse": {"url": "http://clickhouse.logs.svc:8123",
+                "database": "logs_1", "cluster": "logs", "credentialsSecret": "ch-writer"}}}),
         ];
         for spec in ok {
             assert_eq!(errors(&lc(spec.clone())), "", "{spec}");
@@ -816,5 +886,22 @@ mod tests {
             serde_json::json!({"aggregator": {"storage": {"size": "10Gi"}, "retentionAge": "3d"}}),
         );
         assert!(validate_cel_update(&other, &old).is_ok());
+    }
+
+    #[test]
+    fn the_store_cannot_change_after_creation() {
+        let embedded = lc(serde_json::json!({"aggregator": {"replicas": 1}}));
+        let ch = lc(serde_json::json!({"aggregator": {"clickhouse": {"url": "http://ch:8123"}}}));
+        for (new, old) in [(&ch, &embedded), (&embedded, &ch)] {
+            let e = validate_cel_update(new, old).expect_err("store change refused");
+            assert!(
+                format!("{e:?}").contains("cannot change after creation"),
+                "{e:?}"
+            );
+        }
+        // Scaling and moving the server are fine.
+        let moved = lc(serde_json::json!({"aggregator": {"replicas": 4,
+            "clickhouse": {"url": "http://other:8123"}}}));
+        assert!(validate_cel_update(&moved, &ch).is_ok());
     }
 }

@@ -283,6 +283,8 @@ pub fn serving_dns_names(collector: &str, ns: &str) -> Vec<String> {
         format!("{svc}.{ns}"),
         format!("{svc}.{ns}.svc.cluster.local"),
         format!("{svc}-0.{headless}.{ns}.svc"),
+        // Every replica over ClickHouse (the controller asks there).
+        format!("{headless}.{ns}.svc"),
         // Through `kubectl port-forward`, for `logfleet query` and status.
         "localhost".into(),
         "127.0.0.1".into(),

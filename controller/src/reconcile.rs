@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -39,13 +39,22 @@ pub struct AgentsAccess {
     pub ca_pem: Option<String>,
 }
 
+/// What the aggregator's agents API answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentsReport {
+    /// Each node's latest contact (push or heartbeat).
+    Agents(BTreeMap<String, Timestamp>),
+    /// The aggregator answered that its store is unreachable, with its
+    /// error (then silence is not judged: the store explains it).
+    StoreUnavailable(String),
+    /// The aggregator could not be asked (then silence is not judged).
+    Unknown,
+}
+
 /// Last push per node, from the aggregator's agents API.
 pub trait PushSource: Send + Sync {
-    /// `None` when the aggregator cannot be asked (then silence is not judged).
-    fn last_pushes(
-        &self,
-        access: AgentsAccess,
-    ) -> BoxFuture<'static, Option<BTreeMap<String, Timestamp>>>;
+    /// Asks the aggregator.
+    fn last_pushes(&self, access: AgentsAccess) -> BoxFuture<'static, AgentsReport>;
 }
 
 /// What every reconcile shares.
@@ -269,7 +278,7 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     let access = secure(ctx, lc, &ns, &name, invalid.is_none()).await?;
     let objects = render::render(lc, &ctx.options)?;
     let mut daemonset: Option<DaemonSet> = None;
-    let mut aggregator: Option<StatefulSet> = None;
+    let mut aggregator: Option<status::Workload> = None;
     let mut rendered_template = Default::default();
     for o in &objects {
         let live = if invalid.is_some() {
@@ -289,8 +298,14 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
                     Some(serde_json::from_value(live).map_err(|e| Error::Json("DaemonSet", e))?);
             }
             "StatefulSet" => {
-                aggregator =
-                    Some(serde_json::from_value(live).map_err(|e| Error::Json("StatefulSet", e))?);
+                let s: StatefulSet =
+                    serde_json::from_value(live).map_err(|e| Error::Json("StatefulSet", e))?;
+                aggregator = Some((&s).into());
+            }
+            "Deployment" => {
+                let d: Deployment =
+                    serde_json::from_value(live).map_err(|e| Error::Json("Deployment", e))?;
+                aggregator = Some((&d).into());
             }
             _ => {}
         }
@@ -327,7 +342,11 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     } else {
         None
     };
-    let pushes = ctx.pushes.last_pushes(access).await;
+    let (pushes, store_unavailable) = match ctx.pushes.last_pushes(access).await {
+        AgentsReport::Agents(m) => (Some(m), None),
+        AgentsReport::StoreUnavailable(e) => (None, Some(e)),
+        AgentsReport::Unknown => (None, None),
+    };
     let revision_hash = match &daemonset {
         Some(ds) => current_revision_hash(ctx, &ns, &name, ds).await,
         None => None,
@@ -342,7 +361,8 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
             generation: lc.metadata.generation,
             daemonset: daemonset.as_ref(),
             rendered_template: &rendered_template,
-            aggregator: aggregator.as_ref(),
+            aggregator,
+            store_unavailable: store_unavailable.as_deref(),
             nodes: &nodes,
             pods: &pods,
             scope: &lc.spec.node_scope,
@@ -561,7 +581,7 @@ async fn secure(
         }
     };
     Ok(AgentsAccess {
-        url: render::aggregator_http_url(name, ns, render::tls_secret(lc, name).is_some()),
+        url: render::aggregator_agents_url(lc, name, ns, render::tls_secret(lc, name).is_some()),
         read_token,
         ca_pem,
     })

@@ -3,17 +3,19 @@
 //!
 //! Names derive from the collector's name `N`: `N-agent` (ServiceAccount,
 //! ConfigMap, DaemonSet), `N-agent-metrics` (headless Service over the
-//! agents' metrics ports), `N-aggregator` (ServiceAccount, StatefulSet,
-//! Service) and `N-aggregator-headless` (the StatefulSet's governing
-//! Service). The agents read host files and never call the Kubernetes API,
+//! agents' metrics ports), `N-aggregator` (ServiceAccount, Service, and a
+//! StatefulSet, or over ClickHouse a Deployment and PodDisruptionBudget)
+//! and `N-aggregator-headless` (the StatefulSet's governing Service; over
+//! ClickHouse how the controller reaches replicas that are not ready). The agents read host files and never call the Kubernetes API,
 //! so they get no RBAC and no API token: only a projected token for the
 //! aggregator's audience, which proves their node. The aggregator gets an
 //! API token (no RBAC) to read the cluster's token keys.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::core::ApiResource;
 use kube::Resource;
@@ -154,6 +156,21 @@ pub fn aggregator_http_url(lc: &str, ns: &str, tls: bool) -> String {
     )
 }
 
+/// Where the controller asks the aggregator for its agents. Over
+/// ClickHouse the headless Service, whose DNS name holds every replica,
+/// ready or not: a replica is unready exactly when ClickHouse is
+/// unreachable, and that is what the controller must hear from it.
+pub fn aggregator_agents_url(lc: &LogCollector, name: &str, ns: &str, tls: bool) -> String {
+    match lc.spec.aggregator.clickhouse {
+        None => aggregator_http_url(name, ns, tls),
+        Some(_) => format!(
+            "{}://{}.{ns}.svc:{AGGREGATOR_HTTP_PORT}",
+            if tls { "https" } else { "http" },
+            aggregator_headless_name(name)
+        ),
+    }
+}
+
 /// The aggregator's in-cluster query URL (gRPC), for readers.
 pub fn aggregator_query_url(lc: &str, ns: &str, tls: bool) -> String {
     format!(
@@ -215,8 +232,13 @@ pub fn render(lc: &LogCollector, opts: &Options) -> Result<Vec<Object>, RenderEr
         typed(agent_metrics_service(&cx)?)?,
         typed(aggregator_service(&cx, false)?)?,
         typed(aggregator_service(&cx, true)?)?,
-        typed(aggregator_statefulset(&cx)?)?,
     ];
+    if lc.spec.aggregator.clickhouse.is_some() {
+        out.push(typed(aggregator_deployment(&cx)?)?);
+        out.push(typed(aggregator_disruption_budget(&cx)?)?);
+    } else {
+        out.push(typed(aggregator_statefulset(&cx)?)?);
+    }
     if lc.spec.aggregator.network_policy.enabled {
         out.push(typed(aggregator_network_policy(&cx)?)?);
     }
@@ -630,7 +652,11 @@ fn aggregator_service(cx: &Ctx<'_>, headless: bool) -> Result<Service, RenderErr
     )
 }
 
-fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
+/// Where the aggregator finds the ClickHouse password.
+const CLICKHOUSE_DIR: &str = "/etc/logfleet/clickhouse";
+
+/// The aggregator's pod template, for either store.
+fn aggregator_pod(cx: &Ctx<'_>) -> Value {
     let spec = &cx.lc.spec;
     let g = &spec.aggregator;
     let name = aggregator_name(cx.name);
@@ -641,20 +667,29 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
     // Kubelet's HTTPS probes do not verify the certificate.
     let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
     let probe = |path: &str, period: i32| json!({"httpGet": {"path": path, "port": "http", "scheme": scheme}, "periodSeconds": period, "timeoutSeconds": 2});
-    let mut env = vec![
-        json!({"name": "LOGFLEET_DATA_DIR", "value": "/var/lib/logfleet"}),
+    let embedded = g.clickhouse.is_none();
+    // In the order earlier releases had it: a reordered template would
+    // restart every aggregator on a controller upgrade.
+    let mut env = Vec::new();
+    let mut mounts = Vec::new();
+    if embedded {
+        env.push(json!({"name": "LOGFLEET_DATA_DIR", "value": "/var/lib/logfleet"}));
+        mounts.push(json!({"name": "data", "mountPath": "/var/lib/logfleet"}));
+    }
+    env.extend([
         json!({"name": "LOGFLEET_GRPC_ADDR", "value": format!("0.0.0.0:{AGGREGATOR_GRPC_PORT}")}),
         json!({"name": "LOGFLEET_QUERY_ADDR", "value": format!("0.0.0.0:{AGGREGATOR_QUERY_PORT}")}),
         json!({"name": "LOGFLEET_HTTP_ADDR", "value": format!("0.0.0.0:{AGGREGATOR_HTTP_PORT}")}),
         json!({"name": "LOGFLEET_RETENTION_AGE", "value": g.retention_age}),
-        json!({"name": "LOGFLEET_RETENTION_SIZE", "value": g.retention_size}),
+    ]);
+    if embedded {
+        env.push(json!({"name": "LOGFLEET_RETENTION_SIZE", "value": g.retention_size}));
+    }
+    env.extend([
         json!({"name": "LOGFLEET_PUSH_TOKEN_FILE", "value": format!("{TOKEN_DIR}/push-token")}),
         json!({"name": "LOGFLEET_READ_TOKEN_FILE", "value": format!("{TOKEN_DIR}/read-token")}),
-    ];
-    let mut mounts = vec![
-        json!({"name": "data", "mountPath": "/var/lib/logfleet"}),
-        json!({"name": "credentials", "mountPath": TOKEN_DIR, "readOnly": true}),
-    ];
+    ]);
+    mounts.push(json!({"name": "credentials", "mountPath": TOKEN_DIR, "readOnly": true}));
     let mut volumes = vec![json!({"name": "credentials", "secret": {
         "secretName": token_secret(cx.lc, cx.name),
         "items": [
@@ -662,6 +697,26 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
             {"key": crate::credentials::READ_TOKEN, "path": "read-token"},
         ],
     }})];
+    if let Some(ch) = &g.clickhouse {
+        env.push(json!({"name": "LOGFLEET_STORE", "value": "clickhouse"}));
+        env.push(json!({"name": "LOGFLEET_CLICKHOUSE_URL", "value": ch.url}));
+        env.push(json!({"name": "LOGFLEET_CLICKHOUSE_DATABASE", "value": ch.database}));
+        if let Some(c) = &ch.cluster {
+            env.push(json!({"name": "LOGFLEET_CLICKHOUSE_CLUSTER", "value": c}));
+        }
+        if let Some(secret) = &ch.credentials_secret {
+            env.push(json!({"name": "LOGFLEET_CLICKHOUSE_USER", "valueFrom":
+                {"secretKeyRef": {"name": secret, "key": "username"}}}));
+            env.push(json!({"name": "LOGFLEET_CLICKHOUSE_PASSWORD_FILE",
+                            "value": format!("{CLICKHOUSE_DIR}/password")}));
+            volumes.push(json!({"name": "clickhouse", "secret": {
+                "secretName": secret,
+                "items": [{"key": "password", "path": "password"}],
+            }}));
+            mounts
+                .push(json!({"name": "clickhouse", "mountPath": CLICKHOUSE_DIR, "readOnly": true}));
+        }
+    }
     if let Some(secret) = &tls {
         env.push(json!({"name": "LOGFLEET_TLS_CERT", "value": format!("{TLS_DIR}/tls.crt")}));
         env.push(json!({"name": "LOGFLEET_TLS_KEY", "value": format!("{TLS_DIR}/tls.key")}));
@@ -680,6 +735,70 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
         env.push(json!({"name": "LOGFLEET_IDENTITY_SERVICE_ACCOUNT",
                         "value": format!("{}:{}", cx.ns, agent_name(cx.name))}));
     }
+    // Elsewhere a fixed non-root uid (with the volume's group, so it can
+    // write its claim). OpenShift's restricted-v2 refuses fixed IDs
+    // outside the namespace's range and assigns both itself.
+    let pod_sc = if cx.openshift {
+        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
+    } else {
+        let mut sc = json!({
+            "runAsUser": NONROOT_UID, "runAsGroup": NONROOT_UID, "runAsNonRoot": true,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        });
+        if embedded {
+            sc["fsGroup"] = json!(NONROOT_UID);
+        }
+        sc
+    };
+    let mut pod = json!({
+        "serviceAccountName": name,
+        // Only to read the cluster's token keys (OIDC discovery, open to
+        // every service account).
+        "automountServiceAccountToken": verify,
+        "securityContext": pod_sc,
+        // Lets the aggregator finish its group commit (or its last insert).
+        "terminationGracePeriodSeconds": 60,
+        "containers": [{
+            "name": "aggregator",
+            "image": spec.image,
+            "imagePullPolicy": spec.image_pull_policy.as_str(),
+            "args": ["aggregator"],
+            "env": env,
+            "ports": [
+                {"name": "grpc", "containerPort": AGGREGATOR_GRPC_PORT},
+                {"name": "query", "containerPort": AGGREGATOR_QUERY_PORT},
+                {"name": "http", "containerPort": AGGREGATOR_HTTP_PORT},
+            ],
+            "livenessProbe": probe("/healthz", 20),
+            // Over ClickHouse, not ready while ClickHouse is unreachable:
+            // the Service sends agents to replicas that can store.
+            "readinessProbe": probe("/readyz", 10),
+            "resources": resources,
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    });
+    if g.clickhouse.is_some() {
+        // Replicas on different nodes where possible: a node's loss
+        // leaves the others serving.
+        pod["topologySpreadConstraints"] = json!([{
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(cx.name, "aggregator")},
+        }]);
+    }
+    json!({"metadata": {"labels": labels(cx.name, "aggregator")}, "spec": pod})
+}
+
+/// The aggregator with the embedded store: one pod and its volume.
+fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
+    let g = &cx.lc.spec.aggregator;
     let mut claim = json!({
         "metadata": {"name": "data", "labels": labels(cx.name, "aggregator")},
         "spec": {
@@ -690,60 +809,15 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
     if let Some(class) = &g.storage.storage_class_name {
         claim["spec"]["storageClassName"] = json!(class);
     }
-    // Elsewhere a fixed non-root uid, with the volume's group, so it can
-    // write its claim. OpenShift's restricted-v2 refuses fixed IDs outside
-    // the namespace's range and assigns both itself.
-    let pod_sc = if cx.openshift {
-        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}})
-    } else {
-        json!({
-            "runAsUser": NONROOT_UID, "runAsGroup": NONROOT_UID,
-            "fsGroup": NONROOT_UID, "runAsNonRoot": true,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        })
-    };
     from_json(
         "StatefulSet",
         json!({
-            "metadata": cx.meta(&name, "aggregator"),
+            "metadata": cx.meta(&aggregator_name(cx.name), "aggregator"),
             "spec": {
                 "replicas": g.replicas,
                 "serviceName": aggregator_headless_name(cx.name),
                 "selector": {"matchLabels": selector_labels(cx.name, "aggregator")},
-                "template": {
-                    "metadata": {"labels": labels(cx.name, "aggregator")},
-                    "spec": {
-                        "serviceAccountName": name,
-                        // Only to read the cluster's token keys (OIDC
-                        // discovery, open to every service account).
-                        "automountServiceAccountToken": verify,
-                        "securityContext": pod_sc,
-                        // Lets the aggregator finish its group commit.
-                        "terminationGracePeriodSeconds": 60,
-                        "containers": [{
-                            "name": "aggregator",
-                            "image": spec.image,
-                            "imagePullPolicy": spec.image_pull_policy.as_str(),
-                            "args": ["aggregator"],
-                            "env": env,
-                            "ports": [
-                                {"name": "grpc", "containerPort": AGGREGATOR_GRPC_PORT},
-                                {"name": "query", "containerPort": AGGREGATOR_QUERY_PORT},
-                                {"name": "http", "containerPort": AGGREGATOR_HTTP_PORT},
-                            ],
-                            "livenessProbe": probe("/healthz", 20),
-                            "readinessProbe": probe("/readyz", 10),
-                            "resources": resources,
-                            "securityContext": {
-                                "allowPrivilegeEscalation": false,
-                                "readOnlyRootFilesystem": true,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                            "volumeMounts": mounts,
-                        }],
-                        "volumes": volumes,
-                    },
-                },
+                "template": aggregator_pod(cx),
                 "volumeClaimTemplates": [claim],
                 // Claims from a template outlive their StatefulSet unless
                 // told otherwise (GA in Kubernetes 1.32).
@@ -751,6 +825,41 @@ fn aggregator_statefulset(cx: &Ctx<'_>) -> Result<StatefulSet, RenderError> {
                     "whenDeleted": if g.retain_volume_on_delete { "Retain" } else { "Delete" },
                     "whenScaled": "Retain",
                 },
+            },
+        }),
+    )
+}
+
+/// The aggregators over ClickHouse: stateless replicas. A rollout starts
+/// a new pod before stopping an old one, so agents always have a replica
+/// to push to.
+fn aggregator_deployment(cx: &Ctx<'_>) -> Result<Deployment, RenderError> {
+    from_json(
+        "Deployment",
+        json!({
+            "metadata": cx.meta(&aggregator_name(cx.name), "aggregator"),
+            "spec": {
+                "replicas": cx.lc.spec.aggregator.replicas,
+                "selector": {"matchLabels": selector_labels(cx.name, "aggregator")},
+                "strategy": {"type": "RollingUpdate",
+                             "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": aggregator_pod(cx),
+            },
+        }),
+    )
+}
+
+/// Voluntary disruptions (node drains) take one aggregator replica at a
+/// time: with two or more, one always serves. With one it allows the
+/// drain rather than blocking it forever.
+fn aggregator_disruption_budget(cx: &Ctx<'_>) -> Result<PodDisruptionBudget, RenderError> {
+    from_json(
+        "PodDisruptionBudget",
+        json!({
+            "metadata": cx.meta(&aggregator_name(cx.name), "aggregator"),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector_labels(cx.name, "aggregator")},
             },
         }),
     )
@@ -927,6 +1036,7 @@ fn merge(into: &mut Value, from: &Value) {
 mod tests {
     use super::*;
     use crate::crd::LogCollectorSpec;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn lc(spec: Value) -> LogCollector {
         let mut l = LogCollector::new(
@@ -1351,6 +1461,123 @@ mod tests {
             cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0,
             "50Gi"
         );
+    }
+
+    #[test]
+    fn over_clickhouse_stateless_replicas_a_budget_and_the_store_settings() {
+        let l = lc(
+            json!({"aggregator": {"replicas": 3, "retentionAge": "30d", "clickhouse": {
+            "url": "http://ch.logs.svc:8123", "database": "fleet", "cluster": "logs",
+            "credentialsSecret": "ch-writer"}}}),
+        );
+        let objs = render(&l, &Options::default()).unwrap();
+        let kinds: Vec<&str> = objs.iter().map(|o| o.api.kind.as_str()).collect();
+        assert!(!kinds.contains(&"StatefulSet"), "{kinds:?}");
+        let d: Deployment = serde_json::from_value(
+            objs.iter()
+                .find(|o| o.api.kind == "Deployment")
+                .unwrap()
+                .body
+                .clone(),
+        )
+        .unwrap();
+        assert_eq!(d.spec.replicas, Some(3));
+        // A rollout starts a replica before it stops one.
+        let ru = d.spec.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(
+            (ru.max_unavailable, ru.max_surge),
+            (Some(IntOrString::Int(0)), Some(IntOrString::Int(1)))
+        );
+        let pod = d.spec.template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!((psc.run_as_non_root, psc.fs_group), (Some(true), None));
+        assert_eq!(
+            pod.topology_spread_constraints.unwrap()[0].topology_key,
+            "kubernetes.io/hostname"
+        );
+        let c = &pod.containers[0];
+        let env: BTreeMap<&str, Value> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| (e.name.as_str(), json!(e)))
+            .collect();
+        assert_eq!(env["LOGFLEET_STORE"]["value"], "clickhouse");
+        assert_eq!(
+            env["LOGFLEET_CLICKHOUSE_URL"]["value"],
+            "http://ch.logs.svc:8123"
+        );
+        assert_eq!(env["LOGFLEET_CLICKHOUSE_DATABASE"]["value"], "fleet");
+        assert_eq!(env["LOGFLEET_CLICKHOUSE_CLUSTER"]["value"], "logs");
+        assert_eq!(env["LOGFLEET_RETENTION_AGE"]["value"], "30d");
+        assert_eq!(
+            env["LOGFLEET_CLICKHOUSE_USER"]["valueFrom"]["secretKeyRef"],
+            json!({"name": "ch-writer", "key": "username"})
+        );
+        // The password as a file, never in the environment.
+        assert_eq!(
+            env["LOGFLEET_CLICKHOUSE_PASSWORD_FILE"]["value"],
+            "/etc/logfleet/clickhouse/password"
+        );
+        assert!(
+            !env.contains_key("LOGFLEET_DATA_DIR") && !env.contains_key("LOGFLEET_RETENTION_SIZE")
+        );
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(mounts.contains(&"/etc/logfleet/clickhouse"), "{mounts:?}");
+        assert!(
+            !mounts.contains(&"/var/lib/logfleet"),
+            "no volume: {mounts:?}"
+        );
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "clickhouse")
+            .unwrap();
+        assert_eq!(
+            vol.secret.unwrap().secret_name.as_deref(),
+            Some("ch-writer")
+        );
+
+        // The budget selects exactly the aggregator pods, one down at a time.
+        let pdb: PodDisruptionBudget = serde_json::from_value(
+            objs.iter()
+                .find(|o| o.api.kind == "PodDisruptionBudget")
+                .unwrap()
+                .body
+                .clone(),
+        )
+        .unwrap();
+        let spec = pdb.spec.unwrap();
+        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+        let sel = spec.selector.unwrap().match_labels.unwrap();
+        let pod_labels = d.spec.template.metadata.unwrap().labels.unwrap();
+        assert!(
+            sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{sel:?}"
+        );
+        assert_eq!(sel, d.spec.selector.match_labels.unwrap());
+    }
+
+    #[test]
+    fn without_credentials_no_secret_is_mounted() {
+        let l = lc(json!({"aggregator": {"clickhouse": {"url": "http://ch:8123"}}}));
+        let objs = render(&l, &Options::default()).unwrap();
+        let pod = pod_of(&objs, "Deployment");
+        let env = pod["containers"][0]["env"].to_string();
+        assert!(
+            !env.contains("CLICKHOUSE_USER") && !env.contains("PASSWORD"),
+            "{env}"
+        );
+        assert!(!pod["volumes"].to_string().contains("clickhouse"));
+        assert!(env.contains("\"logfleet\""), "default database: {env}");
     }
 
     fn pod_of(objs: &[Object], kind: &str) -> Value {

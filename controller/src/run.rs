@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{self, Controller};
@@ -20,7 +20,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::crd::LogCollector;
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context, PushSource};
+use crate::reconcile::{self, AgentsReport, Context, PushSource};
 use crate::render::{self, Options};
 
 /// Labels of every pod and workload the controller renders.
@@ -148,11 +148,36 @@ pub fn parse_agents(body: &[u8]) -> Result<BTreeMap<String, Timestamp>, String> 
         .collect()
 }
 
+/// The aggregator's error body: `{"reason": ..., "message": ...}`.
+#[derive(serde::Deserialize)]
+struct ErrorJson {
+    reason: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// Reads an agents API answer: the listing, or the aggregator saying its
+/// store is unreachable (503 with [`logfleet_proto::STORE_UNAVAILABLE`]).
+pub fn classify_agents_answer(
+    status: http::StatusCode,
+    body: &[u8],
+) -> Result<AgentsReport, String> {
+    if status.is_success() {
+        return parse_agents(body).map(AgentsReport::Agents);
+    }
+    match serde_json::from_slice::<ErrorJson>(body) {
+        Ok(e)
+            if status == http::StatusCode::SERVICE_UNAVAILABLE
+                && e.reason == logfleet_proto::STORE_UNAVAILABLE =>
+        {
+            Ok(AgentsReport::StoreUnavailable(e.message))
+        }
+        _ => Err(format!("status {status}")),
+    }
+}
+
 impl PushSource for AggregatorAgents {
-    fn last_pushes(
-        &self,
-        access: reconcile::AgentsAccess,
-    ) -> BoxFuture<'static, Option<BTreeMap<String, Timestamp>>> {
+    fn last_pushes(&self, access: reconcile::AgentsAccess) -> BoxFuture<'static, AgentsReport> {
         let url = format!("{}/api/v1/agents", access.url);
         let timeout = self.timeout;
         Box::pin(async move {
@@ -160,36 +185,36 @@ impl PushSource for AggregatorAgents {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(%url, error = %e, "the collector's CA cannot be used");
-                    return None;
+                    return AgentsReport::Unknown;
                 }
             };
             let mut req = http::Request::get(url.as_str());
             if let Some(t) = &access.read_token {
                 req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
             }
-            let req = req.body(http_body_util::Empty::new()).ok()?;
+            let Ok(req) = req.body(http_body_util::Empty::new()) else {
+                return AgentsReport::Unknown;
+            };
             let fetch = async {
                 let resp = client.request(req).await.map_err(|e| e.to_string())?;
-                if !resp.status().is_success() {
-                    return Err(format!("status {}", resp.status()));
-                }
+                let status = resp.status();
                 let body = resp
                     .into_body()
                     .collect()
                     .await
                     .map_err(|e| e.to_string())?
                     .to_bytes();
-                parse_agents(&body)
+                classify_agents_answer(status, &body)
             };
             match tokio::time::timeout(timeout, fetch).await {
-                Ok(Ok(m)) => Some(m),
+                Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     tracing::debug!(%url, error = %e, "aggregator agents API");
-                    None
+                    AgentsReport::Unknown
                 }
                 Err(_) => {
                     tracing::debug!(%url, "aggregator agents API timed out");
-                    None
+                    AgentsReport::Unknown
                 }
             }
         })
@@ -311,19 +336,22 @@ pub async fn run(
     .touched_objects()
     .filter_map(|r| async move { r.ok().map(|_| ()) });
 
-    let (lcs, ds, sts): (Api<LogCollector>, Api<DaemonSet>, Api<StatefulSet>) = match &cfg.namespace
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
     {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = cfg.namespace.as_deref();
+    let lcs: Api<LogCollector> = api(&client, ns);
+    let ds: Api<DaemonSet> = api(&client, ns);
+    let sts: Api<StatefulSet> = api(&client, ns);
+    // Over ClickHouse the aggregators are a Deployment.
+    let deploys: Api<Deployment> = api(&client, ns);
     let ctx = Arc::new(Context {
         client: client.clone(),
         nodes,
@@ -364,6 +392,7 @@ pub async fn run(
     Controller::new(lcs, watcher::Config::default())
         .owns(ds, watcher::Config::default().labels(OWNED))
         .owns(sts, watcher::Config::default().labels(OWNED))
+        .owns(deploys, watcher::Config::default().labels(OWNED))
         .reconcile_all_on(node_events)
         .reconcile_all_on(pod_events)
         .with_config(controller::Config::default().debounce(cfg.debounce))
@@ -403,5 +432,29 @@ mod tests {
         assert_eq!(m["r"], "2026-11-28T09:00:00Z".parse::<Timestamp>().unwrap());
         assert!(parse_agents(b"{}").is_err());
         assert!(parse_agents(br#"[{"node":"a","last_push":"yesterday"}]"#).is_err());
+    }
+
+    #[test]
+    fn a_store_unavailable_answer_is_told_apart_from_other_failures() {
+        use http::StatusCode;
+        let body = br#"{"reason":"StoreUnavailable","message":"ClickHouse at http://ch:8123 unreachable"}"#;
+        assert_eq!(
+            classify_agents_answer(StatusCode::SERVICE_UNAVAILABLE, body),
+            Ok(AgentsReport::StoreUnavailable(
+                "ClickHouse at http://ch:8123 unreachable".into()
+            ))
+        );
+        // Another 503, a 500 with the same body, or plain text: not known.
+        assert!(classify_agents_answer(StatusCode::SERVICE_UNAVAILABLE, b"busy\n").is_err());
+        assert!(classify_agents_answer(StatusCode::INTERNAL_SERVER_ERROR, body).is_err());
+        assert!(classify_agents_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"reason":"Other","message":"x"}"#
+        )
+        .is_err());
+        assert!(matches!(
+            classify_agents_answer(StatusCode::OK, b"[]"),
+            Ok(AgentsReport::Agents(m)) if m.is_empty()
+        ));
     }
 }

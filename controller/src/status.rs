@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
 };
@@ -40,8 +40,11 @@ pub struct Observed<'a> {
     /// The rendered agent pod spec, for placement when the DaemonSet is not
     /// there yet.
     pub rendered_template: &'a PodSpec,
-    /// The aggregator StatefulSet as the cluster has it.
-    pub aggregator: Option<&'a StatefulSet>,
+    /// The aggregator's StatefulSet or Deployment as the cluster has it.
+    pub aggregator: Option<Workload>,
+    /// The aggregator answered that its store (ClickHouse) is unreachable,
+    /// with its error.
+    pub store_unavailable: Option<&'a str>,
     /// Every node.
     pub nodes: &'a [Node],
     /// This collector's agent pods.
@@ -129,6 +132,57 @@ fn parse_selector(s: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The reason of `Degraded` (and `Available=False`) when the aggregator
+/// cannot reach ClickHouse.
+pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
+
+fn store_message(error: &str) -> String {
+    format!(
+        "the aggregator cannot reach its store, agents keep their lines in their files until it is back: {error}"
+    )
+}
+
+/// What status needs of the aggregator's StatefulSet or Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workload {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `status.observedGeneration`.
+    pub observed_generation: Option<i64>,
+    /// Replicas wanted.
+    pub replicas: i32,
+    /// Replicas running the current template.
+    pub updated: i32,
+    /// Ready replicas.
+    pub ready: i32,
+}
+
+impl From<&StatefulSet> for Workload {
+    fn from(s: &StatefulSet) -> Self {
+        let st = s.status.clone().unwrap_or_default();
+        Workload {
+            generation: s.metadata.generation,
+            observed_generation: st.observed_generation,
+            replicas: s.spec.replicas.unwrap_or(1),
+            updated: st.updated_replicas.unwrap_or(0),
+            ready: st.ready_replicas.unwrap_or(0),
+        }
+    }
+}
+
+impl From<&Deployment> for Workload {
+    fn from(d: &Deployment) -> Self {
+        let st = d.status.clone().unwrap_or_default();
+        Workload {
+            generation: d.metadata.generation,
+            observed_generation: st.observed_generation,
+            replicas: d.spec.replicas.unwrap_or(1),
+            updated: st.updated_replicas.unwrap_or(0),
+            ready: st.ready_replicas.unwrap_or(0),
+        }
+    }
+}
+
 fn rolling(o: &Observed<'_>) -> bool {
     let ds_rolling = match o.daemonset {
         None => true,
@@ -139,26 +193,15 @@ fn rolling(o: &Observed<'_>) -> bool {
                 || st.number_available.unwrap_or(0) < st.desired_number_scheduled
         }
     };
-    let agg_rolling = o.aggregator.is_some_and(|s| {
-        let want = s.spec.replicas.unwrap_or(1);
-        let st = s.status.clone().unwrap_or_default();
-        st.observed_generation < s.metadata.generation
-            || st.updated_replicas.unwrap_or(0) < want
-            || st.ready_replicas.unwrap_or(0) < want
+    let agg_rolling = o.aggregator.is_some_and(|w| {
+        w.observed_generation < w.generation || w.updated < w.replicas || w.ready < w.replicas
     });
     ds_rolling || agg_rolling
 }
 
 fn aggregator_ready(o: &Observed<'_>) -> bool {
-    o.aggregator.is_some_and(|s| {
-        let want = s.spec.replicas.unwrap_or(1);
-        want == 0
-            || s.status
-                .as_ref()
-                .and_then(|st| st.ready_replicas)
-                .unwrap_or(0)
-                >= want
-    })
+    o.aggregator
+        .is_some_and(|w| w.replicas == 0 || w.ready >= w.replicas)
 }
 
 fn cond(
@@ -358,6 +401,8 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             "NoEligibleNodes",
             "no node is in scope (nodeScope) of this collector".into(),
         )
+    } else if let (false, Some(e)) = (agg_ready, o.store_unavailable) {
+        set(AVAILABLE, false, STORE_UNAVAILABLE, store_message(e))
     } else if !agg_ready {
         set(
             AVAILABLE,
@@ -406,6 +451,8 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             "InvalidSpec",
             format!("not rolled out, the last good configuration keeps running: {why}"),
         )
+    } else if let Some(e) = o.store_unavailable {
+        set(DEGRADED, true, STORE_UNAVAILABLE, store_message(e))
     } else if summary.expected == 0 {
         set(
             DEGRADED,
@@ -456,6 +503,25 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             action: "Validate",
             note: format!("not rolled out: {why}"),
         });
+    }
+    let was_unavailable = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DEGRADED && c.reason == STORE_UNAVAILABLE);
+    match (was_unavailable, o.store_unavailable) {
+        (false, Some(e)) => notices.push(Notice {
+            warning: true,
+            reason: STORE_UNAVAILABLE,
+            action: "Store",
+            note: store_message(e),
+        }),
+        (true, None) if o.last_push.is_some() => notices.push(Notice {
+            warning: false,
+            reason: "StoreAvailable",
+            action: "Store",
+            note: "the aggregator reaches its store again".into(),
+        }),
+        _ => {}
     }
     let old_reason = old_prog.map(|c| c.reason.as_str());
     match (old_reason, progressing.reason.as_str()) {
@@ -626,6 +692,10 @@ mod tests {
         generation: i64,
         invalid: Option<&'static str>,
         revision_hash: Option<&'static str>,
+        /// Over ClickHouse: the aggregators' Deployment instead of `sts`.
+        deployment: Option<Deployment>,
+        store_unavailable: Option<&'static str>,
+        pushes: Option<BTreeMap<String, Timestamp>>,
     }
 
     fn at(t: &str) -> Timestamp {
@@ -638,13 +708,17 @@ mod tests {
                 generation: Some(w.generation),
                 daemonset: Some(&w.ds),
                 rendered_template: &PodSpec::default(),
-                aggregator: Some(&w.sts),
+                aggregator: Some(match &w.deployment {
+                    Some(d) => Workload::from(d),
+                    None => Workload::from(&w.sts),
+                }),
+                store_unavailable: w.store_unavailable,
                 nodes: &w.nodes,
                 pods: &w.pods,
                 scope: &w.scope,
                 project_node_selector: w.project,
                 namespace: "logfleet",
-                last_push: None,
+                last_push: w.pushes.as_ref(),
                 silence: Duration::from_secs(300),
                 config_hash: "abc",
                 progress_deadline: Duration::from_secs(600),
@@ -675,6 +749,9 @@ mod tests {
             generation: 1,
             invalid: None,
             revision_hash: None,
+            deployment: None,
+            store_unavailable: None,
+            pushes: None,
         }
     }
 
@@ -925,6 +1002,90 @@ mod tests {
         w.sts = sts(0);
         let s = run(&w, "2026-11-27T10:00:00Z", &LogCollectorStatus::default()).status;
         assert_eq!(c(&s, AVAILABLE), ("False", "AggregatorNotReady"));
+    }
+
+    fn deployment(replicas: i32, ready: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "logs-aggregator", "generation": 2},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 2, "replicas": replicas,
+                       "readyReplicas": ready, "updatedReplicas": replicas},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn over_clickhouse_the_deployment_counts_and_an_unreachable_store_is_degraded() {
+        let mut w = world();
+        w.pods.push(pod("c", true, 1));
+        w.ds = ds(1, 1, 3, 3, 3);
+        // Three replicas, all ready: available, not rolling.
+        w.deployment = Some(deployment(3, 3));
+        let up = run(&w, "2026-11-27T10:00:00Z", &LogCollectorStatus::default());
+        assert_eq!(c(&up.status, AVAILABLE), ("True", "AllNodesCovered"));
+        assert_eq!(c(&up.status, PROGRESSING), ("False", "RolloutComplete"));
+        assert_eq!(c(&up.status, DEGRADED), ("False", "AsExpected"));
+        // Two of three ready: a rollout, still not degraded.
+        w.deployment = Some(deployment(3, 2));
+        let s = run(&w, "2026-11-27T10:00:00Z", &up.status).status;
+        assert_eq!(c(&s, PROGRESSING), ("True", "RollingOut"));
+        assert_eq!(c(&s, AVAILABLE), ("False", "AggregatorNotReady"));
+
+        // ClickHouse goes away: the replicas turn unready, and the status
+        // says why, once as an event.
+        w.deployment = Some(deployment(3, 0));
+        w.store_unavailable = Some("ClickHouse at http://ch:8123 unreachable: connection refused");
+        let down = run(&w, "2026-11-27T10:01:00Z", &up.status);
+        assert_eq!(c(&down.status, DEGRADED), ("True", STORE_UNAVAILABLE));
+        assert_eq!(c(&down.status, AVAILABLE), ("False", STORE_UNAVAILABLE));
+        let d = down
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert!(d.message.contains("connection refused"), "{}", d.message);
+        let warned: Vec<_> = down
+            .notices
+            .iter()
+            .filter(|n| n.reason == STORE_UNAVAILABLE)
+            .collect();
+        assert_eq!(warned.len(), 1, "{:?}", down.notices);
+        assert!(warned[0].warning);
+        // Still down past the progress deadline: no second event, and the
+        // store wins over the stalled rollout it explains.
+        let still = run(&w, "2026-11-27T10:20:00Z", &down.status);
+        assert!(
+            still.notices.iter().all(|n| n.reason != STORE_UNAVAILABLE),
+            "{:?}",
+            still.notices
+        );
+        assert_eq!(
+            c(&still.status, PROGRESSING),
+            ("False", "ProgressDeadlineExceeded")
+        );
+        assert_eq!(c(&still.status, DEGRADED), ("True", STORE_UNAVAILABLE));
+
+        // Back: the agents list answers again.
+        w.deployment = Some(deployment(3, 3));
+        w.store_unavailable = None;
+        let now = at("2026-11-27T10:21:00Z");
+        w.pushes = Some(
+            ["a", "b", "c"]
+                .iter()
+                .map(|n| (n.to_string(), now))
+                .collect(),
+        );
+        let back = run(&w, "2026-11-27T10:21:00Z", &still.status);
+        assert_eq!(c(&back.status, DEGRADED), ("False", "AsExpected"));
+        assert_eq!(c(&back.status, AVAILABLE), ("True", "AllNodesCovered"));
+        assert!(
+            back.notices
+                .iter()
+                .any(|n| n.reason == "StoreAvailable" && !n.warning),
+            "{:?}",
+            back.notices
+        );
     }
 
     #[test]

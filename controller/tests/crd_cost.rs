@@ -108,10 +108,15 @@ fn read_cost(s: &Value, path: &str, unbounded: &mut Vec<String>) -> u64 {
     }
 }
 
-/// The fields of `node` a rule names as `self.<field>` (and, for
-/// `self == oldSelf`, the whole node).
+/// The fields of `node` a rule names as `self.<field>` or
+/// `oldSelf.<field>` (and, for `self == oldSelf`, the whole node).
 fn referenced<'a>(rule: &str, node: &'a Value) -> Vec<(String, &'a Value)> {
-    if rule.contains("oldSelf")
+    // `oldSelf` other than as `oldSelf.<field>` compares the whole node.
+    let whole_old = rule
+        .split("oldSelf")
+        .skip(1)
+        .any(|rest| !rest.starts_with('.'));
+    if whole_old
         || rule.trim().starts_with("self ")
         || rule.contains("self.matches")
         || rule.contains("self.startsWith")
@@ -123,8 +128,11 @@ fn referenced<'a>(rule: &str, node: &'a Value) -> Vec<(String, &'a Value)> {
     let mut out = Vec::new();
     if let Some(props) = node.get("properties").and_then(Value::as_object) {
         for (k, v) in props {
-            if rule.contains(&format!("self.{k}")) {
-                out.push((format!("self.{k}"), v));
+            for whose in ["self", "oldSelf"] {
+                let name = format!("{whose}.{k}");
+                if rule.contains(&name) {
+                    out.push((name, v));
+                }
             }
         }
     }
@@ -146,7 +154,10 @@ fn estimate(f: &Found, unbounded: &mut Vec<String>) -> u64 {
     let mut iter = 1u64;
     let mut read = 1u64;
     for (name, s) in &refs {
-        let path = format!("{}{}", f.path, name.trim_start_matches("self"));
+        let field = name
+            .strip_prefix("oldSelf")
+            .or_else(|| name.strip_prefix("self"));
+        let path = format!("{}{}", f.path, field.unwrap_or(name));
         // Only has() or size(): constant cost, whatever the list holds.
         let uses = f.rule.matches(name.as_str()).count();
         let cheap = f.rule.matches(&format!("has({name})")).count()

@@ -190,9 +190,22 @@ fn collector() -> LogCollector {
     lc
 }
 
+/// A collector whose aggregators store in ClickHouse (a Deployment).
+fn over_clickhouse() -> LogCollector {
+    let mut lc = collector();
+    lc.spec = serde_json::from_value(serde_json::json!({"aggregator": {"replicas": 2,
+        "clickhouse": {"url": "http://ch:8123", "credentialsSecret": "ch"}}}))
+    .unwrap();
+    lc
+}
+
 fn rendered(openshift: bool) -> Vec<Value> {
+    rendered_of(&collector(), openshift)
+}
+
+fn rendered_of(lc: &LogCollector, openshift: bool) -> Vec<Value> {
     render::render(
-        &collector(),
+        lc,
         &Options {
             openshift,
             ..Default::default()
@@ -236,6 +249,21 @@ fn controller_and_aggregator_pass_restricted_v2() {
         true
     );
     assert_eq!(controller["securityContext"]["runAsNonRoot"], true);
+
+    // Over ClickHouse the aggregators are a Deployment: the same rules.
+    let objs = rendered_of(&over_clickhouse(), true);
+    assert_eq!(
+        restricted_v2(pod_of(&objs, "Deployment")),
+        Vec::<String>::new()
+    );
+    let refused = restricted_v2(pod_of(
+        &rendered_of(&over_clickhouse(), false),
+        "Deployment",
+    ));
+    assert!(
+        refused.iter().any(|r| r.contains("runAsUser")),
+        "{refused:?}"
+    );
 }
 
 #[test]

@@ -17,7 +17,9 @@ use kube::runtime::watcher;
 use kube::Client;
 use logfleet_controller::crd::LogCollector;
 use logfleet_controller::metrics::Metrics;
-use logfleet_controller::reconcile::{self, AgentsAccess, Context, PushSource, FINALIZER};
+use logfleet_controller::reconcile::{
+    self, AgentsAccess, AgentsReport, Context, PushSource, FINALIZER,
+};
 use logfleet_controller::render::{self, Options};
 use serde_json::{json, Value};
 
@@ -222,16 +224,24 @@ fn mock_api(state: Shared) -> Client {
     Client::new(svc, "logfleet")
 }
 
-/// An aggregator that cannot be reached; it keeps how it was asked.
-#[derive(Default)]
-struct NoAggregator(Mutex<Option<AgentsAccess>>);
+/// An aggregator that answers what the test sets (by default: it cannot
+/// be reached); it keeps how it was asked.
+struct NoAggregator(Mutex<Option<AgentsAccess>>, Mutex<AgentsReport>);
+impl Default for NoAggregator {
+    fn default() -> Self {
+        NoAggregator(Mutex::new(None), Mutex::new(AgentsReport::Unknown))
+    }
+}
+impl NoAggregator {
+    fn answer(&self, r: AgentsReport) {
+        *self.1.lock().expect("lock") = r;
+    }
+}
 impl PushSource for NoAggregator {
-    fn last_pushes(
-        &self,
-        access: AgentsAccess,
-    ) -> BoxFuture<'static, Option<BTreeMap<String, Timestamp>>> {
+    fn last_pushes(&self, access: AgentsAccess) -> BoxFuture<'static, AgentsReport> {
         *self.0.lock().expect("lock") = Some(access);
-        Box::pin(async { None })
+        let r = self.1.lock().expect("lock").clone();
+        Box::pin(async move { r })
     }
 }
 
@@ -499,6 +509,112 @@ async fn first_reconcile_applies_everything_then_a_second_writes_nothing() {
     let again = h.reconcile().await;
     assert!(!again.is_empty());
     assert_eq!(writes(&again), Vec::<String>::new());
+}
+
+fn conditions(st: &Value) -> BTreeMap<String, (String, String, String)> {
+    st["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or("").to_owned();
+            (s("type"), (s("status"), s("reason"), s("message")))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn over_clickhouse_a_deployment_and_budget_and_the_store_in_the_status() {
+    let h = Harness::new(
+        collector(
+            json!({"aggregator": {"replicas": 3, "clickhouse": {
+                "url": "http://clickhouse.logs.svc:8123", "credentialsSecret": "ch-writer"}}}),
+            &[],
+            false,
+        ),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    h.pushes.answer(AgentsReport::StoreUnavailable(
+        "ClickHouse at http://clickhouse.logs.svc:8123 unreachable: connection refused".into(),
+    ));
+    let seen = h.reconcile().await;
+    let applied = writes(&seen);
+    let deploy = "PATCH /apis/apps/v1/namespaces/logfleet/deployments/logs-aggregator";
+    let pdb = "PATCH /apis/policy/v1/namespaces/logfleet/poddisruptionbudgets/logs-aggregator";
+    assert!(applied.iter().any(|w| w == deploy), "{applied:?}");
+    assert!(applied.iter().any(|w| w == pdb), "{applied:?}");
+    assert!(
+        !applied.iter().any(|w| w.contains("statefulsets")),
+        "no StatefulSet over ClickHouse: {applied:?}"
+    );
+    let d = h
+        .object("/apis/apps/v1/namespaces/logfleet/deployments/logs-aggregator")
+        .expect("deployment stored");
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["metadata"]["ownerReferences"][0]["uid"], "lc-uid");
+    // Asked where unready replicas answer too.
+    let asked = h.pushes.0.lock().expect("lock").clone().expect("asked");
+    assert!(
+        asked.url.contains("logs-aggregator-headless.logfleet.svc"),
+        "{}",
+        asked.url
+    );
+
+    // The stored Deployment has no ready replica yet, and the aggregator
+    // said why: Degraded, StoreUnavailable, with ClickHouse's error, and
+    // one Warning event.
+    let status = seen
+        .iter()
+        .find(|s| s.path == format!("{LC_PATH}/status"))
+        .expect("status written");
+    let c = conditions(&status.body["status"]);
+    assert_eq!(
+        (c["Degraded"].0.as_str(), c["Degraded"].1.as_str()),
+        ("True", "StoreUnavailable")
+    );
+    assert!(
+        c["Degraded"].2.contains("connection refused"),
+        "{:?}",
+        c["Degraded"]
+    );
+    assert_eq!(c["Available"].1, "StoreUnavailable");
+    let warned: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.path.contains("/events") && s.body["reason"] == "StoreUnavailable")
+        .collect();
+    assert_eq!(warned.len(), 1, "{applied:?}");
+    assert_eq!(warned[0].body["type"], "Warning");
+
+    // ClickHouse is back and the replicas ready: the status clears.
+    {
+        let mut st = lock(&h.state);
+        let d = st
+            .objects
+            .get_mut("/apis/apps/v1/namespaces/logfleet/deployments/logs-aggregator")
+            .expect("deployment");
+        d["metadata"]["generation"] = json!(1);
+        d["status"] = json!({"observedGeneration": 1, "replicas": 3, "readyReplicas": 3,
+                             "updatedReplicas": 3, "availableReplicas": 3});
+    }
+    h.pushes.answer(AgentsReport::Agents(
+        [("node-a".to_owned(), fixed_now())].into_iter().collect(),
+    ));
+    let seen = h.reconcile().await;
+    let status = seen
+        .iter()
+        .find(|s| s.path == format!("{LC_PATH}/status"))
+        .expect("status written");
+    let c = conditions(&status.body["status"]);
+    assert_eq!(
+        (c["Degraded"].0.as_str(), c["Degraded"].1.as_str()),
+        ("False", "AsExpected")
+    );
+    assert_eq!(c["Available"].0, "True", "{:?}", c["Available"]);
+    assert!(seen
+        .iter()
+        .any(|s| s.path.contains("/events") && s.body["reason"] == "StoreAvailable"));
 }
 
 #[tokio::test]

@@ -7,6 +7,12 @@ pub mod labels;
 pub mod lines;
 pub mod ports;
 
+/// The `reason` of the aggregator's HTTP error body (`{"reason": ...,
+/// "message": ...}`, status 503) when its store (ClickHouse) is
+/// unreachable: the controller reports it as the collector's
+/// `Degraded` reason.
+pub const STORE_UNAVAILABLE: &str = "StoreUnavailable";
+
 /// Generated protobuf messages and tonic services of package `logfleet.v1`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod v1 {

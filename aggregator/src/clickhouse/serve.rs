@@ -321,12 +321,20 @@ async fn agents_json(
         )
             .into_response();
     }
-    let Some((store, _)) = ch.store.get() else {
-        return (
+    // Machine-readable: the controller turns it into its status.
+    let unavailable = |message: String| {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            "ClickHouse store: connecting\n",
+            axum::Json(serde_json::json!({
+                "reason": logfleet_proto::STORE_UNAVAILABLE,
+                "message": message,
+            })),
         )
-            .into_response();
+            .into_response()
+    };
+    let Some((store, _)) = ch.store.get() else {
+        let problem = ch.problem.lock().ok().and_then(|g| g.clone());
+        return unavailable(problem.unwrap_or_else(|| "ClickHouse store: connecting".into()));
     };
     match list_agents(store).await {
         Ok(a) => axum::Json(
@@ -335,7 +343,8 @@ async fn agents_json(
                 .collect::<Vec<_>>(),
         )
         .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+        Err(e) if e.is_unavailable() => unavailable(e.to_string()),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 

@@ -368,6 +368,36 @@ async fn a_cluster_of_two_replicas_through_zookeeper() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    // Retention on a cluster: a day past it is dropped on every server
+    // (ON CLUSTER), the other days stay.
+    let day = 86_400_000_000_000i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    wa.push(push_at(99, &[now - 900 * day])).await.unwrap();
+    let old = logfleet_aggregator::query::parse("{namespace=\"ret\"}").unwrap();
+    let (ra, rb, rold) = (&a, &b, &old);
+    let on_both = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for ch in [ra, rb] {
+            while ch.query(rold, window).await.unwrap().len() != n {
+                assert!(Instant::now() < deadline, "replicas disagree");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    on_both(1).await;
+    let retention = ClickHouse::connect(Config {
+        retention_days: Some(800),
+        ..cfg(&servers[1])
+    })
+    .await
+    .unwrap();
+    assert_eq!(retention.drop_expired().await.unwrap().len(), 1);
+    on_both(0).await;
+    assert_eq!(a.query(&everything, window).await.unwrap().len(), all.len());
+
     // One server gone: the other takes the pushes and answers alone.
     servers[0].stop();
     wb.push(reqs[1].clone()).await.unwrap();
@@ -495,4 +525,100 @@ async fn the_same_answers_as_the_embedded_store() {
             "{q}: nothing to compare: {want:?}"
         );
     }
+}
+
+/// One push of one line per timestamp, for file `file_id` of node-r.
+fn push_at(file_id: u64, stamps: &[i64]) -> PushRequest {
+    let labels = FileLabels {
+        namespace: "ret".into(),
+        pod: format!("p-{file_id}"),
+        pod_uid: format!("u-{file_id}"),
+        container: "c".into(),
+        restart: 0,
+        extra: Vec::new(),
+    };
+    let mut b = LinesBuilder::default();
+    for (i, ts) in stamps.iter().enumerate() {
+        b.push(
+            0,
+            *ts,
+            i as u64 * 10,
+            Stream::Stdout as i32,
+            0,
+            format!("line {i}").as_bytes(),
+        );
+    }
+    let raw = prost::Message::encode_to_vec(&b.finish());
+    PushRequest {
+        node: "node-r".into(),
+        compression: Compression::None as i32,
+        raw_len: raw.len() as u64,
+        ranges: vec![FileRange {
+            file_id,
+            labels: Some(labels),
+            start: 0,
+            end: stamps.len() as u64 * 10,
+            lines_end: 0,
+        }],
+        payload: raw.into(),
+    }
+}
+
+/// Retention on a server without table TTL (18.16): days older than the
+/// retention go as whole partitions, the rest stays, and running it again
+/// (another replica at the same time) finds nothing more to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_expired_days_and_keeps_the_rest() {
+    let server = Server::start().unwrap();
+    let ch = ClickHouse::connect(Config {
+        retention_days: Some(7),
+        ..config(&server, "retention")
+    })
+    .await
+    .unwrap();
+    let day = 86_400_000_000_000i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let w = Writer::start(ch.clone(), WriterConfig::default(), Default::default());
+    // 30 and 10 days old: expired; 3 days old and now: kept.
+    w.push(push_at(
+        1,
+        &[now - 30 * day, now - 10 * day, now - 10 * day + 1],
+    ))
+    .await
+    .unwrap();
+    w.push(push_at(2, &[now - 3 * day, now])).await.unwrap();
+    let count = || server.sql("SELECT count() FROM retention.lines");
+    assert_eq!(count().unwrap(), "5");
+
+    let mut dropped = ch.drop_expired().await.unwrap();
+    dropped.sort();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert_eq!(count().unwrap(), "2");
+    let everything = logfleet_aggregator::query::parse("{namespace=\"ret\"}").unwrap();
+    let window = Window {
+        from: None,
+        to: None,
+        limit: 0,
+        backward: false,
+    };
+    let kept: Vec<i64> = ch
+        .query(&everything, window)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.ts_unix_nano)
+        .collect();
+    assert_eq!(kept, vec![now - 3 * day, now]);
+    assert_eq!(ch.drop_expired().await.unwrap(), Vec::<String>::new());
+
+    // No retention: nothing is ever dropped.
+    let keep_all = ClickHouse::connect(config(&server, "retention"))
+        .await
+        .unwrap();
+    w.push(push_at(3, &[now - 400 * day])).await.unwrap();
+    assert!(keep_all.drop_expired().await.unwrap().is_empty());
+    assert_eq!(count().unwrap(), "3");
 }

@@ -48,7 +48,9 @@ pub struct Config {
     pub user: Option<String>,
     /// Password of `user`.
     pub password: Option<String>,
-    /// Days kept, as a table TTL where the server supports one.
+    /// Whole days kept before today: older days are dropped
+    /// ([`ClickHouse::drop_expired`]), and a table TTL says the same where
+    /// the server has one.
     pub retention_days: Option<u32>,
     /// A cluster (`remote_servers`) to create the schema on: replicated
     /// tables under Distributed ones; inserts wait for the shards.
@@ -254,6 +256,26 @@ impl ClickHouse {
         let stmt = sql::arrived_since(&self.cfg.database, q, received, limit)?;
         let body = self.post(&stmt, Bytes::new()).await?;
         decode_stored(&body)
+    }
+
+    /// Drops the days of lines older than the retention (whole partitions,
+    /// see [`sql::drop_day`]); returns the days dropped. Several
+    /// aggregators may run it at once: dropping a partition that is gone
+    /// is no error.
+    pub async fn drop_expired(&self) -> Result<Vec<String>, ClickHouseError> {
+        let Some(days) = self.cfg.retention_days else {
+            return Ok(Vec::new());
+        };
+        let db = &self.cfg.database;
+        let expired = self.strings(&sql::expired_days(db, days)).await?;
+        for day in &expired {
+            self.post(
+                &sql::drop_day(db, self.cfg.cluster.as_deref(), day),
+                Bytes::new(),
+            )
+            .await?;
+        }
+        Ok(expired)
     }
 
     /// The strings a one-column RowBinary `statement` returns.

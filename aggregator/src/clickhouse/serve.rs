@@ -41,7 +41,11 @@ struct Ch {
     up: Gauge,
     inserted: Counter,
     refused: Counter,
+    days_dropped: Counter,
 }
+
+/// How often retention looks for expired days.
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
 impl Ch {
     fn set_problem(&self, p: Option<String>) {
@@ -379,6 +383,7 @@ pub async fn run(
         up: Gauge::default(),
         inserted: Counter::default(),
         refused: Counter::default(),
+        days_dropped: Counter::default(),
     });
     registry.register(
         "logfleet_aggregator_clickhouse_up",
@@ -389,6 +394,11 @@ pub async fn run(
         "logfleet_aggregator_clickhouse_lines_inserted",
         "Lines inserted into ClickHouse",
         ch.inserted.clone(),
+    );
+    registry.register(
+        "logfleet_aggregator_clickhouse_retention_days_dropped",
+        "Days of lines dropped by retention (whole partitions)",
+        ch.days_dropped.clone(),
     );
     registry.register(
         "logfleet_aggregator_clickhouse_pushes_failed",
@@ -424,7 +434,25 @@ pub async fn run(
                     }
                 }
             }
+            // Retention right after start, then hourly: days are whole
+            // partitions, so an hour late is at most an hour of a day.
+            let mut retention_due = tokio::time::Instant::now();
             loop {
+                if tokio::time::Instant::now() >= retention_due {
+                    retention_due += RETENTION_EVERY;
+                    if let Some((store, _)) = ch.store.get() {
+                        match store.drop_expired().await {
+                            Ok(days) if !days.is_empty() => {
+                                tracing::info!(?days, "retention dropped days of lines");
+                                ch.days_dropped.inc_by(days.len() as u64);
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "retention: dropping expired days failed; retried in an hour")
+                            }
+                        }
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 flush_heartbeats(&ch).await;
                 // Readiness follows ClickHouse, pushes or not.

@@ -375,9 +375,53 @@ pub fn agent_lines(db: &str) -> String {
     )
 }
 
+/// The days holding lines older than `days` whole days (RowBinary
+/// strings, `YYYY-MM-DD`): the partitions retention drops. Reads only the
+/// partition column of old partitions (the partition key prunes the rest).
+pub fn expired_days(db: &str, days: u32) -> String {
+    format!(
+        "SELECT DISTINCT toString(day) FROM {}.lines WHERE day < today() - {days} FORMAT RowBinary",
+        ident(db)
+    )
+}
+
+/// Drops one day of lines (`YYYY-MM-DD`), on every server of `cluster`:
+/// a partition, so no rewrite. What retention is on servers without table
+/// TTL (Debian's 18.16), and the same on the others, where it also applies
+/// a retention that changed after the table was created.
+pub fn drop_day(db: &str, cluster: Option<&str>, day: &str) -> String {
+    let (table, on) = match cluster {
+        Some(c) => ("lines_local", format!(" ON CLUSTER {}", ident(c))),
+        None => ("lines", String::new()),
+    };
+    format!(
+        "ALTER TABLE {}.{table}{on} DROP PARTITION {}",
+        ident(db),
+        quote(day)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_drops_whole_days_on_every_server() {
+        assert_eq!(
+            expired_days("logs", 7),
+            "SELECT DISTINCT toString(day) FROM `logs`.lines WHERE day < today() - 7 FORMAT RowBinary"
+        );
+        assert_eq!(
+            drop_day("logs", None, "2026-11-20"),
+            "ALTER TABLE `logs`.lines DROP PARTITION '2026-11-20'"
+        );
+        assert_eq!(
+            drop_day("logs", Some("c1"), "2026-11-20"),
+            "ALTER TABLE `logs`.lines_local ON CLUSTER `c1` DROP PARTITION '2026-11-20'"
+        );
+        // Whatever the server answered is quoted, never spliced.
+        assert!(drop_day("logs", None, "x' OR 1").ends_with("PARTITION 'x\\' OR 1'"));
+    }
 
     #[test]
     fn versions_decide_codecs_and_ttl() {

@@ -1,6 +1,7 @@
-//! ClickHouse as the store (issue 12, first part): schema, exactly-once
-//! inserts and log queries over ClickHouse's HTTP interface, for the
-//! Debian package's 18.16 as for current releases.
+//! ClickHouse as the store (issue 12): schema, exactly-once inserts, log
+//! and metric queries and retention over ClickHouse's HTTP interface, for
+//! the Debian package's 18.16 as for current releases, on one server or a
+//! cluster; [`serve`] is the aggregator over it, [`loki`] its Loki API.
 //!
 //! Exactly-once: every line is a row keyed by its identity (node, file,
 //! offset) in a ReplacingMergeTree, so a re-sent range (an agent's retry,
@@ -14,10 +15,9 @@
 //! ClickHouse wants), with bounded memory, and answers each push only after
 //! ClickHouse confirmed the insert holding it.
 //!
-//! Not yet here: the aggregator's `--store clickhouse` wiring (gRPC and
-//! Loki API, tail, agents), clusters (`ReplicatedReplacingMergeTree` and a
-//! Distributed table), pipelines and metric queries in SQL. See
-//! docs/ARCHITECTURE.md, "Known gaps".
+//! Not yet here: pipelines and metric aggregation in SQL (they run in the
+//! aggregator over pages of lines), Loki push, `series`, `index/stats`.
+//! See docs/ARCHITECTURE.md, "Known gaps".
 
 pub mod loki;
 pub mod rowbinary;

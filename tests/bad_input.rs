@@ -14,6 +14,17 @@ use prost::Message;
 
 #[test]
 fn malformed_binary_endless_and_empty_files_keep_the_good_lines() {
+    malformed_files(&[]);
+}
+
+/// The same with the lines stored in ClickHouse.
+#[test]
+fn malformed_files_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
+    malformed_files(&["--store", "clickhouse", "--clickhouse-url", &ch.url()]);
+}
+
+fn malformed_files(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pods");
     let c = root.join("ns_bad_uid/c");
@@ -32,7 +43,7 @@ fn malformed_binary_endless_and_empty_files_keep_the_good_lines() {
     data.extend_from_slice(b"\n2026-11-27T10:00:00.000000005Z stderr F good 3\n");
     std::fs::write(c.join("0.log"), &data).unwrap();
 
-    let (_agg, url) = aggregator(dir.path(), &[]);
+    let (_agg, url) = aggregator(dir.path(), store);
     let _agent = agent(dir.path(), "n1", &root, &url, &["--compression", "zstd"]);
     let good = wait_for("good lines", Duration::from_secs(60), || {
         let v = query_all(&url, r#"{pod="bad"} |= "good""#, &[])?;
@@ -105,22 +116,33 @@ fn line(offset: u64, text: &str) -> Line {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bombs_oversize_and_wrong_tokens_are_refused_and_counted() {
+    refused_and_counted(&[]).await;
+}
+
+/// The same with the lines stored in ClickHouse: what is refused is
+/// refused before it reaches ClickHouse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
+    refused_and_counted(&["--store", "clickhouse", "--clickhouse-url", &ch.url()]).await;
+}
+
+async fn refused_and_counted(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
     let tok = token.display().to_string();
     let (agg, url) = tokio::task::block_in_place(|| {
-        aggregator(
-            dir.path(),
-            &[
-                "--token-file",
-                &tok,
-                "--max-message",
-                "1MiB",
-                "--max-payload",
-                "4MiB",
-            ],
-        )
+        let mut args = vec![
+            "--token-file",
+            &tok,
+            "--max-message",
+            "1MiB",
+            "--max-payload",
+            "4MiB",
+        ];
+        args.extend_from_slice(store);
+        aggregator(dir.path(), &args)
     });
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .unwrap()
@@ -262,8 +284,18 @@ async fn garbage_bombs_oversize_and_wrong_tokens_are_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inconsistent_columns_are_refused() {
+    inconsistent_columns(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inconsistent_columns_are_refused_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
+    inconsistent_columns(&["--store", "clickhouse", "--clickhouse-url", &ch.url()]).await;
+}
+
+async fn inconsistent_columns(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let (_agg, url) = tokio::task::block_in_place(|| aggregator(dir.path(), &[]));
+    let (_agg, url) = tokio::task::block_in_place(|| aggregator(dir.path(), store));
     let mut client = IngestClient::connect(url).await.unwrap();
     let mut b = LinesBuilder::default();
     b.push(0, 1, 0, 1, 0, b"abc");

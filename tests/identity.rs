@@ -60,8 +60,19 @@ fn pod_log(root: &std::path::Path, ns: &str, line: &str) {
     .unwrap();
 }
 
+/// Both stores, one after the other: the aggregator finds the stand-in
+/// API through `KUBECONFIG`, which is the process's, so the two runs must
+/// not overlap.
 #[test]
 fn an_agent_pushes_only_for_the_node_its_token_names() {
+    only_the_named_node(&[]);
+    // Over ClickHouse the same check applies (it once did not: the node
+    // identity was silently not verified there).
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
+    only_the_named_node(&["--store", "clickhouse", "--clickhouse-url", &ch.url()]);
+}
+
+fn only_the_named_node(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let issuer = Issuer::new();
     let (api, state) = fake_api();
@@ -74,15 +85,14 @@ fn an_agent_pushes_only_for_the_node_its_token_names() {
         .insert("/openid/v1/jwks".into(), issuer.jwks.clone());
     // The aggregator finds the cluster as a pod would find its own.
     std::env::set_var("KUBECONFIG", kubeconfig(dir.path(), &api));
-    let (_agg, url) = aggregator(
-        dir.path(),
-        &[
-            "--identity-audience",
-            "logfleet",
-            "--identity-service-account",
-            "logfleet:logs-agent",
-        ],
-    );
+    let mut args = vec![
+        "--identity-audience",
+        "logfleet",
+        "--identity-service-account",
+        "logfleet:logs-agent",
+    ];
+    args.extend_from_slice(store);
+    let (agg, url) = aggregator(dir.path(), &args);
 
     let token_a = dir.path().join("token-a");
     std::fs::write(&token_a, issuer.token("node-a")).unwrap();
@@ -132,6 +142,13 @@ fn an_agent_pushes_only_for_the_node_its_token_names() {
         let v = query_all(&url, &format!("{{namespace=\"{ns}\"}}"), &[]).unwrap();
         assert!(v.is_empty(), "{ns}: {v:?}");
     }
+    // Counted by reason, on either store.
+    let metrics = http_get(&agg.http, "/metrics").unwrap_or_default();
+    assert!(
+        metrics
+            .contains("logfleet_aggregator_rejected_pushes_total{reason=\"identity_wrong_node\"}"),
+        "{metrics}"
+    );
     // The keys were fetched once, not per push.
     let fetches = lock(&state)
         .requests

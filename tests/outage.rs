@@ -1,6 +1,7 @@
-//! The agent during an aggregator outage: it keeps finding and opening new
-//! files while batches wait, so a pod created and deleted while the
-//! aggregator is away is still shipped once it is back.
+//! The agent during an outage of the aggregator, or of the ClickHouse
+//! behind it: it keeps finding and opening new files while batches wait,
+//! so a pod created and deleted meanwhile is still shipped once the store
+//! is back, each line once.
 
 mod common;
 
@@ -12,16 +13,61 @@ use logfleet_kubesim::{Format, Pod, Rotation};
 #[test]
 fn a_pod_deleted_during_an_outage_is_shipped_afterwards() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("pods");
-    std::fs::create_dir_all(&root).unwrap();
     let grpc = free_port();
     let url = format!("http://127.0.0.1:{grpc}");
+    let data = dir.path().join("data").display().to_string();
+    let mut agg = None;
+    // The aggregator is away from the start and comes back.
+    scenario(dir.path(), &url, || {
+        agg = Some(Proc::start(
+            "aggregator",
+            &[
+                "aggregator".into(),
+                "--data-dir".into(),
+                data,
+                "--grpc-addr".into(),
+                format!("127.0.0.1:{grpc}"),
+                "--http-addr".into(),
+                format!("127.0.0.1:{}", free_port()),
+            ],
+            dir.path(),
+        ))
+    });
+}
+
+/// The same over ClickHouse, with the aggregator up and ClickHouse away:
+/// the aggregator refuses pushes as unavailable, the agent keeps its lines
+/// (and finds new files) until ClickHouse is back, and stores each once.
+#[test]
+fn the_same_while_clickhouse_is_away() {
+    let mut ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ch_url = ch.url();
+    let (agg, url) = aggregator(
+        dir.path(),
+        &["--store", "clickhouse", "--clickhouse-url", &ch_url],
+    );
+    let ready = |code: &'static str| {
+        wait_for(code, Duration::from_secs(30), || {
+            http_get(&agg.http, "/readyz").filter(|r| r.starts_with(code))
+        })
+    };
+    ready("HTTP/1.1 200");
+    ch.stop();
+    ready("HTTP/1.1 503");
+    scenario(dir.path(), &url, || ch.run().unwrap());
+    ready("HTTP/1.1 200");
+}
+
+fn scenario(dir: &std::path::Path, url: &str, end_outage: impl FnOnce()) {
+    let root = dir.join("pods");
+    std::fs::create_dir_all(&root).unwrap();
     let http = free_port();
     let agent = agent(
-        dir.path(),
+        dir,
         "n1",
         &root,
-        &url,
+        url,
         &[
             "--batch-size",
             "1KiB",
@@ -76,23 +122,10 @@ fn a_pod_deleted_during_an_outage_is_shipped_afterwards() {
         (metric_of("logfleet_agent_open_files")? >= 2.0).then_some(())
     });
     brief.delete().unwrap();
-    // The aggregator comes back.
-    let data = dir.path().join("data").display().to_string();
-    let _agg = Proc::start(
-        "aggregator",
-        &[
-            "aggregator".into(),
-            "--data-dir".into(),
-            data,
-            "--grpc-addr".into(),
-            format!("127.0.0.1:{grpc}"),
-            "--http-addr".into(),
-            format!("127.0.0.1:{}", free_port()),
-        ],
-        dir.path(),
-    );
+    // The store comes back.
+    end_outage();
     let got = wait_for("every line of both pods", Duration::from_secs(60), || {
-        let v = query_all(&url, "{}", &[])?;
+        let v = query_all(url, "{}", &[])?;
         (v.len() >= 420).then_some(v)
     });
     assert_eq!(got.len(), 420, "each line once");

@@ -168,43 +168,8 @@ impl Ingest for IngestService {
 }
 
 impl IngestService {
-    /// With identity checks on: the request's token must be a current
-    /// token of the agents' service account, for `node` when the token
-    /// names one.
     async fn check_identity<T>(&self, req: &Request<T>, node: &str) -> Result<(), Status> {
-        let Some(v) = &self.identity else {
-            return Ok(());
-        };
-        let token = req
-            .metadata()
-            .get(crate::identity::HEADER)
-            .and_then(|t| t.to_str().ok());
-        match v.check(token, node).await {
-            Ok(id) => {
-                if id.node.is_none() {
-                    // Before Kubernetes 1.30 tokens carry no node: the
-                    // service account is all that is checked.
-                    self.metrics.identity_without_node.inc();
-                }
-                Ok(())
-            }
-            Err(e) => {
-                use crate::identity::IdentityError as E;
-                let reason = match &e {
-                    E::Missing => "identity_missing",
-                    E::Invalid(_) | E::WrongSubject { .. } => "identity_invalid",
-                    E::Keys(_) => "identity_keys",
-                    E::WrongNode { .. } => "identity_wrong_node",
-                };
-                self.metrics.reject(reason);
-                tracing::warn!(peer = ?req.remote_addr(), %node, error = %e, "push refused: identity");
-                Err(match e {
-                    E::WrongNode { .. } => Status::permission_denied(e.to_string()),
-                    E::Keys(_) => Status::unavailable(e.to_string()),
-                    _ => Status::unauthenticated(e.to_string()),
-                })
-            }
-        }
+        check_identity(self.identity.as_deref(), &self.metrics, req, node).await
     }
 
     /// Records a heartbeat.
@@ -223,6 +188,50 @@ impl IngestService {
             .map_err(|_| Status::internal("index unavailable"))?
             .heartbeat(hb, now);
         Ok(())
+    }
+}
+
+/// With identity checks on (`verifier`): the request's token must be a
+/// current token of the agents' service account, for `node` when the
+/// token names one. Refusals are counted by reason. Shared by both stores.
+pub(crate) async fn check_identity<T>(
+    verifier: Option<&crate::identity::Verifier>,
+    metrics: &Metrics,
+    req: &Request<T>,
+    node: &str,
+) -> Result<(), Status> {
+    let Some(v) = verifier else {
+        return Ok(());
+    };
+    let token = req
+        .metadata()
+        .get(crate::identity::HEADER)
+        .and_then(|t| t.to_str().ok());
+    match v.check(token, node).await {
+        Ok(id) => {
+            if id.node.is_none() {
+                // Before Kubernetes 1.30 tokens carry no node: the
+                // service account is all that is checked.
+                metrics.identity_without_node.inc();
+            }
+            Ok(())
+        }
+        Err(e) => {
+            use crate::identity::IdentityError as E;
+            let reason = match &e {
+                E::Missing => "identity_missing",
+                E::Invalid(_) | E::WrongSubject { .. } => "identity_invalid",
+                E::Keys(_) => "identity_keys",
+                E::WrongNode { .. } => "identity_wrong_node",
+            };
+            metrics.reject(reason);
+            tracing::warn!(peer = ?req.remote_addr(), %node, error = %e, "push refused: identity");
+            Err(match e {
+                E::WrongNode { .. } => Status::permission_denied(e.to_string()),
+                E::Keys(_) => Status::unavailable(e.to_string()),
+                _ => Status::unauthenticated(e.to_string()),
+            })
+        }
     }
 }
 

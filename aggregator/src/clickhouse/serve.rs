@@ -80,25 +80,52 @@ fn status(e: ClickHouseError) -> Status {
     }
 }
 
-struct IngestSvc(Arc<Ch>);
+/// The agents' ingest: the same identity check, refusals and metrics as
+/// the embedded store's, into ClickHouse.
+struct IngestSvc {
+    ch: Arc<Ch>,
+    metrics: crate::metrics::Metrics,
+    identity: Option<Arc<crate::identity::Verifier>>,
+}
 
 #[tonic::async_trait]
 impl Ingest for IngestSvc {
     async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
-        let (_, writer) = self.0.store()?;
-        match writer.push(req.into_inner()).await {
+        let peer = req.remote_addr();
+        crate::service::check_identity(
+            self.identity.as_deref(),
+            &self.metrics,
+            &req,
+            &req.get_ref().node,
+        )
+        .await?;
+        let (_, writer) = self.ch.store()?;
+        let req = req.into_inner();
+        let node = req.node.clone();
+        let batches = req.ranges.len() as u64;
+        match writer.push(req).await {
             Ok(n) => {
-                self.0.inserted.inc_by(n);
-                self.0.set_problem(None);
+                self.ch.inserted.inc_by(n);
+                self.metrics.batches.inc_by(batches);
+                self.metrics.lines.inc_by(n);
+                self.ch.set_problem(None);
                 Ok(Response::new(PushResponse {
                     stored_lines: n,
                     duplicate_lines: 0,
                 }))
             }
             Err(e) => {
-                self.0.refused.inc();
                 if e.is_unavailable() {
-                    self.0.set_problem(Some(e.to_string()));
+                    // Retried by the agent: not a refusal of the push.
+                    self.ch.refused.inc();
+                    self.ch.set_problem(Some(e.to_string()));
+                } else {
+                    let reason = match &e {
+                        ClickHouseError::Push(crate::ingest::PushError::Codec(_)) => "payload",
+                        _ => "invalid",
+                    };
+                    self.metrics.reject(reason);
+                    tracing::warn!(?peer, %node, error = %e, "push refused");
                 }
                 Err(status(e))
             }
@@ -109,11 +136,18 @@ impl Ingest for IngestSvc {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        crate::service::check_identity(
+            self.identity.as_deref(),
+            &self.metrics,
+            &req,
+            &req.get_ref().node,
+        )
+        .await?;
         let hb = req.into_inner();
         if hb.node.is_empty() || hb.node.len() > 253 {
             return Err(Status::invalid_argument("node name must be 1 to 253 bytes"));
         }
-        if let Ok(mut m) = self.0.heartbeats.lock() {
+        if let Ok(mut m) = self.ch.heartbeats.lock() {
             m.insert(hb.node.clone(), hb);
         }
         Ok(Response::new(HeartbeatResponse {}))
@@ -467,7 +501,7 @@ pub async fn run(
     }
     let registry = Arc::new(registry);
     let push_auth = crate::service::Auth::new(cfg.tokens.push.clone(), "push", metrics.clone());
-    let read_auth = crate::service::Auth::new(cfg.tokens.read.clone(), "read", metrics);
+    let read_auth = crate::service::Auth::new(cfg.tokens.read.clone(), "read", metrics.clone());
     let agents_api = axum::Router::new()
         .route("/api/v1/agents", get(agents_json))
         .with_state((ch.clone(), read_auth.clone()));
@@ -516,7 +550,12 @@ pub async fn run(
     let (grpc_tls, http_tls) = crate::tls_configs(&cfg)?;
     crate::serve_http(app, listeners.http, http_tls, cfg.http_addr)?;
     let ingest = tonic::service::interceptor::InterceptedService::new(
-        IngestServer::new(IngestSvc(ch.clone())).max_decoding_message_size(cfg.max_message),
+        IngestServer::new(IngestSvc {
+            ch: ch.clone(),
+            metrics: metrics.clone(),
+            identity: cfg.identity.clone(),
+        })
+        .max_decoding_message_size(cfg.max_message),
         push_auth,
     );
     let query = tonic::service::interceptor::InterceptedService::new(

@@ -27,12 +27,23 @@ fn lines(url: &str) -> Vec<(String, String)> {
 
 #[test]
 fn other_stream_is_shipped_while_a_partial_line_waits_and_a_crash_stores_nothing_twice() {
+    partial_lines(&[]);
+}
+
+/// The same with the aggregator over ClickHouse.
+#[test]
+fn the_same_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
+    partial_lines(&["--store", "clickhouse", "--clickhouse-url", &ch.url()]);
+}
+
+fn partial_lines(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pods");
     let cdir = root.join("shop_api_uid-1/server");
     std::fs::create_dir_all(&cdir).unwrap();
     let log = cdir.join("0.log");
-    let (_agg, url) = aggregator(dir.path(), &[]);
+    let (_agg, url) = aggregator(dir.path(), store);
     // The F comes long after the P: no timeout may cut the line in two.
     let mut agent = agent(
         dir.path(),

@@ -10,8 +10,19 @@ use common::*;
 
 #[test]
 fn sigterm_with_a_tail_open_stops_promptly_and_tells_the_tail() {
+    tail_then_sigterm(&[]);
+}
+
+/// The same with the aggregator over ClickHouse.
+#[test]
+fn the_same_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
+    tail_then_sigterm(&["--store", "clickhouse", "--clickhouse-url", &ch.url()]);
+}
+
+fn tail_then_sigterm(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut agg, url) = aggregator(dir.path(), &[]);
+    let (mut agg, url) = aggregator(dir.path(), store);
     let mut tail = Proc::start(
         "tail",
         &[

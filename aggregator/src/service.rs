@@ -25,6 +25,27 @@ const CHUNK: usize = 1000;
 /// sent alone).
 const CHUNK_BYTES: usize = 4 << 20;
 
+/// Splits entries into response messages of at most [`CHUNK`] entries and
+/// about [`CHUNK_BYTES`] of text (a longer line goes alone), in order.
+pub(crate) fn messages(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for e in entries {
+        let len = e.line.len() + e.formatted.as_ref().map_or(0, String::len);
+        if !chunk.is_empty() && (chunk.len() >= CHUNK || bytes + len > CHUNK_BYTES) {
+            out.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += len;
+        chunk.push(e);
+    }
+    if !chunk.is_empty() {
+        out.push(chunk);
+    }
+    out
+}
+
 /// The two credentials: agents push with one, readers (the CLI, the
 /// controller's coverage check) query with the other, so an agent's token,
 /// which every node holds, cannot read any namespace's logs.
@@ -446,6 +467,36 @@ pub fn agents(shared: &Shared) -> Vec<AgentInfo> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_stay_under_the_limits_and_keep_the_order() {
+        use logfleet_proto::v1::Entry;
+        let e = |n: usize, i: i64| Entry {
+            ts_unix_nano: i,
+            line: vec![b'x'; n],
+            ..Default::default()
+        };
+        // 2,500 short lines: 1,000, 1,000, 500.
+        let m = super::messages((0..2500).map(|i| e(10, i)).collect());
+        assert_eq!(
+            m.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1000, 1000, 500]
+        );
+        // 40 KiB lines: about 4 MiB per message; one 10 MiB line alone.
+        let mut v: Vec<Entry> = (0..300).map(|i| e(40 << 10, i)).collect();
+        v.insert(150, e(10 << 20, 1_000));
+        let m = super::messages(v);
+        assert!(m
+            .iter()
+            .all(|c| c.len() == 1 || c.iter().map(|e| e.line.len()).sum::<usize>() <= 4 << 20));
+        assert!(m
+            .iter()
+            .any(|c| c.len() == 1 && c[0].line.len() == 10 << 20));
+        let ts: Vec<i64> = m.iter().flatten().map(|e| e.ts_unix_nano).collect();
+        assert_eq!(ts.len(), 301);
+        assert_eq!(ts[150], 1_000);
+        assert!(super::messages(Vec::new()).is_empty());
+    }
+
     use super::*;
     use prometheus_client::registry::Registry;
 

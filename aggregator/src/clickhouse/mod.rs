@@ -309,7 +309,7 @@ impl ClickHouse {
         q: &Query,
         w: sql::Window,
     ) -> Result<Vec<Entry>, ClickHouseError> {
-        self.query_piped_in_pages(q, w, 5_000).await
+        self.query_piped_in_pages(q, w, PAGE).await
     }
 
     /// [`ClickHouse::query_piped`] with pages of `page_size` lines.
@@ -319,46 +319,12 @@ impl ClickHouse {
         w: sql::Window,
         page_size: u64,
     ) -> Result<Vec<Entry>, ClickHouseError> {
-        let page_size = page_size.max(1);
-        let base = Query {
-            pipeline: Default::default(),
-            unwrap: None,
-            ..q.clone()
-        };
-        let page = sql::Window {
-            limit: page_size,
-            ..w
-        };
+        let mut pages = Answer::new(self, q, w, page_size);
         let mut out = Vec::new();
-        let mut after: Option<sql::Cursor> = None;
-        loop {
-            let rows = self.query_page(&base, page, after.as_ref()).await?;
-            let full = rows.len() as u64 == page_size;
-            for r in rows {
-                after = Some(sql::Cursor {
-                    ts: r.entry.ts_unix_nano,
-                    node: r.entry.node.clone(),
-                    file_id: r.file_id,
-                    offset: r.offset,
-                });
-                let mut e = r.entry;
-                let labels = e.labels.clone().unwrap_or_default();
-                let stream: crate::pipeline::Labels =
-                    crate::query::label_pairs(&e.node, &labels, e.stream)
-                        .into_iter()
-                        .collect();
-                if let Some(p) = q.pipeline.process(&stream, &e.line) {
-                    crate::query::pipe(&mut e, p);
-                    out.push(e);
-                    if w.limit > 0 && out.len() as u64 >= w.limit {
-                        return Ok(out);
-                    }
-                }
-            }
-            if !full {
-                return Ok(out);
-            }
+        while let Some(mut page) = pages.next().await? {
+            out.append(&mut page);
         }
+        Ok(out)
     }
 
     /// A metric query: each range aggregation reads its lines from
@@ -373,7 +339,6 @@ impl ClickHouse {
         steps: crate::logql::eval::Steps,
     ) -> Result<crate::logql::eval::Value, crate::query::QueryError> {
         use crate::query::QueryError;
-        const PAGE: u64 = 20_000;
         let ch = self.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -381,30 +346,18 @@ impl ClickHouse {
             // within a file when pod metadata arrives).
             let mut ids: std::collections::HashMap<(String, FileLabels), u32> = Default::default();
             crate::logql::run::metric_over(&m, steps, &mut |agg, bounds, f| {
-                let base = Query {
-                    pipeline: Default::default(),
-                    unwrap: None,
-                    ..agg.query.clone()
-                };
                 let w = sql::Window {
                     from: bounds.from,
                     to: bounds.to,
-                    limit: PAGE,
+                    limit: 0,
                     backward: false,
                 };
-                let mut after: Option<sql::Cursor> = None;
-                loop {
-                    let rows = handle
-                        .block_on(ch.query_page(&base, w, after.as_ref()))
-                        .map_err(|e| QueryError::Unavailable(e.to_string()))?;
-                    let full = rows.len() as u64 == PAGE;
+                let mut pages = Pages::new(&ch, &agg.query, w, METRIC_PAGE);
+                while let Some(rows) = handle
+                    .block_on(pages.next())
+                    .map_err(|e| QueryError::Unavailable(e.to_string()))?
+                {
                     for r in rows {
-                        after = Some(sql::Cursor {
-                            ts: r.entry.ts_unix_nano,
-                            node: r.entry.node.clone(),
-                            file_id: r.file_id,
-                            offset: r.offset,
-                        });
                         let labels = r.entry.labels.unwrap_or_default();
                         let next = ids.len() as u32;
                         let id = *ids
@@ -436,10 +389,8 @@ impl ClickHouse {
                             return Ok(());
                         }
                     }
-                    if !full {
-                        return Ok(());
-                    }
                 }
+                Ok(())
             })
         })
         .await
@@ -499,6 +450,151 @@ pub struct Stored {
     pub offset: u64,
     /// When the insert holding it was made, ns since the epoch.
     pub received: i64,
+}
+
+/// Lines a log query pages through at a time.
+pub const PAGE: u64 = 5_000;
+/// Lines a metric query pages through at a time (no pipeline output to
+/// hold, so larger pages).
+const METRIC_PAGE: u64 = 20_000;
+
+impl Stored {
+    /// Where a page ending at this line ends.
+    pub fn cursor(&self) -> sql::Cursor {
+        sql::Cursor {
+            ts: self.entry.ts_unix_nano,
+            node: self.entry.node.clone(),
+            file_id: self.file_id,
+            offset: self.offset,
+        }
+    }
+}
+
+/// The lines a query's selector and line filters select (in SQL), page
+/// by page, each page one `SELECT` after the previous page's last line:
+/// at most a page is held, whatever the result's size. Pipeline stages
+/// are not applied (see [`Answer`]).
+pub struct Pages {
+    ch: ClickHouse,
+    base: Query,
+    window: sql::Window,
+    page_size: u64,
+    after: Option<sql::Cursor>,
+    done: bool,
+}
+
+impl Pages {
+    /// Pages of `page_size` lines of `q` (its pipeline ignored) within
+    /// `w` (its limit: lines in all, 0 for no limit).
+    pub fn new(ch: &ClickHouse, q: &Query, w: sql::Window, page_size: u64) -> Pages {
+        Pages {
+            ch: ch.clone(),
+            base: Query {
+                pipeline: Default::default(),
+                unwrap: None,
+                ..q.clone()
+            },
+            window: w,
+            page_size: page_size.max(1),
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page; `None` once the lines (or the limit) ran out.
+    pub async fn next(&mut self) -> Result<Option<Vec<Stored>>, ClickHouseError> {
+        if self.done {
+            return Ok(None);
+        }
+        let want = match self.window.limit {
+            0 => self.page_size,
+            left => left.min(self.page_size),
+        };
+        let page = sql::Window {
+            limit: want,
+            ..self.window
+        };
+        let rows = self
+            .ch
+            .query_page(&self.base, page, self.after.as_ref())
+            .await?;
+        if self.window.limit > 0 {
+            self.window.limit -= rows.len() as u64;
+            self.done = self.window.limit == 0;
+        }
+        self.done |= (rows.len() as u64) < want;
+        match rows.last() {
+            Some(last) => {
+                self.after = Some(last.cursor());
+                Ok(Some(rows))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// A log query's answer, page by page: [`Pages`] of what the selector
+/// and the line filters select, then the pipeline stages here, until the
+/// query's limit counts lines that passed them.
+pub struct Answer {
+    pages: Pages,
+    pipeline: crate::pipeline::Pipeline,
+    limit: u64,
+    sent: u64,
+}
+
+impl Answer {
+    /// The answer to `q` within `w`, reading pages of `page_size` lines.
+    pub fn new(ch: &ClickHouse, q: &Query, w: sql::Window, page_size: u64) -> Answer {
+        let piped = !q.pipeline.is_empty();
+        // With stages, the limit counts lines that pass them: pages read on
+        // until it is reached.
+        let read = sql::Window {
+            limit: if piped { 0 } else { w.limit },
+            ..w
+        };
+        Answer {
+            pages: Pages::new(ch, q, read, page_size),
+            pipeline: q.pipeline.clone(),
+            limit: w.limit,
+            sent: 0,
+        }
+    }
+
+    /// The next lines of the answer (never empty); `None` at its end.
+    pub async fn next(&mut self) -> Result<Option<Vec<Entry>>, ClickHouseError> {
+        loop {
+            if self.limit > 0 && self.sent >= self.limit {
+                return Ok(None);
+            }
+            let Some(rows) = self.pages.next().await? else {
+                return Ok(None);
+            };
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                let mut e = r.entry;
+                if !self.pipeline.is_empty() {
+                    let labels = e.labels.clone().unwrap_or_default();
+                    let stream: crate::pipeline::Labels =
+                        crate::query::label_pairs(&e.node, &labels, e.stream)
+                            .into_iter()
+                            .collect();
+                    let Some(p) = self.pipeline.process(&stream, &e.line) else {
+                        continue;
+                    };
+                    crate::query::pipe(&mut e, p);
+                }
+                out.push(e);
+                self.sent += 1;
+                if self.limit > 0 && self.sent >= self.limit {
+                    break;
+                }
+            }
+            if !out.is_empty() {
+                return Ok(Some(out));
+            }
+        }
+    }
 }
 
 /// Entries from a RowBinary reply with [`sql::COLUMNS`].

@@ -157,6 +157,37 @@ impl Ingest for IngestSvc {
 struct QuerySvc {
     ch: Arc<Ch>,
     timeout: Duration,
+    metrics: crate::metrics::Metrics,
+    /// Turns true when the aggregator stops: queries and tails end then,
+    /// so the server's graceful shutdown does not wait for them.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Resolves once the aggregator is stopping.
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// What a query or tail hears when the aggregator stops (the embedded
+/// store's words).
+fn shutting_down() -> Status {
+    Status::unavailable("aggregator shutting down")
+}
+
+/// An open tail, counted in the `tails` gauge until dropped.
+struct OpenTail(Gauge);
+
+impl OpenTail {
+    fn new(g: Gauge) -> OpenTail {
+        g.inc();
+        OpenTail(g)
+    }
+}
+
+impl Drop for OpenTail {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 type Entries = ReceiverStream<Result<QueryResponse, Status>>;
@@ -182,25 +213,44 @@ impl QueryApi for QuerySvc {
             limit: r.limit,
             backward: r.direction == logfleet_proto::v1::Direction::Backward as i32,
         };
-        let run = async {
-            if q.pipeline.is_empty() {
-                store.query(&q, w).await
-            } else {
-                store.query_piped(&q, w).await
-            }
-        };
-        let entries = tokio::time::timeout(self.timeout, run)
-            .await
-            .map_err(|_| Status::deadline_exceeded("query timed out"))?
-            .map_err(status)?;
+        // Refuse what SQL cannot do before the stream starts.
+        sql::select(store.database(), &q, w).map_err(|e| Status::unimplemented(e.to_string()))?;
+        // Streamed page by page: a result without a limit is never held
+        // whole. Stopping or the deadline ends it with the reason.
+        let mut answer = super::Answer::new(store, &q, w, super::PAGE);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timeouts = self.metrics.query_timeouts.clone();
+        let mut stopping = self.stopping.clone();
+        self.metrics.queries.inc();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
-            let mut it = entries.into_iter().peekable();
-            while it.peek().is_some() {
-                let chunk: Vec<_> = it.by_ref().take(1000).collect();
-                if tx.send(Ok(QueryResponse { entries: chunk })).await.is_err() {
-                    return;
-                }
+            loop {
+                let next = tokio::select! {
+                    n = tokio::time::timeout_at(deadline, answer.next()) => n,
+                    () = stopped(&mut stopping) => {
+                        let _ = tx.send(Err(shutting_down())).await;
+                        return;
+                    }
+                };
+                let err = match next {
+                    Ok(Ok(Some(entries))) => {
+                        // A page may hold more than one message may carry.
+                        for chunk in crate::service::messages(entries) {
+                            if tx.send(Ok(QueryResponse { entries: chunk })).await.is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(Ok(None)) => return,
+                    Ok(Err(e)) => status(e),
+                    Err(_) => {
+                        timeouts.inc();
+                        Status::deadline_exceeded("query timed out")
+                    }
+                };
+                let _ = tx.send(Err(err)).await;
+                return;
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -220,7 +270,11 @@ impl QueryApi for QuerySvc {
             .map_err(|e| Status::unimplemented(e.to_string()))?;
         let store = store.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut stopping = self.stopping.clone();
+        let tails = self.metrics.tails.clone();
         tokio::spawn(async move {
+            // Counted while it runs, however it ends.
+            let _open = OpenTail::new(tails);
             let now = || chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
             let start = now();
             let mut last = start;
@@ -240,10 +294,10 @@ impl QueryApi for QuerySvc {
                         // What the overlap can no longer return is forgotten.
                         let horizon = last - 2 * TAIL_OVERLAP.as_nanos() as i64;
                         seen.retain(|_, t| *t >= horizon);
-                        if !fresh.is_empty()
-                            && tx.send(Ok(QueryResponse { entries: fresh })).await.is_err()
-                        {
-                            return;
+                        for chunk in crate::service::messages(fresh) {
+                            if tx.send(Ok(QueryResponse { entries: chunk })).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Err(e) => {
@@ -254,7 +308,13 @@ impl QueryApi for QuerySvc {
                 if tx.is_closed() {
                     return;
                 }
-                tokio::time::sleep(TAIL_POLL).await;
+                tokio::select! {
+                    () = tokio::time::sleep(TAIL_POLL) => {}
+                    () = stopped(&mut stopping) => {
+                        let _ = tx.send(Err(shutting_down())).await;
+                        return;
+                    }
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -558,20 +618,22 @@ pub async fn run(
         .max_decoding_message_size(cfg.max_message),
         push_auth,
     );
-    let query = tonic::service::interceptor::InterceptedService::new(
-        QueryServer::new(QuerySvc {
-            ch: ch.clone(),
-            timeout: cfg.query_timeout,
-        })
-        .max_encoding_message_size(cfg.limits.max_raw_len as usize + (1 << 20)),
-        read_auth,
-    );
-    tracing::info!(grpc = %cfg.grpc_addr, query = ?cfg.query_addr, http = %cfg.http_addr, tls = cfg.tls.is_some(), store = "clickhouse", "aggregator started");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
     });
+    let query = tonic::service::interceptor::InterceptedService::new(
+        QueryServer::new(QuerySvc {
+            ch: ch.clone(),
+            timeout: cfg.query_timeout,
+            metrics: metrics.clone(),
+            stopping: stop_rx.clone(),
+        })
+        .max_encoding_message_size(cfg.limits.max_raw_len as usize + (1 << 20)),
+        read_auth,
+    );
+    tracing::info!(grpc = %cfg.grpc_addr, query = ?cfg.query_addr, http = %cfg.http_addr, tls = cfg.tls.is_some(), store = "clickhouse", "aggregator started");
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {

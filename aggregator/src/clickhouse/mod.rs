@@ -110,6 +110,9 @@ impl ClickHouseError {
     }
 }
 
+/// How the message of a request that got no response starts.
+const NOT_SENT: &str = "no response: ";
+
 /// A connection to a ClickHouse server whose schema is in place.
 #[derive(Clone)]
 pub struct ClickHouse {
@@ -128,7 +131,12 @@ impl ClickHouse {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).build(http);
+        // Idle connections are dropped before ClickHouse drops them (its
+        // keep_alive_timeout is 3 s): one reused as the server closes it
+        // fails the request.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build(http);
         let mut ch = ClickHouse {
             client,
             cfg,
@@ -154,8 +162,28 @@ impl ClickHouse {
     }
 
     /// Runs `query` with `body` (the data of an INSERT) and returns the
-    /// reply's body.
+    /// reply's body. A request that could not be sent (the connection
+    /// refused or closed under it) is tried twice more: every statement
+    /// here may run twice (schema `IF NOT EXISTS`, inserts folded by their
+    /// key, partition drops), so a retry costs nothing but time.
     async fn post(&self, query: &str, body: Bytes) -> Result<Bytes, ClickHouseError> {
+        let mut delay = Duration::from_millis(100);
+        for _ in 0..2 {
+            match self.post_once(query, body.clone()).await {
+                Err(ClickHouseError::Unreachable { message, .. })
+                    if message.starts_with(NOT_SENT) =>
+                {
+                    tracing::debug!(%message, "ClickHouse request not sent; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 3;
+                }
+                other => return other,
+            }
+        }
+        self.post_once(query, body).await
+    }
+
+    async fn post_once(&self, query: &str, body: Bytes) -> Result<Bytes, ClickHouseError> {
         let q = {
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("query", query);
@@ -187,7 +215,7 @@ impl ClickHouse {
         let resp = tokio::time::timeout(Duration::from_secs(60), self.client.request(req))
             .await
             .map_err(|e| unreachable(&e))?
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|e| unreachable(&format!("{NOT_SENT}{e}")))?;
         let status = resp.status();
         let body = resp
             .into_body()

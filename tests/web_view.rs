@@ -247,11 +247,28 @@ fn stored(http: &str) -> usize {
 
 #[test]
 fn query_tail_and_agents_in_a_browser() {
+    in_a_browser(&[], "embedded");
+}
+
+/// The same page over the ClickHouse store: it reads only the Loki API and
+/// the agents API, which both stores serve.
+#[test]
+fn the_same_over_clickhouse() {
+    let ch = logfleet_kubesim::clickhouse::Server::start().unwrap();
+    in_a_browser(
+        &["--store", "clickhouse", "--clickhouse-url", &ch.url()],
+        "clickhouse",
+    );
+}
+
+fn in_a_browser(store: &[&str], name: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let token_arg = token_file.display().to_string();
-    let (_agg, url) = aggregator(tmp.path(), &["--token-file", &token_arg]);
+    let mut args = vec!["--token-file", token_arg.as_str()];
+    args.extend_from_slice(store);
+    let (_agg, url) = aggregator(tmp.path(), &args);
     let http = _agg.http.clone();
     let root = tmp.path().join("pods");
     let dir = root.join("shop_web_uid-web").join("app");
@@ -282,7 +299,9 @@ fn query_tail_and_agents_in_a_browser() {
         || (stored(&http) == 1200).then_some(()),
     );
 
-    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("web_view");
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("web_view")
+        .join(name);
     std::fs::create_dir_all(&shots).unwrap();
     let mut b = Browser::launch(&tmp.path().join("profile"));
     let page = format!("http://{http}/#token={TOKEN}&q=%7Bpod%3D%22web%22%7D&range=1h&limit=1000");

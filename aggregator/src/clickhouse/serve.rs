@@ -1,11 +1,11 @@
 //! `logfleet aggregator --store clickhouse`: the agents' gRPC ingest, the
-//! gRPC log queries and the agent list over a ClickHouse store, with no
-//! state of the aggregator's own, so replicas scale out behind one
-//! Service. `/readyz` says when ClickHouse is unreachable; pushes then
-//! fail as unavailable and agents keep their data until it is back.
+//! gRPC log queries and live tail, the agent list, Loki's read API and the
+//! web view over a ClickHouse store, with no state of the aggregator's
+//! own, so replicas scale out behind one Service. `/readyz` says when
+//! ClickHouse is unreachable; pushes then fail as unavailable and agents
+//! keep their data until it is back.
 //!
-//! Not yet with ClickHouse: live tail, the Loki API and the web view (the
-//! HTTP port serves health and metrics only).
+//! Not yet with ClickHouse: Loki push, `series`, `index/stats`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -606,7 +606,9 @@ pub async fn run(
         .route("/ready", get(readyz))
         .with_state(ch.clone())
         .merge(agents_api)
-        .merge(loki_api);
+        .merge(loki_api)
+        // The web view reads the Loki and agents APIs above only.
+        .merge(crate::web::router());
     let (grpc_tls, http_tls) = crate::tls_configs(&cfg)?;
     crate::serve_http(app, listeners.http, http_tls, cfg.http_addr)?;
     let ingest = tonic::service::interceptor::InterceptedService::new(

@@ -164,6 +164,43 @@ fn replicas_fail_over_and_every_line_is_stored_once() {
     }
     let pods = body(http_get(&a.http, "/loki/api/v1/label/pod/values"));
     assert_eq!(pods["data"], serde_json::json!(["checkout-1"]));
+    // Series: the one stream, with the labels its lines carry (stream aside).
+    let series = body(http_get(
+        &a.http,
+        &format!(
+            "/loki/api/v1/series?match[]={}",
+            enc(r#"{pod="checkout-1"}"#)
+        ),
+    ));
+    let series = series["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(series.len(), 1, "{series:?}");
+    let mut stream_labels = r["data"]["result"][0]["stream"].clone();
+    stream_labels.as_object_mut().unwrap().remove("stream");
+    assert_eq!(series[0], stream_labels);
+    assert_eq!(series[0]["node"], "node-1");
+    // Index stats: every line once, though ranges went to both replicas.
+    let stats = body(http_get(
+        &a.http,
+        &format!(
+            "/loki/api/v1/index/stats?query={}",
+            enc(r#"{pod="checkout-1"}"#)
+        ),
+    ));
+    assert_eq!(stats["entries"], 500, "{stats}");
+    assert_eq!(stats["streams"], 1, "{stats}");
+    // One stream over one day (two when the run spans midnight).
+    let days = stats["chunks"].as_u64().unwrap_or(0);
+    assert!((1..=2).contains(&days), "{stats}");
+    let text_bytes: usize = written.iter().map(String::len).sum();
+    assert_eq!(stats["bytes"], text_bytes, "{stats}");
+    // Refused as Loki refuses it.
+    let bad = http_get(
+        &a.http,
+        &format!("/loki/api/v1/index/stats?query={}", enc("{}")),
+    )
+    .unwrap_or_default();
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+
     // Grafana's log volume: a metric query, evaluated over ClickHouse.
     let volume = body(http_get(
         &a.http,

@@ -1,6 +1,7 @@
 //! The Loki API's read endpoints over the ClickHouse store, as Grafana's
 //! Explore and label browser use them: `query_range` for log queries,
-//! `labels`, `label/<name>/values`, `status/buildinfo` and `/ready`, and
+//! `labels`, `label/<name>/values`, `series`, `index/stats`,
+//! `status/buildinfo` and `/ready`, and
 //! metric queries (`query_range`, `query`) evaluated over lines read from
 //! ClickHouse. The parameters, envelopes and errors are the embedded
 //! store's ([`crate::loki`]).
@@ -8,7 +9,7 @@
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
@@ -50,6 +51,11 @@ pub fn router(ch: Store) -> axum::Router {
         .route("/loki/api/v1/query", get(instant).post(instant))
         .route("/loki/api/v1/labels", get(labels).post(labels))
         .route("/loki/api/v1/label/{name}/values", get(label_values))
+        .route("/loki/api/v1/series", get(series).post(series))
+        .route(
+            "/loki/api/v1/index/stats",
+            get(index_stats).post(index_stats),
+        )
         .route(
             "/loki/api/v1/status/buildinfo",
             get(|| async { axum::Json(json!({"version": "3.0.0"})) }),
@@ -159,4 +165,74 @@ async fn label_values(
         .map_err(|e| unavailable(e.into()))?;
     let values = ch.strings(&stmt).await.map_err(unavailable)?;
     Ok(success(json!(values)))
+}
+
+/// Loki's `series`: the label sets of the streams the `match[]` selectors
+/// (label matchers only) pick in the range; all streams without one.
+async fn series(
+    State(store): State<Store>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ch = connected(&store)?;
+    let p = Params::new(raw.as_deref(), &body);
+    let mut sel = selectors(&p, "match[]")?;
+    sel.extend(selectors(&p, "match")?);
+    if sel
+        .iter()
+        .any(|q| !q.filters.is_empty() || !q.pipeline.is_empty())
+    {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "only label matchers are supported",
+        ));
+    }
+    if sel.is_empty() {
+        sel.push(crate::query::Query::default());
+    }
+    let (start, end) = label_range(&p)?;
+    let mut out = Vec::new();
+    for q in &sel {
+        for (node, labels) in ch.series(q, start, end).await.map_err(unavailable)? {
+            out.push(crate::query::label_pairs(&node, &labels, 0));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(success(json!(out
+        .into_iter()
+        .map(|l| {
+            l.into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect::<serde_json::Map<_, _>>()
+        })
+        .collect::<Vec<_>>())))
+}
+
+/// Loki's `index/stats`: what a query would read. Lines and bytes of text
+/// are exact (each line once); `chunks` counts stream-days, ClickHouse's
+/// nearest to chunks.
+async fn index_stats(
+    State(store): State<Store>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ch = connected(&store)?;
+    let p = Params::new(raw.as_deref(), &body);
+    let r = params::range_request(&p, now_ns())?;
+    let q = crate::query::parse(&r.query).map_err(query_error)?;
+    if !q.selects_something() {
+        return Err(error(StatusCode::BAD_REQUEST, crate::loki::EMPTY_SELECTOR));
+    }
+    let [entries, bytes, streams, chunks] = ch
+        .index_stats(&q, r.start, r.end)
+        .await
+        .map_err(unavailable)?;
+    Ok(axum::Json(json!({
+        "streams": streams,
+        "chunks": chunks,
+        "entries": entries,
+        "bytes": bytes,
+    }))
+    .into_response())
 }

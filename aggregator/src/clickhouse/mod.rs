@@ -16,7 +16,7 @@
 //! ClickHouse confirmed the insert holding it.
 //!
 //! Not yet here: pipelines and metric aggregation in SQL (they run in the
-//! aggregator over pages of lines), Loki push, `series`, `index/stats`.
+//! aggregator over pages of lines), Loki push.
 //! See docs/ARCHITECTURE.md, "Known gaps".
 
 pub mod loki;
@@ -304,6 +304,70 @@ impl ClickHouse {
             .await?;
         }
         Ok(expired)
+    }
+
+    /// The streams (node and file labels) with lines `q`'s matchers
+    /// select in `[from, to)`.
+    pub async fn series(
+        &self,
+        q: &Query,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(String, FileLabels)>, ClickHouseError> {
+        let body = self
+            .post(&sql::series(&self.cfg.database, q, from, to)?, Bytes::new())
+            .await?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let mut r = rowbinary::Reader::new(&body);
+        let mut out = Vec::new();
+        while !r.done() {
+            let node = text(r.string()?);
+            let namespace = text(r.string()?);
+            let pod = text(r.string()?);
+            let pod_uid = text(r.string()?);
+            let container = text(r.string()?);
+            let restart = r.u32()?;
+            let names = r.strings()?;
+            let values = r.strings()?;
+            let extra = names
+                .iter()
+                .zip(&values)
+                .map(|(n, v)| Label {
+                    name: text(n),
+                    value: text(v),
+                })
+                .collect();
+            out.push((
+                node,
+                FileLabels {
+                    namespace,
+                    pod,
+                    pod_uid,
+                    container,
+                    restart,
+                    extra,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// What `q` would read in `[from, to)`: lines, bytes of text, streams,
+    /// stream-days ([`sql::index_stats`]).
+    pub async fn index_stats(
+        &self,
+        q: &Query,
+        from: i64,
+        to: i64,
+    ) -> Result<[u64; 4], ClickHouseError> {
+        let body = self
+            .post(
+                &sql::index_stats(&self.cfg.database, q, from, to)?,
+                Bytes::new(),
+            )
+            .await?;
+        let mut r = rowbinary::Reader::new(&body);
+        Ok([r.u64()?, r.u64()?, r.u64()?, r.u64()?])
     }
 
     /// The strings a one-column RowBinary `statement` returns.

@@ -5,7 +5,7 @@
 //! ClickHouse is unreachable; pushes then fail as unavailable and agents
 //! keep their data until it is back.
 //!
-//! Not yet with ClickHouse: Loki push, `series`, `index/stats`.
+//! Not yet with ClickHouse: Loki push.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

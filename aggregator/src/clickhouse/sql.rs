@@ -352,6 +352,37 @@ pub fn select_after(
     ))
 }
 
+/// The columns that make a line's stream (its file's labels; the stream
+/// label is per line and left out, as in the embedded store's `series`).
+const STREAM_COLUMNS: &str =
+    "node, namespace, pod, pod_uid, container, restart, label_names, label_values";
+
+/// The streams with lines selected by `q`'s matchers in `[from, to)`:
+/// RowBinary of [`STREAM_COLUMNS`] (Loki's `series`).
+pub fn series(db: &str, q: &Query, from: i64, to: i64) -> Result<String, Unsupported> {
+    let mut conds = conditions(q)?;
+    conds.push(format!("ts >= {from} AND ts < {to}"));
+    Ok(format!(
+        "SELECT DISTINCT {STREAM_COLUMNS} FROM {}.lines WHERE {} FORMAT RowBinary",
+        ident(db),
+        conds.join(" AND ")
+    ))
+}
+
+/// What a query would read in `[from, to)`, each line once: lines, bytes
+/// of text, streams and stream-days (ClickHouse has no chunks: a stream's
+/// lines of one day are what comes closest), as RowBinary UInt64 x 4
+/// (Loki's `index/stats`).
+pub fn index_stats(db: &str, q: &Query, from: i64, to: i64) -> Result<String, Unsupported> {
+    let mut conds = conditions(q)?;
+    conds.push(format!("ts >= {from} AND ts < {to}"));
+    Ok(format!(
+        "SELECT count(), sum(length(line)), uniqExact({STREAM_COLUMNS}),          uniqExact({STREAM_COLUMNS}, day) FROM          (SELECT {STREAM_COLUMNS}, day, line FROM {}.lines WHERE {}          LIMIT 1 BY node, file_id, offset) FORMAT RowBinary",
+        ident(db),
+        conds.join(" AND ")
+    ))
+}
+
 /// Columns of `agents`, in the order heartbeats are written and read.
 pub const AGENT_COLUMNS: &str =
     "node, seen, version, files, bytes_behind, last_error, dead_letter_lines";

@@ -238,7 +238,21 @@ async fn refused_and_counted(store: &[&str]) {
         assert_eq!(err.code(), tonic::Code::Unauthenticated, "{header:?}");
     }
 
-    // The server still serves, stored exactly the one good line, and counted
+    // Loki's push takes the push token too, and nothing without it.
+    let push = r#"{"streams":[{"stream":{"job":"x"},"values":[["1","loki line"]]}]}"#;
+    let post = |headers: &[(&str, &str)]| {
+        tokio::task::block_in_place(|| {
+            http_post(&agg.http, "/loki/api/v1/push", headers, push.as_bytes()).unwrap_or_default()
+        })
+    };
+    let ct = ("content-type", "application/json");
+    let r = post(&[ct]);
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    let r = post(&[ct, ("authorization", "Bearer s3cret")]);
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+
+    // The server still serves, stored exactly the one good line (and the
+    // Loki push), and counted
     // what it refused.
     let (out, metrics) = tokio::task::block_in_place(|| {
         let out = cli(&[
@@ -261,7 +275,8 @@ async fn refused_and_counted(store: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(stdout.contains("loki line"), "{stdout}");
     assert!(
         stdout.contains("\"pod\":\"../../etc/passwd\""),
         "labels are data: {stdout}"
@@ -272,7 +287,8 @@ async fn refused_and_counted(store: &[&str]) {
             &metrics,
             "logfleet_aggregator_unauthenticated_requests_total"
         ),
-        2.0,
+        // Two gRPC pushes and the Loki push without a token.
+        3.0,
         "{metrics}"
     );
     assert!(

@@ -51,10 +51,9 @@ pub fn router(state: HttpState) -> axum::Router {
 }
 
 /// Lets the request through when it carries the token `auth` wants;
-/// else 401, as gRPC answers UNAUTHENTICATED.
-async fn check(
+/// else 401, as gRPC answers UNAUTHENTICATED. Both stores' HTTP ports.
+pub(crate) async fn check(
     auth: &crate::service::Auth,
-    s: &HttpState,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -62,10 +61,9 @@ async fn check(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if auth.allows(header) {
+    if auth.admits(header) {
         return next.run(req).await;
     }
-    s.shared.metrics.unauthenticated.inc();
     (
         axum::http::StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -80,7 +78,7 @@ async fn bearer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    check(&s.auth, &s, req, next).await
+    check(&s.auth, req, next).await
 }
 
 /// Loki's push endpoint: the push token, as gRPC ingest.
@@ -89,7 +87,7 @@ async fn push_bearer(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    check(&s.push_auth, &s, req, next).await
+    check(&s.push_auth, req, next).await
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {

@@ -112,6 +112,16 @@ impl Auth {
         }
     }
 
+    /// Whether an HTTP request with this `authorization` header may pass;
+    /// a refusal is counted, as the gRPC interceptor counts its own.
+    pub fn admits(&self, header: Option<&[u8]>) -> bool {
+        let ok = self.allows(header);
+        if !ok {
+            self.metrics.unauthenticated.inc();
+        }
+        ok
+    }
+
     /// Whether the header value carries the token (constant-time compare).
     pub fn allows(&self, header: Option<&[u8]>) -> bool {
         let Some(want) = &self.token else {

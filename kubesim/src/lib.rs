@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod clickhouse;
+pub mod loki;
 pub mod messages;
 pub mod tools;
 

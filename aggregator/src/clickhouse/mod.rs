@@ -16,7 +16,7 @@
 //! ClickHouse confirmed the insert holding it.
 //!
 //! Not yet here: pipelines and metric aggregation in SQL (they run in the
-//! aggregator over pages of lines), Loki push.
+//! aggregator over pages of lines).
 //! See docs/ARCHITECTURE.md, "Known gaps".
 
 pub mod loki;

@@ -4,8 +4,7 @@
 //! own, so replicas scale out behind one Service. `/readyz` says when
 //! ClickHouse is unreachable; pushes then fail as unavailable and agents
 //! keep their data until it is back.
-//!
-//! Not yet with ClickHouse: Loki push.
+
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -411,7 +410,7 @@ async fn agents_json(
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if !auth.allows(headers.get("authorization").map(|v| v.as_bytes())) {
+    if !auth.admits(headers.get("authorization").map(|v| v.as_bytes())) {
         return (
             StatusCode::UNAUTHORIZED,
             [("www-authenticate", "Bearer")],
@@ -461,6 +460,23 @@ async fn readyz(State(ch): State<Arc<Ch>>) -> (StatusCode, String) {
     }
 }
 
+/// A middleware refusing requests without the bearer token `auth` wants.
+fn bearer(
+    auth: crate::service::Auth,
+) -> impl Fn(
+    axum::extract::Request,
+    axum::middleware::Next,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>
+       + Clone
+       + Send
+       + Sync
+       + 'static {
+    move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let auth = auth.clone();
+        Box::pin(async move { crate::http::check(&auth, req, next).await })
+    }
+}
+
 /// Runs an aggregator over ClickHouse until `shutdown` resolves.
 pub async fn run(
     cfg: AggregatorConfig,
@@ -500,12 +516,14 @@ pub async fn run(
         ch.refused.clone(),
     );
     let loki_store: super::loki::Store = Default::default();
+    let loki_writer: std::sync::Arc<tokio::sync::OnceCell<Writer>> = Default::default();
     // Connect in the background, retrying: an aggregator that starts
     // before ClickHouse serves its health endpoint and says why it is not
     // ready.
     {
         let ch = ch.clone();
         let loki_store = loki_store.clone();
+        let loki_writer = loki_writer.clone();
         let wcfg = WriterConfig {
             max_inflight_bytes: cfg.max_inflight_bytes,
             ..Default::default()
@@ -517,6 +535,7 @@ pub async fn run(
                     Ok(store) => {
                         let _ = loki_store.set(store.clone());
                         let writer = Writer::start(store.clone(), wcfg, limits);
+                        let _ = loki_writer.set(writer.clone());
                         let _ = ch.store.set((store, writer));
                         ch.set_problem(None);
                         break;
@@ -565,27 +584,17 @@ pub async fn run(
     let agents_api = axum::Router::new()
         .route("/api/v1/agents", get(agents_json))
         .with_state((ch.clone(), read_auth.clone()));
-    // Loki's read API, behind the read token as on the embedded store.
-    let loki_api = super::loki::router(loki_store).route_layer(axum::middleware::from_fn({
-        let auth = read_auth.clone();
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let auth = auth.clone();
-            async move {
-                use axum::response::IntoResponse;
-                let h = req.headers().get("authorization").map(|v| v.as_bytes());
-                if auth.allows(h) {
-                    next.run(req).await
-                } else {
-                    (
-                        StatusCode::UNAUTHORIZED,
-                        [("www-authenticate", "Bearer")],
-                        "missing or wrong bearer token\n",
-                    )
-                        .into_response()
-                }
-            }
-        }
-    }));
+    // Loki's read API behind the read token, and its push behind the push
+    // token, as on the embedded store.
+    let loki_api = super::loki::router(loki_store)
+        .route_layer(axum::middleware::from_fn(bearer(read_auth.clone())))
+        .merge(
+            super::loki::push_router(super::loki::PushState {
+                writer: loki_writer,
+                metrics: metrics.clone(),
+            })
+            .route_layer(axum::middleware::from_fn(bearer(push_auth.clone()))),
+        );
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -53,29 +53,18 @@ pub fn push_router<S: Clone + Send + Sync + 'static>(state: LokiState) -> axum::
         .with_state(state)
 }
 
-async fn push_handler(
-    State(st): State<LokiState>,
-    headers: axum::http::HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let Some(writer) = &st.writer else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "this aggregator takes no pushes",
-        ));
-    };
+/// A Loki push body as sent (gzip or not, JSON or snappy protobuf),
+/// decoded into its streams; the same for both stores.
+pub(crate) fn push_body(
+    headers: &axum::http::HeaderMap,
+    body: &Bytes,
+) -> Result<Vec<push::Incoming>, ApiError> {
     let header = |name: header::HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_ascii_lowercase()
-    };
-    let refused = |r: push::Refused| {
-        error(
-            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
-            r.msg,
-        )
     };
     let body = match header(header::CONTENT_ENCODING).as_str() {
         "" | "identity" => body.to_vec(),
@@ -104,7 +93,29 @@ async fn push_handler(
             ))
         }
     };
-    let incoming = push::decode(&header(header::CONTENT_TYPE), &body).map_err(refused)?;
+    push::decode(&header(header::CONTENT_TYPE), &body).map_err(refused)
+}
+
+/// A refused push as the API's error.
+pub(crate) fn refused(r: push::Refused) -> ApiError {
+    error(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+        r.msg,
+    )
+}
+
+async fn push_handler(
+    State(st): State<LokiState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(writer) = &st.writer else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "this aggregator takes no pushes",
+        ));
+    };
+    let incoming = push_body(&headers, &body)?;
     let text: u64 = incoming
         .iter()
         .flat_map(|s| s.entries.iter())

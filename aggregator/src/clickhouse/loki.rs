@@ -1,10 +1,10 @@
-//! The Loki API's read endpoints over the ClickHouse store, as Grafana's
-//! Explore and label browser use them: `query_range` for log queries,
+//! The Loki API over the ClickHouse store, as Grafana's Explore and label
+//! browser and Loki's clients use it: `query_range` for log queries,
 //! `labels`, `label/<name>/values`, `series`, `index/stats`,
-//! `status/buildinfo` and `/ready`, and
-//! metric queries (`query_range`, `query`) evaluated over lines read from
-//! ClickHouse. The parameters, envelopes and errors are the embedded
-//! store's ([`crate::loki`]).
+//! `status/buildinfo` and `/ready`, metric queries (`query_range`,
+//! `query`) evaluated over lines read from ClickHouse, and `push`. The
+//! parameters, envelopes and errors are the embedded store's
+//! ([`crate::loki`]).
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};

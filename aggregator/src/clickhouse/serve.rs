@@ -5,7 +5,6 @@
 //! ClickHouse is unreachable; pushes then fail as unavailable and agents
 //! keep their data until it is back.
 
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -15,8 +15,8 @@
 //! ClickHouse wants), with bounded memory, and answers each push only after
 //! ClickHouse confirmed the insert holding it.
 //!
-//! Not yet here: pipelines and metric aggregation in SQL (they run in the
-//! aggregator over pages of lines).
+//! Not yet here: pipeline stages (parsers, label filters, `unwrap`) in
+//! SQL: they run in the aggregator over pages of lines.
 //! See docs/ARCHITECTURE.md, "Known gaps".
 
 pub mod loki;
@@ -317,37 +317,10 @@ impl ClickHouse {
         let body = self
             .post(&sql::series(&self.cfg.database, q, from, to)?, Bytes::new())
             .await?;
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let mut r = rowbinary::Reader::new(&body);
         let mut out = Vec::new();
         while !r.done() {
-            let node = text(r.string()?);
-            let namespace = text(r.string()?);
-            let pod = text(r.string()?);
-            let pod_uid = text(r.string()?);
-            let container = text(r.string()?);
-            let restart = r.u32()?;
-            let names = r.strings()?;
-            let values = r.strings()?;
-            let extra = names
-                .iter()
-                .zip(&values)
-                .map(|(n, v)| Label {
-                    name: text(n),
-                    value: text(v),
-                })
-                .collect();
-            out.push((
-                node,
-                FileLabels {
-                    namespace,
-                    pod,
-                    pod_uid,
-                    container,
-                    restart,
-                    extra,
-                },
-            ));
+            out.push(read_stream(&mut r)?);
         }
         Ok(out)
     }
@@ -419,12 +392,14 @@ impl ClickHouse {
         Ok(out)
     }
 
-    /// A metric query: each range aggregation reads its lines from
-    /// ClickHouse page by page (selector and line filters in SQL, each line
-    /// once) and is evaluated here by the same code as on the embedded
-    /// store, so the answers are the same. Every selected line in the
-    /// range crosses the wire: fine for a pod's or a namespace's volume,
-    /// slow over a whole large store (aggregation in SQL is the next step).
+    /// A metric query. Aggregations that count lines or bytes of the
+    /// stream's labels (`count_over_time`, `rate`, `bytes_*`,
+    /// `absent_over_time`, with line filters only) are counted in
+    /// ClickHouse by stream and time bucket ([`sql::buckets`]): only the
+    /// counts cross the wire. The others read their lines page by page
+    /// (selector and line filters in SQL, each line once) for the pipeline
+    /// and unwrap here. Either way the embedded store's evaluator does the
+    /// rest, so the answers are the same.
     pub async fn metric(
         &self,
         m: crate::logql::Metric,
@@ -437,56 +412,107 @@ impl ClickHouse {
             // Stream ids by the file's node and labels (labels may change
             // within a file when pod metadata arrives).
             let mut ids: std::collections::HashMap<(String, FileLabels), u32> = Default::default();
-            crate::logql::run::metric_over(&m, steps, &mut |agg, bounds, f| {
-                let w = sql::Window {
-                    from: bounds.from,
-                    to: bounds.to,
-                    limit: 0,
-                    backward: false,
+            let bucket_ch = ch.clone();
+            let bucket_handle = handle.clone();
+            let mut buckets =
+                move |agg: &crate::logql::RangeAgg,
+                      b: crate::logql::run::Buckets,
+                      f: &mut crate::logql::run::BucketSink<'_>| {
+                    use crate::logql::RangeOp as O;
+                    let bytes = matches!(agg.op, O::BytesOverTime | O::BytesRate);
+                    bucket_handle
+                        .block_on(bucket_ch.buckets(&agg.query, b, bytes, f))
+                        .map_err(|e| QueryError::Unavailable(e.to_string()))
                 };
-                let mut pages = Pages::new(&ch, &agg.query, w, METRIC_PAGE);
-                while let Some(rows) = handle
-                    .block_on(pages.next())
-                    .map_err(|e| QueryError::Unavailable(e.to_string()))?
-                {
-                    for r in rows {
-                        let labels = r.entry.labels.unwrap_or_default();
-                        let next = ids.len() as u32;
-                        let id = *ids
-                            .entry((r.entry.node.clone(), labels.clone()))
-                            .or_insert(next);
-                        let info = crate::index::StreamInfo {
-                            node: r.entry.node.as_str().into(),
-                            labels,
-                        };
-                        let mut flags = 0;
-                        if r.entry.unterminated {
-                            flags |= logfleet_proto::lines::UNTERMINATED;
-                        }
-                        if r.entry.cut {
-                            flags |= logfleet_proto::lines::CUT;
-                        }
-                        if r.entry.unparsed {
-                            flags |= logfleet_proto::lines::UNPARSED;
-                        }
-                        let line = logfleet_proto::Line {
-                            range: 0,
-                            ts: r.entry.ts_unix_nano,
-                            offset: r.offset,
-                            stream: r.entry.stream,
-                            flags,
-                            text: Bytes::from(r.entry.line),
-                        };
-                        if !f(id, &info, &line) {
-                            return Ok(());
+            crate::logql::run::metric_over_buckets(
+                &m,
+                steps,
+                &mut |agg, bounds, f| {
+                    let w = sql::Window {
+                        from: bounds.from,
+                        to: bounds.to,
+                        limit: 0,
+                        backward: false,
+                    };
+                    let mut pages = Pages::new(&ch, &agg.query, w, METRIC_PAGE);
+                    while let Some(rows) = handle
+                        .block_on(pages.next())
+                        .map_err(|e| QueryError::Unavailable(e.to_string()))?
+                    {
+                        for r in rows {
+                            let labels = r.entry.labels.unwrap_or_default();
+                            let next = ids.len() as u32;
+                            let id = *ids
+                                .entry((r.entry.node.clone(), labels.clone()))
+                                .or_insert(next);
+                            let info = crate::index::StreamInfo {
+                                node: r.entry.node.as_str().into(),
+                                labels,
+                            };
+                            let mut flags = 0;
+                            if r.entry.unterminated {
+                                flags |= logfleet_proto::lines::UNTERMINATED;
+                            }
+                            if r.entry.cut {
+                                flags |= logfleet_proto::lines::CUT;
+                            }
+                            if r.entry.unparsed {
+                                flags |= logfleet_proto::lines::UNPARSED;
+                            }
+                            let line = logfleet_proto::Line {
+                                range: 0,
+                                ts: r.entry.ts_unix_nano,
+                                offset: r.offset,
+                                stream: r.entry.stream,
+                                flags,
+                                text: Bytes::from(r.entry.line),
+                            };
+                            if !f(id, &info, &line) {
+                                return Ok(());
+                            }
                         }
                     }
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+                Some(&mut buckets),
+            )
         })
         .await
         .map_err(|e| QueryError::Unavailable(e.to_string()))?
+    }
+
+    /// Hands `f` the counts of [`sql::buckets`].
+    async fn buckets(
+        &self,
+        q: &Query,
+        b: crate::logql::run::Buckets,
+        bytes: bool,
+        f: &mut crate::logql::run::BucketSink<'_>,
+    ) -> Result<(), ClickHouseError> {
+        let stmt = sql::buckets(
+            &self.cfg.database,
+            q,
+            b.bounds.from.unwrap_or(i64::MIN),
+            b.bounds.to.unwrap_or(i64::MAX),
+            b.width,
+            bytes,
+        )?;
+        let body = self.post(&stmt, Bytes::new()).await?;
+        let mut r = rowbinary::Reader::new(&body);
+        while !r.done() {
+            let (node, labels) = read_stream(&mut r)?;
+            let stream = r.u8()?;
+            let bucket = r.i64()?;
+            let lines = r.u64()?;
+            let bytes = r.u64()?;
+            f(
+                crate::query::label_pairs(&node, &labels, i32::from(stream)),
+                bucket,
+                lines,
+                bytes,
+            );
+        }
+        Ok(())
     }
 
     /// The lines a log query selects, each once.
@@ -687,6 +713,39 @@ impl Answer {
             }
         }
     }
+}
+
+/// Reads a stream's node and file labels, as `sql::STREAM_COLUMNS` gives
+/// them.
+fn read_stream(r: &mut rowbinary::Reader<'_>) -> Result<(String, FileLabels), ClickHouseError> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let node = text(r.string()?);
+    let namespace = text(r.string()?);
+    let pod = text(r.string()?);
+    let pod_uid = text(r.string()?);
+    let container = text(r.string()?);
+    let restart = r.u32()?;
+    let names = r.strings()?;
+    let values = r.strings()?;
+    let extra = names
+        .iter()
+        .zip(&values)
+        .map(|(n, v)| Label {
+            name: text(n),
+            value: text(v),
+        })
+        .collect();
+    Ok((
+        node,
+        FileLabels {
+            namespace,
+            pod,
+            pod_uid,
+            container,
+            restart,
+            extra,
+        },
+    ))
 }
 
 /// Entries from a RowBinary reply with [`sql::COLUMNS`].

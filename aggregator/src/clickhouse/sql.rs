@@ -369,6 +369,33 @@ pub fn series(db: &str, q: &Query, from: i64, to: i64) -> Result<String, Unsuppo
     ))
 }
 
+/// Lines and bytes of text of `q`'s selector and line filters counted in
+/// ClickHouse, per stream and bucket of `width` ns from `from` (see
+/// `logql::run::Buckets`), each line once, over `[from, to)`: RowBinary of
+/// [`STREAM_COLUMNS`], stream (UInt8), bucket (Int64), lines and bytes
+/// (UInt64). Only the counts cross the wire. `bytes` false: the text is
+/// not read at all.
+pub fn buckets(
+    db: &str,
+    q: &Query,
+    from: i64,
+    to: i64,
+    width: i64,
+    bytes: bool,
+) -> Result<String, Unsupported> {
+    let mut conds = conditions(q)?;
+    conds.push(format!("ts >= {from} AND ts < {to}"));
+    let len = if bytes { "length(line)" } else { "toUInt64(0)" };
+    Ok(format!(
+        "SELECT {STREAM_COLUMNS}, stream, intDiv(ts - {from}, {width}) AS bucket, count(), sum(len) FROM \
+         (SELECT {STREAM_COLUMNS}, stream, ts, {len} AS len, file_id, offset FROM {}.lines WHERE {} \
+         LIMIT 1 BY node, file_id, offset) \
+         GROUP BY {STREAM_COLUMNS}, stream, bucket FORMAT RowBinary",
+        ident(db),
+        conds.join(" AND ")
+    ))
+}
+
 /// What a query would read in `[from, to)`, each line once: lines, bytes
 /// of text, streams and stream-days (ClickHouse has no chunks: a stream's
 /// lines of one day are what comes closest), as RowBinary UInt64 x 4

@@ -173,6 +173,18 @@ impl RangeAcc {
         self.add_value(id, ts, v);
     }
 
+    /// Adds `lines` lines holding `bytes` bytes of text at `ts` in series
+    /// `id` at once: what a store that counts lines itself hands over
+    /// (see [`super::run::Buckets`]). Only for aggregations linear in the
+    /// lines (see [`super::run::countable`]).
+    pub fn add_many(&mut self, id: usize, ts: i64, lines: u64, bytes: u64) {
+        let v = match self.op {
+            RangeOp::BytesOverTime | RangeOp::BytesRate => bytes as f64,
+            _ => lines as f64,
+        };
+        self.add_value(id, ts, v);
+    }
+
     /// Adds one line's unwrapped value `v` at `ts` in series `id` (for
     /// `rate`, a value summed instead of a line counted).
     pub fn add_value(&mut self, id: usize, ts: i64, v: f64) {

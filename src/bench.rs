@@ -553,50 +553,7 @@ pub async fn query(dir: &Path, compression: &str) -> Result<()> {
     let (agg, _, http, mut c) =
         start_aggregator_http(&data, &dir.join("aggregator-query.log"), &[]).await?;
     reference_queries(&mut c, &w, &[agg.0.id()]).await?;
-    // The same through Loki's HTTP API, as Grafana asks: the span of the
-    // data, then Explore's log-volume query over all of it (about 250
-    // points, as Grafana's $__auto gives) and the newest 1,000 lines.
-    let edge = |d: Direction| {
-        let mut c = c.clone();
-        async move {
-            let mut s = c
-                .query(QueryRequest {
-                    query: r#"{namespace="bench"}"#.into(),
-                    limit: 1,
-                    direction: d as i32,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            let m = s.next().await.context("empty store")??;
-            let e = m.entries.first().context("empty store")?;
-            anyhow::Ok(e.ts_unix_nano)
-        }
-    };
-    let (first, last) = (
-        edge(Direction::Forward).await?,
-        edge(Direction::Backward).await? + 1,
-    );
-    let step_s = ((last - first) / 250 / 1_000_000_000).max(1);
-    let volume = format!(
-        "/loki/api/v1/query_range?query={}&start={first}&end={last}&step={step_s}",
-        urlencode(&format!(
-            r#"sum by (level, detected_level) (count_over_time({{namespace="bench"}} | drop __error__ [{step_s}s]))"#
-        )),
-    );
-    let (med, max) = tokio::task::spawn_blocking({
-        let http = http.clone();
-        move || time_loki(&http, &volume, 5, "\"matrix\"")
-    })
-    .await??;
-    println!("  Loki API, Grafana's log-volume query over the whole store ({step_s} s steps): median {med:.0} ms, max {max:.0} ms (5 runs)");
-    let newest = format!(
-        "/loki/api/v1/query_range?query={}&start={first}&end={last}&limit=1000&direction=backward",
-        urlencode(r#"{pod="app-7"}"#),
-    );
-    let (med, max) =
-        tokio::task::spawn_blocking(move || time_loki(&http, &newest, 20, "\"streams\"")).await??;
-    println!("  Loki API, query_range for the newest 1,000 lines of one pod: median {med:.1} ms, max {max:.1} ms (20 runs)");
+    loki_queries(&http, &c).await?;
     drop(agg);
     Ok(())
 }
@@ -790,4 +747,53 @@ pub fn spawn_agent(
 /// Default scratch directory for benchmarks.
 pub fn default_dir() -> PathBuf {
     std::env::temp_dir().join("logfleet-bench")
+}
+
+/// The reference queries through Loki's HTTP API, as Grafana asks: the
+/// span of the data, then Explore's log-volume query over all of it (about
+/// 250 points, as Grafana's $__auto gives) and the newest 1,000 lines.
+pub async fn loki_queries(http: &str, c: &QueryClient<tonic::transport::Channel>) -> Result<()> {
+    let http = http.to_owned();
+    let edge = |d: Direction| {
+        let mut c = c.clone();
+        async move {
+            let mut s = c
+                .query(QueryRequest {
+                    query: r#"{namespace="bench"}"#.into(),
+                    limit: 1,
+                    direction: d as i32,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let m = s.next().await.context("empty store")??;
+            let e = m.entries.first().context("empty store")?;
+            anyhow::Ok(e.ts_unix_nano)
+        }
+    };
+    let (first, last) = (
+        edge(Direction::Forward).await?,
+        edge(Direction::Backward).await? + 1,
+    );
+    let step_s = ((last - first) / 250 / 1_000_000_000).max(1);
+    let volume = format!(
+        "/loki/api/v1/query_range?query={}&start={first}&end={last}&step={step_s}",
+        urlencode(&format!(
+            r#"sum by (level, detected_level) (count_over_time({{namespace="bench"}} | drop __error__ [{step_s}s]))"#
+        )),
+    );
+    let (med, max) = tokio::task::spawn_blocking({
+        let http = http.clone();
+        move || time_loki(&http, &volume, 5, "\"matrix\"")
+    })
+    .await??;
+    println!("  Loki API, Grafana's log-volume query over the whole store ({step_s} s steps): median {med:.0} ms, max {max:.0} ms (5 runs)");
+    let newest = format!(
+        "/loki/api/v1/query_range?query={}&start={first}&end={last}&limit=1000&direction=backward",
+        urlencode(r#"{pod="app-7"}"#),
+    );
+    let (med, max) =
+        tokio::task::spawn_blocking(move || time_loki(&http, &newest, 20, "\"streams\"")).await??;
+    println!("  Loki API, query_range for the newest 1,000 lines of one pod: median {med:.1} ms, max {max:.1} ms (20 runs)");
+    Ok(())
 }

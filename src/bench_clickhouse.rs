@@ -1,7 +1,8 @@
 //! `logfleet bench clickhouse`: the generated tree through a real agent
 //! into an aggregator with `--store clickhouse` and Debian's ClickHouse on
 //! loopback; the cost of durable ingest counts the aggregator and
-//! ClickHouse both, then bytes on disk and the two reference queries.
+//! ClickHouse both, then bytes on disk, the two reference queries and
+//! Grafana's through the Loki API.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
         "--clickhouse-database",
         "bench",
     ];
-    let (agg, url, _http, mut c) = start_aggregator_http(
+    let (agg, url, http, mut c) = start_aggregator_http(
         &dir.join("data-clickhouse-unused"),
         &dir.join("aggregator-clickhouse.log"),
         &store,
@@ -117,6 +118,7 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
         .unwrap_or(0.0);
     println!("  on disk: {:.1} MB ({:.4} of raw)", mb(disk), disk / raw);
     crate::bench::reference_queries(&mut c, &w, &[agg.0.id(), chpid]).await?;
+    crate::bench::loki_queries(&http, &c).await?;
     drop(agg);
     Ok(())
 }

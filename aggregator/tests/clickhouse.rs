@@ -519,6 +519,9 @@ async fn the_same_answers_as_the_embedded_store() {
         r#"topk(2, sum by (pod) (rate({namespace="shop"} [300us])))"#,
         r#"sum by (stream) (bytes_rate({namespace="shop"} != "info" [75us] offset 20us))"#,
         r#"count_over_time({app="web"} [130us])"#,
+        // Grafana's log volume, as Explore asks it.
+        r#"sum by (level, detected_level) (count_over_time({namespace="shop"} | drop __error__ [50us]))"#,
+        r#"sum by (pod) (count_over_time({namespace=~".+"} | pod != "web-1" [100us]))"#,
         r#"absent_over_time({pod="checkout-0", stream="stderr"} |= "status=500" [60us])"#,
     ] {
         let logfleet_aggregator::logql::Expr::Metric(m) =

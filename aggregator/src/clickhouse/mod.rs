@@ -489,9 +489,15 @@ impl ClickHouse {
         bytes: bool,
         f: &mut crate::logql::run::BucketSink<'_>,
     ) -> Result<(), ClickHouseError> {
+        // The stages (label-only here) are the evaluator's.
+        let base = Query {
+            pipeline: Default::default(),
+            unwrap: None,
+            ..q.clone()
+        };
         let stmt = sql::buckets(
             &self.cfg.database,
-            q,
+            &base,
             b.bounds.from.unwrap_or(i64::MIN),
             b.bounds.to.unwrap_or(i64::MAX),
             b.width,

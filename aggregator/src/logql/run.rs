@@ -65,14 +65,16 @@ pub fn metric_over(
 }
 
 /// Whether a range aggregation's value is a sum over its lines (a count
-/// or bytes, per window) and its labels the stream's: then a store may
-/// count the lines itself, in [`Buckets`], instead of handing over each.
+/// or bytes, per window) and its labels follow from the stream's alone
+/// (no stage reads the line: Grafana's `| drop __error__` does not):
+/// then a store may count the lines itself, in [`Buckets`], instead of
+/// handing over each.
 pub fn countable(agg: &RangeAgg) -> bool {
     use super::RangeOp as O;
     matches!(
         agg.op,
         O::CountOverTime | O::Rate | O::BytesOverTime | O::BytesRate | O::AbsentOverTime
-    ) && agg.query.pipeline.is_empty()
+    ) && agg.query.pipeline.is_label_only()
         && agg.query.unwrap.is_none()
 }
 
@@ -157,9 +159,29 @@ fn range_in_buckets(
 ) -> Result<Matrix, QueryError> {
     let mut acc = RangeAcc::new(agg, steps);
     let b = Buckets::of(agg, steps);
+    // The series of a stream, once per stream: the label-only stages
+    // decide it (None: a label filter drops the stream).
+    let mut series: HashMap<eval::Labels, Option<usize>> = HashMap::new();
     source(agg, b, &mut |labels, bucket, lines, bytes| {
-        let id = acc.series(labels);
-        acc.add_many(id, b.from + bucket * b.width, lines, bytes);
+        let id = match series.get(&labels) {
+            Some(id) => *id,
+            None => {
+                let id = if agg.query.pipeline.is_empty() {
+                    Some(acc.series(labels.clone()))
+                } else {
+                    let stream: crate::pipeline::Labels = labels.iter().cloned().collect();
+                    agg.query
+                        .pipeline
+                        .process(&stream, b"")
+                        .map(|p| acc.series(p.labels.into_iter().collect()))
+                };
+                series.insert(labels, id);
+                id
+            }
+        };
+        if let Some(id) = id {
+            acc.add_many(id, b.from + bucket * b.width, lines, bytes);
+        }
     })?;
     Ok(acc.finish())
 }
@@ -333,10 +355,14 @@ mod tests {
             end in 600i64..1_300,
             step in 1i64..150,
             instant in proptest::option::of(0i64..1_200),
+            stages in 0usize..3,
         ) {
             let op = ["count_over_time", "rate", "bytes_over_time", "bytes_rate", "absent_over_time"][op];
             let offset = offset.map_or(String::new(), |o| format!(" offset {o}ns"));
-            let q = format!("sum by (pod, stream) ({op}({{namespace=\"ns\"}} [{range}ns]{offset}))");
+            // Label-only stages: Grafana's, and a label filter that drops
+            // a stream.
+            let stages = ["", " | drop __error__", r#" | pod != "p1""#][stages];
+            let q = format!("sum by (pod, stream) ({op}({{namespace=\"ns\"}}{stages} [{range}ns]{offset}))");
             let steps = match instant {
                 Some(t) => Steps::instant(t),
                 None => Steps { start, end, step },
@@ -354,6 +380,8 @@ mod tests {
             r#"count_over_time({a="b"} |= "x" [1m])"#,
             r#"rate({a="b"} | json [1m])"#,
             r#"sum_over_time({a="b"} | logfmt | unwrap n [1m])"#,
+            r#"count_over_time({a="b"} | drop __error__ [1m])"#,
+            r#"count_over_time({a="b"} | line_format "{{.a}}" [1m])"#,
         ] {
             let Ok(crate::logql::Expr::Metric(m)) = crate::logql::parse(q) else {
                 panic!("{q}");
@@ -365,7 +393,8 @@ mod tests {
             };
             let _ = metric_over_buckets(&m, Steps::instant(0), &mut none, Some(&mut record));
         }
-        // Line filters are the store's; a parser or unwrap is not.
-        assert_eq!(seen, [true]);
+        // Line filters are the store's, label-only stages need no line; a
+        // parser, unwrap or line_format does.
+        assert_eq!(seen, [true, true]);
     }
 }

@@ -29,6 +29,10 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
         &ch.url(),
         "--clickhouse-database",
         "bench",
+        // The tree's lines keep the time they were generated at: no
+        // retention may drop them mid-measurement.
+        "--retention-age",
+        "0",
     ];
     let (agg, url, http, mut c) = start_aggregator_http(
         &dir.join("data-clickhouse-unused"),

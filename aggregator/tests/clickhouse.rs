@@ -130,7 +130,14 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
         server
             .sql("SELECT uniqExact(version), max(version) FROM logfleet.schema_migrations")
             .unwrap(),
-        "1\t1"
+        format!("1\t{}", logfleet_aggregator::clickhouse::sql::SCHEMA_VERSION)
+    );
+    // Sorted for the common query, time within a container, and ending in
+    // the line's identity.
+    let create = server.sql("SHOW CREATE TABLE logfleet.lines").unwrap();
+    assert!(
+        create.contains("ORDER BY (namespace, pod, container, ts, node, file_id, offset)"),
+        "{create}"
     );
     let wcfg = WriterConfig {
         batch_wait: Duration::from_millis(50),

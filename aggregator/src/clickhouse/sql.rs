@@ -7,7 +7,9 @@
 use crate::query::{Filter, Label, Op, Query};
 
 /// Schema version this code writes; recorded in `schema_migrations`.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: `lines` sorted by time within a container (tables made by version 1
+/// keep their key: every query reads both alike).
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// What the server supports, from its version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,12 +111,14 @@ pub fn schema(
              ENGINE = ReplacingMergeTree() ORDER BY version"
         ),
         // One row per stored line. The sorting key is the common query's
-        // (namespace, pod, container) and ends in the line's identity
-        // (node, file, offset): ReplacingMergeTree folds a line sent twice
-        // (a retry, or a range re-sent to another replica) into one row
-        // when it merges, and queries collapse what is not merged yet with
-        // `LIMIT 1 BY node, file_id, offset`. Lines of one file keep their
-        // path labels, so the key is the line's identity.
+        // (namespace, pod, container, time: a time range within a pod reads
+        // only its granules) and ends in the line's identity (node, file,
+        // offset): ReplacingMergeTree folds a line sent twice (a retry, or
+        // a range re-sent to another replica: the same line, the same
+        // time) into one row when it merges, and queries collapse what is
+        // not merged yet with `LIMIT 1 BY node, file_id, offset`. Lines of
+        // one file keep their path labels, so the key is the line's
+        // identity.
         format!(
             "CREATE TABLE IF NOT EXISTS {db}.{lines}{on} (\
              ts Int64, day Date DEFAULT toDate(intDiv(ts, 1000000000)), \
@@ -122,7 +126,7 @@ pub fn schema(
              restart UInt32, stream UInt8, label_names Array(String), label_values Array(String), \
              file_id UInt64, offset UInt64, flags UInt32, {line}, received Int64) \
              ENGINE = {} PARTITION BY day \
-             ORDER BY (namespace, pod, container, node, file_id, offset){ttl}",
+             ORDER BY (namespace, pod, container, ts, node, file_id, offset){ttl}",
             engine(lines, "")
         ),
         // The latest heartbeat of every agent, whichever replica took it.

@@ -483,7 +483,7 @@ pub async fn pipeline(
 }
 
 /// What `zstd -1` makes of every file under `root`, in bytes.
-fn zstd_size(root: &Path) -> Result<u64> {
+pub fn zstd_size(root: &Path) -> Result<u64> {
     let mut total = 0;
     let mut stack = vec![root.to_owned()];
     while let Some(d) = stack.pop() {

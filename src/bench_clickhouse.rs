@@ -29,10 +29,6 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
         &ch.url(),
         "--clickhouse-database",
         "bench",
-        // The tree's lines keep the time they were generated at: no
-        // retention may drop them mid-measurement.
-        "--retention-age",
-        "0",
     ];
     let (agg, url, http, mut c) = start_aggregator_http(
         &dir.join("data-clickhouse-unused"),
@@ -120,7 +116,14 @@ pub async fn clickhouse(dir: &Path) -> Result<()> {
         .sql("SELECT sum(bytes_on_disk) FROM system.parts WHERE database = 'bench' AND active")?
         .parse()
         .unwrap_or(0.0);
-    println!("  on disk: {:.1} MB ({:.4} of raw)", mb(disk), disk / raw);
+    let zstd1 = crate::bench::zstd_size(&dir.join("pods"))? as f64;
+    println!(
+        "  on disk: {:.1} MB ({:.4} of raw); zstd -1 of the raw files: {:.1} MB; ratio {:.2}x",
+        mb(disk),
+        disk / raw,
+        mb(zstd1),
+        disk / zstd1
+    );
     crate::bench::reference_queries(&mut c, &w, &[agg.0.id(), chpid]).await?;
     crate::bench::loki_queries(&http, &c).await?;
     drop(agg);

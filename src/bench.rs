@@ -788,6 +788,21 @@ pub async fn loki_queries(http: &str, c: &QueryClient<tonic::transport::Channel>
     })
     .await??;
     println!("  Loki API, Grafana's log-volume query over the whole store ({step_s} s steps): median {med:.0} ms, max {max:.0} ms (5 runs)");
+    // The same counts behind a stage that reads each line: no store can
+    // count them without the lines (what every metric query cost over
+    // ClickHouse before it counted in SQL).
+    let per_line = format!(
+        "/loki/api/v1/query_range?query={}&start={first}&end={last}&step={step_s}",
+        urlencode(&format!(
+            r#"sum by (level, detected_level) (count_over_time({{namespace="bench"}} | line_format "{{{{.pod}}}}" [{step_s}s]))"#
+        )),
+    );
+    let (med, max) = tokio::task::spawn_blocking({
+        let http = http.clone();
+        move || time_loki(&http, &per_line, 3, "\"matrix\"")
+    })
+    .await??;
+    println!("  Loki API, the same counts with a stage that reads every line (| line_format): median {med:.0} ms, max {max:.0} ms (3 runs)");
     let newest = format!(
         "/loki/api/v1/query_range?query={}&start={first}&end={last}&limit=1000&direction=backward",
         urlencode(r#"{pod="app-7"}"#),

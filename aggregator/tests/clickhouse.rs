@@ -130,7 +130,10 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
         server
             .sql("SELECT uniqExact(version), max(version) FROM logfleet.schema_migrations")
             .unwrap(),
-        format!("1\t{}", logfleet_aggregator::clickhouse::sql::SCHEMA_VERSION)
+        format!(
+            "1\t{}",
+            logfleet_aggregator::clickhouse::sql::SCHEMA_VERSION
+        )
     );
     // Sorted for the common query, time within a container, and ending in
     // the line's identity.

@@ -176,17 +176,7 @@ async fn series(
 ) -> Result<Response, ApiError> {
     let ch = connected(&store)?;
     let p = Params::new(raw.as_deref(), &body);
-    let mut sel = selectors(&p, "match[]")?;
-    sel.extend(selectors(&p, "match")?);
-    if sel
-        .iter()
-        .any(|q| !q.filters.is_empty() || !q.pipeline.is_empty())
-    {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "only label matchers are supported",
-        ));
-    }
+    let mut sel = crate::loki::series_selectors(&p)?;
     if sel.is_empty() {
         sel.push(crate::query::Query::default());
     }
@@ -338,16 +328,7 @@ async fn push(
         ));
     };
     let incoming = crate::loki::push_body(&headers, &body)?;
-    let metadata: u64 = incoming.iter().map(|s| s.with_metadata).sum();
-    if metadata > 0 {
-        // Not kept (no place for it yet): counted and said, not dropped
-        // in silence.
-        st.metrics.loki_metadata_dropped.inc_by(metadata);
-        tracing::warn!(
-            entries = metadata,
-            "Loki push carried structured metadata, which logfleet does not keep"
-        );
-    }
+    crate::loki::push::count_metadata(&incoming, &st.metrics);
     for s in incoming {
         let t = crate::loki::push::target(&s.labels).map_err(crate::loki::refused)?;
         for req in push_requests(&t, s.entries).map_err(crate::loki::refused)? {

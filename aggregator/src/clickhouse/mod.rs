@@ -550,9 +550,9 @@ pub fn encode_rows(out: &mut Vec<u8>, req: &PushRequest, batch: &LineBatch, rece
         rowbinary::string(out, fl.pod_uid.as_bytes());
         rowbinary::string(out, fl.container.as_bytes());
         out.extend_from_slice(&fl.restart.to_le_bytes());
-        out.push(u8::try_from(l.stream).unwrap_or(0));
         rowbinary::strings(out, fl.extra.iter().map(|e| e.name.as_bytes()));
         rowbinary::strings(out, fl.extra.iter().map(|e| e.value.as_bytes()));
+        out.push(u8::try_from(l.stream).unwrap_or(0));
         out.extend_from_slice(&range.file_id.to_le_bytes());
         out.extend_from_slice(&l.offset.to_le_bytes());
         out.extend_from_slice(&l.flags.to_le_bytes());
@@ -761,20 +761,12 @@ pub fn decode_rows(body: &[u8]) -> Result<Vec<Entry>, ClickHouseError> {
 
 /// Stored lines from a RowBinary reply with [`sql::COLUMNS`].
 pub fn decode_stored(body: &[u8]) -> Result<Vec<Stored>, ClickHouseError> {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let mut r = rowbinary::Reader::new(body);
     let mut out = Vec::new();
     while !r.done() {
         let ts = r.i64()?;
-        let node = text(r.string()?);
-        let namespace = text(r.string()?);
-        let pod = text(r.string()?);
-        let pod_uid = text(r.string()?);
-        let container = text(r.string()?);
-        let restart = r.u32()?;
+        let (node, labels) = read_stream(&mut r)?;
         let stream = r.u8()?;
-        let names = r.strings()?;
-        let values = r.strings()?;
         let file_id = r.u64()?;
         let offset = r.u64()?;
         let flags = r.u32()?;
@@ -783,21 +775,7 @@ pub fn decode_stored(body: &[u8]) -> Result<Vec<Stored>, ClickHouseError> {
         let entry = Entry {
             ts_unix_nano: ts,
             node,
-            labels: Some(FileLabels {
-                namespace,
-                pod,
-                pod_uid,
-                container,
-                restart,
-                extra: names
-                    .iter()
-                    .zip(&values)
-                    .map(|(n, v)| Label {
-                        name: text(n),
-                        value: text(v),
-                    })
-                    .collect(),
-            }),
+            labels: Some(labels),
             stream: Stream::try_from(i32::from(stream)).unwrap_or(Stream::Unknown) as i32,
             line,
             unterminated: flags & logfleet_proto::lines::UNTERMINATED != 0,

@@ -60,8 +60,8 @@ pub fn ident(s: &str) -> String {
 }
 
 /// Columns of `lines`, in the order rows are written and read.
-pub const COLUMNS: &str = "ts, node, namespace, pod, pod_uid, container, restart, stream, \
-    label_names, label_values, file_id, offset, flags, line, received";
+pub const COLUMNS: &str = "ts, node, namespace, pod, pod_uid, container, restart, \
+    label_names, label_values, stream, file_id, offset, flags, line, received";
 
 /// The statements that create (or leave as they are) the database and its
 /// tables. All are `IF NOT EXISTS`: several aggregators may run them at

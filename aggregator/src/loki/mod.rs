@@ -490,14 +490,11 @@ async fn label_values(
     Ok(success(json!(values)))
 }
 
-async fn series(
-    State(st): State<LokiState>,
-    RawQuery(raw): RawQuery,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let p = Params::new(raw.as_deref(), &body);
-    let mut sel = selectors(&p, "match[]")?;
-    sel.extend(selectors(&p, "match")?);
+/// The selectors of a `series` request (`match[]`, or `match`): label
+/// matchers only, as Loki takes them.
+pub(crate) fn series_selectors(p: &Params) -> Result<Vec<query::Query>, ApiError> {
+    let mut sel = selectors(p, "match[]")?;
+    sel.extend(selectors(p, "match")?);
     if sel
         .iter()
         .any(|q| !q.filters.is_empty() || !q.pipeline.is_empty())
@@ -507,6 +504,16 @@ async fn series(
             "only label matchers are supported",
         ));
     }
+    Ok(sel)
+}
+
+async fn series(
+    State(st): State<LokiState>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let p = Params::new(raw.as_deref(), &body);
+    let sel = series_selectors(&p)?;
     let (start, end) = label_range(&p)?;
     let streams = blocking(&st, move |shared, _| {
         selected_streams(shared, &sel, start, end)

@@ -393,6 +393,19 @@ pub struct Outcome {
     pub duplicates: u64,
 }
 
+/// Structured metadata is not kept (no place for it yet): counted and
+/// said, not dropped in silence. Both stores.
+pub fn count_metadata(incoming: &[Incoming], metrics: &crate::metrics::Metrics) {
+    let metadata: u64 = incoming.iter().map(|s| s.with_metadata).sum();
+    if metadata > 0 {
+        metrics.loki_metadata_dropped.inc_by(metadata);
+        tracing::warn!(
+            entries = metadata,
+            "Loki push carried structured metadata, which logfleet does not keep"
+        );
+    }
+}
+
 /// Stores the streams of a push, each durably before returning.
 pub async fn store(
     shared: &Arc<Shared>,
@@ -402,16 +415,7 @@ pub async fn store(
     limits: logfleet_proto::Limits,
 ) -> Result<Outcome, Refused> {
     let mut out = Outcome::default();
-    let metadata: u64 = incoming.iter().map(|s| s.with_metadata).sum();
-    if metadata > 0 {
-        // Not kept (no place for it yet): counted and said, not dropped
-        // in silence.
-        shared.metrics.loki_metadata_dropped.inc_by(metadata);
-        tracing::warn!(
-            entries = metadata,
-            "Loki push carried structured metadata, which logfleet does not keep"
-        );
-    }
+    count_metadata(&incoming, &shared.metrics);
     for s in incoming {
         let t = target(&s.labels)?;
         let lock = streams.lock_for(&t);

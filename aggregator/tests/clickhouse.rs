@@ -702,3 +702,95 @@ async fn a_request_whose_connection_drops_is_sent_again() {
     assert_eq!(ch.features().version, (18, 16));
     assert!(dropped.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
+
+/// Rows streamed in frames that cut them anywhere are decoded whole, each
+/// once, as they arrive; a reply that ends inside a row is an error, not a
+/// short answer. A stand-in server sends the rows in 7-byte chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_rows_cut_across_frames_are_read_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (reqs, all) = pushes();
+    let mut rows = Vec::new();
+    for r in &reqs[..4] {
+        let batch = logfleet_proto::decode_payload(r, Default::default()).unwrap();
+        logfleet_aggregator::clickhouse::encode_rows(&mut rows, r, &batch, 42);
+    }
+    let want = logfleet_aggregator::clickhouse::decode_stored(&rows).unwrap();
+    assert_eq!(want.len(), 4 * 20);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = rows.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let reply: Vec<u8> = if req.contains("version") {
+                    b"18.16.1\n".to_vec()
+                } else if req.contains("STREAMED") {
+                    body
+                } else if req.contains("TRUNCATED") {
+                    body[..body.len() - 3].to_vec()
+                } else {
+                    Vec::new()
+                };
+                let _ = sock
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+                    .await;
+                for chunk in reply.chunks(7) {
+                    let _ = sock
+                        .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                        .await;
+                    let _ = sock.write_all(chunk).await;
+                    let _ = sock.write_all(b"\r\n").await;
+                    let _ = sock.flush().await;
+                }
+                let _ = sock.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    let ch = ClickHouse::connect(Config {
+        url: format!("http://{addr}"),
+        database: "x".into(),
+        user: None,
+        password: None,
+        retention_days: None,
+        cluster: None,
+    })
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    ch.stream_stored("SELECT 'STREAMED'", &mut |r| {
+        got.push((r.entry.ts_unix_nano, r.entry.line, r.file_id, r.offset));
+        true
+    })
+    .await
+    .unwrap();
+    let want: Vec<_> = want
+        .into_iter()
+        .map(|r| (r.entry.ts_unix_nano, r.entry.line, r.file_id, r.offset))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(got[0].1, all[0].text);
+    // Cut inside the last row: an error after the whole rows.
+    let mut n = 0;
+    let err = ch
+        .stream_stored("SELECT 'TRUNCATED'", &mut |_| {
+            n += 1;
+            true
+        })
+        .await;
+    assert!(err.is_err());
+    assert_eq!(n, 4 * 20 - 1);
+    // The reader may stop early.
+    let mut first = 0;
+    ch.stream_stored("SELECT 'STREAMED'", &mut |_| {
+        first += 1;
+        first < 3
+    })
+    .await
+    .unwrap();
+    assert_eq!(first, 3);
+}

@@ -183,7 +183,13 @@ impl ClickHouse {
         self.post_once(query, body).await
     }
 
-    async fn post_once(&self, query: &str, body: Bytes) -> Result<Bytes, ClickHouseError> {
+    /// Sends `query` with `body`; the response once its head arrived (an
+    /// error status is read and returned as [`ClickHouseError::Server`]).
+    async fn send(
+        &self,
+        query: &str,
+        body: Bytes,
+    ) -> Result<::http::Response<hyper::body::Incoming>, ClickHouseError> {
         let q = {
             let mut q = form_urlencoded::Serializer::new(String::new());
             q.append_pair("query", query);
@@ -217,13 +223,13 @@ impl ClickHouse {
             .map_err(|e| unreachable(&e))?
             .map_err(|e| unreachable(&format!("{NOT_SENT}{e}")))?;
         let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(&e))?
-            .to_bytes();
         if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| unreachable(&e))?
+                .to_bytes();
             let text = String::from_utf8_lossy(&body);
             return Err(ClickHouseError::Server {
                 status: status.as_u16(),
@@ -236,7 +242,64 @@ impl ClickHouse {
                     .collect(),
             });
         }
-        Ok(body)
+        Ok(resp)
+    }
+
+    async fn post_once(&self, query: &str, body: Bytes) -> Result<Bytes, ClickHouseError> {
+        let resp = self.send(query, body).await?;
+        resp.into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| ClickHouseError::Unreachable {
+                url: self.cfg.url.clone(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Runs a `SELECT` of [`sql::COLUMNS`] and hands each row to `f` as it
+    /// arrives (decoded frame by frame, never held whole), until `f`
+    /// returns false. For reads in no order: one statement, no paging.
+    pub async fn stream_stored(
+        &self,
+        statement: &str,
+        f: &mut dyn FnMut(Stored) -> bool,
+    ) -> Result<(), ClickHouseError> {
+        let mut body = self.send(statement, Bytes::new()).await?.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let frame = body.frame().await;
+            let done = frame.is_none();
+            if let Some(frame) = frame {
+                let frame = frame.map_err(|e| ClickHouseError::Unreachable {
+                    url: self.cfg.url.clone(),
+                    message: e.to_string(),
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            // Every whole row so far; a row cut by the frame's end waits
+            // for the next frame.
+            let mut r = rowbinary::Reader::new(&buf);
+            let mut used = 0;
+            while !r.done() {
+                match read_stored(&mut r) {
+                    Ok(row) => {
+                        used = r.position();
+                        if !f(row) {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) if done => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            buf.drain(..used);
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     /// Inserts the lines of validated pushes in one INSERT; returns once
@@ -428,51 +491,49 @@ impl ClickHouse {
                 &m,
                 steps,
                 &mut |agg, bounds, f| {
-                    let w = sql::Window {
-                        from: bounds.from,
-                        to: bounds.to,
-                        limit: 0,
-                        backward: false,
-                    };
-                    let mut pages = Pages::new(&ch, &agg.query, w, METRIC_PAGE);
-                    while let Some(rows) = handle
-                        .block_on(pages.next())
-                        .map_err(|e| QueryError::Unavailable(e.to_string()))?
-                    {
-                        for r in rows {
-                            let labels = r.entry.labels.unwrap_or_default();
-                            let next = ids.len() as u32;
-                            let id = *ids
-                                .entry((r.entry.node.clone(), labels.clone()))
-                                .or_insert(next);
-                            let info = crate::index::StreamInfo {
-                                node: r.entry.node.as_str().into(),
-                                labels,
-                            };
-                            let mut flags = 0;
-                            if r.entry.unterminated {
-                                flags |= logfleet_proto::lines::UNTERMINATED;
-                            }
-                            if r.entry.cut {
-                                flags |= logfleet_proto::lines::CUT;
-                            }
-                            if r.entry.unparsed {
-                                flags |= logfleet_proto::lines::UNPARSED;
-                            }
-                            let line = logfleet_proto::Line {
-                                range: 0,
-                                ts: r.entry.ts_unix_nano,
-                                offset: r.offset,
-                                stream: r.entry.stream,
-                                flags,
-                                text: Bytes::from(r.entry.line),
-                            };
-                            if !f(id, &info, &line) {
-                                return Ok(());
-                            }
+                    // In no order: one statement, rows decoded as they
+                    // arrive (stages and unwrap run here).
+                    let base = without_stages(&agg.query);
+                    let stmt = sql::select_unordered(
+                        ch.database(),
+                        &base,
+                        bounds.from.unwrap_or(i64::MIN),
+                        bounds.to.unwrap_or(i64::MAX),
+                    )
+                    .map_err(|e| QueryError::Unavailable(e.to_string()))?;
+                    let mut sink = |r: Stored| {
+                        let labels = r.entry.labels.unwrap_or_default();
+                        let next = ids.len() as u32;
+                        let id = *ids
+                            .entry((r.entry.node.clone(), labels.clone()))
+                            .or_insert(next);
+                        let info = crate::index::StreamInfo {
+                            node: r.entry.node.as_str().into(),
+                            labels,
+                        };
+                        let mut flags = 0;
+                        if r.entry.unterminated {
+                            flags |= logfleet_proto::lines::UNTERMINATED;
                         }
-                    }
-                    Ok(())
+                        if r.entry.cut {
+                            flags |= logfleet_proto::lines::CUT;
+                        }
+                        if r.entry.unparsed {
+                            flags |= logfleet_proto::lines::UNPARSED;
+                        }
+                        let line = logfleet_proto::Line {
+                            range: 0,
+                            ts: r.entry.ts_unix_nano,
+                            offset: r.offset,
+                            stream: r.entry.stream,
+                            flags,
+                            text: Bytes::from(r.entry.line),
+                        };
+                        f(id, &info, &line)
+                    };
+                    handle
+                        .block_on(ch.stream_stored(&stmt, &mut sink))
+                        .map_err(|e| QueryError::Unavailable(e.to_string()))
                 },
                 Some(&mut buckets),
             )
@@ -490,11 +551,7 @@ impl ClickHouse {
         f: &mut crate::logql::run::BucketSink<'_>,
     ) -> Result<(), ClickHouseError> {
         // The stages (label-only here) are the evaluator's.
-        let base = Query {
-            pipeline: Default::default(),
-            unwrap: None,
-            ..q.clone()
-        };
+        let base = without_stages(q);
         let stmt = sql::buckets(
             &self.cfg.database,
             &base,
@@ -578,9 +635,6 @@ pub struct Stored {
 
 /// Lines a log query pages through at a time.
 pub const PAGE: u64 = 5_000;
-/// Lines a metric query pages through at a time (no pipeline output to
-/// hold, so larger pages).
-const METRIC_PAGE: u64 = 20_000;
 
 impl Stored {
     /// Where a page ending at this line ends.
@@ -613,11 +667,7 @@ impl Pages {
     pub fn new(ch: &ClickHouse, q: &Query, w: sql::Window, page_size: u64) -> Pages {
         Pages {
             ch: ch.clone(),
-            base: Query {
-                pipeline: Default::default(),
-                unwrap: None,
-                ..q.clone()
-            },
+            base: without_stages(q),
             window: w,
             page_size: page_size.max(1),
             after: None,
@@ -721,6 +771,16 @@ impl Answer {
     }
 }
 
+/// `q` without its pipeline stages and unwrap: what SQL does of it (the
+/// selector and the line filters); the rest runs here.
+fn without_stages(q: &Query) -> Query {
+    Query {
+        pipeline: Default::default(),
+        unwrap: None,
+        ..q.clone()
+    }
+}
+
 /// Reads a stream's node and file labels, as `sql::STREAM_COLUMNS` gives
 /// them.
 fn read_stream(r: &mut rowbinary::Reader<'_>) -> Result<(String, FileLabels), ClickHouseError> {
@@ -764,33 +824,38 @@ pub fn decode_stored(body: &[u8]) -> Result<Vec<Stored>, ClickHouseError> {
     let mut r = rowbinary::Reader::new(body);
     let mut out = Vec::new();
     while !r.done() {
-        let ts = r.i64()?;
-        let (node, labels) = read_stream(&mut r)?;
-        let stream = r.u8()?;
-        let file_id = r.u64()?;
-        let offset = r.u64()?;
-        let flags = r.u32()?;
-        let line = r.string()?.to_vec();
-        let received = r.i64()?;
-        let entry = Entry {
-            ts_unix_nano: ts,
-            node,
-            labels: Some(labels),
-            stream: Stream::try_from(i32::from(stream)).unwrap_or(Stream::Unknown) as i32,
-            line,
-            unterminated: flags & logfleet_proto::lines::UNTERMINATED != 0,
-            cut: flags & logfleet_proto::lines::CUT != 0,
-            unparsed: flags & logfleet_proto::lines::UNPARSED != 0,
-            ..Default::default()
-        };
-        out.push(Stored {
-            entry,
-            file_id,
-            offset,
-            received,
-        });
+        out.push(read_stored(&mut r)?);
     }
     Ok(out)
+}
+
+/// Reads one row of [`sql::COLUMNS`].
+fn read_stored(r: &mut rowbinary::Reader<'_>) -> Result<Stored, ClickHouseError> {
+    let ts = r.i64()?;
+    let (node, labels) = read_stream(r)?;
+    let stream = r.u8()?;
+    let file_id = r.u64()?;
+    let offset = r.u64()?;
+    let flags = r.u32()?;
+    let line = r.string()?.to_vec();
+    let received = r.i64()?;
+    let entry = Entry {
+        ts_unix_nano: ts,
+        node,
+        labels: Some(labels),
+        stream: Stream::try_from(i32::from(stream)).unwrap_or(Stream::Unknown) as i32,
+        line,
+        unterminated: flags & logfleet_proto::lines::UNTERMINATED != 0,
+        cut: flags & logfleet_proto::lines::CUT != 0,
+        unparsed: flags & logfleet_proto::lines::UNPARSED != 0,
+        ..Default::default()
+    };
+    Ok(Stored {
+        entry,
+        file_id,
+        offset,
+        received,
+    })
 }
 
 struct Job {

@@ -53,6 +53,11 @@ impl<'a> Reader<'a> {
         self.pos >= self.data.len()
     }
 
+    /// Bytes read so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
         let end = self.pos.checked_add(n).ok_or(Malformed(self.pos))?;
         let s = self.data.get(self.pos..end).ok_or(Malformed(self.pos))?;

@@ -414,6 +414,19 @@ pub fn index_stats(db: &str, q: &Query, from: i64, to: i64) -> Result<String, Un
     ))
 }
 
+/// The lines of `q`'s selector and line filters in `[from, to)`, each
+/// once, in no order (nothing to sort: the reader takes them as they
+/// stream); RowBinary with [`COLUMNS`].
+pub fn select_unordered(db: &str, q: &Query, from: i64, to: i64) -> Result<String, Unsupported> {
+    let mut conds = conditions(q)?;
+    conds.push(format!("ts >= {from} AND ts < {to}"));
+    Ok(format!(
+        "SELECT {COLUMNS} FROM {}.lines WHERE {} LIMIT 1 BY node, file_id, offset FORMAT RowBinary",
+        ident(db),
+        conds.join(" AND ")
+    ))
+}
+
 /// Columns of `agents`, in the order heartbeats are written and read.
 pub const AGENT_COLUMNS: &str =
     "node, seen, version, files, bytes_behind, last_error, dead_letter_lines";

@@ -297,8 +297,8 @@ async fn until_stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// What a tail or query hears when the aggregator stops.
-fn shutting_down() -> Status {
+/// What a tail or query hears when the aggregator stops (both stores).
+pub(crate) fn shutting_down() -> Status {
     Status::unavailable("aggregator shutting down")
 }
 

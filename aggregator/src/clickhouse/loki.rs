@@ -238,10 +238,11 @@ const PUSH_PIECE: usize = 4 << 20;
 /// entry identical to one it holds. Two different entries of one stream
 /// share a key with odds of about n²/2⁶⁴ (one in 18 million for a million
 /// entries). Pure.
+/// Also returns how many entries repeated one earlier in the same push.
 pub fn push_requests(
     t: &crate::loki::push::Target,
     entries: Vec<(i64, String)>,
-) -> Result<Vec<logfleet_proto::v1::PushRequest>, crate::loki::push::Refused> {
+) -> Result<(Vec<logfleet_proto::v1::PushRequest>, u64), crate::loki::push::Refused> {
     use logfleet_proto::v1::{Compression, FileRange, PushRequest};
     let mut keyed: Vec<(u64, i64, String)> = entries
         .into_iter()
@@ -255,7 +256,9 @@ pub fn push_requests(
     // Offsets ascend within a range; an entry repeated within the push is
     // one entry.
     keyed.sort_by_key(|k| k.0);
+    let sent = keyed.len();
     keyed.dedup_by_key(|k| k.0);
+    let repeated = (sent - keyed.len()) as u64;
     let mut out = Vec::new();
     let mut rest = &keyed[..];
     while !rest.is_empty() {
@@ -293,7 +296,7 @@ pub fn push_requests(
             payload,
         });
     }
-    Ok(out)
+    Ok((out, repeated))
 }
 
 /// What Loki pushes into ClickHouse need.
@@ -331,7 +334,10 @@ async fn push(
     crate::loki::push::count_metadata(&incoming, &st.metrics);
     for s in incoming {
         let t = crate::loki::push::target(&s.labels).map_err(crate::loki::refused)?;
-        for req in push_requests(&t, s.entries).map_err(crate::loki::refused)? {
+        let (reqs, repeated) = push_requests(&t, s.entries).map_err(crate::loki::refused)?;
+        // Counted with the agents' re-sent lines, as on the embedded store.
+        st.metrics.duplicate_lines.inc_by(repeated);
+        for req in reqs {
             let n = writer.push(req).await.map_err(|e| {
                 if e.is_unavailable() {
                     error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -380,14 +386,16 @@ mod tests {
             (1, "a".to_owned()),
             (1, "a again".to_owned()),
         ];
-        let first = offsets(&push_requests(&target(), entries.clone()).unwrap());
+        let (reqs, repeated) = push_requests(&target(), entries.clone()).unwrap();
+        assert_eq!(repeated, 1);
+        let first = offsets(&reqs);
         // The repeat within the push is one entry; same time, other text
         // is another.
         assert_eq!(first.len(), 4);
         // The same push again, in another order: the same keys.
         let mut again = entries;
         again.reverse();
-        let mut second = offsets(&push_requests(&target(), again).unwrap());
+        let mut second = offsets(&push_requests(&target(), again).unwrap().0);
         let mut f = first.clone();
         f.sort();
         second.sort();
@@ -401,14 +409,14 @@ mod tests {
     fn a_large_push_goes_in_pieces_that_each_fit() {
         let line = "x".repeat(1 << 20);
         let entries: Vec<(i64, String)> = (0..10).map(|i| (i, line.clone())).collect();
-        let reqs = push_requests(&target(), entries).unwrap();
+        let (reqs, _) = push_requests(&target(), entries).unwrap();
         assert!(reqs.len() >= 3, "{}", reqs.len());
         assert!(reqs
             .iter()
             .all(|r| r.raw_len <= (PUSH_PIECE + (1 << 20)) as u64));
         assert_eq!(offsets(&reqs).len(), 10);
         // One line above the piece size still goes, alone.
-        let big = push_requests(&target(), vec![(1, "y".repeat(PUSH_PIECE + 1))]).unwrap();
+        let (big, _) = push_requests(&target(), vec![(1, "y".repeat(PUSH_PIECE + 1))]).unwrap();
         assert_eq!(big.len(), 1);
     }
 }

@@ -166,12 +166,6 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// What a query or tail hears when the aggregator stops (the embedded
-/// store's words).
-fn shutting_down() -> Status {
-    Status::unavailable("aggregator shutting down")
-}
-
 /// An open tail, counted in the `tails` gauge until dropped.
 struct OpenTail(Gauge);
 
@@ -226,7 +220,7 @@ impl QueryApi for QuerySvc {
                 let next = tokio::select! {
                     n = tokio::time::timeout_at(deadline, answer.next()) => n,
                     () = stopped(&mut stopping) => {
-                        let _ = tx.send(Err(shutting_down())).await;
+                        let _ = tx.send(Err(crate::service::shutting_down())).await;
                         return;
                     }
                 };
@@ -309,7 +303,7 @@ impl QueryApi for QuerySvc {
                 tokio::select! {
                     () = tokio::time::sleep(TAIL_POLL) => {}
                     () = stopped(&mut stopping) => {
-                        let _ = tx.send(Err(shutting_down())).await;
+                        let _ = tx.send(Err(crate::service::shutting_down())).await;
                         return;
                     }
                 }
@@ -511,7 +505,7 @@ pub async fn run(
     );
     registry.register(
         "logfleet_aggregator_clickhouse_pushes_failed",
-        "Pushes not stored (ClickHouse unreachable or refusing, or invalid)",
+        "Pushes not stored because ClickHouse was unreachable or refused the insert (agents retry them; invalid pushes are in rejected_pushes)",
         ch.refused.clone(),
     );
     let loki_store: super::loki::Store = Default::default();

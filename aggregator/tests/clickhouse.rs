@@ -15,6 +15,18 @@ use logfleet_kubesim::clickhouse::Server;
 use logfleet_proto::v1::{Compression, FileLabels, FileRange, Label, PushRequest, Stream};
 use logfleet_proto::LinesBuilder;
 
+/// The settings for a stand-in server at `addr`.
+fn stand_in(addr: std::net::SocketAddr) -> Config {
+    Config {
+        url: format!("http://{addr}"),
+        database: "x".into(),
+        user: None,
+        password: None,
+        retention_days: None,
+        cluster: None,
+    }
+}
+
 fn config(s: &Server, db: &str) -> Config {
     Config {
         url: s.url(),
@@ -689,16 +701,9 @@ async fn a_request_whose_connection_drops_is_sent_again() {
             });
         }
     });
-    let ch = ClickHouse::connect(Config {
-        url: format!("http://{addr}"),
-        database: "x".into(),
-        user: None,
-        password: None,
-        retention_days: None,
-        cluster: None,
-    })
-    .await
-    .expect("connects despite dropped connections");
+    let ch = ClickHouse::connect(stand_in(addr))
+        .await
+        .expect("connects despite dropped connections");
     assert_eq!(ch.features().version, (18, 16));
     assert!(dropped.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
@@ -751,16 +756,7 @@ async fn streamed_rows_cut_across_frames_are_read_whole() {
             });
         }
     });
-    let ch = ClickHouse::connect(Config {
-        url: format!("http://{addr}"),
-        database: "x".into(),
-        user: None,
-        password: None,
-        retention_days: None,
-        cluster: None,
-    })
-    .await
-    .unwrap();
+    let ch = ClickHouse::connect(stand_in(addr)).await.unwrap();
     let mut got = Vec::new();
     ch.stream_stored("SELECT 'STREAMED'", &mut |r| {
         got.push((r.entry.ts_unix_nano, r.entry.line, r.file_id, r.offset));

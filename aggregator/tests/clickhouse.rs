@@ -15,6 +15,23 @@ use logfleet_kubesim::clickhouse::Server;
 use logfleet_proto::v1::{Compression, FileLabels, FileRange, Label, PushRequest, Stream};
 use logfleet_proto::LinesBuilder;
 
+/// Connects as the aggregator does at start: again until a deadline while
+/// the server refuses connections (a cluster server listens before it
+/// is done starting, and under load stops answering for a moment).
+async fn connect_within(cfg: Config) -> ClickHouse {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ClickHouse::connect(cfg.clone()).await {
+            Ok(ch) => return ch,
+            Err(e) if e.is_unavailable() && Instant::now() < deadline => {
+                eprintln!("connect to {}: {e}; again", cfg.url);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("connect to {}: {e}", cfg.url),
+        }
+    }
+}
+
 /// The settings for a stand-in server at `addr`.
 fn stand_in(addr: std::net::SocketAddr) -> Config {
     Config {
@@ -331,10 +348,9 @@ async fn a_cluster_of_two_replicas_through_zookeeper() {
         ..config(s, "fleet")
     };
     let (a, b) = tokio::join!(
-        ClickHouse::connect(cfg(&servers[0])),
-        ClickHouse::connect(cfg(&servers[1]))
+        connect_within(cfg(&servers[0])),
+        connect_within(cfg(&servers[1]))
     );
-    let (a, b) = (a.unwrap(), b.unwrap());
     for s in &servers {
         assert_eq!(
             s.sql("SELECT engine FROM system.tables WHERE database = 'fleet' AND name = 'lines_local'").unwrap(),

@@ -295,6 +295,13 @@ async fn refused_and_counted(store: &[&str]) {
         metric(&metrics, "logfleet_aggregator_rejected_pushes_total") >= 1.0,
         "{metrics}"
     );
+    // The embedded store's own metrics only where it stores: over
+    // ClickHouse they would be zeros that say nothing.
+    assert_eq!(
+        metrics.contains("\nlogfleet_aggregator_segments "),
+        store.is_empty(),
+        "{metrics}"
+    );
     let _ = LineBatch::decode(&b""[..]);
 }
 

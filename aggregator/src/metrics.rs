@@ -66,6 +66,19 @@ pub struct Metrics {
 impl Metrics {
     /// Creates the metrics and registers them.
     pub fn new(registry: &mut Registry) -> Self {
+        Self::with(registry, true)
+    }
+
+    /// The metrics of an aggregator over another store (ClickHouse): the
+    /// embedded store's own (segments, chunk files, commits, bytes on
+    /// disk and of text, decoding back-pressure, damaged records,
+    /// compactions, retention) are not exported, rather than exported as
+    /// zeros that say nothing.
+    pub fn without_embedded_store(registry: &mut Registry) -> Self {
+        Self::with(registry, false)
+    }
+
+    fn with(registry: &mut Registry, embedded: bool) -> Self {
         let m = Metrics {
             batches: Counter::default(),
             lines: Counter::default(),
@@ -92,7 +105,6 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("logfleet_aggregator");
         r.register("batches", "Batches stored", m.batches.clone());
         r.register("lines", "Lines stored", m.lines.clone());
-        r.register("bytes", "Bytes of line text stored", m.bytes.clone());
         r.register(
             "duplicate_lines",
             "Re-sent lines recognised and dropped",
@@ -113,33 +125,6 @@ impl Metrics {
             "Requests whose identity token named no node (Kubernetes before 1.30): only the service account was checked",
             m.identity_without_node.clone(),
         );
-        r.register("store_errors", "Storage failures", m.store_errors.clone());
-        r.register(
-            "compactions",
-            "Push log segments compacted into stream-shaped chunk files",
-            m.compactions.clone(),
-        );
-        r.register(
-            "segments_deleted",
-            "Segments deleted by retention",
-            m.segments_deleted.clone(),
-        );
-        r.register(
-            "stored_bytes",
-            "Bytes of segment files on disk",
-            m.stored_bytes.clone(),
-        );
-        r.register("segments", "Segment files on disk", m.segments.clone());
-        r.register(
-            "streams",
-            "Streams known: one per node and container log file (the store's label cardinality)",
-            m.streams.clone(),
-        );
-        r.register(
-            "chunk_files",
-            "Compacted chunk files on disk",
-            m.chunk_files.clone(),
-        );
         r.register(
             "loki_structured_metadata_dropped",
             "Entries pushed through Loki's API whose structured metadata was not kept",
@@ -148,25 +133,56 @@ impl Metrics {
         r.register("queries", "Queries served", m.queries.clone());
         r.register("tails", "Live tails open", m.tails.clone());
         r.register(
-            "commit_seconds",
-            "Time to write and fsync one commit group",
-            m.fsync_seconds.clone(),
-        );
-        r.register(
-            "damaged_records",
-            "Stored records found damaged and skipped (at start-up or by a query)",
-            m.damaged_records.clone(),
-        );
-        r.register(
             "query_timeouts",
             "Queries stopped at their deadline",
             m.query_timeouts.clone(),
         );
-        r.register(
-            "pushes_waiting",
-            "Pushes waiting for decoding room (back-pressure)",
-            m.pushes_waiting.clone(),
-        );
+        if embedded {
+            r.register("bytes", "Bytes of line text stored", m.bytes.clone());
+            r.register(
+                "pushes_waiting",
+                "Pushes waiting for decoding room (back-pressure)",
+                m.pushes_waiting.clone(),
+            );
+            r.register("store_errors", "Storage failures", m.store_errors.clone());
+            r.register(
+                "compactions",
+                "Push log segments compacted into stream-shaped chunk files",
+                m.compactions.clone(),
+            );
+            r.register(
+                "segments_deleted",
+                "Segments deleted by retention",
+                m.segments_deleted.clone(),
+            );
+            r.register(
+                "stored_bytes",
+                "Bytes of segment files on disk",
+                m.stored_bytes.clone(),
+            );
+            r.register("segments", "Segment files on disk", m.segments.clone());
+            r.register(
+                "streams",
+                "Streams known: one per node and container log file (the store's label cardinality)",
+                m.streams.clone(),
+            );
+            r.register(
+                "chunk_files",
+                "Compacted chunk files on disk",
+                m.chunk_files.clone(),
+            );
+            r.register(
+                "commit_seconds",
+                "Time to write and fsync one commit group",
+                m.fsync_seconds.clone(),
+            );
+            r.register(
+                "damaged_records",
+                "Stored records found damaged and skipped (at start-up or by a query)",
+                m.damaged_records.clone(),
+            );
+        }
+
         m
     }
 

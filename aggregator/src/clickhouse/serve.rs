@@ -478,7 +478,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AggregatorError> {
     let mut registry = Registry::default();
-    let metrics = crate::metrics::Metrics::new(&mut registry);
+    let metrics = crate::metrics::Metrics::without_embedded_store(&mut registry);
     let ch = Arc::new(Ch {
         store: Default::default(),
         problem: Mutex::new(Some("connecting".into())),

@@ -45,6 +45,20 @@ pub enum Label {
 }
 
 impl Label {
+    /// The label named `name` in queries.
+    pub fn from_name(name: &str) -> Label {
+        match name {
+            "node" => Label::Node,
+            "namespace" => Label::Namespace,
+            "pod" => Label::Pod,
+            "pod_uid" => Label::PodUid,
+            "container" => Label::Container,
+            "restart" => Label::Restart,
+            "stream" => Label::Stream,
+            other => Label::Other(other.to_owned()),
+        }
+    }
+
     /// The label's name in queries.
     pub fn name(&self) -> &str {
         match self {
@@ -305,22 +319,12 @@ pub(crate) fn parse_log(p: &mut Parser<'_>) -> Result<Query, QueryError> {
             break;
         }
         let at = p.pos;
-        let label = match p.ident()? {
-            "node" => Label::Node,
-            "namespace" => Label::Namespace,
-            "pod" => Label::Pod,
-            "pod_uid" => Label::PodUid,
-            "container" => Label::Container,
-            "restart" => Label::Restart,
-            "stream" => Label::Stream,
-            other => {
-                if other.starts_with(|c: char| c.is_ascii_digit()) {
-                    p.pos = at;
-                    return p.err(format!("{other:?} is not a label name"));
-                }
-                Label::Other(other.to_owned())
-            }
-        };
+        let name = p.ident()?;
+        if name.starts_with(|c: char| c.is_ascii_digit()) {
+            p.pos = at;
+            return p.err(format!("{name:?} is not a label name"));
+        }
+        let label = Label::from_name(name);
         let op = if p.eat("=~") {
             let pat = p.string()?;
             Op::Re(p.regex(&pat)?)

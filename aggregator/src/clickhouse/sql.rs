@@ -274,16 +274,7 @@ pub fn label_values(
     from: i64,
     to: i64,
 ) -> Result<String, Unsupported> {
-    let label = match name {
-        "node" => Label::Node,
-        "namespace" => Label::Namespace,
-        "pod" => Label::Pod,
-        "pod_uid" => Label::PodUid,
-        "container" => Label::Container,
-        "restart" => Label::Restart,
-        "stream" => Label::Stream,
-        other => Label::Other(other.to_owned()),
-    };
+    let label = Label::from_name(name);
     let expr = label_expr(&label);
     let mut conds = conditions(q)?;
     conds.push(format!("ts >= {from} AND ts < {to}"));

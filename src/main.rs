@@ -57,11 +57,16 @@ enum Cmd {
     /// Print every object the controller would apply for a LogCollector,
     /// like `helm template`.
     Render(RenderArgs),
-    /// Print the install bundle (deploy/logfleet.yaml).
+    /// Print the install bundle (deploy/logfleet.yaml; with --openshift,
+    /// deploy/openshift.yaml).
     Bundle {
         /// Image for the controller and the default LogCollector.
         #[arg(long, env = "LOGFLEET_IMAGE", default_value = logfleet_controller::crd::DEFAULT_IMAGE)]
         image: String,
+        /// Print what OpenShift needs besides the bundle: the agents'
+        /// SecurityContextConstraints and the controller's right to grant it.
+        #[arg(long, env = "LOGFLEET_BUNDLE_OPENSHIFT")]
+        openshift: bool,
     },
     /// Measure the real processes on a generated workload (docs/BENCHMARKS.md).
     #[command(subcommand)]
@@ -108,7 +113,8 @@ struct RenderArgs {
     /// Namespace when the file names none.
     #[arg(long, env = "LOGFLEET_NAMESPACE", default_value = "logfleet")]
     namespace: String,
-    /// Render for OpenShift (adds the agents' SecurityContextConstraints).
+    /// Render for OpenShift (the agents use the SecurityContextConstraints of
+    /// `logfleet bundle --openshift`; the SELinux type for reading host logs).
     #[arg(long, env = "LOGFLEET_OPENSHIFT")]
     openshift: bool,
     /// The controller's namespace: the NetworkPolicy lets it read the
@@ -373,23 +379,29 @@ struct AgentArgs {
     /// Check open files this often when no notification arrives.
     #[arg(long, env = "LOGFLEET_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     poll_interval: Duration,
-    /// Only namespaces matching this regex (whole value); repeatable.
-    #[arg(long, env = "LOGFLEET_INCLUDE_NAMESPACE", value_delimiter = ',')]
+    /// Only namespaces matching this regex (whole value); repeatable. The variable holds one regex
+    /// (no delimiter: a comma belongs to `{2,4}`); join several with `|`.
+    #[arg(long, env = "LOGFLEET_INCLUDE_NAMESPACE")]
     include_namespace: Vec<String>,
-    /// Skip namespaces matching this regex; repeatable.
-    #[arg(long, env = "LOGFLEET_EXCLUDE_NAMESPACE", value_delimiter = ',')]
+    /// Skip namespaces matching this regex; repeatable. The variable holds one regex
+    /// (no delimiter: a comma belongs to `{2,4}`); join several with `|`.
+    #[arg(long, env = "LOGFLEET_EXCLUDE_NAMESPACE")]
     exclude_namespace: Vec<String>,
-    /// Only pods matching this regex; repeatable.
-    #[arg(long, env = "LOGFLEET_INCLUDE_POD", value_delimiter = ',')]
+    /// Only pods matching this regex; repeatable. The variable holds one regex
+    /// (no delimiter: a comma belongs to `{2,4}`); join several with `|`.
+    #[arg(long, env = "LOGFLEET_INCLUDE_POD")]
     include_pod: Vec<String>,
-    /// Skip pods matching this regex; repeatable.
-    #[arg(long, env = "LOGFLEET_EXCLUDE_POD", value_delimiter = ',')]
+    /// Skip pods matching this regex; repeatable. The variable holds one regex
+    /// (no delimiter: a comma belongs to `{2,4}`); join several with `|`.
+    #[arg(long, env = "LOGFLEET_EXCLUDE_POD")]
     exclude_pod: Vec<String>,
-    /// Only containers matching this regex; repeatable.
-    #[arg(long, env = "LOGFLEET_INCLUDE_CONTAINER", value_delimiter = ',')]
+    /// Only containers matching this regex; repeatable. The variable holds one regex
+    /// (no delimiter: a comma belongs to `{2,4}`); join several with `|`.
+    #[arg(long, env = "LOGFLEET_INCLUDE_CONTAINER")]
     include_container: Vec<String>,
-    /// Skip containers matching this regex; repeatable.
-    #[arg(long, env = "LOGFLEET_EXCLUDE_CONTAINER", value_delimiter = ',')]
+    /// Skip containers matching this regex; repeatable. The variable holds one regex
+    /// (no delimiter: a comma belongs to `{2,4}`); join several with `|`.
+    #[arg(long, env = "LOGFLEET_EXCLUDE_CONTAINER")]
     exclude_container: Vec<String>,
     /// Tell the aggregator the agent is alive this often, lines or not.
     #[arg(long, env = "LOGFLEET_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
@@ -851,6 +863,29 @@ fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::Aggregato
     })
 }
 
+/// Raises the soft limit of open files to the hard one. The default soft
+/// limit (1024 on most systems) is reached by an aggregator whose queries
+/// hold chunk files open, or an agent with many log files, and EMFILE then
+/// reaches seals, snapshots and checkpoints; the hard limit is what the
+/// administrator allows.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            return;
+        }
+        let from = lim.rlim_cur;
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+            tracing::debug!(from, to = lim.rlim_max, "raised the open files limit");
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -861,6 +896,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1048,8 +1084,12 @@ async fn run(cmd: Cmd) -> Result<()> {
                 &mut std::io::stdout(),
             );
         }
-        Cmd::Bundle { image } => {
-            print!("{}", logfleet_controller::bundle::bundle_yaml(&image)?);
+        Cmd::Bundle { image, openshift } => {
+            if openshift {
+                print!("{}", logfleet_controller::bundle::openshift_bundle_yaml()?);
+            } else {
+                print!("{}", logfleet_controller::bundle::bundle_yaml(&image)?);
+            }
         }
         Cmd::Bench(b) => match b {
             BenchCmd::Generate { dir, size, files } => {

@@ -1,6 +1,7 @@
 //! What an agent does when the aggregator refuses its lines, when its node
-//! has nothing to say, and when its log root is missing: nothing vanishes
-//! silently, and a quiet agent is told apart from a dead one.
+//! has nothing to say, when its log root is missing, and with the filters
+//! the controller renders for it: nothing vanishes silently, and a quiet
+//! agent is told apart from a dead one.
 
 mod common;
 
@@ -193,4 +194,93 @@ fn quiet_and_misconfigured_agents_report_through_heartbeats() {
         text.contains("LAST SEEN") && text.contains("LAST PUSH"),
         "{text}"
     );
+}
+
+/// A collector's filters reach the agents through their ConfigMap: a regex
+/// with a comma (`team-[a-z]{2,4}`) once was split there, and every agent
+/// exited ("unclosed counted repetition"). Rendered by the controller's own
+/// code, set as the environment `envFrom` sets, read by the real agent.
+#[test]
+fn filters_with_commas_reach_the_agent_whole() {
+    use logfleet_controller::render::{render, Options};
+    // Children inherit a soft limit of open files below the hard one, as
+    // on most systems (1024), and must raise it themselves (checked below).
+    // SAFETY: getrlimit and setrlimit only read and write `lim`.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_cur.min(1024).min(lim.rlim_max.saturating_sub(1));
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pods");
+    std::fs::create_dir_all(&root).unwrap();
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    let lc: logfleet_controller::crd::LogCollector = serde_json::from_value(serde_json::json!({
+        "apiVersion": "logfleet.dev/v1alpha1", "kind": "LogCollector",
+        "metadata": {"name": "logs", "namespace": "logfleet"},
+        "spec": {"agent": {"filters": {
+            "excludeNamespaces": ["team-[a-z]{2,4}", "kube-.*"],
+            "includeContainers": ["c|d", "e{1,2}"],
+        }}},
+    }))
+    .unwrap();
+    let objs = render(&lc, &Options::default()).unwrap();
+    let cm = objs
+        .iter()
+        .find(|o| o.api.kind == "ConfigMap")
+        .expect("the agents' ConfigMap");
+    let env: Vec<(String, String)> = cm.body["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.contains("_INCLUDE_") || k.contains("_EXCLUDE_"))
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(env.len(), 2, "{env:?}");
+    let ts = 1_795_000_000_000_000_000i64;
+    for (i, (ns, container)) in [
+        ("team-ab", "c"),
+        ("kube-system", "c"),
+        ("team-abcdef", "c"),
+        ("shop", "ee"),
+        ("shop2", "f"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut pod = Pod::create(
+            &root,
+            ns,
+            &format!("p{i}"),
+            &format!("u{i}"),
+            &[(container, Format::Cri)],
+            Rotation::default(),
+        )
+        .unwrap();
+        pod.containers[0]
+            .write(ts + i as i64, "stdout", &format!("from {ns}"), true)
+            .unwrap();
+    }
+    let mut agent = agent_with_env(dir.path(), "node-a", &root, &url, &[], &env);
+    let lines = wait_for("the kept lines", Duration::from_secs(30), || {
+        assert!(agent.is_running(), "the agent exited: {}", agent.log_text());
+        query_all(&url, "{}", &[]).filter(|v| v.len() >= 2)
+    });
+    let got: Vec<&str> = lines.iter().map(|l| l["line"].as_str().unwrap()).collect();
+    assert_eq!(got, ["from team-abcdef", "from shop"]);
+    // Both raised their soft limit of open files to the hard one (EMFILE
+    // at 1024 once reached seals and checkpoints).
+    for p in [&agent, &_agg] {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", p.pid().unwrap())).unwrap();
+        let row = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("a Max open files row");
+        let v: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(v[3], v[4], "{}: {row}", p.name);
+    }
 }

@@ -108,6 +108,31 @@ fn checked_in_bundle_is_what_the_binary_prints() {
 }
 
 #[test]
+fn checked_in_openshift_bundle_is_what_the_binary_prints() {
+    let checked_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/openshift.yaml"
+    ))
+    .expect("deploy/openshift.yaml");
+    assert!(
+        checked_in == stdout(&["bundle", "--openshift"]),
+        "deploy/openshift.yaml is stale: run `cargo run -- bundle --openshift > deploy/openshift.yaml`"
+    );
+    let kinds: Vec<String> = docs(&checked_in)
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "SecurityContextConstraints",
+            "ClusterRole",
+            "ClusterRoleBinding"
+        ]
+    );
+}
+
+#[test]
 fn render_prints_typed_objects_and_refuses_bad_input() {
     let kinds: Vec<String> = docs(&stdout(&["render"])).iter().map(parse_typed).collect();
     assert_eq!(
@@ -160,7 +185,7 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
         file.to_str().expect("path"),
         "--openshift",
     ]));
-    assert_eq!(objs.len(), 12);
+    assert_eq!(objs.len(), 11);
     assert!(objs.iter().all(|o| o["metadata"]["name"]
         .as_str()
         .is_some_and(|n| n.contains("edge"))));
@@ -170,7 +195,15 @@ fn render_prints_typed_objects_and_refuses_bad_input() {
         .expect("configmap");
     assert_eq!(cm["data"]["LOGFLEET_COMPRESSION"], "gzip");
     assert_eq!(cm["metadata"]["namespace"], "obs");
-    assert_eq!(objs[11]["kind"], "SecurityContextConstraints");
+    // The agents may use the SCC of deploy/openshift.yaml; none is rendered.
+    assert!(objs
+        .iter()
+        .all(|o| o["kind"] != "SecurityContextConstraints"));
+    assert!(
+        objs[9]["rules"].to_string().contains("\"use\""),
+        "{}",
+        objs[9]
+    );
 
     // What the API server or the agents would refuse (issue 14), with a
     // message naming the field.

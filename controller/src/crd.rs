@@ -484,10 +484,11 @@ pub struct AggregatorSpec {
     #[serde(default)]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("storage cannot change after creation (the StatefulSet's volume claim template is immutable)"))]
     pub storage: Storage,
-    /// Delete data older than this (e.g. `7d`, `0` for no limit by age).
+    /// Delete data older than this (e.g. `7d`, `0` for no limit by age; at
+    /// most 99999d, which is longer than any disk lasts).
     #[serde(default = "default_retention_age")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = kube::core::Rule::new("self.matches('^(0|[0-9]+(m|h|d))$')").message("retentionAge is a duration such as 12h or 7d, or 0"))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^(0|[0-9]{1,8}m|[0-9]{1,6}h|[0-9]{1,5}d)$')").message("retentionAge is a duration such as 12h or 7d (at most 99999d), or 0"))]
     pub retention_age: String,
     /// Delete the oldest data beyond this size (e.g. `50GiB`, `0` for no limit by size).
     #[serde(default = "zero")]
@@ -854,6 +855,11 @@ mod tests {
                 serde_json::json!({"aggregator": {"retentionAge": "a week"}}),
                 "retentionAge",
             ),
+            // Past what the aggregator's nanosecond clock can subtract.
+            (
+                serde_json::json!({"aggregator": {"retentionAge": "150000d"}}),
+                "at most 99999d",
+            ),
         ];
         for (spec, want) in cases {
             let e = errors(&lc(spec.clone()));
@@ -867,6 +873,8 @@ mod tests {
             serde_json::json!({"agent": {"updateStrategy": {"type": "OnDelete"}}}),
             serde_json::json!({"agent": {"batchSize": "512KiB", "batchWait": "250ms", "runAsUser": 65532}}),
             serde_json::json!({"aggregator": {"replicas": 0, "retentionAge": "0", "retentionSize": "50GiB"}}),
+            serde_json::json!({"aggregator": {"retentionAge": "99999d"}}),
+            serde_json::json!({"aggregator": {"retentionAge": "43800h"}}),
             serde_json::json!({"aggregator": {"replicas": 3, "clickhouse": {"url": "http://clickhouse.logs.svc:8123",
                 "database": "logs_1", "cluster": "logs", "credentialsSecret": "ch-writer"}}}),
         ];

@@ -15,7 +15,8 @@
 //! I/O around them: [`reconcile`] applies, observes and writes the status;
 //! [`run`] is `logfleet controller` (Lease, watches, metrics endpoint);
 //! [`dump`] reads the same objects from a kubectl dump or the cluster for
-//! `logfleet status`; [`bundle`] is the install bundle; [`check`] says what
+//! `logfleet status`; [`bundle`] is the install bundle ([`openshift`] its
+//! OpenShift part); [`check`] says what
 //! the API server and the controller would refuse of a file, for
 //! `logfleet render -f`; [`rbac`] derives what the API server checks of a
 //! request, so tests hold the controller to the bundle's ClusterRole.
@@ -28,6 +29,7 @@ pub mod credentials;
 pub mod dump;
 pub mod metrics;
 pub mod names;
+pub mod openshift;
 pub mod placement;
 pub mod rbac;
 pub mod reconcile;

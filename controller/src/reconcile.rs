@@ -14,7 +14,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{json, Value};
@@ -25,7 +24,8 @@ use crate::metrics::Metrics;
 use crate::render::{self, Object, Options, FIELD_MANAGER};
 use crate::status::{self, Observed};
 
-/// The finalizer that removes the cluster-scoped objects.
+/// The finalizer earlier versions added on OpenShift; the controller takes
+/// it off collectors that still carry it.
 pub const FINALIZER: &str = "logfleet.dev/cleanup";
 
 /// How to ask a collector's aggregator for its agents.
@@ -93,9 +93,6 @@ pub enum Error {
     /// Rendering failed.
     #[error(transparent)]
     Render(#[from] render::RenderError),
-    /// The finalizer machinery failed.
-    #[error("finalizer: {0}")]
-    Finalizer(String),
     /// The node or pod cache has not been filled yet.
     #[error("the node and pod caches are not filled yet")]
     CacheNotReady,
@@ -117,33 +114,19 @@ pub async fn reconcile(lc: Arc<LogCollector>, ctx: Arc<Context>) -> Result<Actio
     let started = Instant::now();
     let ns = lc.namespace().unwrap_or_default();
     let api: Api<LogCollector> = Api::namespaced(ctx.client.clone(), &ns);
-    // A finalizer only where there is something owner references cannot
-    // clean: the cluster-scoped SCC on OpenShift. Elsewhere a finalizer
-    // would hold a deleted collector (and its namespace and CRD) in
-    // Terminating whenever the controller goes first, as with
+    // No finalizer: owner references take every namespaced child, the
+    // controller sweeps the agents' cluster-scoped RBAC of deleted
+    // collectors, and on OpenShift the agents' SCC is shipped, not created.
+    // A finalizer would hold a deleted collector (and its namespace and
+    // CRD) in Terminating whenever the controller goes first, as with
     // `kubectl delete -f deploy/logfleet.yaml`.
-    let result = if ctx.options.openshift {
-        finalizer(&api, FINALIZER, lc, |event| async {
-            match event {
-                FinalizerEvent::Apply(lc) => apply(&lc, &ctx).await,
-                FinalizerEvent::Cleanup(lc) => cleanup(&lc, &ctx).await,
-            }
-        })
-        .await
-        .map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e)
-            | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(other.to_string()),
-        })
-    } else {
-        without_finalizer(&api, &lc, &ctx).await
-    };
+    let result = without_finalizer(&api, &lc, &ctx).await;
     ctx.metrics.reconciled(started.elapsed(), result.is_ok());
     result
 }
 
-/// Reconciles where owner references clean up everything: takes off a
-/// finalizer an earlier version added, and applies unless deleting.
+/// Takes off a finalizer an earlier version added, and applies unless
+/// deleting.
 async fn without_finalizer(
     api: &Api<LogCollector>,
     lc: &LogCollector,
@@ -599,7 +582,7 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 /// Deletes the agents' ClusterRoles and ClusterRoleBindings whose
-/// collector is gone. Without a finalizer (off OpenShift) nothing else
+/// collector is gone, or that are not named as their collector's are now. Without a finalizer (off OpenShift) nothing else
 /// would: a namespaced owner cannot own them, and a finalizer would hold a
 /// deleted collector in Terminating whenever the controller goes first.
 /// Best effort: a failure is logged and tried again next reconcile.
@@ -624,9 +607,14 @@ async fn sweep_agent_rbac(ctx: &Context) {
         else {
             continue;
         };
-        let collectors: Api<LogCollector> = Api::namespaced(ctx.client.clone(), ns);
-        if !matches!(collectors.get_opt(lc).await, Ok(None)) {
-            continue;
+        // Roles named otherwise than this version names them (before
+        // names carried a hash, two collectors could share one) go even
+        // while their collector lives: it gets its own.
+        if role == render::agent_role_name(lc, ns) {
+            let collectors: Api<LogCollector> = Api::namespaced(ctx.client.clone(), ns);
+            if !matches!(collectors.get_opt(lc).await, Ok(None)) {
+                continue;
+            }
         }
         tracing::info!(%role, collector = %format!("{ns}/{lc}"), "deleting the agent RBAC of a deleted collector");
         if let Err(e) = delete_agent_rbac(&ctx.client, &role).await {
@@ -658,27 +646,6 @@ async fn delete_agent_rbac(client: &kube::Client, name: &str) -> Result<(), kube
         }
     }
     Ok(())
-}
-
-/// Removes what owner references cannot: the cluster-scoped objects.
-async fn cleanup(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
-    let name = lc.name_any();
-    let ns = lc.namespace().unwrap_or_default();
-    if ctx.options.openshift {
-        let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &render::scc_api());
-        let scc = render::scc_name(&name, &ns);
-        match api.delete(&scc, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("deleting {scc}"))(e)),
-        }
-    }
-    let role = render::agent_role_name(&name, &ns);
-    delete_agent_rbac(&ctx.client, &role)
-        .await
-        .map_err(kube_err(format!("deleting {role}")))?;
-    tracing::info!(%ns, %name, "cleaned up");
-    Ok(Action::await_change())
 }
 
 /// What the controller does after a failed reconcile: retry soon.

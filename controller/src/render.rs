@@ -243,9 +243,6 @@ pub fn render(lc: &LogCollector, opts: &Options) -> Result<Vec<Object>, RenderEr
         out.push(typed(aggregator_network_policy(&cx)?)?);
     }
     out.extend(agent_rbac(&cx));
-    if opts.openshift {
-        out.push(openshift_scc(&cx));
-    }
     Ok(out)
 }
 
@@ -257,7 +254,11 @@ pub const COLLECTOR_ANNOTATION: &str = "logfleet.dev/collector";
 /// Name of the agents' ClusterRole and ClusterRoleBinding (cluster-scoped,
 /// so it carries the namespace).
 pub fn agent_role_name(lc: &str, ns: &str) -> String {
-    crate::names::child(&format!("logfleet-{ns}-{lc}"), "-agent", 253)
+    // `-` may stand in either name, so `<ns>-<name>` alone is the same for
+    // (`a`, `b-c`) and (`a-b`, `c`): the hash of `<ns>/<name>` (neither may
+    // hold a `/`) keeps two collectors' roles apart.
+    let hash = xxhash_rust::xxh3::xxh3_64(format!("{ns}/{lc}").as_bytes()) as u32;
+    crate::names::child(&format!("logfleet-{ns}-{lc}-{hash:08x}"), "-agent", 253)
 }
 
 /// What the agents may read of the API: with metadata on, the pods (of
@@ -280,9 +281,24 @@ pub fn agent_rules(spec: &crate::crd::AgentSpec) -> Value {
     json!(rules)
 }
 
+/// One regex matching what any of `patterns` matches: an environment
+/// variable holds one value, and no delimiter survives every regex (a comma
+/// is part of `{2,4}`). The agent matches whole values, so the groups need
+/// no anchors; each keeps its own flags (`(?i)` stays inside its group).
+pub fn any_of(patterns: &[String]) -> String {
+    match patterns {
+        [one] => one.clone(),
+        many => many
+            .iter()
+            .map(|p| format!("(?:{p})"))
+            .collect::<Vec<_>>()
+            .join("|"),
+    }
+}
+
 /// The agents' ClusterRole and its binding to their ServiceAccount. A
 /// namespaced owner cannot own cluster-scoped objects: no owner reference;
-/// the finalizer deletes them.
+/// the controller deletes them once their collector is gone.
 fn agent_rbac(cx: &Ctx<'_>) -> [Object; 2] {
     let name = agent_role_name(cx.name, cx.ns);
     let meta = json!({"name": name, "labels": labels(cx.name, "agent"),
@@ -300,6 +316,17 @@ fn agent_rbac(cx: &Ctx<'_>) -> [Object; 2] {
         "metadata": meta.clone(),
         "rules": agent_rules(&cx.lc.spec.agent),
     });
+    if cx.openshift {
+        // The SCC itself ships in deploy/openshift.yaml: the controller
+        // only grants its use, so it needs no rights over SCCs, which
+        // would let it put anyone into `privileged`.
+        let rules = role["rules"].as_array_mut();
+        let scc_use = crate::openshift::agent_scc_use_rule();
+        match rules {
+            Some(r) => r.push(scc_use),
+            None => role["rules"] = json!([scc_use]),
+        }
+    }
     let mut binding = json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRoleBinding",
@@ -403,7 +430,7 @@ pub fn agent_config(lc: &LogCollector, name: &str, ns: &str) -> BTreeMap<String,
         ("LOGFLEET_EXCLUDE_CONTAINER", &f.exclude_containers),
     ] {
         if !v.is_empty() {
-            put(k, v.join(","));
+            put(k, any_of(v));
         }
     }
     let m = &a.metadata;
@@ -513,9 +540,11 @@ fn agent_daemonset_of(cx: &Ctx<'_>) -> Result<DaemonSet, RenderError> {
     merge(&mut container_sc, &run_as);
     if cx.openshift {
         // With SELinux enforcing, container_t cannot read /var/log/pods;
-        // spc_t can (as OpenShift's own log collector runs). The agent's
-        // SecurityContextConstraints allows exactly this type.
-        container_sc["seLinuxOptions"] = json!({"type": SELINUX_TYPE});
+        // spc_t can. As OpenShift's own log collector does, the type
+        // alone: the agents' SCC (`RunAsAny` for SELinux) takes it as it
+        // is. Under `MustRunAs` admission would fill no level into a
+        // container that sets options, and refuse the empty level.
+        container_sc["seLinuxOptions"] = json!({"type": crate::openshift::SELINUX_TYPE});
     }
     let mut pod_sc = json!({});
     if !a.supplemental_groups.is_empty() {
@@ -908,76 +937,6 @@ fn aggregator_network_policy(
     )
 }
 
-/// The SELinux type of the agent on OpenShift: "super privileged
-/// container", which may read host files such as /var/log/pods; nothing
-/// else of privileged mode comes with it.
-pub const SELINUX_TYPE: &str = "spc_t";
-
-/// Name of the agents' SecurityContextConstraints (cluster-scoped, so it
-/// carries the namespace).
-pub fn scc_name(lc: &str, ns: &str) -> String {
-    crate::names::child(&format!("logfleet-{ns}-{lc}"), "-agent", 253)
-}
-
-/// OpenShift: what the agents need and no more. Host directories, uid 0
-/// for reading root-owned logs; not privileged, no capabilities, no host
-/// network or PIDs. Granted to the agent ServiceAccount through `users`,
-/// which spares the controller the right to grant `use` through RBAC.
-fn openshift_scc(cx: &Ctx<'_>) -> Object {
-    let hp = &cx.lc.spec.agent.host_paths;
-    // A namespaced owner cannot own a cluster-scoped object: no owner
-    // reference; the finalizer finds it by its labels and deletes it.
-    let meta = json!({"name": scc_name(cx.name, cx.ns), "labels": labels(cx.name, "agent")});
-    let body = json!({
-        "apiVersion": "security.openshift.io/v1",
-        "kind": "SecurityContextConstraints",
-        "metadata": meta,
-        "allowHostDirVolumePlugin": true,
-        "allowedHostPaths": [
-            {"pathPrefix": hp.pod_logs, "readOnly": true},
-            {"pathPrefix": hp.container_logs, "readOnly": true},
-            {"pathPrefix": hp.docker_containers, "readOnly": true},
-            {"pathPrefix": hp.state, "readOnly": false},
-        ],
-        "allowHostIPC": false,
-        "allowHostNetwork": false,
-        "allowHostPID": false,
-        "allowHostPorts": false,
-        "allowPrivilegeEscalation": false,
-        "allowPrivilegedContainer": false,
-        "allowedCapabilities": [],
-        "requiredDropCapabilities": ["ALL"],
-        "readOnlyRootFilesystem": true,
-        "runAsUser": {"type": "RunAsAny"},
-        "seLinuxContext": {"type": "MustRunAs", "seLinuxOptions": {"type": SELINUX_TYPE}},
-        "fsGroup": {"type": "RunAsAny"},
-        "supplementalGroups": {"type": "RunAsAny"},
-        "seccompProfiles": ["runtime/default"],
-        "volumes": ["hostPath", "configMap", "secret", "projected", "emptyDir"],
-        "users": [format!("system:serviceaccount:{}:{}", cx.ns, agent_name(cx.name))],
-    });
-    let mut body = body;
-    prune(&mut body);
-    stamp(&mut body);
-    Object {
-        api: scc_api(),
-        namespaced: false,
-        name: scc_name(cx.name, cx.ns),
-        body,
-    }
-}
-
-/// The API resource of OpenShift's SecurityContextConstraints.
-pub fn scc_api() -> ApiResource {
-    ApiResource {
-        group: "security.openshift.io".into(),
-        version: "v1".into(),
-        api_version: "security.openshift.io/v1".into(),
-        kind: "SecurityContextConstraints".into(),
-        plural: "securitycontextconstraints".into(),
-    }
-}
-
 /// Sets [`APPLIED_HASH`] to the hash of the body without it.
 fn stamp(body: &mut Value) {
     let h = xxhash_rust::xxh3::xxh3_64(body.to_string().as_bytes());
@@ -1217,7 +1176,10 @@ mod tests {
         };
         let objs = render(&lc(json!({})), &Options::default()).unwrap();
         let role = find(&objs, "ClusterRole");
-        assert_eq!(role["metadata"]["name"], "logfleet-logfleet-logs-agent");
+        assert_eq!(
+            role["metadata"]["name"],
+            agent_role_name("logs", "logfleet")
+        );
         assert_eq!(
             role["rules"],
             json!([
@@ -1396,14 +1358,47 @@ mod tests {
                 "Service/logs-aggregator-headless",
                 "StatefulSet/logs-aggregator",
                 "NetworkPolicy/logs-aggregator",
-                "ClusterRole/logfleet-logfleet-logs-agent",
-                "ClusterRoleBinding/logfleet-logfleet-logs-agent",
-                "SecurityContextConstraints/logfleet-logfleet-logs-agent",
+                format!("ClusterRole/{}", agent_role_name("logs", "logfleet")).as_str(),
+                format!("ClusterRoleBinding/{}", agent_role_name("logs", "logfleet")).as_str(),
             ]
         );
-        let scc = &objs[11].body;
-        assert_eq!(scc["allowPrivilegedContainer"], false);
-        assert_eq!(scc["users"][0], "system:serviceaccount:logfleet:logs-agent");
+        // The agents' SCC ships in deploy/openshift.yaml; their role uses it.
+        let role = &objs[9].body;
+        assert_eq!(
+            role["rules"].as_array().and_then(|r| r.last()),
+            Some(&crate::openshift::agent_scc_use_rule())
+        );
+    }
+
+    #[test]
+    fn cluster_scoped_names_of_two_collectors_never_meet() {
+        // `<ns>-<name>` is the same for both; the names must not be.
+        assert_ne!(agent_role_name("b-c", "a"), agent_role_name("c", "a-b"));
+        let n = agent_role_name("logs", "logfleet");
+        assert!(
+            n.starts_with("logfleet-logfleet-logs-") && n.ends_with("-agent"),
+            "{n}"
+        );
+        assert_eq!(n, agent_role_name("logs", "logfleet"), "stable");
+        let long = agent_role_name(&"x".repeat(253), &"n".repeat(63));
+        assert!(long.len() <= 253, "{}", long.len());
+    }
+
+    #[test]
+    fn filter_lists_become_one_regex_that_keeps_each_whole() {
+        let pats = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(any_of(&pats(&["kube-.*"])), "kube-.*");
+        let re = regex::Regex::new(&format!(
+            "^(?:{})$",
+            any_of(&pats(&["team-[a-z]{2,4}", "(?i)ops", "a|b"]))
+        ))
+        .unwrap();
+        for yes in ["team-ab", "team-abcd", "OPS", "a", "b"] {
+            assert!(re.is_match(yes), "{yes}");
+        }
+        for no in ["team-abcde", "team-a", "opsx", "ab", "OPSa"] {
+            assert!(!re.is_match(no), "{no}");
+        }
     }
 
     #[test]

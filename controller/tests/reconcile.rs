@@ -709,55 +709,58 @@ async fn drift_and_config_changes_are_applied_others_fields_survive() {
     assert!(cm.body["data"].get("LOGFLEET_EXCLUDE_NAMESPACE").is_none());
 }
 
+/// On OpenShift too, no finalizer (`oc delete -f deploy/logfleet.yaml`
+/// takes the controller with the collector, and one would hang there): the
+/// agents' SCC is shipped in deploy/openshift.yaml, so the controller
+/// writes no SCC; it grants the agents `use` of it in their ClusterRole.
 #[tokio::test]
-async fn finalizer_is_added_first_and_cleanup_removes_cluster_scoped_objects() {
-    // A new collector: the only write is adding the finalizer.
+async fn on_openshift_no_finalizer_and_no_scc_is_written() {
     let h = Harness::new(collector(json!({}), &[], false), &["node-a"], &[], true);
     let seen = h.reconcile().await;
-    assert_eq!(writes(&seen), [format!("PATCH {LC_PATH}")]);
-    assert_eq!(
-        seen.last().map(|s| s.content_type.as_str()),
-        Some("application/json-patch+json")
+    let w = writes(&seen);
+    assert!(!w.iter().any(|p| p == &format!("PATCH {LC_PATH}")), "{w:?}");
+    assert!(
+        !w.iter().any(|p| p.contains("securitycontextconstraints")),
+        "{w:?}"
     );
-    assert_eq!(
-        h.lc().metadata.finalizers,
-        Some(vec![FINALIZER.to_string()])
-    );
-
-    // Next: everything applied, including OpenShift's SCC (cluster-scoped, no owner).
-    let seen = h.reconcile().await;
-    let scc_path =
-        "/apis/security.openshift.io/v1/securitycontextconstraints/logfleet-logfleet-logs-agent";
-    let scc = seen
+    assert!(h.lc().metadata.finalizers.unwrap_or_default().is_empty());
+    let role = seen
         .iter()
-        .find(|s| s.method == "PATCH" && s.path == scc_path)
-        .expect("SCC applied");
-    assert!(scc.body["metadata"].get("ownerReferences").is_none());
+        .find(|s| {
+            s.method == "PATCH"
+                && s.path.ends_with(&format!(
+                    "/clusterroles/{}",
+                    render::agent_role_name("logs", "logfleet")
+                ))
+        })
+        .expect("the agents' ClusterRole");
+    assert!(
+        role.body["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(
+                |r| r["resourceNames"] == json!([logfleet_controller::openshift::AGENT_SCC])
+                    && r["verbs"] == json!(["use"])
+            ),
+        "{}",
+        role.body
+    );
     assert!(
         seen.iter()
             .any(|s| s.method == "GET" && s.path == "/api/v1/namespaces/logfleet"),
         "project node selector read"
     );
 
-    // Deleted: the SCC goes, then the finalizer.
-    {
-        let mut st = lock(&h.state);
-        let lc = st.objects.get_mut(LC_PATH).expect("lc");
-        lc["metadata"]["deletionTimestamp"] = json!("2026-11-28T10:01:00Z");
-    }
-    let seen = h.reconcile().await;
-    let rbac = "/apis/rbac.authorization.k8s.io/v1";
-    assert_eq!(
-        writes(&seen),
-        [
-            format!("DELETE {scc_path}"),
-            format!("DELETE {rbac}/clusterrolebindings/logfleet-logfleet-logs-agent"),
-            format!("DELETE {rbac}/clusterroles/logfleet-logfleet-logs-agent"),
-            format!("PATCH {LC_PATH}")
-        ]
+    // A collector an earlier version gave its finalizer, deleted: the
+    // finalizer comes off, nothing else is written.
+    let h = Harness::new(
+        collector(json!({}), &[FINALIZER], true),
+        &["node-a"],
+        &[],
+        true,
     );
-    assert!(!lock(&h.state).objects.contains_key(scc_path));
-    assert_eq!(h.lc().metadata.finalizers, Some(vec![]));
+    assert_eq!(writes(&h.reconcile().await), [format!("PATCH {LC_PATH}")]);
 }
 
 /// Issue 11: the agents' ClusterRole and binding are cluster-scoped, so no
@@ -773,10 +776,13 @@ async fn agent_rbac_of_deleted_collectors_is_swept() {
         false,
     );
     let seen = h.reconcile().await;
-    let role = "/apis/rbac.authorization.k8s.io/v1/clusterroles/logfleet-logfleet-logs-agent";
+    let role = &format!(
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/{}",
+        render::agent_role_name("logs", "logfleet")
+    );
     let applied = seen
         .iter()
-        .find(|s| s.method == "PATCH" && s.path == role)
+        .find(|s| s.method == "PATCH" && s.path == *role)
         .expect("the agents' ClusterRole is applied");
     assert_eq!(applied.body["rules"][0]["resources"], json!(["pods"]));
     assert_eq!(
@@ -784,32 +790,46 @@ async fn agent_rbac_of_deleted_collectors_is_swept() {
         "logfleet/logs"
     );
     // A collector deleted while no controller ran left its RBAC behind.
-    let gone_role = "/apis/rbac.authorization.k8s.io/v1/clusterroles/logfleet-old-gone-agent";
-    let gone_binding =
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/logfleet-old-gone-agent";
+    let gone = render::agent_role_name("gone", "old");
+    let gone_role = &format!("/apis/rbac.authorization.k8s.io/v1/clusterroles/{gone}");
+    let gone_binding = &format!("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{gone}");
+    // And this collector's role under the name an earlier version gave it
+    // (no hash: another collector's could have had the same).
+    let old = "logfleet-logfleet-logs-agent";
+    let old_role = &format!("/apis/rbac.authorization.k8s.io/v1/clusterroles/{old}");
+    let old_binding = &format!("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{old}");
     {
         let mut st = lock(&h.state);
         let mut orphan = st.objects[role].clone();
-        orphan["metadata"]["name"] = json!("logfleet-old-gone-agent");
+        orphan["metadata"]["name"] = json!(gone);
         orphan["metadata"]["annotations"]["logfleet.dev/collector"] = json!("old/gone");
         st.objects.insert(gone_role.into(), orphan.clone());
         orphan["kind"] = json!("ClusterRoleBinding");
         st.objects.insert(gone_binding.into(), orphan);
+        let mut renamed = st.objects[role].clone();
+        renamed["metadata"]["name"] = json!(old);
+        st.objects.insert(old_role.into(), renamed.clone());
+        renamed["kind"] = json!("ClusterRoleBinding");
+        st.objects.insert(old_binding.into(), renamed);
     }
     let seen = h.reconcile().await;
     let deletes: Vec<String> = writes(&seen)
         .into_iter()
         .filter(|w| w.starts_with("DELETE"))
         .collect();
-    assert_eq!(
-        deletes,
-        [
-            format!("DELETE {gone_binding}"),
-            format!("DELETE {gone_role}")
-        ]
-    );
+    let mut deletes = deletes;
+    deletes.sort();
+    let mut want = vec![
+        format!("DELETE {gone_binding}"),
+        format!("DELETE {gone_role}"),
+        format!("DELETE {old_binding}"),
+        format!("DELETE {old_role}"),
+    ];
+    want.sort();
+    assert_eq!(deletes, want);
     let st = lock(&h.state);
     assert!(!st.objects.contains_key(gone_role) && !st.objects.contains_key(gone_binding));
+    assert!(!st.objects.contains_key(old_role) && !st.objects.contains_key(old_binding));
     assert!(
         st.objects.contains_key(role),
         "the live collector's role stays"

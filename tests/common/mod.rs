@@ -42,6 +42,8 @@ pub struct Proc {
     /// The HTTP address, for an aggregator.
     pub http: String,
     args: Vec<String>,
+    /// Environment set on top of the test's.
+    pub env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -52,6 +54,27 @@ impl Proc {
             name: name.to_owned(),
             http: String::new(),
             args: args.to_vec(),
+            env: Vec::new(),
+            log: logs.join(format!("{name}.log")),
+            child: None,
+        };
+        p.restart();
+        p
+    }
+
+    /// Like [`Proc::start`], with environment variables (as a ConfigMap's
+    /// `envFrom` sets them).
+    pub fn start_with_env(
+        name: &str,
+        args: &[String],
+        env: &[(String, String)],
+        logs: &Path,
+    ) -> Proc {
+        let mut p = Proc {
+            name: name.to_owned(),
+            http: String::new(),
+            args: args.to_vec(),
+            env: env.to_vec(),
             log: logs.join(format!("{name}.log")),
             child: None,
         };
@@ -69,6 +92,7 @@ impl Proc {
             .expect("log file");
         let child = Command::new(bin())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("LOGFLEET_LOG", "info")
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -101,6 +125,11 @@ impl Proc {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -187,6 +216,18 @@ pub fn aggregator(dir: &Path, extra: &[&str]) -> (Proc, String) {
 /// An agent for `node` tailing `root`, tuned for fast tests; a flag in
 /// `extra` replaces the default of the same name.
 pub fn agent(dir: &Path, node: &str, root: &Path, url: &str, extra: &[&str]) -> Proc {
+    agent_with_env(dir, node, root, url, extra, &[])
+}
+
+/// [`agent`], with environment variables such as a rendered ConfigMap's.
+pub fn agent_with_env(
+    dir: &Path,
+    node: &str,
+    root: &Path,
+    url: &str,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> Proc {
     let state = dir.join(format!("state-{node}")).display().to_string();
     let root = root.display().to_string();
     let defaults: [(&str, &str); 11] = [
@@ -209,7 +250,7 @@ pub fn agent(dir: &Path, node: &str, root: &Path, url: &str, extra: &[&str]) -> 
         }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    Proc::start(&format!("agent-{node}"), &args, dir)
+    Proc::start_with_env(&format!("agent-{node}"), &args, env, dir)
 }
 
 /// The body of an HTTP GET on loopback.

@@ -42,7 +42,17 @@ pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        // Ready while queries can be served; a full disk is said, with
+        // 200, so that queries (Grafana) still reach the aggregator.
+        .route(
+            "/readyz",
+            get(|State(st): State<HttpState>| async move {
+                match st.shared.degraded.lock().ok().and_then(|d| d.clone()) {
+                    Some(why) => format!("ready, degraded: {why}\n"),
+                    None => "ready\n".to_owned(),
+                }
+            }),
+        )
         .route("/ready", get(|| async { "ready\n" }))
         .merge(crate::web::router())
         .merge(api)

@@ -74,6 +74,20 @@ impl Streams {
         id
     }
 
+    /// Adds a stream loaded from `streams.log` at the next id, as it is
+    /// there. A `placeholder` (a damaged record's id) is not found by
+    /// [`Streams::intern`]: new streams get ids of their own.
+    pub fn push_loaded(&mut self, s: StreamInfo, placeholder: bool) {
+        let id = self.list.len() as u32;
+        if !placeholder {
+            self.by_hash
+                .entry(stream_hash(&s.node, &s.labels))
+                .or_default()
+                .push(id);
+        }
+        self.list.push(Arc::new(s));
+    }
+
     /// A stream by id.
     pub fn get(&self, id: u32) -> Option<&Arc<StreamInfo>> {
         self.list.get(id as usize)

@@ -4,7 +4,6 @@
 //! that arrived meanwhile: group commit) before anyone is acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use prost::Message;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::chunks;
+use crate::fs::{DirLock, Fs, RealFs};
 use crate::index::{self, BlockMeta, ChunkFile, FileMark, HighWater, Index, Snapshot};
 use crate::metrics::Metrics;
 use crate::store::{self, ActiveSegment, BlockHeader, StoreError};
@@ -78,33 +78,27 @@ pub struct Shared {
     /// Held while files are deleted or swapped for others (retention,
     /// compaction), so the two never act on one file at once.
     pub files: std::sync::Mutex<()>,
+    /// The file system the store's files are on.
+    pub fs: Arc<dyn Fs>,
+    /// Why the store cannot take pushes now (a full disk), for `/readyz`;
+    /// cleared by the next commit that succeeds.
+    pub degraded: std::sync::Mutex<Option<String>>,
     /// The data directory's lock: one aggregator per directory.
-    _lock: File,
+    _lock: DirLock,
 }
 
 /// Takes the data directory's lock, waiting up to 30 s for a previous
 /// aggregator (or test) to let go of it.
-fn lock_dir(dir: &Path) -> Result<File, StoreError> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(store::io_err(&path))?;
+fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<DirLock, StoreError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(f);
+        match fs.try_lock(dir) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(store::io_err(&dir.join("lock"))(e)),
         }
-        if Instant::now() > deadline {
-            return Err(store::io_err(&path)(std::io::Error::other(
-                "the data directory is in use by another aggregator",
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -159,6 +153,11 @@ impl From<PushError> for tonic::Status {
         match e {
             PushError::Invalid(_) | PushError::Codec(_) => {
                 tonic::Status::invalid_argument(e.to_string())
+            }
+            // Told apart, so that agents wait (as for back-pressure) and
+            // the error says what it is.
+            PushError::Store(ref s) if s.is_disk_full() => {
+                tonic::Status::resource_exhausted(format!("the aggregator's disk is full: {e}"))
             }
             PushError::Store(_) => tonic::Status::unavailable(format!("storage failed: {e}")),
             PushError::Closed => tonic::Status::unavailable(e.to_string()),
@@ -311,6 +310,25 @@ struct WriterState {
     records: usize,
     /// Wakes the compactor when a segment is sealed.
     compact: mpsc::Sender<()>,
+    /// No seal is tried before this, after one failed (a full disk): each
+    /// try serialises every de-duplication mark.
+    roll_after: Option<Instant>,
+    /// Seals failed in a row, for the back-off.
+    roll_failures: u32,
+    /// The last write failed (a full disk): retention runs now, not only
+    /// after a seal or when idle, which a full disk never reaches.
+    write_failed: bool,
+    /// When retention last ran.
+    retention_ran: Instant,
+}
+
+/// The oldest line time that retention by `age` keeps at `now` (ns since
+/// the epoch); `None`, keep everything, when `age` reaches back further
+/// than an i64 of nanoseconds can say (about 292 years): a wrapped cutoff
+/// would land in the future and delete everything.
+pub fn retention_cutoff(now: i64, age: Duration) -> Option<i64> {
+    let age = i64::try_from(age.as_nanos()).ok()?;
+    now.checked_sub(age)
 }
 
 /// A segment is sealed at this many records.
@@ -319,11 +337,36 @@ pub const SEGMENT_RECORDS: usize = 100_000;
 /// Opens the store: loads the snapshot, replays segments, cuts a torn tail,
 /// and starts the writer thread.
 pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer), StoreError> {
+    open_on(Arc::new(RealFs), cfg, metrics)
+}
+
+/// [`open`] on the file system `fs` (tests put a failing one there).
+pub fn open_on(
+    fs: Arc<dyn Fs>,
+    cfg: StoreConfig,
+    metrics: Metrics,
+) -> Result<(Arc<Shared>, Writer), StoreError> {
     let seg_dir = cfg.data_dir.join("segments");
-    std::fs::create_dir_all(&seg_dir).map_err(store::io_err(&seg_dir))?;
-    let lock = lock_dir(&cfg.data_dir)?;
+    let chunks_dir = chunks::dir(&cfg.data_dir);
+    // Created, and their entries made durable up to the data directory's
+    // parent: a directory created but not synced into its parent can
+    // vanish with everything in it.
+    for d in [&seg_dir, &chunks_dir] {
+        fs.create_dir_all(d).map_err(store::io_err(d))?;
+    }
+    for d in [
+        seg_dir.as_path(),
+        chunks_dir.as_path(),
+        cfg.data_dir.as_path(),
+    ]
+    .into_iter()
+    .chain(cfg.data_dir.parent())
+    {
+        store::sync_dir(&*fs, d)?;
+    }
+    let lock = lock_dir(&*fs, &cfg.data_dir)?;
     let snap_path = cfg.data_dir.join("snapshot.json");
-    let snap: Snapshot = match std::fs::read(&snap_path) {
+    let snap: Snapshot = match fs.read(&snap_path) {
         Ok(d) => serde_json::from_slice(&d).map_err(|e| StoreError::Corrupt {
             path: snap_path.clone(),
             offset: 0,
@@ -339,13 +382,26 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
     };
     // The streams chunk files refer to, then the chunk files: what
     // start-up reads of compacted data is their summaries, not their data.
-    for s in chunks::load_streams(&cfg.data_dir.join("streams.log"))? {
-        ix.streams.intern(&s.node, &s.labels);
+    let loaded = chunks::load_streams(&*fs, &cfg.data_dir.join("streams.log"))?;
+    metrics.damaged_records.inc_by(loaded.damaged.len() as u64);
+    for (id, s) in loaded.streams.into_iter().enumerate() {
+        ix.streams
+            .push_loaded(s, loaded.damaged.contains(&(id as u32)));
     }
     ix.streams.persisted = ix.streams.len();
-    let chunks_dir = chunks::dir(&cfg.data_dir);
-    for seq in chunks::recover(&chunks_dir)? {
-        let sum = chunks::read_summary(&chunks::index_path(&chunks_dir, seq))?;
+    for seq in chunks::recover(&*fs, &chunks_dir)? {
+        let sum = match chunks::read_summary(&*fs, &chunks::index_path(&chunks_dir, seq)) {
+            Ok(sum) => sum,
+            Err(e) => {
+                // One unreadable index must not stop start-up: the file is
+                // set aside (its segment is gone, so its lines are not
+                // served until someone repairs it), counted and logged.
+                tracing::error!(seq, error = %e, "setting aside a chunk file whose index cannot be read");
+                metrics.damaged_records.inc();
+                chunks::quarantine(&*fs, &chunks_dir, seq)?;
+                continue;
+            }
+        };
         ix.chunk_files.insert(
             seq,
             Arc::new(ChunkFile {
@@ -358,11 +414,11 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         );
     }
     let mut seqs = Vec::new();
-    for seq in store::list_segments(&seg_dir)? {
+    for seq in store::list_segments(&*fs, &seg_dir)? {
         if ix.chunk_files.contains_key(&seq) {
             // Compacted; the crash came before the segment was deleted.
             let p = store::segment_path(&seg_dir, seq);
-            std::fs::remove_file(&p).map_err(store::io_err(&p))?;
+            fs.remove_file(&p).map_err(store::io_err(&p))?;
         } else {
             seqs.push(seq);
         }
@@ -372,7 +428,7 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
     for (i, &seq) in seqs.iter().enumerate() {
         let last = i + 1 == seqs.len();
         let path = store::segment_path(&seg_dir, seq);
-        let scan = store::scan_segment(&path, last)?;
+        let scan = store::scan_segment(&*fs, &path)?;
         metrics.damaged_records.inc_by(scan.damaged.len() as u64);
         for r in &scan.records {
             ix.add_block(seq, r.offset, r.len, &r.header);
@@ -395,10 +451,10 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
     // segment): records appended to it would then never be replayed into
     // the marks, and re-sent data would be stored twice.
     let active = match seqs.last() {
-        Some(&last) if last > snap.through => ActiveSegment::open(&seg_dir, last, valid_end)?,
+        Some(&last) if last > snap.through => ActiveSegment::open(&*fs, &seg_dir, last, valid_end)?,
         _ => {
             active_records = 0;
-            ActiveSegment::open(&seg_dir, newest.unwrap_or(0).max(snap.through) + 1, 0)?
+            ActiveSegment::open(&*fs, &seg_dir, newest.unwrap_or(0).max(snap.through) + 1, 0)?
         }
     };
     tracing::info!(
@@ -422,6 +478,8 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         snapshot_through: std::sync::atomic::AtomicU64::new(snap.through),
         active_seq: std::sync::atomic::AtomicU64::new(active.seq),
         files: std::sync::Mutex::new(()),
+        fs: fs.clone(),
+        degraded: std::sync::Mutex::new(None),
         _lock: lock,
     });
     let (compact, compact_rx) = mpsc::channel();
@@ -436,12 +494,18 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         snapshot_through: snap.through,
         records: active_records,
         compact,
+        roll_after: None,
+        roll_failures: 0,
+        write_failed: false,
+        retention_ran: Instant::now(),
     };
     st.update_gauges();
     let compactor = Compactor {
         shared: shared.clone(),
         data_dir: st.cfg.data_dir.clone(),
         level: st.cfg.zstd_level,
+        streams_len: loaded.valid_len,
+        failed: HashMap::new(),
     };
     std::thread::Builder::new()
         .name("logfleet-writer".into())
@@ -449,7 +513,10 @@ pub fn open(cfg: StoreConfig, metrics: Metrics) -> Result<(Arc<Shared>, Writer),
         .map_err(store::io_err(Path::new("writer thread")))?;
     std::thread::Builder::new()
         .name("logfleet-compactor".into())
-        .spawn(move || compactor.run(compact_rx))
+        .spawn(move || {
+            let mut compactor = compactor;
+            compactor.run(compact_rx)
+        })
         .map_err(store::io_err(Path::new("compactor thread")))?;
     let metrics = shared.metrics.clone();
     let writer = Writer {
@@ -649,21 +716,33 @@ impl WriterState {
                         self.active.path.display()
                     )));
                 }
+                if e.is_disk_full() {
+                    self.shared.metrics.disk_full.inc();
+                    if let Ok(mut d) = self.shared.degraded.lock() {
+                        d.get_or_insert_with(|| {
+                            format!(
+                                "the data disk is full since {}: {msg}",
+                                chrono::Utc::now()
+                                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                            )
+                        });
+                    }
+                }
                 for p in pending {
-                    let _ = p.reply.send(Err(StoreError::Corrupt {
-                        path: self.active.path.clone(),
-                        offset: 0,
-                        why: msg.clone(),
-                    }));
+                    let _ = p.reply.send(Err(e.again()));
                 }
                 if fsync {
                     return false;
                 }
+                self.write_failed = true;
                 return true;
             }
         };
         for (k, v) in overlay {
             self.hwm.insert(k, v);
+        }
+        if let Ok(mut d) = self.shared.degraded.lock() {
+            d.take();
         }
         self.records += records.len();
         let m = &self.shared.metrics;
@@ -722,16 +801,31 @@ impl WriterState {
     fn housekeeping(&mut self, idle: bool) {
         let age_due = self.opened.elapsed() >= self.cfg.segment_age && self.active.len > 0;
         let mut rolled = false;
-        if self.active.len >= self.cfg.segment_bytes || age_due || self.records >= SEGMENT_RECORDS {
+        let due =
+            self.active.len >= self.cfg.segment_bytes || age_due || self.records >= SEGMENT_RECORDS;
+        if due && self.roll_after.is_none_or(|t| Instant::now() >= t) {
             rolled = true;
-            if let Err(e) = self.roll() {
-                tracing::error!(error = %e, "sealing segment failed");
-                self.shared.metrics.store_errors.inc();
+            match self.roll() {
+                Ok(()) => {
+                    self.roll_failures = 0;
+                    self.roll_after = None;
+                }
+                Err(e) => {
+                    self.roll_failures += 1;
+                    let wait = Duration::from_millis(500 << self.roll_failures.min(6));
+                    tracing::error!(error = %e, retry_in = ?wait, "sealing segment failed; appends go on to the open segment");
+                    self.shared.metrics.store_errors.inc();
+                    self.roll_after = Some(Instant::now() + wait);
+                }
             }
         }
-        if !(rolled || idle) {
+        // A full disk: free what retention may, at most once a second.
+        let pressed = std::mem::take(&mut self.write_failed)
+            && self.retention_ran.elapsed() >= Duration::from_secs(1);
+        if !(rolled || idle || pressed) {
             return;
         }
+        self.retention_ran = Instant::now();
         if let Err(e) = self.retention() {
             tracing::error!(error = %e, "retention failed");
             self.shared.metrics.store_errors.inc();
@@ -759,23 +853,25 @@ impl WriterState {
                 .collect(),
             agents,
         };
+        let fs = &*self.shared.fs;
+        // The next segment first: once the snapshot covers this one,
+        // nothing may be appended to it (replay would skip those records'
+        // marks, and re-sent data would be stored twice). Should the
+        // snapshot fail, appends go on here and the empty next one is
+        // taken up by the next seal.
+        let next = ActiveSegment::open(fs, &self.shared.segments_dir, through + 1, 0)?;
         let path = self.cfg.data_dir.join("snapshot.json");
-        let tmp = self.cfg.data_dir.join("snapshot.json.tmp");
+        let tmp = chunks::TempFile::new(fs, self.cfg.data_dir.join("snapshot.json.tmp"));
         let data = serde_json::to_vec(&snap)
             .map_err(|e| store::io_err(&path)(std::io::Error::other(e)))?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(store::io_err(&tmp))?;
-            f.write_all(&data).map_err(store::io_err(&tmp))?;
-            f.sync_all().map_err(store::io_err(&tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(store::io_err(&path))?;
-        store::sync_dir(&self.cfg.data_dir)?;
+        chunks::write_synced(fs, &tmp.path, &data)?;
+        tmp.rename_to(&path)?;
+        store::sync_dir(fs, &self.cfg.data_dir)?;
         self.snapshot_through = through;
         self.shared
             .snapshot_through
             .store(through, std::sync::atomic::Ordering::SeqCst);
-        self.active = ActiveSegment::open(&self.shared.segments_dir, through + 1, 0)?;
+        self.active = next;
         self.shared
             .active_seq
             .store(through + 1, std::sync::atomic::Ordering::SeqCst);
@@ -818,9 +914,13 @@ impl WriterState {
                 units.insert(
                     *seq,
                     (
+                        // The index first: it is what makes a chunk file
+                        // complete, so a crash between the two leaves a
+                        // data file that start-up removes, never an index
+                        // without its data.
                         vec![
-                            chunks::data_path(&cdir, *seq),
                             chunks::index_path(&cdir, *seq),
+                            chunks::data_path(&cdir, *seq),
                         ],
                         0,
                         c.retention_ts,
@@ -828,23 +928,21 @@ impl WriterState {
                 );
             }
         }
-        for seq in store::list_segments(&dir)? {
+        let fs = self.shared.fs.clone();
+        for seq in store::list_segments(&*fs, &dir)? {
             units
                 .entry(seq)
                 .or_insert_with(|| (vec![store::segment_path(&dir, seq)], 0, i64::MIN));
         }
         for u in units.values_mut() {
-            u.1 =
-                u.0.iter()
-                    .filter_map(|p| std::fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum();
+            u.1 = u.0.iter().filter_map(|p| fs.file_len(p).ok()).sum();
         }
         let mut total: u64 = units.values().map(|u| u.1).sum();
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         let cutoff = self
             .cfg
             .retention_age
-            .map(|a| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0) - a.as_nanos() as i64);
+            .and_then(|a| retention_cutoff(now, a));
         let mut doomed = Vec::new();
         for (seq, (paths, size, newest)) in &units {
             // Only sealed data whose state the snapshot already holds.
@@ -872,7 +970,7 @@ impl WriterState {
         }
         for (_, paths) in &doomed {
             for p in paths {
-                match std::fs::remove_file(p) {
+                match fs.remove_file(p) {
                     Ok(()) => tracing::info!(file = %p.display(), "deleted by retention"),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(store::io_err(p)(e)),
@@ -894,23 +992,23 @@ impl WriterState {
                 );
             }
         }
-        store::sync_dir(&dir)?;
-        store::sync_dir(&cdir)
+        store::sync_dir(&*fs, &dir)?;
+        store::sync_dir(&*fs, &cdir)
     }
 
     fn update_gauges(&self) {
         let dir = &self.shared.segments_dir;
-        if let Ok(seqs) = store::list_segments(dir) {
+        let fs = &*self.shared.fs;
+        if let Ok(seqs) = store::list_segments(fs, dir) {
             let mut bytes: u64 = seqs
                 .iter()
-                .filter_map(|s| std::fs::metadata(store::segment_path(dir, *s)).ok())
-                .map(|m| m.len())
+                .filter_map(|s| fs.file_len(&store::segment_path(dir, *s)).ok())
                 .sum();
-            if let Ok(rd) = std::fs::read_dir(&self.shared.chunks_dir) {
-                bytes += rd
-                    .flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
+            let cdir = &self.shared.chunks_dir;
+            if let Ok(names) = fs.read_dir(cdir) {
+                bytes += names
+                    .iter()
+                    .filter_map(|n| fs.file_len(&cdir.join(n)).ok())
                     .sum::<u64>();
             }
             self.shared.metrics.stored_bytes.set(bytes as i64);
@@ -931,10 +1029,16 @@ struct Compactor {
     shared: Arc<Shared>,
     data_dir: PathBuf,
     level: i32,
+    /// Where the intact records of `streams.log` end.
+    streams_len: u64,
+    /// Segments whose compaction failed: failures so far and when to try
+    /// again (30 s doubling, up to an hour), so that a segment that cannot
+    /// be compacted neither blocks the later ones nor is re-read every 5 s.
+    failed: HashMap<u64, (u32, Instant)>,
 }
 
 impl Compactor {
-    fn run(self, wake: mpsc::Receiver<()>) {
+    fn run(&mut self, wake: mpsc::Receiver<()>) {
         loop {
             match wake.recv_timeout(Duration::from_secs(5)) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -945,31 +1049,47 @@ impl Compactor {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
-                    tracing::error!(error = %e, "compaction failed; the segment stays and is tried again");
+                    tracing::error!(error = %e, "listing segments to compact failed");
                     self.shared.metrics.store_errors.inc();
                 }
             }
         }
     }
 
-    /// Compacts every sealed segment the snapshot covers. Returns false
-    /// when a test's crash point stopped it.
-    fn compact_due(&self) -> Result<bool, StoreError> {
+    /// Compacts every sealed segment the snapshot covers, oldest first;
+    /// one that fails stays a segment (its lines are served from it) and is
+    /// tried again later. Returns false when a test's crash point stopped
+    /// it.
+    fn compact_due(&mut self) -> Result<bool, StoreError> {
         use std::sync::atomic::Ordering::SeqCst;
         let through = self.shared.snapshot_through.load(SeqCst);
         let active = self.shared.active_seq.load(SeqCst);
-        for seq in store::list_segments(&self.shared.segments_dir)? {
+        let now = Instant::now();
+        for seq in store::list_segments(&*self.shared.fs, &self.shared.segments_dir)? {
             if seq > through || seq >= active {
                 break;
             }
-            if !self.compact(seq)? {
-                return Ok(false);
+            if self.failed.get(&seq).is_some_and(|(_, at)| now < *at) {
+                continue;
+            }
+            match self.compact(seq) {
+                Ok(true) => {
+                    self.failed.remove(&seq);
+                }
+                Ok(false) => return Ok(false),
+                Err(e) => {
+                    let n = self.failed.get(&seq).map_or(0, |f| f.0) + 1;
+                    let wait = Duration::from_secs(30 << n.min(7)).min(Duration::from_secs(3600));
+                    tracing::error!(seq, error = %e, retry_in = ?wait, "compaction failed; the segment stays and is tried again");
+                    self.shared.metrics.store_errors.inc();
+                    self.failed.insert(seq, (n, now + wait));
+                }
             }
         }
         Ok(true)
     }
 
-    fn compact(&self, seq: u64) -> Result<bool, StoreError> {
+    fn compact(&mut self, seq: u64) -> Result<bool, StoreError> {
         let poisoned = || StoreError::Corrupt {
             path: self.data_dir.clone(),
             offset: 0,
@@ -986,7 +1106,13 @@ impl Compactor {
         if streams.len() > persisted {
             let new: Vec<index::StreamInfo> =
                 streams[persisted..].iter().map(|s| (**s).clone()).collect();
-            chunks::append_streams(&self.data_dir.join("streams.log"), persisted as u32, &new)?;
+            self.streams_len = chunks::append_streams(
+                &*self.shared.fs,
+                &self.data_dir.join("streams.log"),
+                self.streams_len,
+                persisted as u32,
+                &new,
+            )?;
             if let Ok(mut ix) = self.shared.index.write() {
                 ix.streams.persisted = ix.streams.persisted.max(streams.len());
             }
@@ -1000,6 +1126,7 @@ impl Compactor {
             .and_then(|mut c| c.take());
         let segment = store::segment_path(&self.shared.segments_dir, seq);
         let summary = match chunks::compact(
+            &*self.shared.fs,
             &segment,
             &blocks,
             &streams,
@@ -1013,13 +1140,14 @@ impl Compactor {
             Err(e) => return Err(e),
         };
         let _files = self.shared.files.lock().map_err(|_| poisoned())?;
-        if !segment.exists() {
+        let fs = &*self.shared.fs;
+        if !fs.exists(&segment) {
             // Retention took it meanwhile: so goes what was made of it.
             for p in [
                 chunks::data_path(&self.shared.chunks_dir, seq),
                 chunks::index_path(&self.shared.chunks_dir, seq),
             ] {
-                let _ = std::fs::remove_file(p);
+                let _ = fs.remove_file(&p);
             }
             return Ok(true);
         }
@@ -1037,8 +1165,8 @@ impl Compactor {
             );
         }
         // Queries that planned before the swap hold the segment open.
-        std::fs::remove_file(&segment).map_err(store::io_err(&segment))?;
-        store::sync_dir(&self.shared.segments_dir)?;
+        fs.remove_file(&segment).map_err(store::io_err(&segment))?;
+        store::sync_dir(fs, &self.shared.segments_dir)?;
         self.shared.metrics.compactions.inc();
         tracing::debug!(
             seq,

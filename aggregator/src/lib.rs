@@ -4,10 +4,11 @@
 //!
 //! Data flow: [`service`] (gRPC) -> [`ingest`] (validate, de-duplicate,
 //! group commit) -> [`store`] (segment files) and [`index`] (in memory) ->
-//! [`query`].
+//! [`query`]. Every file the embedded store touches goes through [`fs`].
 
 pub mod chunks;
 pub mod clickhouse;
+pub mod fs;
 pub mod http;
 pub mod identity;
 pub mod index;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub identity_without_node: Counter,
     /// Storage failures.
     pub store_errors: Counter,
+    /// Commits refused because the disk was full.
+    pub disk_full: Counter,
     /// Segments deleted by retention.
     pub segments_deleted: Counter,
     /// Segments compacted into chunk files.
@@ -89,6 +91,7 @@ impl Metrics {
             identity_without_node: Counter::default(),
             compactions: Counter::default(),
             store_errors: Counter::default(),
+            disk_full: Counter::default(),
             segments_deleted: Counter::default(),
             stored_bytes: Gauge::default(),
             segments: Gauge::default(),
@@ -145,6 +148,11 @@ impl Metrics {
                 m.pushes_waiting.clone(),
             );
             r.register("store_errors", "Storage failures", m.store_errors.clone());
+            r.register(
+                "disk_full",
+                "Commits refused because the data disk was full (agents keep the lines and retry)",
+                m.disk_full.clone(),
+            );
             r.register(
                 "compactions",
                 "Push log segments compacted into stream-shaped chunk files",

@@ -9,7 +9,6 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::fs::File;
 use std::sync::Arc;
 
 use logfleet_proto::lines::{CUT, UNPARSED, UNTERMINATED};
@@ -776,7 +775,7 @@ pub fn index_stats(shared: &Shared, q: &Query, b: Bounds) -> Result<IndexStats, 
         st.bytes += m.len;
     }
     for f in &plan.chunk_files {
-        let entries = crate::chunks::read_entries(&f.index, &f.path)?;
+        let entries = crate::chunks::read_entries(&*f.index, &f.path)?;
         for e in entries {
             if e.streams
                 .iter()
@@ -979,14 +978,14 @@ struct PendingFile {
     seq: u64,
     min_ts: i64,
     max_ts: i64,
-    index: File,
+    index: Arc<dyn crate::fs::FsFile>,
     path: std::path::PathBuf,
 }
 
 /// The chunks of a chunk file that hold matching streams in range. A file
 /// whose index cannot be read is skipped, logged and counted.
 fn chunks_of(shared: &Shared, f: &PendingFile, wanted: &[bool], b: &Bounds) -> Vec<Arc<BlockMeta>> {
-    match crate::chunks::read_entries(&f.index, &f.path) {
+    match crate::chunks::read_entries(&*f.index, &f.path) {
         Ok(entries) => entries
             .into_iter()
             .filter(|e| {
@@ -1022,13 +1021,13 @@ fn chunks_of(shared: &Shared, f: &PendingFile, wanted: &[bool], b: &Bounds) -> V
 /// read (skipped, logged and counted).
 fn read_block(
     shared: &Shared,
-    files: &HashMap<(Source, u64), (File, std::path::PathBuf)>,
+    files: &OpenFiles,
     reader: &mut store::BlockReader,
     m: &BlockMeta,
     q: &Query,
 ) -> Option<LineBatch> {
     let (file, path) = files.get(&(m.source, m.seq))?;
-    match reader.read_if(file, path, m.offset, m.len, |raw| q.may_match(raw)) {
+    match reader.read_if(&**file, path, m.offset, m.len, |raw| q.may_match(raw)) {
         Ok(Some((_, b))) => Some(b),
         Ok(None) => None,
         Err(e) => {
@@ -1096,8 +1095,11 @@ struct Plan {
     wanted: Vec<bool>,
     /// The files, opened while the index still named them, so that a
     /// compaction or retention that deletes one cannot take it from us.
-    files: HashMap<(Source, u64), (File, std::path::PathBuf)>,
+    files: OpenFiles,
 }
+
+/// Files a query holds open, by source and sequence number.
+type OpenFiles = HashMap<(Source, u64), (Arc<dyn crate::fs::FsFile>, std::path::PathBuf)>;
 
 /// Selects streams by the selector, then the push-log blocks and the
 /// chunks of compacted files that hold them in the time range.
@@ -1105,7 +1107,7 @@ fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
     let mut files = HashMap::new();
     let mut open = |source: Source, seq: u64, path: std::path::PathBuf| -> Result<(), QueryError> {
         if let std::collections::hash_map::Entry::Vacant(v) = files.entry((source, seq)) {
-            match File::open(&path) {
+            match shared.fs.open(&path, crate::fs::Mode::Read) {
                 Ok(f) => {
                     v.insert((f, path));
                 }
@@ -1154,7 +1156,7 @@ fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
                 crate::chunks::data_path(&shared.chunks_dir, seq),
             )?;
             let p = crate::chunks::index_path(&shared.chunks_dir, seq);
-            match File::open(&p) {
+            match shared.fs.open(&p, crate::fs::Mode::Read) {
                 Ok(index) => indexes.push(PendingFile {
                     seq,
                     min_ts,

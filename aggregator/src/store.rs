@@ -13,11 +13,14 @@
 //! hold the data: the two can never disagree after a crash. A torn record
 //! at the end of the newest segment (crash mid-write, never acknowledged)
 //! is cut off at start-up.
+//!
+//! Every file operation goes through [`crate::fs::Fs`].
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::fs::{Fs, FsFile, Mode};
 
 use logfleet_proto::v1::{FileRange, LineBatch};
 use prost::Message;
@@ -97,6 +100,38 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the disk was full (ENOSPC, or a write that wrote nothing).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => {
+                source.raw_os_error() == Some(libc::ENOSPC)
+                    || source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::WriteZero
+            }
+            StoreError::Corrupt { .. } => false,
+        }
+    }
+
+    /// The same error again, for each of several callers.
+    pub fn again(&self) -> StoreError {
+        match self {
+            StoreError::Io { path, source } => StoreError::Io {
+                path: path.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            StoreError::Corrupt { path, offset, why } => StoreError::Corrupt {
+                path: path.clone(),
+                offset: *offset,
+                why: why.clone(),
+            },
+        }
+    }
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
@@ -144,22 +179,17 @@ pub struct Scan {
     pub damaged: Vec<(u64, u64)>,
 }
 
-/// Parses the record at the start of `data` (at segment offset `pos`);
-/// with `verify` the payload checksum is checked too.
-fn parse_record(data: &[u8], pos: u64, verify: bool) -> Option<ScannedRecord> {
-    let prefix = data.get(..PREFIX)?;
-    let word =
-        |i: usize| u32::from_le_bytes([prefix[i], prefix[i + 1], prefix[i + 2], prefix[i + 3]]);
-    let (hl, pl, crc) = (word(4), word(8), word(12));
-    if prefix[..4] != MAGIC || hl > MAX_PART || pl > MAX_PART {
-        return None;
-    }
-    let total = PREFIX + hl as usize + pl as usize;
+/// Parses the intact record at the start of `data` (at segment offset
+/// `pos`), checksum included.
+fn parse_record(data: &[u8], pos: u64) -> Option<ScannedRecord> {
+    let total = declared_len(data)?;
     let body = data.get(PREFIX..total)?;
-    if verify && crc32fast::hash(body) != crc {
+    let crc = u32::from_le_bytes([data[12], data[13], data[14], data[15]]);
+    if data[..4] != MAGIC || crc32fast::hash(body) != crc {
         return None;
     }
-    let header = BlockHeader::decode(&body[..hl as usize]).ok()?;
+    let hl = u32::from_le_bytes([data[4], data[5], data[6], data[7]]) as usize;
+    let header = BlockHeader::decode(&body[..hl]).ok()?;
     Some(ScannedRecord {
         offset: pos,
         len: total as u64,
@@ -167,22 +197,49 @@ fn parse_record(data: &[u8], pos: u64, verify: bool) -> Option<ScannedRecord> {
     })
 }
 
-/// Reads every record of a segment. With `verify`, payload checksums are
-/// checked; without, only framing (sealed segments were verified when they
-/// were the newest).
+/// The record that fills `rec` exactly, when intact (checksum included).
+pub fn scan_record(rec: &[u8]) -> Option<ScannedRecord> {
+    parse_record(rec, 0).filter(|r| r.len as usize == rec.len())
+}
+
+/// The length a record's prefix at the start of `data` declares, when its
+/// parts are within bounds (whatever its magic says).
+fn declared_len(data: &[u8]) -> Option<usize> {
+    let p = data.get(..PREFIX)?;
+    let word = |i: usize| u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+    let (hl, pl) = (word(4), word(8));
+    (hl <= MAX_PART && pl <= MAX_PART).then_some(PREFIX + hl as usize + pl as usize)
+}
+
+/// Whether the records from `at` chain, intact, to exactly the end of
+/// `data`.
+fn chains_to_end(data: &[u8], mut at: usize) -> bool {
+    while at < data.len() {
+        match parse_record(&data[at..], 0) {
+            Some(r) => at += r.len as usize,
+            None => return false,
+        }
+    }
+    at == data.len()
+}
+
+/// Reads every record of a segment, checksums included.
 ///
-/// A bad record is not the end: the scan looks for the next intact record
-/// after it (by its magic, framing and, with `verify`, checksum), so one
-/// damaged record does not take the acknowledged records behind it along.
-/// Only what follows the last intact record is a torn tail.
-pub fn scan_segment(path: &Path, verify: bool) -> Result<Scan, StoreError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let size = file.metadata().map_err(io_err(path))?.len();
-    let mut r = BufReader::with_capacity(1 << 20, file);
+/// A bad record is not the end of what can be trusted, but a new start is
+/// accepted only where a record boundary is proven, never by a magic found
+/// somewhere inside a payload (a log line can hold a forged record): at
+/// the damaged record's declared end when an intact record or the end of
+/// the file is there, else at the first magic from which intact records
+/// chain to exactly the end of the file. Only what follows the last intact
+/// record is a torn tail.
+pub fn scan_segment(fs: &dyn Fs, path: &Path) -> Result<Scan, StoreError> {
+    let file = fs.open(path, Mode::Read).map_err(io_err(path))?;
+    let size = file.size().map_err(io_err(path))?;
+    let mut r = BufReader::with_capacity(1 << 20, crate::fs::Reader::new(&*file, 0));
     let mut scan = Scan::default();
     let mut pos = 0u64;
     let mut buf = Vec::new();
-    // The fast path: record after record, payloads skipped unless verified.
+    // The fast path: record after record.
     while pos + PREFIX as u64 <= size {
         let mut prefix = [0u8; PREFIX];
         if r.read_exact(&mut prefix).is_err() {
@@ -195,27 +252,13 @@ pub fn scan_segment(path: &Path, verify: bool) -> Result<Scan, StoreError> {
         if prefix[..4] != MAGIC || hl > MAX_PART || pl > MAX_PART || pos + total > size {
             break;
         }
-        buf.resize(hl as usize, 0);
-        if r.read_exact(&mut buf).is_err() {
+        buf.resize((hl + pl) as usize, 0);
+        if r.read_exact(&mut buf).is_err() || crc32fast::hash(&buf) != crc {
             break;
         }
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&buf);
-        let Ok(header) = BlockHeader::decode(buf.as_slice()) else {
+        let Ok(header) = BlockHeader::decode(&buf[..hl as usize]) else {
             break;
         };
-        if verify {
-            let mut payload = vec![0u8; pl as usize];
-            if r.read_exact(&mut payload).is_err() {
-                break;
-            }
-            hasher.update(&payload);
-            if hasher.finalize() != crc {
-                break;
-            }
-        } else {
-            r.seek_relative(pl as i64).map_err(io_err(path))?;
-        }
         scan.records.push(ScannedRecord {
             offset: pos,
             len: total,
@@ -227,30 +270,34 @@ pub fn scan_segment(path: &Path, verify: bool) -> Result<Scan, StoreError> {
     if pos + PREFIX as u64 > size {
         return Ok(scan);
     }
-    // Something bad at `pos`: read the rest and look for intact records.
-    let mut rest = Vec::new();
-    let mut f = r.into_inner();
-    f.seek(SeekFrom::Start(pos)).map_err(io_err(path))?;
-    f.read_to_end(&mut rest).map_err(io_err(path))?;
+    // Something bad at `pos`: read the rest and look for proven boundaries.
+    let mut rest = vec![0u8; (size - pos) as usize];
+    file.read_exact_at(&mut rest, pos).map_err(io_err(path))?;
     let mut at = 0usize;
-    let mut bad_from: Option<usize> = Some(0);
     while at + PREFIX <= rest.len() {
-        match parse_record(&rest[at..], pos + at as u64, verify) {
-            Some(rec) => {
-                if let Some(b) = bad_from.take() {
-                    scan.damaged.push((pos + b as u64, (at - b) as u64));
-                }
-                at += rec.len as usize;
-                scan.valid_end = rec.offset + rec.len;
-                scan.records.push(rec);
+        if let Some(rec) = parse_record(&rest[at..], pos + at as u64) {
+            at += rec.len as usize;
+            scan.valid_end = rec.offset + rec.len;
+            scan.records.push(rec);
+            continue;
+        }
+        let skip = declared_len(&rest[at..]).map(|n| at + n).filter(|&n| {
+            n > at + PREFIX
+                && n <= rest.len()
+                && (n == rest.len() || parse_record(&rest[n..], 0).is_some())
+        });
+        let next = skip.or_else(|| {
+            memchr::memmem::find_iter(&rest[at + 1..], &MAGIC)
+                .map(|i| at + 1 + i)
+                .find(|&i| chains_to_end(&rest, i))
+        });
+        match next {
+            Some(n) => {
+                scan.damaged.push((pos + at as u64, (n - at) as u64));
+                at = n;
             }
-            None => {
-                bad_from.get_or_insert(at);
-                at = match memchr::memmem::find(&rest[at + 1..], &MAGIC) {
-                    Some(i) => at + 1 + i,
-                    None => break,
-                };
-            }
+            // Nothing after it can be told from a payload: a torn tail.
+            None => break,
         }
     }
     for (off, len) in &scan.damaged {
@@ -261,7 +308,7 @@ pub fn scan_segment(path: &Path, verify: bool) -> Result<Scan, StoreError> {
 
 /// Reads one record's payload and decodes its lines.
 pub fn read_block(
-    file: &File,
+    file: &dyn FsFile,
     path: &Path,
     offset: u64,
     len: u64,
@@ -315,7 +362,7 @@ impl BlockReader {
     /// Reads one record's payload and decodes its lines.
     pub fn read(
         &mut self,
-        file: &File,
+        file: &dyn FsFile,
         path: &Path,
         offset: u64,
         len: u64,
@@ -334,7 +381,7 @@ impl BlockReader {
     /// much cheaper than decoding it line by line).
     pub fn read_if(
         &mut self,
-        file: &File,
+        file: &dyn FsFile,
         path: &Path,
         offset: u64,
         len: u64,
@@ -383,15 +430,12 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 /// Sequence numbers of the segments in `dir`, ascending.
-pub fn list_segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
-    let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+pub fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut seqs: Vec<u64> = fs
+        .read_dir(dir)
         .map_err(io_err(dir))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name();
-            let name = name.to_str()?;
-            name.strip_suffix(".seg")?.parse().ok()
-        })
+        .into_iter()
+        .filter_map(|name| name.strip_suffix(".seg")?.parse().ok())
         .collect();
     seqs.sort_unstable();
     Ok(seqs)
@@ -403,31 +447,24 @@ pub struct ActiveSegment {
     pub seq: u64,
     /// Its path.
     pub path: PathBuf,
-    file: File,
-    /// Current length.
+    file: Arc<dyn FsFile>,
+    /// Current length: everything before it is intact records.
     pub len: u64,
 }
 
 impl ActiveSegment {
-    /// Opens (creating if needed) segment `seq`, cutting it to `valid_len`.
-    pub fn open(dir: &Path, seq: u64, valid_len: u64) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) segment `seq`, cutting it to `valid_len`,
+    /// and makes its directory entry durable.
+    pub fn open(fs: &dyn Fs, dir: &Path, seq: u64, valid_len: u64) -> Result<Self, StoreError> {
         let path = segment_path(dir, seq);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let len = file.metadata().map_err(io_err(&path))?.len();
+        let file = fs.open(&path, Mode::ReadWrite).map_err(io_err(&path))?;
+        let len = file.size().map_err(io_err(&path))?;
         if len > valid_len {
             tracing::warn!(segment = %path.display(), cut = len - valid_len, "cutting torn record at segment end");
             file.set_len(valid_len).map_err(io_err(&path))?;
-            file.sync_all().map_err(io_err(&path))?;
+            file.sync().map_err(io_err(&path))?;
         }
-        file.seek(SeekFrom::Start(valid_len))
-            .map_err(io_err(&path))?;
-        sync_dir(dir)?;
+        sync_dir(fs, dir)?;
         Ok(ActiveSegment {
             seq,
             path,
@@ -444,10 +481,10 @@ impl ActiveSegment {
             offsets.push(self.len + all.len() as u64);
             all.extend_from_slice(r);
         }
-        if let Err(e) = self.file.write_all(&all) {
-            // Leave no partial record behind a failed write.
+        if let Err(e) = self.file.write_all_at(&all, self.len) {
+            // Leave no partial record behind a failed write; should the
+            // cut fail too, the next append still writes at `len`, over it.
             let _ = self.file.set_len(self.len);
-            let _ = self.file.seek(SeekFrom::Start(self.len));
             return Err(io_err(&self.path)(e));
         }
         self.len += all.len() as u64;
@@ -456,15 +493,14 @@ impl ActiveSegment {
 
     /// Makes everything appended durable.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        self.file.sync_data().map_err(io_err(&self.path))
+        self.file.sync().map_err(io_err(&self.path))
     }
 }
 
-/// fsyncs a directory so that created or renamed entries survive a crash.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+/// fsyncs a directory so that created, renamed or removed entries survive
+/// a crash.
+pub fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<(), StoreError> {
+    fs.sync_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -480,10 +516,12 @@ mod tests {
         }
     }
 
+    use crate::fs::RealFs;
+
     #[test]
     fn records_survive_and_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = ActiveSegment::open(dir.path(), 1, 0).unwrap();
+        let mut seg = ActiveSegment::open(&RealFs, dir.path(), 1, 0).unwrap();
         let payload = zstd::bulk::compress(&[], 1).unwrap();
         let recs: Vec<_> = (0..5)
             .map(|i| encode_record(&header(i), &payload))
@@ -497,15 +535,15 @@ mod tests {
         seg.append(&[torn[..torn.len() / 2].to_vec()]).unwrap();
         drop(seg);
         let path = segment_path(dir.path(), 1);
-        let scan = scan_segment(&path, true).unwrap();
+        let scan = scan_segment(&RealFs, &path).unwrap();
         let (scanned, valid) = (scan.records, scan.valid_end);
         assert_eq!(scanned.len(), 5);
         assert_eq!(valid, good_len);
         assert_eq!(scanned[4].header.node, "n4");
-        let seg = ActiveSegment::open(dir.path(), 1, valid).unwrap();
+        let seg = ActiveSegment::open(&RealFs, dir.path(), 1, valid).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), good_len);
-        let f = File::open(&path).unwrap();
-        let (h, b) = read_block(&f, &path, scanned[2].offset, scanned[2].len).unwrap();
+        let f = RealFs.open(&path, Mode::Read).unwrap();
+        let (h, b) = read_block(&*f, &path, scanned[2].offset, scanned[2].len).unwrap();
         assert_eq!(h.node, "n2");
         assert_eq!(b.line_count(), 0);
         drop(seg);
@@ -514,7 +552,7 @@ mod tests {
     #[test]
     fn flipped_byte_fails_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = ActiveSegment::open(dir.path(), 7, 0).unwrap();
+        let mut seg = ActiveSegment::open(&RealFs, dir.path(), 7, 0).unwrap();
         let payload = zstd::bulk::compress(b"", 1).unwrap();
         seg.append(&[
             encode_record(&header(1), &payload),
@@ -527,13 +565,13 @@ mod tests {
         let last = data.len() - 1;
         data[last] ^= 0xff;
         std::fs::write(&path, &data).unwrap();
-        let scan = scan_segment(&path, true).unwrap();
+        let scan = scan_segment(&RealFs, &path).unwrap();
         assert_eq!(scan.records.len(), 1, "the damaged last record is dropped");
         assert_eq!(
             scan.valid_end, scan.records[0].len,
             "and cut as a torn tail"
         );
-        assert_eq!(list_segments(dir.path()).unwrap(), vec![7]);
+        assert_eq!(list_segments(&RealFs, dir.path()).unwrap(), vec![7]);
     }
 
     /// One damaged record in the middle of the newest segment: the
@@ -542,7 +580,7 @@ mod tests {
     #[test]
     fn records_after_a_damaged_one_survive() {
         let dir = tempfile::tempdir().unwrap();
-        let mut seg = ActiveSegment::open(dir.path(), 1, 0).unwrap();
+        let mut seg = ActiveSegment::open(&RealFs, dir.path(), 1, 0).unwrap();
         let payload = zstd::bulk::compress(b"some payload bytes", 1).unwrap();
         let recs: Vec<_> = (0..6)
             .map(|i| encode_record(&header(i), &payload))
@@ -561,7 +599,7 @@ mod tests {
             let good = data.clone();
             data[at] ^= 0x5a;
             std::fs::write(&path, &data).unwrap();
-            let scan = scan_segment(&path, true).unwrap();
+            let scan = scan_segment(&RealFs, &path).unwrap();
             let nodes: Vec<_> = scan
                 .records
                 .iter()
@@ -575,6 +613,52 @@ mod tests {
                 "{what}"
             );
             std::fs::write(&path, &good).unwrap();
+        }
+    }
+
+    /// A log line can hold the bytes of a whole record (zstd stores
+    /// incompressible text as it is). After a damaged record the scan must
+    /// not take such a record for a real one: it skips to the damaged
+    /// record's declared end, or to a magic from which records chain to
+    /// the end of the file.
+    #[test]
+    fn a_record_forged_inside_a_payload_is_never_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seg = ActiveSegment::open(&RealFs, dir.path(), 1, 0).unwrap();
+        let forged = encode_record(&header(666), b"forged payload");
+        let mut inner = b"text before ".to_vec();
+        inner.extend_from_slice(&forged);
+        inner.extend_from_slice(b" text after");
+        let recs = vec![
+            encode_record(&header(0), b"zero"),
+            encode_record(&header(1), &inner),
+            encode_record(&header(2), b"two"),
+        ];
+        let offs = seg.append(&recs).unwrap();
+        seg.sync().unwrap();
+        drop(seg);
+        let path = segment_path(dir.path(), 1);
+        let good = std::fs::read(&path).unwrap();
+        for (what, at) in [
+            ("payload byte", offs[1] as usize + recs[1].len() - 3),
+            ("checksum", offs[1] as usize + 12),
+            ("header length", offs[1] as usize + 5),
+        ] {
+            let mut data = good.clone();
+            data[at] ^= 0x5a;
+            std::fs::write(&path, &data).unwrap();
+            let scan = scan_segment(&RealFs, &path).unwrap();
+            let nodes: Vec<_> = scan
+                .records
+                .iter()
+                .map(|r| r.header.node.as_str())
+                .collect();
+            assert_eq!(nodes, ["n0", "n2"], "{what}");
+            assert_eq!(
+                scan.damaged,
+                vec![(offs[1], recs[1].len() as u64)],
+                "{what}"
+            );
         }
     }
 }

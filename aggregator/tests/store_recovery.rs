@@ -241,6 +241,37 @@ async fn retention_by_age_keeps_recent_lines() {
     );
 }
 
+/// A retention age past what an i64 of nanoseconds holds (`150000d`, about
+/// 410 years) keeps everything: the cutoff once wrapped into the future and
+/// retention deleted every sealed segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_age_of_centuries_keeps_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = cfg(tmp.path(), 1, None);
+    c.retention_age = Some(Duration::from_secs(150_000 * 86_400));
+    let (shared, w) = open(c);
+    // One-byte segments: every push seals one, and retention runs at each.
+    for i in 0..5 {
+        w.push(push(1, i * 10, 10, Compression::Zstd), Default::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(all(&shared).len(), 50);
+    assert_eq!(
+        ingest::retention_cutoff(0, Duration::from_secs(150_000 * 86_400)),
+        None
+    );
+    assert_eq!(
+        ingest::retention_cutoff(1_000, Duration::from_nanos(10)),
+        Some(990)
+    );
+    // Before the epoch (a clock at 0) is no overflow either.
+    assert_eq!(
+        ingest::retention_cutoff(i64::MIN + 5, Duration::from_nanos(10)),
+        None
+    );
+}
+
 /// A crash after the snapshot of a sealed segment was written but before
 /// the next segment existed: the store must not append to the sealed
 /// segment, whose records replay would then skip (re-sent data stored

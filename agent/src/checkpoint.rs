@@ -82,14 +82,22 @@ pub fn file_in(state_dir: &Path) -> PathBuf {
     state_dir.join("checkpoints.json")
 }
 
-/// Loads checkpoints; a missing file is an empty store.
-pub fn load(path: &Path) -> Result<Checkpoints, CheckpointError> {
+/// The previous save, kept beside the current one.
+pub fn previous(path: &Path) -> PathBuf {
+    path.with_extension("json.prev")
+}
+
+fn read(path: &Path) -> Result<Option<Checkpoints>, CheckpointError> {
     match std::fs::read(path) {
-        Ok(data) => serde_json::from_slice(&data).map_err(|source| CheckpointError::Corrupt {
-            path: path.to_owned(),
-            source,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoints::default()),
+        Ok(data) => {
+            serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|source| CheckpointError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(CheckpointError::Io {
             path: path.to_owned(),
             source,
@@ -97,30 +105,89 @@ pub fn load(path: &Path) -> Result<Checkpoints, CheckpointError> {
     }
 }
 
+/// Loads checkpoints; a missing file is an empty store.
+///
+/// A file that does not parse (a disk that lied about a write, a copy cut
+/// short) must not keep the agent from starting: the previous save is
+/// loaded instead (a re-send of what came after it, which the aggregator
+/// drops). With both unusable the agent starts from nothing, and the bad
+/// file is kept as `checkpoints.json.corrupt`. A file that cannot be read
+/// at all (EIO, EACCES) is an error: starting from nothing then would
+/// re-send the whole node for a passing fault.
+pub fn load(path: &Path) -> Result<Checkpoints, CheckpointError> {
+    let current = read(path);
+    if let Ok(Some(cp)) = current {
+        return Ok(cp);
+    }
+    if let Err(e @ CheckpointError::Io { .. }) = current {
+        return Err(e);
+    }
+    let prev = previous(path);
+    match (current, read(&prev)) {
+        (Ok(None), Ok(None)) => Ok(Checkpoints::default()),
+        (cur, Ok(Some(cp))) => {
+            if let Err(e) = cur {
+                tracing::error!(error = %e, previous = %prev.display(), "checkpoint file unusable; resuming from the previous one");
+            } else {
+                // A crash between the two renames of a save.
+                tracing::warn!(previous = %prev.display(), "resuming from the previous checkpoint file");
+            }
+            Ok(cp)
+        }
+        (_, Err(e @ CheckpointError::Io { .. })) => Err(e),
+        (cur, _) => {
+            let aside = path.with_extension("json.corrupt");
+            tracing::error!(error = ?cur.err(), kept = %aside.display(), "checkpoint files unusable; starting from the beginning of every file (the aggregator drops what it already has)");
+            let _ = std::fs::rename(path, &aside);
+            Ok(Checkpoints::default())
+        }
+    }
+}
+
 /// Saves the current checkpoints: the snapshot is taken and written under
-/// one lock, so that of two savers the newer snapshot always lands last.
+/// one lock, so that of two savers the newer snapshot always lands last and
+/// no two write the temporary file at once. Every save goes through here.
 pub fn save_shared(path: &Path, cp: &std::sync::Mutex<Checkpoints>) -> Result<(), CheckpointError> {
-    static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = SAVING.lock().unwrap_or_else(|p| p.into_inner());
     let snapshot = cp
         .lock()
         .map(|c| c.clone())
         .unwrap_or_else(|p| p.into_inner().clone());
-    save(path, &snapshot)
+    write(path, &snapshot)
 }
 
-/// Saves checkpoints atomically and durably.
+static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Saves checkpoints atomically and durably (under the same lock as
+/// [`save_shared`]).
 pub fn save(path: &Path, cp: &Checkpoints) -> Result<(), CheckpointError> {
+    let _one = SAVING.lock().unwrap_or_else(|p| p.into_inner());
+    write(path, cp)
+}
+
+fn write(path: &Path, cp: &Checkpoints) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io {
         path: path.to_owned(),
         source,
     };
     let tmp = path.with_extension("json.tmp");
     let data = serde_json::to_vec(cp).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    // The current file becomes the previous one, then the new one takes its
+    // place: at every moment one of the two is whole.
+    match std::fs::rename(path, previous(path)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
     std::fs::rename(&tmp, path).map_err(io)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)
@@ -154,7 +221,8 @@ mod tests {
         save(&path, &cp).unwrap();
         assert_eq!(load(&path).unwrap(), cp);
         assert!(!path.with_extension("json.tmp").exists());
+        // Torn: the previous save (none here: the first) takes its place.
         std::fs::write(&path, b"{not json").unwrap();
-        assert!(matches!(load(&path), Err(CheckpointError::Corrupt { .. })));
+        assert_eq!(load(&path).unwrap(), Checkpoints::default());
     }
 }

@@ -108,9 +108,29 @@ impl Filter {
 /// Lists every container log file under `root` that passes `filter`.
 /// Unreadable directories are skipped: pods come and go while we walk.
 pub fn scan(root: &Path, filter: &Filter) -> Vec<Found> {
+    scan_all(root, filter).found
+}
+
+/// What a scan found, and whether it saw every directory.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// The log files, oldest data first per container.
+    pub found: Vec<Found>,
+    /// False when a directory could not be read (the log root not mounted
+    /// yet, EMFILE, EACCES): files missing from `found` may still exist,
+    /// so their checkpoints must stay.
+    pub complete: bool,
+}
+
+/// Like [`scan`], and says whether every directory could be read.
+pub fn scan_all(root: &Path, filter: &Filter) -> Scanned {
     let mut found = Vec::new();
+    let mut complete = true;
     let Ok(pods) = std::fs::read_dir(root) else {
-        return found;
+        return Scanned {
+            found,
+            complete: false,
+        };
     };
     for pod in pods.flatten() {
         let pod_name = pod.file_name();
@@ -121,6 +141,7 @@ pub fn scan(root: &Path, filter: &Filter) -> Vec<Found> {
             continue;
         }
         let Ok(containers) = std::fs::read_dir(pod.path()) else {
+            complete = false;
             continue;
         };
         for c in containers.flatten() {
@@ -132,6 +153,7 @@ pub fn scan(root: &Path, filter: &Filter) -> Vec<Found> {
                 continue;
             }
             let Ok(files) = std::fs::read_dir(c.path()) else {
+                complete = false;
                 continue;
             };
             for f in files.flatten() {
@@ -171,7 +193,7 @@ pub fn scan(root: &Path, filter: &Filter) -> Vec<Found> {
                 &b.path,
             ))
     });
-    found
+    Scanned { found, complete }
 }
 
 #[cfg(test)]

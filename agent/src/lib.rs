@@ -199,6 +199,8 @@ pub async fn run(
         cp_path.clone(),
         checkpoints.clone(),
         acked.clone(),
+        metrics.clone(),
+        report.clone(),
     ));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -234,11 +236,9 @@ pub async fn run(
     if let Some((_, task)) = directory {
         task.abort();
     }
-    let cp = checkpoints
-        .lock()
-        .map(|c| c.clone())
-        .map_err(|e| AgentError::Reader(e.to_string()))?;
-    checkpoint::save(&cp_path, &cp)?;
+    // Under the savers' lock: an aborted periodic save may still be
+    // writing (abort does not stop a blocking task).
+    checkpoint::save_shared(&cp_path, &checkpoints)?;
     Ok(())
 }
 
@@ -277,16 +277,31 @@ async fn save_checkpoints(
     path: PathBuf,
     checkpoints: Arc<Mutex<checkpoint::Checkpoints>>,
     acked: Arc<Notify>,
+    metrics: Arc<Mutex<metrics::AgentMetrics>>,
+    report: Arc<report::Report>,
 ) {
     loop {
         acked.notified().await;
         let p = path.clone();
         let cp = checkpoints.clone();
-        match tokio::task::spawn_blocking(move || checkpoint::save_shared(&p, &cp)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "saving checkpoints failed"),
-            Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
+        let failed =
+            match tokio::task::spawn_blocking(move || checkpoint::save_shared(&p, &cp)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("checkpoint task failed: {e}")),
+            };
+        if let Some(e) = &failed {
+            // Lines still ship; a crash now re-sends more (which the
+            // aggregator drops). Said in the heartbeat and counted.
+            tracing::error!(error = %e, "saving checkpoints failed");
+            if let Ok(m) = metrics.lock() {
+                m.checkpoint_failures.inc();
+            }
         }
+        report.set(
+            report::Source::Checkpoint,
+            failed.map(|e| format!("saving checkpoints failed: {e}")),
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -423,7 +438,7 @@ impl ReadLoop {
                     }
                 }
                 self.report.set(report::Source::LogRoot, problem);
-                tailer.apply_scan(discover::scan(&cfg.log_root, &cfg.filter));
+                tailer.apply_scanned(discover::scan_all(&cfg.log_root, &cfg.filter));
                 last_scan = Some(now);
                 // A directory's watch is added only after its creation
                 // event: a file created in it meanwhile raises no event

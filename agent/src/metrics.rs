@@ -41,6 +41,8 @@ pub struct AgentMetrics {
     pub batches_rejected: Counter,
     /// Lines kept in the dead-letter file because the aggregator refused them.
     pub dead_letter_lines: Counter,
+    /// Checkpoint saves that failed.
+    pub checkpoint_failures: Counter,
     /// Unix time of the last acknowledged push.
     pub last_ack_seconds: Gauge,
     last: TailStats,
@@ -80,6 +82,7 @@ impl AgentMetrics {
             push_retries: Counter::default(),
             batches_rejected: Counter::default(),
             dead_letter_lines: Counter::default(),
+            checkpoint_failures: Counter::default(),
             last_ack_seconds: Gauge::default(),
             last: TailStats::default(),
         };
@@ -189,6 +192,11 @@ impl AgentMetrics {
             "dead_letter_lines",
             "Lines the aggregator refused, kept in the dead-letter file under the state dir",
             m.dead_letter_lines.clone(),
+        );
+        r.register(
+            "checkpoint_failures",
+            "Checkpoint saves that failed (lines still ship; a crash re-sends more)",
+            m.checkpoint_failures.clone(),
         );
         r.register(
             "last_ack_timestamp_seconds",

@@ -20,12 +20,15 @@ pub enum Source {
     /// Pod metadata is stale: lines ship, perhaps without their pod's
     /// labels. Not a readiness problem.
     Metadata,
+    /// Checkpoints cannot be saved: lines ship, a crash re-sends more.
+    /// Not a readiness problem.
+    Checkpoint,
 }
 
 /// Shared by the reader, the shipper, the HTTP endpoint and the heartbeat.
 #[derive(Debug, Default)]
 pub struct Report {
-    errors: Mutex<[Option<String>; 4]>,
+    errors: Mutex<[Option<String>; 5]>,
     /// Whether the last push was acknowledged (or none was tried yet).
     pushes_ok: AtomicBool,
     /// Files open.
@@ -42,6 +45,7 @@ fn slot(s: Source) -> usize {
         Source::Push => 1,
         Source::Refused => 2,
         Source::Metadata => 3,
+        Source::Checkpoint => 4,
     }
 }
 
@@ -98,6 +102,7 @@ impl Report {
             Source::LogRoot,
             Source::Refused,
             Source::Push,
+            Source::Checkpoint,
             Source::Metadata,
         ]
         .into_iter()

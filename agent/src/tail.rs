@@ -263,6 +263,9 @@ pub struct Tailer {
     excluded: Vec<u64>,
     /// Multi-line settings fixed but not yet saved.
     settings_unsaved: bool,
+    /// Checkpoints of files gone while the agent was down were dropped
+    /// (done once, after the first complete scan).
+    pruned: bool,
 }
 
 fn inode(md: &std::fs::Metadata) -> Inode {
@@ -307,6 +310,7 @@ impl Tailer {
             persist: None,
             excluded: Vec::new(),
             settings_unsaved: false,
+            pruned: false,
         }
     }
 
@@ -439,9 +443,24 @@ impl Tailer {
         self.files.iter().any(|f| f.id == Some(id))
     }
 
-    /// Takes in the result of a directory scan: opens new files, notes
-    /// renames, and forgets finished files that left the disk.
+    /// Takes in the result of a directory scan that saw every directory.
     pub fn apply_scan(&mut self, found: Vec<Found>) {
+        self.apply_scanned(crate::discover::Scanned {
+            found,
+            complete: true,
+        });
+    }
+
+    /// Takes in the result of a directory scan: opens new files, notes
+    /// renames, and forgets finished files that left the disk. What was not
+    /// seen is forgotten only after a scan that saw everything and opened
+    /// everything it found: a directory that could not be read, a file
+    /// deferred by `--max-open-files` or one that failed to open may still
+    /// be there, and forgetting its checkpoint would read it again from
+    /// the start.
+    pub fn apply_scanned(&mut self, scan: crate::discover::Scanned) {
+        let found = scan.found;
+        let mut complete = scan.complete;
         self.generation += 1;
         let gen = self.generation;
         let mut deferred = 0u64;
@@ -449,6 +468,7 @@ impl Tailer {
         self.excluded.clear();
         for f in found {
             let Ok(md) = std::fs::metadata(&f.path) else {
+                complete = false;
                 continue;
             };
             let ino = inode(&md);
@@ -471,9 +491,10 @@ impl Tailer {
             }
             if self.files.len() >= self.cfg.max_open_files {
                 deferred += 1;
+                complete = false;
                 continue;
             }
-            self.open(f, &md, gen);
+            complete &= self.open(f, &md, gen);
         }
         if deferred > 0 {
             tracing::warn!(
@@ -490,7 +511,9 @@ impl Tailer {
         let gone: Vec<u64> = self
             .done
             .iter()
-            .filter(|(id, d)| d.seen != gen && self.acked(**id).unwrap_or(0) >= d.final_end)
+            .filter(|(id, d)| {
+                complete && d.seen != gen && self.acked(**id).unwrap_or(0) >= d.final_end
+            })
             .map(|(id, _)| *id)
             .collect();
         if !gone.is_empty() {
@@ -504,8 +527,10 @@ impl Tailer {
         }
         // Checkpoints of files no longer on disk that we never opened in
         // this run: the data after their offset is lost (deleted while the
-        // agent was down). Count it once and drop the entry.
-        if gen == 1 {
+        // agent was down). Count it once and drop the entry, at the first
+        // scan that saw and opened everything.
+        if complete && !self.pruned {
+            self.pruned = true;
             let live: Vec<u64> = self
                 .files
                 .iter()
@@ -521,11 +546,13 @@ impl Tailer {
         }
     }
 
-    fn open(&mut self, f: Found, md: &std::fs::Metadata, gen: u64) {
+    /// Opens a found file; false when it could not be read or identified
+    /// (yet): its checkpoint, if any, must stay.
+    fn open(&mut self, f: Found, md: &std::fs::Metadata, gen: u64) -> bool {
         let ino = inode(md);
         let gz = f.kind == FileKind::Gzipped;
         let Ok(head) = read_head(&f.path, gz) else {
-            return;
+            return false;
         };
         // A gzipped file is complete; for a plain one wait for a newline.
         let id = fingerprint::prefix(&head, gz).map(|p| fingerprint::file_id(&f.labels, p));
@@ -535,7 +562,7 @@ impl Tailer {
             .is_some_and(|p| p.excludes(&f.labels.container))
         {
             self.excluded.extend(id);
-            return;
+            return true;
         }
         let mut f = f;
         if let Some(info) = info {
@@ -550,10 +577,10 @@ impl Tailer {
                     d.seen = gen;
                     d.path = f.path;
                 }
-                return;
+                return true;
             }
         } else if gz {
-            return; // empty gzip: nothing to read
+            return true; // empty gzip: nothing to read
         }
         let offset = id.and_then(|id| self.acked(id)).unwrap_or(0);
         let source = match self.open_at(&f.path, gz, offset) {
@@ -561,7 +588,7 @@ impl Tailer {
             Err(e) => {
                 tracing::warn!(path = %f.path.display(), error = %e, "cannot open log file");
                 self.stats.errors += 1;
-                return;
+                return false;
             }
         };
         let t = Tracked {
@@ -586,6 +613,9 @@ impl Tailer {
             self.settle(self.files.len() - 1);
         }
         self.stats.open_files = self.files.len() as u64;
+        // Not identified yet (no full first line): its checkpoint, if it
+        // had one, is not known to be stale.
+        id.is_some()
     }
 
     fn open_at(&self, path: &Path, gz: bool, offset: u64) -> std::io::Result<Source> {

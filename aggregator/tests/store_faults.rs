@@ -123,8 +123,12 @@ fn push(file: u64, first: u64, n: u64, now: i64) -> PushRequest {
 /// An agent's view of one file.
 #[derive(Default, Clone)]
 struct Agent {
-    /// Lines acknowledged (the checkpoint).
+    /// Lines acknowledged so far (what must be stored).
     acked: u64,
+    /// Where the agent reads next: its saved checkpoint after it crashed,
+    /// which may lie before `acked` (saves are periodic), so it sends
+    /// acknowledged lines again.
+    next: u64,
     /// A push sent and not acknowledged, to send again as it was.
     pending: Option<(u64, u64)>,
 }
@@ -248,7 +252,12 @@ async fn run(seed: u64, steps: usize) -> (u64, u64) {
             plan_fault(&mut rng, &fs);
         } else if r < 18 {
             fs.heal();
-        } else if r < 22 {
+        } else if r < 25 {
+            // An agent crashes; its last saved checkpoint was older.
+            let a = &mut agents[rng.below(FILES) as usize];
+            a.next = rng.below(a.next + 1);
+            a.pending = None;
+        } else if r < 29 {
             // A crash of the machine: what no fsync made durable is gone.
             injected += fs.injected();
             fs = fs.crash();
@@ -262,11 +271,12 @@ async fn run(seed: u64, steps: usize) -> (u64, u64) {
         } else {
             let file = rng.below(FILES);
             let a = &mut agents[file as usize];
-            let (first, n) = a.pending.unwrap_or((a.acked, 1 + rng.below(12)));
+            let (first, n) = a.pending.unwrap_or((a.next, 1 + rng.below(12)));
             sent[file as usize] = sent[file as usize].max(first + n);
             match w.push(push(file, first, n, now), Default::default()).await {
                 Ok(_) => {
-                    a.acked = first + n;
+                    a.acked = a.acked.max(first + n);
+                    a.next = first + n;
                     a.pending = None;
                 }
                 Err(_) => {
@@ -292,7 +302,7 @@ async fn run(seed: u64, steps: usize) -> (u64, u64) {
     fs.heal();
     for file in 0..FILES {
         let a = agents[file as usize].clone();
-        let (first, n) = a.pending.unwrap_or((a.acked, 3));
+        let (first, n) = a.pending.unwrap_or((a.next, 3));
         sent[file as usize] = sent[file as usize].max(first + n);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -312,8 +322,10 @@ async fn run(seed: u64, steps: usize) -> (u64, u64) {
                 }
             }
         }
-        agents[file as usize].acked = first + n;
-        agents[file as usize].pending = None;
+        let a = &mut agents[file as usize];
+        a.acked = a.acked.max(first + n);
+        a.next = first + n;
+        a.pending = None;
     }
     check(seed, steps, &shared, &agents, &sent);
     injected += fs.injected();

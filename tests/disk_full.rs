@@ -1,0 +1,234 @@
+//! A real file system that fills up: a tmpfs of a few MiB under the
+//! aggregator's data directory, or under the agent's state directory,
+//! filled to the last byte while agents push, with small segments so that
+//! seals and compaction happen while it is full. When the space returns,
+//! every line is stored once, without a restart. Mounting needs root (CI
+//! runs as root); elsewhere the tests say so and do nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use logfleet_kubesim::{Format, Pod, Rotation};
+
+/// A mounted tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+            return None;
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "mount -t tmpfs failed");
+        Some(Tmpfs(at.to_owned()))
+    }
+
+    /// Fills the file system to the last byte with `ballast`, then frees
+    /// `room` bytes of it; returns the ballast's path.
+    fn fill(&self, room: u64) -> PathBuf {
+        let p = self.0.join("ballast");
+        let mut f = std::fs::File::create(&p).unwrap();
+        let chunk = vec![0x5au8; 64 << 10];
+        loop {
+            match f.write(&chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = f.flush();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(room)).unwrap();
+        p
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Lines that compress badly (so a few MiB of disk fill up quickly).
+fn line(pod: usize, i: usize) -> String {
+    let mut x = (pod as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64;
+    let mut s = format!("pod {pod} line {i} ");
+    for _ in 0..6 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(&format!("{x:016x}"));
+    }
+    s
+}
+
+/// An hour ago: well inside the aggregator's retention.
+fn base_ts() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap() - 3_600_000_000_000
+}
+
+fn write_pods(root: &Path, pods: usize, lines: usize, ts: i64) -> Vec<Pod> {
+    (0..pods)
+        .map(|p| {
+            let mut pod = Pod::create(
+                root,
+                "ns",
+                &format!("p{p}"),
+                &format!("u{p}"),
+                &[("c", Format::Cri)],
+                Rotation::default(),
+            )
+            .unwrap();
+            for i in 0..lines {
+                pod.containers[0]
+                    .write(ts + i as i64, "stdout", &line(p, i), true)
+                    .unwrap();
+            }
+            pod
+        })
+        .collect()
+}
+
+fn every_line_once(url: &str, want: usize) {
+    let got = wait_for("every line, once", Duration::from_secs(120), || {
+        let v = query_all(url, "{}", &[])?;
+        (v.len() >= want).then_some(v)
+    });
+    let counts: BTreeMap<String, usize> = multiset(
+        got.iter()
+            .map(|v| v["line"].as_str().unwrap_or_default().to_owned()),
+    );
+    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert_eq!(counts.len(), want);
+}
+
+#[test]
+fn a_full_aggregator_disk_loses_nothing_and_recovers_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("data"), "8m") else {
+        return;
+    };
+    let (mut agg, url) = aggregator(
+        dir.path(),
+        &["--segment-size", "64KiB", "--segment-age", "2s"],
+    );
+    let ballast = fs.fill(200 << 10);
+    let root = dir.path().join("pods");
+    std::fs::create_dir_all(&root).unwrap();
+    let (pods, lines) = (3, 3000);
+    let _pods = write_pods(&root, pods, lines, base_ts());
+    let _agent = agent(
+        dir.path(),
+        "n1",
+        &root,
+        &url,
+        &["--batch-size", "32KiB", "--batch-wait", "50ms"],
+    );
+    let metric_of = |name: &str| http_get(&agg.http, "/metrics").map(|t| metric(&t, name));
+    wait_for("the disk to be full", Duration::from_secs(60), || {
+        (metric_of("logfleet_aggregator_disk_full_total")? >= 1.0).then_some(())
+    });
+    let readyz = http_get(&agg.http, "/readyz").unwrap_or_default();
+    assert!(readyz.contains("disk is full"), "{readyz}");
+    // Seals and compaction meet the full disk too (2 s segments).
+    wait_for("more refused commits", Duration::from_secs(60), || {
+        (metric_of("logfleet_aggregator_disk_full_total")? >= 5.0).then_some(())
+    });
+    assert!(agg.is_running(), "{}", agg.log_text());
+    let log = agg.log_text();
+    assert!(
+        log.contains("compaction failed") || log.contains("sealing segment failed"),
+        "a seal or compaction met the full disk: {log}"
+    );
+    // The space returns.
+    std::fs::remove_file(&ballast).unwrap();
+    every_line_once(&url, pods * lines);
+    assert!(agg.is_running(), "no restart was needed");
+    // No temporary file was left behind.
+    let leftovers: Vec<PathBuf> = walk(&fs.0)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The agent's state directory fills up: checkpoints cannot be saved, lines
+/// still ship (counted, said in the heartbeat); after the space returns and
+/// the agent restarts, nothing is lost and nothing stored twice.
+#[test]
+fn a_full_agent_state_dir_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state-n1");
+    let Some(fs) = Tmpfs::mount(&state, "1m") else {
+        return;
+    };
+    let (_agg, url) = aggregator(dir.path(), &[]);
+    let root = dir.path().join("pods");
+    std::fs::create_dir_all(&root).unwrap();
+    let http = free_port();
+    let http_addr = format!("127.0.0.1:{http}");
+    let mut agent = agent(dir.path(), "n1", &root, &url, &["--http-addr", &http_addr]);
+    let ts = base_ts();
+    let mut pods = write_pods(&root, 2, 200, ts);
+    every_line_once(&url, 400);
+    let ballast = fs.fill(0);
+    for (p, pod) in pods.iter_mut().enumerate() {
+        for i in 200..400 {
+            pod.containers[0]
+                .write(ts + i as i64, "stdout", &line(p, i), true)
+                .unwrap();
+        }
+    }
+    every_line_once(&url, 800);
+    let failures = wait_for("a failed checkpoint save", Duration::from_secs(30), || {
+        let t = http_get(&http_addr, "/metrics")?;
+        let n = metric(&t, "logfleet_agent_checkpoint_failures_total");
+        (n >= 1.0).then_some(n)
+    });
+    assert!(failures >= 1.0);
+    // The checkpoint file is whole (the old one), never torn.
+    let cp = std::fs::read(state.join("checkpoints.json")).unwrap();
+    serde_json::from_slice::<serde_json::Value>(&cp).expect("checkpoints.json parses");
+    // Space returns; the agent is killed and started again: it re-reads
+    // from its last saved checkpoint, and the aggregator drops what it has.
+    std::fs::remove_file(&ballast).unwrap();
+    agent.kill9();
+    agent.restart();
+    for (p, pod) in pods.iter_mut().enumerate() {
+        for i in 400..450 {
+            pod.containers[0]
+                .write(ts + i as i64, "stdout", &line(p, i), true)
+                .unwrap();
+        }
+    }
+    every_line_once(&url, 900);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use logfleet_proto::v1::{Compression, FileLabels, LineBatch, PushRequest, PushResponse};
 use logfleet_proto::{Limits, LinesBuilder};
 use prost::Message;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 
 use crate::chunks;
 use crate::fs::{DirLock, Fs, RealFs};
@@ -48,6 +48,8 @@ pub struct Committed {
     pub batch: LineBatch,
     /// When they became durable.
     pub at: Instant,
+    /// Their size in memory, roughly: what live tails are bounded by.
+    pub bytes: u64,
 }
 
 /// State shared by the writer, the services and the HTTP endpoint.
@@ -57,7 +59,7 @@ pub struct Shared {
     /// Directory of the segments.
     pub segments_dir: PathBuf,
     /// Stored lines, for tails.
-    pub tail: broadcast::Sender<Arc<Committed>>,
+    pub tail: crate::tail::TailHub,
     /// Metrics.
     pub metrics: Metrics,
     /// Set, with the reason, when storage failed in a way that forbids any
@@ -465,11 +467,10 @@ pub fn open_on(
         files = hwm.len(),
         "store opened"
     );
-    let (tail, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
         index: RwLock::new(ix),
         segments_dir: seg_dir,
-        tail,
+        tail: crate::tail::TailHub::default(),
         metrics,
         failed: tokio::sync::watch::channel(None).0,
         faults: Faults::default(),
@@ -779,8 +780,9 @@ impl WriterState {
                 stored_lines: header.lines,
                 duplicate_lines: p.duplicates,
             }));
-            if self.shared.tail.receiver_count() > 0 && p.batch.line_count() > 0 {
-                let _ = self.shared.tail.send(Arc::new(Committed {
+            if self.shared.tail.has_subscribers() && p.batch.line_count() > 0 {
+                let bytes = (p.batch.text.len() + p.batch.line_count() * 32) as u64;
+                self.shared.tail.send(Arc::new(Committed {
                     node: Arc::from(header.node.as_str()),
                     labels: header
                         .ranges
@@ -789,6 +791,7 @@ impl WriterState {
                         .collect(),
                     batch: p.batch,
                     at: now,
+                    bytes,
                 }));
             }
         }

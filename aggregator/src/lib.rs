@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod query;
 pub mod service;
 pub mod store;
+pub mod tail;
 pub mod transport;
 pub mod web;
 

@@ -10,7 +10,6 @@ use logfleet_proto::v1::{
     ListAgentsResponse, PushRequest, PushResponse, QueryRequest, QueryResponse, TailRequest,
 };
 use logfleet_proto::Limits;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -417,16 +416,12 @@ impl query_server::Query for QueryService {
                                 break;
                             }
                         }
-                        Err(RecvError::Lagged(n)) => {
+                        Err(e @ crate::tail::TailError::Lagged(_)) => {
                             // Say so rather than silently skipping lines.
-                            let _ = tx
-                                .send(Err(Status::resource_exhausted(format!(
-                                    "tail fell behind and skipped {n} batches; query the range instead"
-                                ))))
-                                .await;
+                            let _ = tx.send(Err(Status::resource_exhausted(e.to_string()))).await;
                             break;
                         }
-                        Err(RecvError::Closed) => break,
+                        Err(crate::tail::TailError::Closed) => break,
                     }
                 }
             }

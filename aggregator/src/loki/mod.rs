@@ -560,7 +560,6 @@ async fn tail_socket(
     mut socket: axum::extract::ws::WebSocket,
 ) {
     use axum::extract::ws::{CloseFrame, Message};
-    use tokio::sync::broadcast::error::RecvError;
     // Subscribe before reading the history: a batch stored in between is
     // in both, and the history's keys tell which of its lines to skip.
     let mut sub = st.shared.tail.subscribe();
@@ -636,15 +635,15 @@ async fn tail_socket(
                         break;
                     }
                 }
-                Err(RecvError::Lagged(n)) => {
+                Err(e @ crate::tail::TailError::Lagged(_)) => {
                     // Said, not skipped in silence.
                     let _ = socket.send(Message::Close(Some(CloseFrame {
                         code: 1011,
-                        reason: format!("tail fell behind and skipped {n} batches; query the range instead").into(),
+                        reason: e.to_string().into(),
                     }))).await;
                     break;
                 }
-                Err(RecvError::Closed) => break,
+                Err(crate::tail::TailError::Closed) => break,
             }
         }
     }

@@ -367,6 +367,24 @@ fn enospc() -> io::Error {
 #[derive(Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
+    /// Calls held back (a disk that stalls), until their [`Hold`] drops.
+    holds: Arc<(Mutex<Vec<(u64, Op, String)>>, std::sync::Condvar)>,
+}
+
+/// Calls held by [`SimFs::hold`]; they go on when this is dropped.
+pub struct Hold {
+    holds: Arc<(Mutex<Vec<(u64, Op, String)>>, std::sync::Condvar)>,
+    id: u64,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.holds;
+        m.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|h| h.0 != self.id);
+        cv.notify_all();
+    }
 }
 
 impl fmt::Debug for SimFs {
@@ -425,6 +443,35 @@ impl SimFs {
         st.fault_paths.clear();
     }
 
+    /// Holds back calls of kind `op` on paths containing `part` (a stalled
+    /// disk) until the returned [`Hold`] is dropped.
+    pub fn hold(&self, op: Op, part: &str) -> Hold {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.holds
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, op, part.to_owned()));
+        Hold {
+            holds: self.holds.clone(),
+            id,
+        }
+    }
+
+    /// Waits while a [`Hold`] covers this call.
+    fn wait_hold(&self, op: Op, path: &Path) {
+        let p = path.to_string_lossy();
+        let (m, cv) = &*self.holds;
+        let mut held = m.lock().unwrap_or_else(|e| e.into_inner());
+        while held
+            .iter()
+            .any(|(_, o, part)| *o == op && p.contains(part.as_str()))
+        {
+            held = cv.wait(held).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
     /// Faults injected so far.
     pub fn injected(&self) -> u64 {
         self.lock().injected
@@ -475,6 +522,7 @@ impl SimFs {
         }
         SimFs {
             state: Arc::new(Mutex::new(new)),
+            holds: Default::default(),
         }
     }
 }
@@ -548,6 +596,7 @@ impl FsFile for SimFile {
     }
 
     fn sync(&self) -> io::Result<()> {
+        self.fs.wait_hold(Op::Sync, &self.path);
         let mut st = self.fs.lock();
         if st.fault(Op::Sync, &self.path) {
             // As Linux does after a failed writeback: the dirty pages may

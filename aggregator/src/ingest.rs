@@ -305,13 +305,12 @@ struct WriterState {
     active: ActiveSegment,
     opened: Instant,
     hwm: HighWater,
-    snapshot_through: u64,
+    /// Snapshots to write, for the snapshot thread.
+    snapshots: mpsc::Sender<Snapshot>,
     /// Records in the active segment: a segment is also sealed at
     /// [`SEGMENT_RECORDS`], so the blocks held in memory until compaction
     /// stay bounded however small the pushes.
     records: usize,
-    /// Wakes the compactor when a segment is sealed.
-    compact: mpsc::Sender<()>,
     /// No seal is tried before this, after one failed (a full disk): each
     /// try serialises every de-duplication mark.
     roll_after: Option<Instant>,
@@ -486,15 +485,20 @@ pub fn open_on(
     let (compact, compact_rx) = mpsc::channel();
     // Small: the pushes that wait here hold decoded batches.
     let (tx, rx) = mpsc::sync_channel(16);
+    let (snap_tx, snap_rx) = mpsc::channel();
+    let snapshotter = Snapshotter {
+        shared: shared.clone(),
+        data_dir: cfg.data_dir.clone(),
+        compact,
+    };
     let st = WriterState {
         cfg,
         shared: shared.clone(),
         active,
         opened: Instant::now(),
         hwm,
-        snapshot_through: snap.through,
+        snapshots: snap_tx,
         records: active_records,
-        compact,
         roll_after: None,
         roll_failures: 0,
         write_failed: false,
@@ -512,6 +516,10 @@ pub fn open_on(
         .name("logfleet-writer".into())
         .spawn(move || st.run(rx))
         .map_err(store::io_err(Path::new("writer thread")))?;
+    std::thread::Builder::new()
+        .name("logfleet-snapshot".into())
+        .spawn(move || snapshotter.run(snap_rx))
+        .map_err(store::io_err(Path::new("snapshot thread")))?;
     std::thread::Builder::new()
         .name("logfleet-compactor".into())
         .spawn(move || {
@@ -859,29 +867,23 @@ impl WriterState {
         let fs = &*self.shared.fs;
         // The next segment first: once the snapshot covers this one,
         // nothing may be appended to it (replay would skip those records'
-        // marks, and re-sent data would be stored twice). Should the
-        // snapshot fail, appends go on here and the empty next one is
-        // taken up by the next seal.
+        // marks, and re-sent data would be stored twice).
         let next = ActiveSegment::open(fs, &self.shared.segments_dir, through + 1, 0)?;
-        let path = self.cfg.data_dir.join("snapshot.json");
-        let tmp = chunks::TempFile::new(fs, self.cfg.data_dir.join("snapshot.json.tmp"));
-        let data = serde_json::to_vec(&snap)
-            .map_err(|e| store::io_err(&path)(std::io::Error::other(e)))?;
-        chunks::write_synced(fs, &tmp.path, &data)?;
-        tmp.rename_to(&path)?;
-        store::sync_dir(fs, &self.cfg.data_dir)?;
-        self.snapshot_through = through;
-        self.shared
-            .snapshot_through
-            .store(through, std::sync::atomic::Ordering::SeqCst);
+        // Serialising and fsyncing every mark (hundreds of MB at a large
+        // fleet) happens on the snapshot thread, off the path that
+        // acknowledges pushes; until it is durable the segment is neither
+        // compacted nor deleted (`Shared::snapshot_through`).
+        if self.snapshots.send(snap).is_err() {
+            return Err(store::io_err(&self.cfg.data_dir)(std::io::Error::other(
+                "the snapshot thread is gone",
+            )));
+        }
         self.active = next;
         self.shared
             .active_seq
             .store(through + 1, std::sync::atomic::Ordering::SeqCst);
         self.records = 0;
         self.opened = Instant::now();
-        // The sealed segment is in the snapshot now: it may be compacted.
-        let _ = self.compact.send(());
         tracing::debug!(sealed = through, "segment sealed");
         Ok(())
     }
@@ -949,7 +951,11 @@ impl WriterState {
         let mut doomed = Vec::new();
         for (seq, (paths, size, newest)) in &units {
             // Only sealed data whose state the snapshot already holds.
-            if *seq >= self.active.seq || *seq > self.snapshot_through {
+            let snapshot_through = self
+                .shared
+                .snapshot_through
+                .load(std::sync::atomic::Ordering::SeqCst);
+            if *seq >= self.active.seq || *seq > snapshot_through {
                 break;
             }
             let too_old = cutoff.is_some_and(|c| *newest < c);
@@ -1024,6 +1030,74 @@ impl WriterState {
                 .chunk_files
                 .set(ix.chunk_files.len() as i64);
         }
+    }
+}
+
+/// Writes the snapshots seals hand over, newest first, off the writer's
+/// path; only once one is durable may the segments it covers be compacted
+/// or deleted.
+struct Snapshotter {
+    shared: Arc<Shared>,
+    data_dir: PathBuf,
+    /// Wakes the compactor when a snapshot is durable.
+    compact: mpsc::Sender<()>,
+}
+
+impl Snapshotter {
+    fn run(self, jobs: mpsc::Receiver<Snapshot>) {
+        let mut pending: Option<Snapshot> = None;
+        let mut failures = 0u32;
+        loop {
+            let got = match &pending {
+                None => jobs
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                // A failed write is tried again after a back-off, or as soon
+                // as a newer snapshot comes.
+                Some(_) => jobs.recv_timeout(Duration::from_millis(500 << failures.min(6))),
+            };
+            match got {
+                Ok(s) => pending = Some(s),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) if pending.is_none() => return,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            // Only the newest matters: it holds every mark the older did.
+            while let Ok(s) = jobs.try_recv() {
+                pending = Some(s);
+            }
+            let Some(snap) = pending.take() else { continue };
+            match self.write(&snap) {
+                Ok(()) => {
+                    failures = 0;
+                    self.shared
+                        .snapshot_through
+                        .fetch_max(snap.through, std::sync::atomic::Ordering::SeqCst);
+                    // The segments it covers may be compacted now.
+                    let _ = self.compact.send(());
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, through = snap.through, "writing the snapshot failed; tried again");
+                    self.shared.metrics.store_errors.inc();
+                    pending = Some(snap);
+                    if matches!(jobs.try_recv(), Err(mpsc::TryRecvError::Disconnected)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn write(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let fs = &*self.shared.fs;
+        let path = self.data_dir.join("snapshot.json");
+        let tmp = chunks::TempFile::new(fs, self.data_dir.join("snapshot.json.tmp"));
+        let data =
+            serde_json::to_vec(snap).map_err(|e| store::io_err(&path)(std::io::Error::other(e)))?;
+        chunks::write_synced(fs, &tmp.path, &data)?;
+        tmp.rename_to(&path)?;
+        store::sync_dir(fs, &self.data_dir)
     }
 }
 

@@ -399,6 +399,59 @@ async fn a_seal_that_cannot_open_the_next_segment_stores_nothing_twice() {
     close(shared, w);
 }
 
+/// A seal's snapshot serialises and fsyncs every de-duplication mark:
+/// hundreds of MB at a large fleet. It must not hold up acknowledgements:
+/// with the snapshot's fsync stalled, pushes are still acknowledged, and the
+/// segments it covers are compacted only once it is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_snapshot_does_not_hold_up_acknowledgements() {
+    let fs = disk();
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let (shared, w) = open(&fs);
+    let hold = fs.hold(Op::Sync, "snapshot.json.tmp");
+    // 2 KiB segments: these seal several times while the snapshot waits.
+    let pushes = async {
+        for i in 0..40 {
+            w.push(push(6, i * 10, 10, now), Default::default())
+                .await
+                .unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), pushes)
+        .await
+        .expect("acknowledged while the snapshot's fsync is stalled");
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(shared.snapshot_through.load(SeqCst), 0, "not durable yet");
+    assert_eq!(
+        shared.index.read().unwrap().chunk_files.len(),
+        0,
+        "nothing compacted before"
+    );
+    drop(hold);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while shared.snapshot_through.load(SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot was never written"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(stored(&shared).len(), 400);
+    // And after a crash everything is there once, the re-sent lines too.
+    let image = fs.crash();
+    close(shared, w);
+    let (shared, w) = open(&image);
+    for i in 0..40 {
+        w.push(push(6, i * 10, 10, now), Default::default())
+            .await
+            .unwrap();
+    }
+    let got = stored(&shared);
+    assert_eq!(got.len(), 400);
+    assert!(got.values().all(|v| v.0 == 1));
+    close(shared, w);
+}
+
 /// A block that cannot be read while its segment is compacted (a passing
 /// EIO) must not be skipped and its segment deleted: once the read works
 /// again every line is there.

@@ -368,12 +368,15 @@ fn enospc() -> io::Error {
 pub struct SimFs {
     state: Arc<Mutex<State>>,
     /// Calls held back (a disk that stalls), until their [`Hold`] drops.
-    holds: Arc<(Mutex<Vec<(u64, Op, String)>>, std::sync::Condvar)>,
+    holds: Holds,
 }
+
+/// Held calls: (hold id, kind, path part), and the condition they wait on.
+type Holds = Arc<(Mutex<Vec<(u64, Op, String)>>, std::sync::Condvar)>;
 
 /// Calls held by [`SimFs::hold`]; they go on when this is dropped.
 pub struct Hold {
-    holds: Arc<(Mutex<Vec<(u64, Op, String)>>, std::sync::Condvar)>,
+    holds: Holds,
     id: u64,
 }
 

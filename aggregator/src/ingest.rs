@@ -75,6 +75,9 @@ pub struct Shared {
     pub chunks_dir: PathBuf,
     /// Segments up to this one are in the snapshot (may be compacted).
     pub snapshot_through: std::sync::atomic::AtomicU64,
+    /// Set by the snapshot thread when a snapshot became durable: the
+    /// writer applies retention to what it now covers.
+    pub snapshot_advanced: std::sync::atomic::AtomicBool,
     /// The segment being appended to.
     pub active_seq: std::sync::atomic::AtomicU64,
     /// Held while files are deleted or swapped for others (retention,
@@ -321,6 +324,8 @@ struct WriterState {
     write_failed: bool,
     /// When retention last ran.
     retention_ran: Instant,
+    /// A snapshot was handed over and is not known to be durable yet.
+    awaiting_snapshot: bool,
 }
 
 /// The oldest line time that retention by `age` keeps at `now` (ns since
@@ -476,6 +481,7 @@ pub fn open_on(
         shutdown: tokio::sync::watch::channel(false).0,
         chunks_dir,
         snapshot_through: std::sync::atomic::AtomicU64::new(snap.through),
+        snapshot_advanced: std::sync::atomic::AtomicBool::new(false),
         active_seq: std::sync::atomic::AtomicU64::new(active.seq),
         files: std::sync::Mutex::new(()),
         fs: fs.clone(),
@@ -503,6 +509,7 @@ pub fn open_on(
         roll_failures: 0,
         write_failed: false,
         retention_ran: Instant::now(),
+        awaiting_snapshot: false,
     };
     st.update_gauges();
     let compactor = Compactor {
@@ -552,10 +559,20 @@ struct Pending {
 impl WriterState {
     fn run(mut self, rx: mpsc::Receiver<WriteReq>) {
         loop {
-            let first = match rx.recv_timeout(Duration::from_secs(5)) {
+            // While a snapshot is being written, look often whether it is
+            // durable: retention may then delete what it covers.
+            let wait = if self.awaiting_snapshot {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(5)
+            };
+            let first = match rx.recv_timeout(wait) {
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.housekeeping(true);
+                    let advanced = self.snapshot_advanced();
+                    if !self.awaiting_snapshot || advanced {
+                        self.housekeeping(true);
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -833,7 +850,8 @@ impl WriterState {
         // A full disk: free what retention may, at most once a second.
         let pressed = std::mem::take(&mut self.write_failed)
             && self.retention_ran.elapsed() >= Duration::from_secs(1);
-        if !(rolled || idle || pressed) {
+        let advanced = self.snapshot_advanced();
+        if !(rolled || idle || pressed || advanced) {
             return;
         }
         self.retention_ran = Instant::now();
@@ -842,6 +860,22 @@ impl WriterState {
             self.shared.metrics.store_errors.inc();
         }
         self.update_gauges();
+    }
+
+    /// Whether a snapshot became durable since last asked.
+    fn snapshot_advanced(&mut self) -> bool {
+        let advanced = self
+            .shared
+            .snapshot_advanced
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if advanced {
+            self.awaiting_snapshot = self
+                .shared
+                .snapshot_through
+                .load(std::sync::atomic::Ordering::SeqCst)
+                < self.active.seq - 1;
+        }
+        advanced
     }
 
     /// Seals the active segment and snapshots the state it completes.
@@ -878,6 +912,7 @@ impl WriterState {
                 "the snapshot thread is gone",
             )));
         }
+        self.awaiting_snapshot = true;
         self.active = next;
         self.shared
             .active_seq
@@ -1073,6 +1108,9 @@ impl Snapshotter {
                     self.shared
                         .snapshot_through
                         .fetch_max(snap.through, std::sync::atomic::Ordering::SeqCst);
+                    self.shared
+                        .snapshot_advanced
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     // The segments it covers may be compacted now.
                     let _ = self.compact.send(());
                 }

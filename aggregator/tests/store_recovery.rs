@@ -233,12 +233,25 @@ async fn retention_by_age_keeps_recent_lines() {
     w.push(push(3, 0, 1, Compression::Zstd), Default::default())
         .await
         .unwrap();
-    let lines = all(&shared);
+    // Retention deletes what a durable snapshot covers; the snapshot is
+    // written off the acknowledgement path, so this comes soon after.
+    let lines = wait_until(|| {
+        let lines = all(&shared);
+        (!lines.iter().any(|l| l.starts_with("file 1 "))).then_some(lines)
+    });
     assert!(lines.contains(&"fresh".to_string()), "{lines:?}");
-    assert!(
-        !lines.iter().any(|l| l.starts_with("file 1 ")),
-        "old lines deleted: {lines:?}"
-    );
+}
+
+/// Polls `f` until it gives a value (30 s at most).
+fn wait_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "not within 30 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A retention age past what an i64 of nanoseconds holds (`150000d`, about
@@ -380,6 +393,33 @@ async fn a_future_timestamp_does_not_stall_retention_and_old_marks_go() {
             .await
             .unwrap();
     }
+    // Retention follows the snapshots, which are written off the
+    // acknowledgement path: soon, not at once.
+    wait_until(|| {
+        let lines = all(&shared);
+        (!lines.iter().any(|l| l == "old" || l == "future")).then_some(())
+    });
+    // File 1's data is gone, and so is its mark, in the next snapshot.
+    let marked = |path: &Path| -> Option<bool> {
+        let snap: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        Some(
+            snap["marks"]
+                .as_array()?
+                .iter()
+                .any(|m| m[1].as_u64() == Some(1)),
+        )
+    };
+    // Each push seals a segment and hands over a snapshot of the marks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    while marked(&tmp.path().join("snapshot.json")) != Some(false) {
+        assert!(std::time::Instant::now() < deadline, "file 1's mark stayed");
+        w.push(push(3, i * 10, 10, Compression::Zstd), Default::default())
+            .await
+            .unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     close(shared, w);
     let (shared, w) = open(cfg(tmp.path(), 1 << 30, None));
     let lines = all(&shared);
@@ -388,16 +428,6 @@ async fn a_future_timestamp_does_not_stall_retention_and_old_marks_go() {
         "the future line's segment aged out: {lines:?}"
     );
     close(shared, w);
-    // File 1's data is gone, and so is its mark.
-    let snap: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(tmp.path().join("snapshot.json")).unwrap()).unwrap();
-    let files: Vec<u64> = snap["marks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m[1].as_u64().unwrap())
-        .collect();
-    assert!(!files.contains(&1), "{snap}");
 }
 
 /// A block damaged on disk after it was stored: queries skip it and count

@@ -369,6 +369,8 @@ pub struct SimFs {
     state: Arc<Mutex<State>>,
     /// Calls held back (a disk that stalls), until their [`Hold`] drops.
     holds: Holds,
+    /// Handles open now (descriptors, on a real disk).
+    handles: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Held calls: (hold id, kind, path part), and the condition they wait on.
@@ -475,6 +477,11 @@ impl SimFs {
         }
     }
 
+    /// Files open now: what descriptors they would hold.
+    pub fn open_handles(&self) -> u64 {
+        self.handles.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Faults injected so far.
     pub fn injected(&self) -> u64 {
         self.lock().injected
@@ -526,6 +533,7 @@ impl SimFs {
         SimFs {
             state: Arc::new(Mutex::new(new)),
             holds: Default::default(),
+            handles: Default::default(),
         }
     }
 }
@@ -534,6 +542,14 @@ struct SimFile {
     fs: SimFs,
     inode: usize,
     path: PathBuf,
+}
+
+impl Drop for SimFile {
+    fn drop(&mut self) {
+        self.fs
+            .handles
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl FsFile for SimFile {
@@ -640,6 +656,8 @@ impl Fs for SimFs {
                 i
             }
         };
+        self.handles
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(Arc::new(SimFile {
             fs: self.clone(),
             inode,

@@ -187,6 +187,9 @@ pub async fn run_on(
             writer: Some(writer.clone()),
             push_streams: Default::default(),
             limits: cfg.limits,
+            queries: Arc::new(tokio::sync::Semaphore::new(
+                cfg.max_concurrent_requests.max(1),
+            )),
         },
         push_auth: push_auth.clone(),
     });

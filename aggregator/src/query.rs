@@ -675,7 +675,7 @@ pub fn visit(
         chunk_files,
         streams,
         wanted,
-        files,
+        mut files,
     } = plan(shared, q, &b)?;
     let mut work: Vec<Work> = blocks.into_iter().map(Work::Block).collect();
     work.extend(chunk_files.into_iter().map(Work::File));
@@ -693,7 +693,7 @@ pub fn visit(
                 continue;
             }
         };
-        let Some(batch) = read_block(shared, &files, &mut reader, &m, q) else {
+        let Some(batch) = read_block(shared, &mut files, &mut reader, &m, q) else {
             continue;
         };
         for l in batch.lines() {
@@ -775,7 +775,12 @@ pub fn index_stats(shared: &Shared, q: &Query, b: Bounds) -> Result<IndexStats, 
         st.bytes += m.len;
     }
     for f in &plan.chunk_files {
-        let entries = crate::chunks::read_entries(&*f.index, &f.path)?;
+        let entries = match shared.fs.open(&f.path, crate::fs::Mode::Read) {
+            Ok(index) => crate::chunks::read_entries(&*index, &f.path)?,
+            // Deleted by retention since the plan.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(store::io_err(&f.path)(e).into()),
+        };
         for e in entries {
             if e.streams
                 .iter()
@@ -812,7 +817,7 @@ pub fn execute_into(
         chunk_files,
         streams,
         wanted,
-        files,
+        mut files,
     } = plan(shared, q, &b)?;
     let backward = b.direction == Direction::Backward;
     // Work in time order (oldest first, or newest first): blocks, and chunk
@@ -880,7 +885,7 @@ pub fn execute_into(
                 continue;
             }
         };
-        let Some(batch) = read_block(shared, &files, &mut reader, &m, q) else {
+        let Some(batch) = read_block(shared, &mut files, &mut reader, &m, q) else {
             continue;
         };
         let ok: Vec<bool> = m
@@ -973,19 +978,25 @@ pub fn execute_into(
     Ok(())
 }
 
-/// A chunk file a query may need, its index open.
+/// A chunk file a query may need; its index is read when the query's
+/// work reaches it.
 struct PendingFile {
     seq: u64,
     min_ts: i64,
     max_ts: i64,
-    index: Arc<dyn crate::fs::FsFile>,
     path: std::path::PathBuf,
 }
 
 /// The chunks of a chunk file that hold matching streams in range. A file
 /// whose index cannot be read is skipped, logged and counted.
 fn chunks_of(shared: &Shared, f: &PendingFile, wanted: &[bool], b: &Bounds) -> Vec<Arc<BlockMeta>> {
-    match crate::chunks::read_entries(&*f.index, &f.path) {
+    let entries = match shared.fs.open(&f.path, crate::fs::Mode::Read) {
+        Ok(index) => crate::chunks::read_entries(&*index, &f.path),
+        // Deleted by retention since the plan: nothing to read.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => Err(store::io_err(&f.path)(e)),
+    };
+    match entries {
         Ok(entries) => entries
             .into_iter()
             .filter(|e| {
@@ -1021,12 +1032,12 @@ fn chunks_of(shared: &Shared, f: &PendingFile, wanted: &[bool], b: &Bounds) -> V
 /// read (skipped, logged and counted).
 fn read_block(
     shared: &Shared,
-    files: &OpenFiles,
+    files: &mut OpenFiles,
     reader: &mut store::BlockReader,
     m: &BlockMeta,
     q: &Query,
 ) -> Option<LineBatch> {
-    let (file, path) = files.get(&(m.source, m.seq))?;
+    let (file, path) = files.get(shared, m.source, m.seq)?;
     match reader.read_if(&**file, path, m.offset, m.len, |raw| q.may_match(raw)) {
         Ok(Some((_, b))) => Some(b),
         Ok(None) => None,
@@ -1098,15 +1109,53 @@ struct Plan {
     files: OpenFiles,
 }
 
-/// Files a query holds open, by source and sequence number.
-type OpenFiles = HashMap<(Source, u64), (Arc<dyn crate::fs::FsFile>, std::path::PathBuf)>;
+/// Chunk data files one query holds open at most: a query over a long
+/// range once held two descriptors for every chunk file in it, and EMFILE
+/// then reached seals, snapshots and the compactor.
+pub const MAX_OPEN_CHUNK_FILES: usize = 32;
+
+/// Files a query holds open, by source and sequence number. Segments are
+/// opened at planning, under the index lock, because compaction replaces
+/// them (a segment opened later could be gone while its chunk file is not
+/// in the plan); chunk files are never replaced, only deleted by retention,
+/// so they are opened when first read, at most [`MAX_OPEN_CHUNK_FILES`] at
+/// once.
+#[derive(Default)]
+struct OpenFiles {
+    map: HashMap<(Source, u64), (Arc<dyn crate::fs::FsFile>, std::path::PathBuf)>,
+    /// Open chunk files, oldest opened first.
+    chunks: std::collections::VecDeque<u64>,
+}
+
+impl OpenFiles {
+    fn get(
+        &mut self,
+        shared: &Shared,
+        source: Source,
+        seq: u64,
+    ) -> Option<&(Arc<dyn crate::fs::FsFile>, std::path::PathBuf)> {
+        if source == Source::Chunk && !self.map.contains_key(&(source, seq)) {
+            let path = crate::chunks::data_path(&shared.chunks_dir, seq);
+            // Gone: deleted by retention since the plan.
+            let file = shared.fs.open(&path, crate::fs::Mode::Read).ok()?;
+            if self.chunks.len() >= MAX_OPEN_CHUNK_FILES {
+                if let Some(old) = self.chunks.pop_front() {
+                    self.map.remove(&(Source::Chunk, old));
+                }
+            }
+            self.chunks.push_back(seq);
+            self.map.insert((source, seq), (file, path));
+        }
+        self.map.get(&(source, seq))
+    }
+}
 
 /// Selects streams by the selector, then the push-log blocks and the
 /// chunks of compacted files that hold them in the time range.
 fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
-    let mut files = HashMap::new();
+    let mut files = OpenFiles::default();
     let mut open = |source: Source, seq: u64, path: std::path::PathBuf| -> Result<(), QueryError> {
-        if let std::collections::hash_map::Entry::Vacant(v) = files.entry((source, seq)) {
+        if let std::collections::hash_map::Entry::Vacant(v) = files.map.entry((source, seq)) {
             match shared.fs.open(&path, crate::fs::Mode::Read) {
                 Ok(f) => {
                     v.insert((f, path));
@@ -1148,26 +1197,15 @@ fn plan(shared: &Shared, q: &Query, b: &Bounds) -> Result<Plan, QueryError> {
                 store::segment_path(&shared.segments_dir, m.seq),
             )?;
         }
-        let mut indexes = Vec::new();
-        for &(seq, min_ts, max_ts) in &chunk_files {
-            open(
-                Source::Chunk,
+        let indexes: Vec<PendingFile> = chunk_files
+            .iter()
+            .map(|&(seq, min_ts, max_ts)| PendingFile {
                 seq,
-                crate::chunks::data_path(&shared.chunks_dir, seq),
-            )?;
-            let p = crate::chunks::index_path(&shared.chunks_dir, seq);
-            match shared.fs.open(&p, crate::fs::Mode::Read) {
-                Ok(index) => indexes.push(PendingFile {
-                    seq,
-                    min_ts,
-                    max_ts,
-                    index,
-                    path: p,
-                }),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(store::io_err(&p)(e).into()),
-            }
-        }
+                min_ts,
+                max_ts,
+                path: crate::chunks::index_path(&shared.chunks_dir, seq),
+            })
+            .collect();
         (blocks, streams, wanted, indexes)
     };
     Ok(Plan {

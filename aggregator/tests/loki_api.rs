@@ -34,6 +34,8 @@ struct Fixture {
     shared: Arc<ingest::Shared>,
     _writer: Writer,
     app: axum::Router,
+    /// Turns for queries (two at once here).
+    queries: Arc<tokio::sync::Semaphore>,
 }
 
 /// Two pods on two nodes: pod `web` writes lines 0..60 (one a second,
@@ -57,6 +59,7 @@ async fn fixture() -> Fixture {
             .await
             .unwrap();
     }
+    let queries = Arc::new(tokio::sync::Semaphore::new(2));
     let app = router(HttpState {
         shared: shared.clone(),
         registry: Arc::new(registry),
@@ -67,6 +70,7 @@ async fn fixture() -> Fixture {
             writer: Some(writer.clone()),
             push_streams: Default::default(),
             limits: Default::default(),
+            queries: queries.clone(),
         },
         push_auth: Auth::new(Some(PUSH_TOKEN.into()), "push", metrics),
     });
@@ -75,6 +79,7 @@ async fn fixture() -> Fixture {
         shared,
         _writer: writer,
         app,
+        queries,
     }
 }
 
@@ -293,6 +298,43 @@ async fn log_queries_match_the_grpc_path() {
         assert!(s["stream"].get("node").is_none() && s["stream"].get("pod_uid").is_none());
         assert_eq!(s["stream"]["pod"], "db");
     }
+}
+
+/// HTTP queries take turns, as gRPC ones do: each holds a blocking thread
+/// and files, and Grafana dashboards fire dozens at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_queries_wait_for_a_turn() {
+    let f = fixture().await;
+    let (start, end) = range(T0, T0 + 60 * S);
+    let all = f.queries.clone().acquire_many_owned(2).await.unwrap();
+    let app = f.app.clone();
+    let q = tokio::spawn(async move {
+        get(
+            &app,
+            "/loki/api/v1/query_range",
+            &[
+                ("query", "{namespace=\"shop\"}"),
+                ("start", &start),
+                ("end", &end),
+            ],
+        )
+        .await
+    });
+    // Not answered while every turn is taken...
+    let waited = tokio::time::timeout(Duration::from_millis(300), async {
+        while !q.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(waited.is_err(), "answered without a turn");
+    // ...and answered once one is free.
+    drop(all);
+    let (code, _) = tokio::time::timeout(Duration::from_secs(30), q)
+        .await
+        .expect("answered after the turn")
+        .unwrap();
+    assert_eq!(code, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

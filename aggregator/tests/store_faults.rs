@@ -452,6 +452,52 @@ async fn a_stalled_snapshot_does_not_hold_up_acknowledgements() {
     close(shared, w);
 }
 
+/// A query over a long range once held two descriptors for every chunk
+/// file in it until its end (thousands over a week), and the EMFILE it
+/// caused reached seals and snapshots. It holds at most
+/// `MAX_OPEN_CHUNK_FILES` chunk files now, and still reads every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_holds_a_bounded_number_of_files() {
+    let fs = disk();
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let (shared, w) = open(&fs);
+    for i in 0..400 {
+        w.push(push(7, i * 10, 10, now), Default::default())
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while shared.index.read().unwrap().chunk_files.len() < 40 {
+        assert!(std::time::Instant::now() < deadline, "not compacted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let idle = fs.open_handles();
+    let q = query::parse("{}").unwrap();
+    let b = Bounds {
+        from: None,
+        to: None,
+        limit: 0,
+        direction: Direction::Forward,
+    };
+    let (mut most, mut lines) = (0, 0);
+    query::visit(&shared, &q, b, &Default::default(), &mut |_| {
+        most = most.max(fs.open_handles());
+        lines += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(lines, 4000);
+    let files = shared.index.read().unwrap().chunk_files.len();
+    eprintln!("{files} chunk files, at most {most} open");
+    let segments = shared.index.read().unwrap().blocks.len() as u64 + 2;
+    let cap = query::MAX_OPEN_CHUNK_FILES as u64;
+    assert!(
+        most <= idle + cap + segments,
+        "{most} files open at once (idle {idle}, cap {cap})"
+    );
+    close(shared, w);
+}
+
 /// A block that cannot be read while its segment is compacted (a passing
 /// EIO) must not be skipped and its segment deleted: once the read works
 /// again every line is there.

@@ -43,6 +43,9 @@ pub struct LokiState {
     pub push_streams: Arc<push::Streams>,
     /// Payload limits, as for agents' pushes.
     pub limits: logfleet_proto::Limits,
+    /// Queries that may run at once (`--max-concurrent-requests`, as for
+    /// gRPC); more wait for a turn. Each holds files and a blocking thread.
+    pub queries: Arc<tokio::sync::Semaphore>,
 }
 
 /// The push route, for merging behind the push-token check.
@@ -250,7 +253,18 @@ async fn blocking<T: Send + 'static>(
         cancelled: Default::default(),
         deadline: Some((std::time::Instant::now() + st.timeout, st.timeout)),
     };
-    match tokio::task::spawn_blocking(move || f(&shared, &ctl)).await {
+    let turn = st
+        .queries
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    match tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        f(&shared, &ctl)
+    })
+    .await
+    {
         Ok(r) => r.map_err(query_error),
         Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }

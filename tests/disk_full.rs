@@ -220,6 +220,71 @@ fn a_full_agent_state_dir_loses_nothing() {
     every_line_once(&url, 900);
 }
 
+/// Lines the aggregator refuses for good go to the dead-letter file under
+/// the state directory; when that is full the write fails part-way. Once
+/// the space returns each refused line is there once, no line torn.
+#[test]
+fn a_full_state_dir_tears_no_dead_letter() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state-n1");
+    let Some(fs) = Tmpfs::mount(&state, "1m") else {
+        return;
+    };
+    let (_agg, url) = aggregator(dir.path(), &["--max-payload", "64KiB"]);
+    let root = dir.path().join("pods");
+    std::fs::create_dir_all(&root).unwrap();
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let _agent = agent(dir.path(), "n1", &root, &url, &["--http-addr", &http_addr]);
+    let mut pods = write_pods(&root, 1, 10, base_ts());
+    every_line_once(&url, 10);
+    // Room for part of the refused lines' record, not all of it.
+    let ballast = fs.fill(20 << 10);
+    let ts = base_ts();
+    for i in 0..3 {
+        // Each over the payload limit: refused for good.
+        pods[0].containers[0]
+            .write(
+                ts + 100 + i,
+                "stdout",
+                &format!("huge {i} {}", "y".repeat(100 << 10)),
+                true,
+            )
+            .unwrap();
+    }
+    wait_for(
+        "a failed dead-letter write",
+        Duration::from_secs(30),
+        || {
+            let log = std::fs::read_to_string(dir.path().join("agent-n1.log")).ok()?;
+            log.contains("writing the dead-letter file failed")
+                .then_some(())
+        },
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let dl = state.join("dead-letter.jsonl");
+    let rows = wait_for("the refused lines kept", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&dl).ok()?;
+        let rows: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("no torn line"))
+            .collect();
+        (rows.len() >= 3).then_some(rows)
+    });
+    let texts: Vec<&str> = rows
+        .iter()
+        .map(|r| {
+            r["line"]
+                .as_str()
+                .unwrap_or_default()
+                .split(' ')
+                .take(2)
+                .last()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(texts, ["0", "1", "2"], "each once");
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {

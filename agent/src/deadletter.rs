@@ -159,8 +159,14 @@ impl DeadLetters {
             .append(true)
             .open(&self.path)
             .map_err(io)?;
-        f.write_all(&text).map_err(io)?;
-        f.sync_data().map_err(io)?;
+        let before = f.metadata().map_err(io)?.len();
+        if let Err(e) = f.write_all(&text).and_then(|()| f.sync_data()) {
+            // A full disk wrote part of it: cut it back, so the retry
+            // leaves neither a torn line nor the first lines twice.
+            let _ = f.set_len(before);
+            let _ = f.sync_data();
+            return Err(io(e));
+        }
         Ok(n)
     }
 }

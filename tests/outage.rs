@@ -104,6 +104,11 @@ fn scenario(dir: &std::path::Path, url: &str, end_outage: impl FnOnce()) {
     wait_for("the pipeline to fill", Duration::from_secs(30), || {
         (metric_of("logfleet_agent_push_retries_total")? >= 1.0).then_some(())
     });
+    // The agent stays ready: the outage is the store's, not this node's
+    // (an aggregator restart would otherwise stall an agent rollout).
+    let ready = http_get(&format!("127.0.0.1:{http}"), "/readyz").unwrap_or_default();
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.contains("does not take pushes"), "{ready}");
     let mut brief = Pod::create(
         &root,
         "ns",

@@ -1,6 +1,7 @@
 //! The agent's HTTP endpoint: `/metrics` (Prometheus text), `/healthz`
-//! (the reader loop is alive) and `/readyz` (the log root is readable and
-//! the last push succeeded).
+//! (the reader loop is alive) and `/readyz` (the log root is readable; an
+//! aggregator that does not take pushes is said in the body, not as
+//! unreadiness).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,8 +61,14 @@ async fn healthz(Extract(s): Extract<State>) -> impl IntoResponse {
 }
 
 async fn readyz(Extract(s): Extract<State>) -> impl IntoResponse {
-    match s.report.ready() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    match (s.report.ready(), s.report.aggregator()) {
+        (Ok(()), None) => (StatusCode::OK, "ready\n".to_string()),
+        // Ready: the lines wait in their files, and the aggregator's outage
+        // is said, not blamed on this node.
+        (Ok(()), Some(why)) => (
+            StatusCode::OK,
+            format!("ready; the aggregator does not take pushes now: {why}\n"),
+        ),
+        (Err(why), _) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }

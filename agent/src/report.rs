@@ -77,18 +77,25 @@ impl Report {
             .and_then(|e| e[slot(source)].clone())
     }
 
-    /// Whether the agent can do its job: the log root is readable and the
-    /// aggregator takes pushes. `Err` says why not.
+    /// Whether the agent itself can do its job: its log root is readable.
+    /// `Err` says why not. An aggregator that does not take pushes is not
+    /// the agent's failure: an aggregator restart (an image bump rolls it
+    /// with the agents) would mark every node unready, blame the agents
+    /// and stall their rollout. It is said by [`Report::aggregator`], the
+    /// push metrics and the aggregator's own view (`NotReporting`).
     pub fn ready(&self) -> Result<(), String> {
-        if let Some(e) = self.get(Source::LogRoot) {
-            return Err(e);
+        match self.get(Source::LogRoot) {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        if !self.pushes_ok.load(Ordering::Relaxed) {
-            return Err(self
-                .get(Source::Push)
-                .unwrap_or_else(|| "aggregator not reachable".into()));
-        }
-        Ok(())
+    }
+
+    /// Why the aggregator does not take pushes now, if it does not.
+    pub fn aggregator(&self) -> Option<String> {
+        (!self.pushes_ok.load(Ordering::Relaxed)).then(|| {
+            self.get(Source::Push)
+                .unwrap_or_else(|| "aggregator not reachable".into())
+        })
     }
 
     /// Whether the last push was acknowledged.
@@ -142,7 +149,12 @@ mod tests {
         assert_eq!(r.ready(), Ok(()));
         assert_eq!(r.last_error(), "");
         r.set(Source::Push, Some("connection refused".into()));
-        assert_eq!(r.ready(), Err("connection refused".into()));
+        assert_eq!(
+            r.ready(),
+            Ok(()),
+            "the aggregator's outage is not the agent's"
+        );
+        assert_eq!(r.aggregator(), Some("connection refused".into()));
         r.set(Source::LogRoot, Some("log root /x: not found".into()));
         assert_eq!(r.ready(), Err("log root /x: not found".into()));
         assert_eq!(r.last_error(), "log root /x: not found");

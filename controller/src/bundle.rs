@@ -48,6 +48,9 @@ pub fn controller_rules() -> Value {
         {"apiGroups": ["apps"], "resources": ["controllerrevisions"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["services", "configmaps", "serviceaccounts"],
          "verbs": ["get", "create", "patch"]},
+        // The quota that admits the agents' critical priority class
+        // outside kube-system (GKE).
+        {"apiGroups": [""], "resources": ["resourcequotas"], "verbs": ["get", "create", "patch"]},
         // Tokens and certificates it creates, renews and reads (for the
         // read token and the CA that its coverage check needs).
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::core::ApiResource;
@@ -228,11 +228,17 @@ pub fn render(lc: &LogCollector, opts: &Options) -> Result<Vec<Object>, RenderEr
         typed(service_account(&cx, &agent_name(name), "agent")?)?,
         typed(service_account(&cx, &aggregator_name(name), "aggregator")?)?,
         typed(agent_config_map(&cx)?)?,
+    ];
+    // Before the DaemonSet: its pods are refused without it.
+    if let Some(q) = critical_pods_quota(&cx)? {
+        out.push(typed(q)?);
+    }
+    out.extend([
         typed(agent_daemonset_of(&cx)?)?,
         typed(agent_metrics_service(&cx)?)?,
         typed(aggregator_service(&cx, false)?)?,
         typed(aggregator_service(&cx, true)?)?,
-    ];
+    ]);
     if lc.spec.aggregator.clickhouse.is_some() {
         out.push(typed(aggregator_deployment(&cx)?)?);
         out.push(typed(aggregator_disruption_budget(&cx)?)?);
@@ -392,6 +398,43 @@ fn service_account(
         "ServiceAccount",
         json!({"metadata": cx.meta(name, component), "automountServiceAccountToken": false}),
     )
+}
+
+/// The priority classes the API server may limit to namespaces holding a
+/// ResourceQuota that names them (the `Priority` admission plugin's
+/// `limitedResources`, which GKE sets for both; Kubernetes documents it as
+/// "Limit Priority Class consumption by default").
+pub const CRITICAL_PRIORITY_CLASSES: [&str; 2] =
+    ["system-node-critical", "system-cluster-critical"];
+
+/// Name of the ResourceQuota that admits the agents' priority class.
+pub fn critical_pods_quota_name(lc: &str) -> String {
+    crate::names::child(lc, "-critical-pods", crate::names::MAX_CHILD)
+}
+
+/// Outside `kube-system`, a pod of a critical priority class is admitted
+/// only where a ResourceQuota's scope selector names that class (GKE
+/// refuses it otherwise, and the default install then put no agent on any
+/// node). The quota only makes room: one pod per node, and the largest
+/// clusters Kubernetes supports have 5,000.
+fn critical_pods_quota(cx: &Ctx<'_>) -> Result<Option<ResourceQuota>, RenderError> {
+    let class = cx.lc.spec.agent.priority_class_name.as_str();
+    if !CRITICAL_PRIORITY_CLASSES.contains(&class) || cx.ns == "kube-system" {
+        return Ok(None);
+    }
+    from_json(
+        "ResourceQuota",
+        json!({
+            "metadata": cx.meta(&critical_pods_quota_name(cx.name), "agent"),
+            "spec": {
+                "hard": {"pods": "10000"},
+                "scopeSelector": {"matchExpressions": [
+                    {"scopeName": "PriorityClass", "operator": "In", "values": [class]},
+                ]},
+            },
+        }),
+    )
+    .map(Some)
 }
 
 /// The agent's configuration: the `LOGFLEET_*` environment of `logfleet
@@ -1352,6 +1395,7 @@ mod tests {
                 "ServiceAccount/logs-agent",
                 "ServiceAccount/logs-aggregator",
                 "ConfigMap/logs-agent",
+                "ResourceQuota/logs-critical-pods",
                 "DaemonSet/logs-agent",
                 "Service/logs-agent-metrics",
                 "Service/logs-aggregator",
@@ -1363,11 +1407,58 @@ mod tests {
             ]
         );
         // The agents' SCC ships in deploy/openshift.yaml; their role uses it.
-        let role = &objs[9].body;
+        let role = &objs[10].body;
         assert_eq!(
             role["rules"].as_array().and_then(|r| r.last()),
             Some(&crate::openshift::agent_scc_use_rule())
         );
+    }
+
+    /// The rule the API server applies when its Priority admission plugin
+    /// limits critical classes (GKE does; Kubernetes documents it under
+    /// "Resource Quotas: Limit Priority Class consumption by default"): a pod
+    /// of a limited class is admitted in a namespace only if a ResourceQuota
+    /// there has a scope selector `PriorityClass In [...]` naming the class.
+    fn admitted(objs: &[Object], ns: &str, class: &str) -> bool {
+        ns == "kube-system"
+            || objs.iter().any(|o| {
+                o.api.kind == "ResourceQuota"
+                    && o.body["metadata"]["namespace"] == ns
+                    && o.body["spec"]["scopeSelector"]["matchExpressions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|e| {
+                            e["scopeName"] == "PriorityClass"
+                                && e["operator"] == "In"
+                                && e["values"]
+                                    .as_array()
+                                    .is_some_and(|v| v.iter().any(|x| x == class))
+                        })
+            })
+    }
+
+    #[test]
+    fn agents_of_a_critical_class_are_admitted_outside_kube_system() {
+        for class in CRITICAL_PRIORITY_CLASSES {
+            let l = lc(json!({"agent": {"priorityClassName": class}}));
+            let objs = render(&l, &Options::default()).unwrap();
+            let ds = objs.iter().find(|o| o.api.kind == "DaemonSet").unwrap();
+            let pod = &ds.body["spec"]["template"]["spec"];
+            assert_eq!(pod["priorityClassName"], class);
+            assert!(admitted(&objs, "logfleet", class), "{class}");
+            // Applied before the DaemonSet, whose pods need it.
+            let at = |k: &str| objs.iter().position(|o| o.api.kind == k).unwrap();
+            assert!(at("ResourceQuota") < at("DaemonSet"));
+        }
+        // The check can fail, and a class of one's own needs no quota.
+        let objs = render(
+            &lc(json!({"agent": {"priorityClassName": "high"}})),
+            &Options::default(),
+        )
+        .unwrap();
+        assert!(objs.iter().all(|o| o.api.kind != "ResourceQuota"));
+        assert!(!admitted(&objs, "logfleet", "system-node-critical"));
     }
 
     #[test]

@@ -102,6 +102,20 @@ struct ControllerArgs {
     /// This replica's identity in the Lease (default: the host name).
     #[arg(long, env = "LOGFLEET_POD_NAME")]
     identity: Option<String>,
+    /// Namespaces whose LogCollectors are honoured (`*`: every namespace).
+    /// A collector runs its image as root on every node: by default only
+    /// the controller's own namespace.
+    #[arg(long, env = "LOGFLEET_COLLECTOR_NAMESPACES", value_delimiter = ',')]
+    collector_namespaces: Option<Vec<String>>,
+    /// Images collectors may run: repositories (any tag or digest), exact
+    /// references, or prefixes ending in `/`; `*`: any image.
+    #[arg(
+        long,
+        env = "LOGFLEET_ALLOWED_IMAGES",
+        value_delimiter = ',',
+        default_value = logfleet_controller::policy::OWN_REPOSITORY
+    )]
+    allowed_images: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -1034,6 +1048,11 @@ async fn run(cmd: Cmd) -> Result<()> {
                     silence: c.silence,
                     debounce: c.debounce,
                     leader_election: c.leader_election,
+                    policy: logfleet_controller::policy::Policy::from_lists(
+                        &c.collector_namespaces
+                            .unwrap_or_else(|| vec![c.lease_namespace.clone()]),
+                        &c.allowed_images,
+                    ),
                     lease_namespace: c.lease_namespace,
                     identity,
                 },

@@ -7,7 +7,8 @@
 //! CRD; [`placement`] decides, as the DaemonSet controller does, whether a
 //! daemon pod belongs on a node; [`coverage`] says which expected nodes lack
 //! a working agent, and why; [`validate`] refuses what the CRD cannot (bad
-//! regexes, sizes, durations) before it reaches the agents; [`render`]
+//! regexes, sizes, durations) before it reaches the agents, and [`policy`]
+//! what the administrator does not allow (namespaces, images, host paths); [`render`]
 //! turns a collector into the objects to apply ([`names`] keeps their names
 //! valid whatever the collector's); [`status`] turns what was
 //! observed into the status and events.
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod names;
 pub mod openshift;
 pub mod placement;
+pub mod policy;
 pub mod rbac;
 pub mod reconcile;
 pub mod render;

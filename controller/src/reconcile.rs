@@ -69,6 +69,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Rendering options (OpenShift or not).
     pub options: Options,
+    /// What the administrator lets collectors ask for.
+    pub policy: crate::policy::Policy,
     /// The aggregator's agents API.
     pub pushes: Arc<dyn PushSource>,
     /// A ready agent silent this long is NotReporting.
@@ -77,6 +79,25 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The clock (a fixed one in tests).
     pub now: fn() -> Timestamp,
+}
+
+impl Context {
+    /// A copy sharing the same client, caches and recorder (tests change
+    /// one setting of it).
+    pub fn clone_of(c: &Context) -> Context {
+        Context {
+            client: c.client.clone(),
+            nodes: c.nodes.clone(),
+            pods: c.pods.clone(),
+            recorder: c.recorder.clone(),
+            options: c.options.clone(),
+            policy: c.policy.clone(),
+            pushes: c.pushes.clone(),
+            silence: c.silence,
+            metrics: c.metrics.clone(),
+            now: c.now,
+        }
+    }
 }
 
 /// A reconcile failed.
@@ -254,9 +275,12 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     let ns = lc.namespace().unwrap_or_default();
     // A spec the agents or the aggregator would refuse at start is not
     // applied: whatever runs now keeps running, and the status says why.
-    let invalid = crate::validate::validate(&lc.spec)
+    // So is one the administrator's policy does not allow.
+    let mut problems = crate::validate::validate(&lc.spec)
         .err()
-        .map(|p| crate::validate::describe(&p));
+        .unwrap_or_default();
+    problems.extend(ctx.policy.check(&ns, &lc.spec).err().unwrap_or_default());
+    let invalid = (!problems.is_empty()).then(|| crate::validate::describe(&problems));
     // The Secrets first: the pods rendered below mount them.
     let access = secure(ctx, lc, &ns, &name, invalid.is_none()).await?;
     let objects = render::render(lc, &ctx.options)?;

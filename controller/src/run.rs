@@ -44,6 +44,8 @@ pub struct ControllerConfig {
     pub lease_namespace: String,
     /// This replica's name in the Lease (its pod name).
     pub identity: String,
+    /// What collectors may ask for.
+    pub policy: crate::policy::Policy,
 }
 
 /// The controller could not run.
@@ -367,6 +369,7 @@ pub async fn run(
             openshift,
             controller_namespace: Some(cfg.lease_namespace.clone()),
         },
+        policy: cfg.policy.clone(),
         pushes: Arc::new(AggregatorAgents::default()),
         silence: cfg.silence,
         metrics,

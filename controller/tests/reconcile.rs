@@ -327,12 +327,24 @@ impl Harness {
                 openshift,
                 controller_namespace: Some("logfleet-system".into()),
             },
+            policy: Default::default(),
             pushes: pushes.clone(),
             silence: std::time::Duration::from_secs(300),
             metrics: Arc::new(Metrics::new()),
             now: fixed_now,
         });
         Harness { state, ctx, pushes }
+    }
+
+    /// The same cluster, with the administrator's `policy`.
+    fn with_policy(&self, policy: logfleet_controller::policy::Policy) -> Harness {
+        let h = self.at(self.ctx.now);
+        let mut ctx = Context::clone_of(&h.ctx);
+        ctx.policy = policy;
+        Harness {
+            ctx: Arc::new(ctx),
+            ..h
+        }
     }
 
     /// The same cluster, with the controller's clock at `now`.
@@ -344,6 +356,7 @@ impl Harness {
             pods: c.pods.clone(),
             recorder: c.recorder.clone(),
             options: c.options.clone(),
+            policy: c.policy.clone(),
             pushes: self.pushes.clone(),
             silence: c.silence,
             metrics: c.metrics.clone(),
@@ -834,6 +847,66 @@ async fn agent_rbac_of_deleted_collectors_is_swept() {
         st.objects.contains_key(role),
         "the live collector's role stays"
     );
+}
+
+/// Creating a LogCollector must not amount to root on every node: the
+/// administrator's policy on the controller (its namespace, its image
+/// repository, the log and state directories) decides what is rolled out.
+/// A collector outside it gets nothing applied and says why.
+#[tokio::test]
+async fn what_the_policy_does_not_allow_is_not_rolled_out() {
+    use logfleet_controller::policy::Policy;
+    for (spec, ns_allowed, want) in [
+        (
+            json!({"image": "evil.io/root:1"}),
+            "logfleet",
+            "not an image this controller runs",
+        ),
+        (
+            json!({"agent": {"hostPaths": {"state": "/etc"}}}),
+            "logfleet",
+            "outside the directories agents may mount",
+        ),
+        (json!({}), "other", "not honoured by this controller"),
+    ] {
+        let h = Harness::new(collector(spec, &[], false), &["node-a"], &["node-a"], false)
+            .with_policy(Policy::default_for(ns_allowed));
+        let seen = h.reconcile().await;
+        let w = writes(&seen);
+        assert!(
+            !w.iter().any(|p| p.contains("/daemonsets/")
+                || p.contains("/configmaps/")
+                || p.contains("/statefulsets/")
+                || p.contains("/clusterroles")),
+            "nothing rolled out: {w:?}"
+        );
+        let status = seen
+            .iter()
+            .find(|s| s.path.ends_with("/logcollectors/logs/status"))
+            .expect("status written");
+        let degraded = status.body["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Degraded")
+            .unwrap()
+            .clone();
+        assert_eq!(degraded["reason"], "InvalidSpec", "{degraded}");
+        assert!(
+            degraded["message"].as_str().unwrap().contains(want),
+            "{degraded}"
+        );
+    }
+    // The default collector under the default policy is rolled out.
+    let h = Harness::new(
+        collector(json!({}), &[], false),
+        &["node-a"],
+        &["node-a"],
+        false,
+    )
+    .with_policy(Policy::default_for("logfleet"));
+    let w = writes(&h.reconcile().await);
+    assert!(w.iter().any(|p| p.contains("/daemonsets/")), "{w:?}");
 }
 
 /// A spec every agent would crash on (`kube-(` passed the CRD, rendered,

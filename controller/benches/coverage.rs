@@ -84,6 +84,7 @@ fn main() {
                     config_hash: "x",
                     progress_deadline: Duration::from_secs(600),
                     invalid_spec: None,
+                    apply_error: None,
                     current_revision_hash: None,
                     now,
                 },

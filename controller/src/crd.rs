@@ -635,6 +635,7 @@ pub struct Storage {
     /// Requested size (a Kubernetes quantity).
     #[serde(default = "default_storage_size")]
     #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[+-]?([0-9]+|[0-9]+[.][0-9]*|[.][0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$')").message("size is a Kubernetes quantity such as 50Gi"))]
     pub size: String,
     /// Storage class; unset uses the cluster's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -854,6 +855,11 @@ mod tests {
             (
                 serde_json::json!({"aggregator": {"retentionAge": "a week"}}),
                 "retentionAge",
+            ),
+            // Immutable once created: a typo must not get in.
+            (
+                serde_json::json!({"aggregator": {"storage": {"size": "10GB"}}}),
+                "Kubernetes quantity",
             ),
             // Past what the aggregator's nanosecond clock can subtract.
             (

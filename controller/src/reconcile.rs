@@ -287,14 +287,28 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
     let mut daemonset: Option<DaemonSet> = None;
     let mut aggregator: Option<status::Workload> = None;
     let mut rendered_template = Default::default();
+    // An object the API server refuses does not end the reconcile before
+    // the status: the rest is read as it is, the status says why, and the
+    // reconcile fails afterwards to be tried again.
+    let mut apply_error: Option<Error> = None;
     for o in &objects {
-        let live = if invalid.is_some() {
+        let live = if invalid.is_some() || apply_error.is_some() {
             match read(ctx, &ns, o).await? {
                 Some(l) => l,
                 None => continue,
             }
         } else {
-            ensure(ctx, &ns, o).await?
+            match ensure(ctx, &ns, o).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "applying failed");
+                    apply_error = Some(e);
+                    match read(ctx, &ns, o).await? {
+                        Some(l) => l,
+                        None => continue,
+                    }
+                }
+            }
         };
         match o.api.kind.as_str() {
             "DaemonSet" => {
@@ -382,6 +396,7 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
                 lc.spec.agent.progress_deadline_seconds.max(1) as u64
             ),
             invalid_spec: invalid.as_deref(),
+            apply_error: apply_error.as_ref().map(|e| e.to_string()).as_deref(),
             current_revision_hash: revision_hash.as_deref(),
             now,
         },
@@ -422,6 +437,9 @@ async fn apply(lc: &LogCollector, ctx: &Context) -> Result<Action, Error> {
         if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
             tracing::warn!(error = %e, reason = n.reason, "publishing an event");
         }
+    }
+    if let Some(e) = apply_error {
+        return Err(e);
     }
     // Silence and progress deadlines change with time alone.
     let rolling = outcome

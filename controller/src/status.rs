@@ -67,6 +67,9 @@ pub struct Observed<'a> {
     /// Why the spec was not rolled out (see [`crate::validate`]), if it
     /// was refused: the last good configuration keeps running.
     pub invalid_spec: Option<&'a str>,
+    /// Why applying a rendered object failed in this reconcile, if it did:
+    /// said rather than leaving the last status standing.
+    pub apply_error: Option<&'a str>,
     /// The `controller-revision-hash` of the DaemonSet's current
     /// ControllerRevision, when known: pods are judged by it, as the
     /// DaemonSet controller does; else by template generation.
@@ -451,6 +454,13 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             "InvalidSpec",
             format!("not rolled out, the last good configuration keeps running: {why}"),
         )
+    } else if let Some(e) = o.apply_error {
+        set(
+            DEGRADED,
+            true,
+            "ApplyFailed",
+            format!("applying failed (tried again): {e}"),
+        )
     } else if let Some(e) = o.store_unavailable {
         set(DEGRADED, true, STORE_UNAVAILABLE, store_message(e))
     } else if summary.expected == 0 {
@@ -502,6 +512,18 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             reason: "InvalidSpec",
             action: "Validate",
             note: format!("not rolled out: {why}"),
+        });
+    }
+    let was_failing = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == DEGRADED && c.reason == "ApplyFailed");
+    if let (Some(e), false) = (o.apply_error, was_failing) {
+        notices.push(Notice {
+            warning: true,
+            reason: "ApplyFailed",
+            action: "Apply",
+            note: format!("applying failed: {e}"),
         });
     }
     let was_unavailable = old
@@ -723,6 +745,7 @@ mod tests {
                 config_hash: "abc",
                 progress_deadline: Duration::from_secs(600),
                 invalid_spec: w.invalid,
+                apply_error: None,
                 current_revision_hash: w.revision_hash,
                 now: at(now),
             },

@@ -74,6 +74,44 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
         .join(" ")
 }
 
+/// Kubernetes' quantity syntax (apimachinery's `ParseQuantity`): a signed
+/// decimal number and a binary (`Ki`..`Ei`), decimal (`m`, `k`..`E`) or
+/// exponent (`e3`) suffix.
+fn quantity(field: &str, v: &str, out: &mut Vec<Problem>) {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        regex::Regex::new(r"^[+-]?([0-9]+|[0-9]+\.[0-9]*|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
+            .expect("a valid pattern")
+    });
+    if !re.is_match(v) {
+        out.push(Problem {
+            field: field.into(),
+            message: format!("{v:?} is not a Kubernetes quantity (such as 10Gi, 500m or 1.5)"),
+        });
+    }
+}
+
+fn resources(
+    field: &str,
+    r: &Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    out: &mut Vec<Problem>,
+) {
+    let Some(r) = r else { return };
+    for (kind, list) in [("requests", &r.requests), ("limits", &r.limits)] {
+        for (name, q) in list.iter().flatten() {
+            quantity(&format!("{field}.{kind}.{name}"), &q.0, out);
+        }
+    }
+}
+
+fn is_zero(v: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString) -> bool {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match v {
+        IntOrString::Int(n) => *n == 0,
+        IntOrString::String(s) => s.trim_end_matches('%').trim() == "0",
+    }
+}
+
 /// Checks a spec; `Err` lists every problem.
 pub fn validate(spec: &LogCollectorSpec) -> Result<(), Vec<Problem>> {
     let mut out = Vec::new();
@@ -122,7 +160,24 @@ pub fn validate(spec: &LogCollectorSpec) -> Result<(), Vec<Problem>> {
     }
     duration("spec.agent.multiline.timeout", &m.timeout, false, &mut out);
     size("spec.agent.multiline.maxSize", &m.max_size, false, &mut out);
+    resources("spec.agent.resources", &a.resources, &mut out);
+    // The API server refuses a DaemonSet that may never replace a pod.
+    let u = &a.update_strategy;
+    let surge_zero = u.max_surge.as_ref().is_none_or(is_zero);
+    if u.type_ == crate::crd::UpdateStrategyType::RollingUpdate
+        && surge_zero
+        && u.max_unavailable.as_ref().is_some_and(is_zero)
+    {
+        out.push(Problem {
+            field: "spec.agent.updateStrategy.maxUnavailable".into(),
+            message: "may not be 0 when maxSurge is 0: no agent could ever be replaced".into(),
+        });
+    }
     let g = &spec.aggregator;
+    // Fixed at creation (the volume claim template is immutable): a typo
+    // here could only be mended by deleting the collector.
+    quantity("spec.aggregator.storage.size", &g.storage.size, &mut out);
+    resources("spec.aggregator.resources", &g.resources, &mut out);
     duration(
         "spec.aggregator.retentionAge",
         &g.retention_age,
@@ -162,6 +217,41 @@ mod tests {
             }))),
             Ok(())
         );
+    }
+
+    /// What the API server refuses of the rendered objects: caught before,
+    /// with the field named (it used to pass `render -f` and fail at apply).
+    #[test]
+    fn what_the_api_server_would_refuse_is_refused() {
+        let e = validate(&spec(serde_json::json!({
+            "agent": {"updateStrategy": {"type": "RollingUpdate", "maxUnavailable": 0},
+                      "resources": {"limits": {"memory": "lots"}}},
+            "aggregator": {"storage": {"size": "10GB"}, "resources": {"requests": {"cpu": "100m"}}}
+        })))
+        .unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.agent.resources.limits.memory",
+                "spec.agent.updateStrategy.maxUnavailable",
+                "spec.aggregator.storage.size"
+            ]
+        );
+        for ok in ["10Gi", "500m", "1.5", "1e3", "+2", ".5Mi", "128974848"] {
+            let mut out = Vec::new();
+            quantity("q", ok, &mut out);
+            assert!(out.is_empty(), "{ok}");
+        }
+        for bad in ["10GB", "lots", "1.2.3", "", "Gi", "1 Gi"] {
+            let mut out = Vec::new();
+            quantity("q", bad, &mut out);
+            assert_eq!(out.len(), 1, "{bad}");
+        }
+        assert!(validate(&spec(serde_json::json!({
+            "agent": {"updateStrategy": {"type": "RollingUpdate", "maxUnavailable": "10%"}}
+        })))
+        .is_ok());
     }
 
     /// The issue's case: `kube-(` passed the CRD, rendered, and every agent

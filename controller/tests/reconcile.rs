@@ -43,6 +43,8 @@ impl Seen {
 struct ApiState {
     objects: HashMap<String, Value>,
     seen: Vec<Seen>,
+    /// Paths whose server-side apply the API server refuses (422).
+    refuse: Vec<String>,
 }
 
 type Shared = Arc<Mutex<ApiState>>;
@@ -128,6 +130,16 @@ fn answer(state: &Shared, seen: &Seen) -> (StatusCode, Value) {
             Some(o) => (StatusCode::OK, o),
             None => not_found(),
         },
+        "PATCH"
+            if seen.content_type == "application/apply-patch+yaml" && st.refuse.contains(&path) =>
+        {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "message": "StatefulSet.apps \"logs-aggregator\" is invalid: spec.volumeClaimTemplates[0].spec.resources.requests[storage]: Invalid value: \"10GB\": quantities must match the regular expression",
+                       "reason": "Invalid", "code": 422}),
+            )
+        }
         "PATCH" if seen.content_type == "application/apply-patch+yaml" => {
             if let Some(base) = path.strip_suffix("/status") {
                 let Some(obj) = st.objects.get_mut(base) else {
@@ -376,6 +388,16 @@ impl Harness {
     fn lc(&self) -> LogCollector {
         serde_json::from_value(lock(&self.state).objects[LC_PATH].clone())
             .expect("stored LogCollector")
+    }
+
+    /// Like [`Harness::reconcile`], for a reconcile that may fail.
+    async fn try_reconcile(&self) -> (Result<(), String>, Vec<Seen>) {
+        let before = lock(&self.state).seen.len();
+        let r = reconcile::reconcile(Arc::new(self.lc()), self.ctx.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        (r, lock(&self.state).seen[before..].to_vec())
     }
 
     /// Runs one reconcile of the stored collector; returns its requests,
@@ -847,6 +869,53 @@ async fn agent_rbac_of_deleted_collectors_is_swept() {
         st.objects.contains_key(role),
         "the live collector's role stays"
     );
+}
+
+/// An object the API server refuses once ended the reconcile before the
+/// status was written, leaving a stale Available=True: now the status says
+/// ApplyFailed with the server's message, the rest is still read, one
+/// warning event goes out, and the reconcile fails to be tried again.
+#[tokio::test]
+async fn an_apply_the_api_server_refuses_is_in_the_status() {
+    let h = Harness::new(
+        collector(json!({}), &[], false),
+        &["node-a"],
+        &["node-a"],
+        false,
+    );
+    h.reconcile().await;
+    let sts = "/apis/apps/v1/namespaces/logfleet/statefulsets/logs-aggregator";
+    {
+        let mut st = lock(&h.state);
+        st.refuse.push(sts.into());
+        st.objects.remove(sts);
+        let lc = st.objects.get_mut(LC_PATH).expect("lc");
+        lc["metadata"]["generation"] = json!(2);
+    }
+    let (r, seen) = h.try_reconcile().await;
+    assert!(r.is_err(), "tried again");
+    let status = seen
+        .iter()
+        .find(|s| s.path.ends_with("/logcollectors/logs/status"))
+        .expect("the status is written");
+    let conds = status.body["status"]["conditions"].as_array().unwrap();
+    let degraded = conds.iter().find(|c| c["type"] == "Degraded").unwrap();
+    assert_eq!(degraded["reason"], "ApplyFailed", "{degraded}");
+    assert!(
+        degraded["message"].as_str().unwrap().contains("10GB"),
+        "{degraded}"
+    );
+    let available = conds.iter().find(|c| c["type"] == "Available").unwrap();
+    assert_eq!(available["status"], "False", "no aggregator: {available}");
+    assert!(
+        seen.iter()
+            .any(|s| s.method == "POST" && s.body["reason"] == "ApplyFailed"),
+        "a warning event"
+    );
+    // Objects after the refused one are still read, not applied.
+    assert!(!writes(&seen)
+        .iter()
+        .any(|w| w.contains("/networkpolicies/")));
 }
 
 /// Creating a LogCollector must not amount to root on every node: the

@@ -333,7 +333,11 @@ pub fn append_streams(
         buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         buf.extend_from_slice(&body);
     }
-    let new = !fs.exists(path);
+    // Started (or started again after a failure): its directory entry must
+    // be made durable. Whether the file exists says nothing of that: a
+    // failed directory fsync leaves it visible and lost at a crash (the
+    // fault test found chunk files naming ids of a streams.log so lost).
+    let new = valid_len == 0;
     let f = fs.open(path, Mode::ReadWrite).map_err(io_err(path))?;
     let written = f
         .set_len(valid_len)

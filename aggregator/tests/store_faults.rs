@@ -192,6 +192,16 @@ fn check(seed: u64, step: usize, shared: &Shared, agents: &[Agent], sent: &[u64]
     }
 }
 
+/// Pushes lines `[10 * from, 10 * to)` of `file`, ten a push, each
+/// acknowledged.
+async fn push_range(w: &Writer, file: u64, from: u64, to: u64, now: i64) {
+    for i in from..to {
+        w.push(push(file, i * 10, 10, now), Default::default())
+            .await
+            .unwrap();
+    }
+}
+
 /// Opens the store on `fs` in place of the one running (which goes on
 /// writing to its own, now lost, disk until it stops).
 fn restart(fs: &SimFs, shared: &mut Arc<Shared>, w: &mut Writer) {
@@ -411,11 +421,7 @@ async fn a_stalled_snapshot_does_not_hold_up_acknowledgements() {
     let hold = fs.hold(Op::Sync, "snapshot.json.tmp");
     // 2 KiB segments: these seal several times while the snapshot waits.
     let pushes = async {
-        for i in 0..40 {
-            w.push(push(6, i * 10, 10, now), Default::default())
-                .await
-                .unwrap();
-        }
+        push_range(&w, 6, 0, 40, now).await;
     };
     tokio::time::timeout(Duration::from_secs(60), pushes)
         .await
@@ -441,11 +447,7 @@ async fn a_stalled_snapshot_does_not_hold_up_acknowledgements() {
     let image = fs.crash();
     close(shared, w);
     let (shared, w) = open(&image);
-    for i in 0..40 {
-        w.push(push(6, i * 10, 10, now), Default::default())
-            .await
-            .unwrap();
-    }
+    push_range(&w, 6, 0, 40, now).await;
     let got = stored(&shared);
     assert_eq!(got.len(), 400);
     assert!(got.values().all(|v| v.0 == 1));
@@ -461,11 +463,7 @@ async fn a_query_holds_a_bounded_number_of_files() {
     let fs = disk();
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
     let (shared, w) = open(&fs);
-    for i in 0..400 {
-        w.push(push(7, i * 10, 10, now), Default::default())
-            .await
-            .unwrap();
-    }
+    push_range(&w, 7, 0, 400, now).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while shared.index.read().unwrap().chunk_files.len() < 40 {
         assert!(std::time::Instant::now() < deadline, "not compacted");
@@ -511,11 +509,7 @@ async fn a_read_error_during_compaction_loses_nothing() {
     for n in 1..=3 {
         fs.fail_nth(Op::Read, n);
     }
-    for i in 0..60 {
-        w.push(push(4, i * 10, 10, now), Default::default())
-            .await
-            .unwrap();
-    }
+    push_range(&w, 4, 0, 60, now).await;
     // Compaction runs on its own thread; wait until it has met the faults.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while fs.injected() < 3 {
@@ -543,11 +537,7 @@ async fn a_full_disk_leaves_no_temporary_files() {
     let fs = disk();
     let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
     let (shared, w) = open(&fs);
-    for i in 0..20 {
-        w.push(push(3, i * 10, 10, now), Default::default())
-            .await
-            .unwrap();
-    }
+    push_range(&w, 3, 0, 20, now).await;
     fs.set_capacity(Some(fs.used() + 3000));
     for i in 20..200 {
         let _ = w.push(push(3, i * 10, 10, now), Default::default()).await;

@@ -502,34 +502,27 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
 
     // Events for the transitions.
     let mut notices = Vec::new();
-    let was_invalid = old
-        .conditions
-        .iter()
-        .any(|c| c.type_ == DEGRADED && c.reason == "InvalidSpec");
-    if let (Some(why), false) = (o.invalid_spec, was_invalid) {
-        notices.push(Notice {
-            warning: true,
-            reason: "InvalidSpec",
-            action: "Validate",
-            note: format!("not rolled out: {why}"),
-        });
+    // A warning when a Degraded reason starts, not at every reconcile.
+    let was = |reason: &str| {
+        old.conditions
+            .iter()
+            .any(|c| c.type_ == DEGRADED && c.reason == reason)
+    };
+    for (now, reason, action, what) in [
+        (o.invalid_spec, "InvalidSpec", "Validate", "not rolled out"),
+        (o.apply_error, "ApplyFailed", "Apply", "applying failed"),
+    ] {
+        if let (Some(why), false) = (now, was(reason)) {
+            notices.push(Notice {
+                warning: true,
+                reason,
+                action,
+                note: format!("{what}: {why}"),
+            });
+        }
     }
-    let was_failing = old
-        .conditions
-        .iter()
-        .any(|c| c.type_ == DEGRADED && c.reason == "ApplyFailed");
-    if let (Some(e), false) = (o.apply_error, was_failing) {
-        notices.push(Notice {
-            warning: true,
-            reason: "ApplyFailed",
-            action: "Apply",
-            note: format!("applying failed: {e}"),
-        });
-    }
-    let was_unavailable = old
-        .conditions
-        .iter()
-        .any(|c| c.type_ == DEGRADED && c.reason == STORE_UNAVAILABLE);
+    let was_unavailable = was(STORE_UNAVAILABLE);
+
     match (was_unavailable, o.store_unavailable) {
         (false, Some(e)) => notices.push(Notice {
             warning: true,

@@ -350,30 +350,20 @@ impl Harness {
 
     /// The same cluster, with the administrator's `policy`.
     fn with_policy(&self, policy: logfleet_controller::policy::Policy) -> Harness {
-        let h = self.at(self.ctx.now);
-        let mut ctx = Context::clone_of(&h.ctx);
+        let mut ctx = Context::clone_of(&self.ctx);
         ctx.policy = policy;
         Harness {
+            state: self.state.clone(),
             ctx: Arc::new(ctx),
-            ..h
+            pushes: self.pushes.clone(),
         }
     }
 
     /// The same cluster, with the controller's clock at `now`.
     fn at(&self, now: fn() -> Timestamp) -> Harness {
-        let c = &self.ctx;
-        let ctx = Arc::new(Context {
-            client: c.client.clone(),
-            nodes: c.nodes.clone(),
-            pods: c.pods.clone(),
-            recorder: c.recorder.clone(),
-            options: c.options.clone(),
-            policy: c.policy.clone(),
-            pushes: self.pushes.clone(),
-            silence: c.silence,
-            metrics: c.metrics.clone(),
-            now,
-        });
+        let mut ctx = Context::clone_of(&self.ctx);
+        ctx.now = now;
+        let ctx = Arc::new(ctx);
         Harness {
             state: self.state.clone(),
             ctx,
@@ -421,6 +411,21 @@ impl Harness {
         }
         seen
     }
+}
+
+/// The condition `type_` of the status the reconcile wrote.
+fn condition(seen: &[Seen], type_: &str) -> Value {
+    let status = seen
+        .iter()
+        .find(|s| s.path.ends_with("/logcollectors/logs/status"))
+        .expect("status written");
+    status.body["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+        .clone()
 }
 
 fn writes(seen: &[Seen]) -> Vec<String> {
@@ -894,18 +899,13 @@ async fn an_apply_the_api_server_refuses_is_in_the_status() {
     }
     let (r, seen) = h.try_reconcile().await;
     assert!(r.is_err(), "tried again");
-    let status = seen
-        .iter()
-        .find(|s| s.path.ends_with("/logcollectors/logs/status"))
-        .expect("the status is written");
-    let conds = status.body["status"]["conditions"].as_array().unwrap();
-    let degraded = conds.iter().find(|c| c["type"] == "Degraded").unwrap();
+    let degraded = condition(&seen, "Degraded");
     assert_eq!(degraded["reason"], "ApplyFailed", "{degraded}");
     assert!(
         degraded["message"].as_str().unwrap().contains("10GB"),
         "{degraded}"
     );
-    let available = conds.iter().find(|c| c["type"] == "Available").unwrap();
+    let available = condition(&seen, "Available");
     assert_eq!(available["status"], "False", "no aggregator: {available}");
     assert!(
         seen.iter()
@@ -949,17 +949,7 @@ async fn what_the_policy_does_not_allow_is_not_rolled_out() {
                 || p.contains("/clusterroles")),
             "nothing rolled out: {w:?}"
         );
-        let status = seen
-            .iter()
-            .find(|s| s.path.ends_with("/logcollectors/logs/status"))
-            .expect("status written");
-        let degraded = status.body["status"]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Degraded")
-            .unwrap()
-            .clone();
+        let degraded = condition(&seen, "Degraded");
         assert_eq!(degraded["reason"], "InvalidSpec", "{degraded}");
         assert!(
             degraded["message"].as_str().unwrap().contains(want),
@@ -1004,17 +994,7 @@ async fn an_invalid_spec_keeps_the_last_good_configuration_running() {
             .any(|p| p.contains("/configmaps/") || p.contains("/daemonsets/")),
         "nothing rolled out: {w:?}"
     );
-    let status = seen
-        .iter()
-        .find(|s| s.path.ends_with("/logcollectors/logs/status"))
-        .expect("status written");
-    let degraded = status.body["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap()
-        .clone();
+    let degraded = condition(&seen, "Degraded");
     assert_eq!(degraded["reason"], "InvalidSpec", "{degraded}");
     assert!(
         degraded["message"].as_str().unwrap().contains("kube-("),

@@ -518,6 +518,17 @@ mod tests {
 
     use crate::fs::RealFs;
 
+    /// Scans the segment `good` with the byte at `at` flipped; the nodes of
+    /// the records found.
+    fn scan_flipped(path: &Path, good: &[u8], at: usize) -> (Scan, Vec<String>) {
+        let mut data = good.to_vec();
+        data[at] ^= 0x5a;
+        std::fs::write(path, &data).unwrap();
+        let scan = scan_segment(&RealFs, path).unwrap();
+        let nodes = scan.records.iter().map(|r| r.header.node.clone()).collect();
+        (scan, nodes)
+    }
+
     #[test]
     fn records_survive_and_torn_tail_is_cut() {
         let dir = tempfile::tempdir().unwrap();
@@ -595,16 +606,8 @@ mod tests {
             ("magic", offs[2] as usize),
             ("length", offs[2] as usize + 5),
         ] {
-            let mut data = std::fs::read(&path).unwrap();
-            let good = data.clone();
-            data[at] ^= 0x5a;
-            std::fs::write(&path, &data).unwrap();
-            let scan = scan_segment(&RealFs, &path).unwrap();
-            let nodes: Vec<_> = scan
-                .records
-                .iter()
-                .map(|r| r.header.node.as_str())
-                .collect();
+            let good = std::fs::read(&path).unwrap();
+            let (scan, nodes) = scan_flipped(&path, &good, at);
             assert_eq!(nodes, ["n0", "n1", "n3", "n4", "n5"], "{what}");
             assert_eq!(scan.valid_end, end, "{what}");
             assert_eq!(
@@ -644,15 +647,7 @@ mod tests {
             ("checksum", offs[1] as usize + 12),
             ("header length", offs[1] as usize + 5),
         ] {
-            let mut data = good.clone();
-            data[at] ^= 0x5a;
-            std::fs::write(&path, &data).unwrap();
-            let scan = scan_segment(&RealFs, &path).unwrap();
-            let nodes: Vec<_> = scan
-                .records
-                .iter()
-                .map(|r| r.header.node.as_str())
-                .collect();
+            let (scan, nodes) = scan_flipped(&path, &good, at);
             assert_eq!(nodes, ["n0", "n2"], "{what}");
             assert_eq!(
                 scan.damaged,

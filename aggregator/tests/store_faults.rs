@@ -202,6 +202,14 @@ async fn push_range(w: &Writer, file: u64, from: u64, to: u64, now: i64) {
     }
 }
 
+/// A store on a fresh simulated disk, and the time lines are stamped with.
+fn start() -> (SimFs, i64, Arc<Shared>, Writer) {
+    let fs = disk();
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let (shared, w) = open(&fs);
+    (fs, now, shared, w)
+}
+
 /// Opens the store on `fs` in place of the one running (which goes on
 /// writing to its own, now lost, disk until it stops).
 fn restart(fs: &SimFs, shared: &mut Arc<Shared>, w: &mut Writer) {
@@ -374,9 +382,7 @@ async fn acknowledged_lines_survive_faults_and_crashes() {
 /// replayed and re-sent lines would be stored twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seal_that_cannot_open_the_next_segment_stores_nothing_twice() {
-    let fs = disk();
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
-    let (shared, w) = open(&fs);
+    let (fs, now, shared, w) = start();
     // Every open of a new segment fails from now on (the first few).
     fs.only_paths(&["/segments/"]);
     for n in 1..=50 {
@@ -415,9 +421,7 @@ async fn a_seal_that_cannot_open_the_next_segment_stores_nothing_twice() {
 /// segments it covers are compacted only once it is durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_snapshot_does_not_hold_up_acknowledgements() {
-    let fs = disk();
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
-    let (shared, w) = open(&fs);
+    let (fs, now, shared, w) = start();
     let hold = fs.hold(Op::Sync, "snapshot.json.tmp");
     // 2 KiB segments: these seal several times while the snapshot waits.
     let pushes = async {
@@ -460,9 +464,7 @@ async fn a_stalled_snapshot_does_not_hold_up_acknowledgements() {
 /// `MAX_OPEN_CHUNK_FILES` chunk files now, and still reads every line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_holds_a_bounded_number_of_files() {
-    let fs = disk();
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
-    let (shared, w) = open(&fs);
+    let (fs, now, shared, w) = start();
     push_range(&w, 7, 0, 400, now).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while shared.index.read().unwrap().chunk_files.len() < 40 {
@@ -501,9 +503,7 @@ async fn a_query_holds_a_bounded_number_of_files() {
 /// again every line is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_error_during_compaction_loses_nothing() {
-    let fs = disk();
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
-    let (shared, w) = open(&fs);
+    let (fs, now, shared, w) = start();
     // The compactor's reads of segments fail a few times.
     fs.only_paths(&["/segments/"]);
     for n in 1..=3 {
@@ -534,9 +534,7 @@ async fn a_read_error_during_compaction_loses_nothing() {
 /// the space.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_leaves_no_temporary_files() {
-    let fs = disk();
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
-    let (shared, w) = open(&fs);
+    let (fs, now, shared, w) = start();
     push_range(&w, 3, 0, 20, now).await;
     fs.set_capacity(Some(fs.used() + 3000));
     for i in 20..200 {

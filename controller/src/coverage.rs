@@ -175,7 +175,10 @@ fn pod_gap(pod: &Pod) -> Option<Gap> {
     for cs in statuses {
         let waiting = cs.state.as_ref().and_then(|s| s.waiting.as_ref());
         match waiting.and_then(|w| w.reason.as_deref()) {
-            Some(r @ ("ImagePullBackOff" | "ErrImagePull" | "InvalidImageName")) => {
+            Some(
+                r
+                @ ("ImagePullBackOff" | "ErrImagePull" | "InvalidImageName" | "ErrImageNeverPull"),
+            ) => {
                 return Some(Gap {
                     reason: Reason::ImagePullBackOff,
                     message: format!(
@@ -187,7 +190,9 @@ fn pod_gap(pod: &Pod) -> Option<Gap> {
                     ),
                 });
             }
-            Some(r @ ("CreateContainerConfigError" | "CreateContainerError")) => {
+            Some(
+                r @ ("CreateContainerConfigError" | "CreateContainerError" | "RunContainerError"),
+            ) => {
                 return Some(Gap {
                     reason: Reason::CreateContainerConfigError,
                     message: format!(
@@ -279,7 +284,12 @@ pub fn classify(inp: Inputs<'_>) -> (Vec<NodeCoverage>, Summary) {
                 reason: Reason::NodeNotReady,
                 message: format!("node {name} is not Ready"),
             })
-        } else if let Err(m) = placement(node, inp.template) {
+        } else if let Some(m) = placement(node, inp.template)
+            .err()
+            // A NoSchedule taint added after the pod was placed leaves it
+            // running: judge the pod, not the taint.
+            .filter(|m| !(pod.is_some() && m.schedule_only()))
+        {
             let reason = match m.reason() {
                 "TaintNotTolerated" => Reason::TaintNotTolerated,
                 "NodeSelectorMismatch" => Reason::NodeSelectorMismatch,
@@ -617,5 +627,56 @@ mod tests {
             g.message
         );
         assert!(Reason::ImagePullBackOff < Reason::CreateContainerConfigError);
+    }
+
+    /// Issue 23: waiting reasons kubelet gives that were unclassified, and
+    /// a NoSchedule taint added after the pod was placed (the pod keeps
+    /// running; only NoExecute evicts).
+    #[test]
+    fn late_taints_and_more_waiting_reasons() {
+        for (reason, want) in [
+            ("ErrImageNeverPull", Reason::ImagePullBackOff),
+            ("RunContainerError", Reason::CreateContainerConfigError),
+        ] {
+            let p = pod("p", "n", false, "r2", vec![waiting(reason, None)], vec![]);
+            assert_eq!(pod_gap(&p).map(|g| g.reason), Some(want), "{reason}");
+        }
+        let taint = |effect: &str| Taint {
+            key: "maintenance".into(),
+            effect: effect.into(),
+            ..Default::default()
+        };
+        let nodes = vec![
+            node("late-noschedule", true, vec![taint("NoSchedule")], "linux"),
+            node("late-noexecute", true, vec![taint("NoExecute")], "linux"),
+            node("no-pod", true, vec![taint("NoSchedule")], "linux"),
+        ];
+        let pods = vec![
+            pod("p1", "late-noschedule", true, "r2", vec![], vec![]),
+            pod("p2", "late-noexecute", true, "r2", vec![], vec![]),
+        ];
+        let (rows, _) = classify(Inputs {
+            nodes: &nodes,
+            pods: &pods,
+            template: &PodSpec::default(),
+            current_revision: Some("r2"),
+            revision_label: "controller-revision-hash",
+            scope: None,
+            last_push: &BTreeMap::new(),
+            now: "2026-11-27T10:00:00Z".parse().unwrap(),
+            silence: None,
+        });
+        let got: Vec<(&str, Option<&str>)> = rows
+            .iter()
+            .map(|r| (r.node.as_str(), r.gap.as_ref().map(|g| g.reason.as_str())))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("late-noexecute", Some("TaintNotTolerated")),
+                ("late-noschedule", None),
+                ("no-pod", Some("TaintNotTolerated")),
+            ]
+        );
     }
 }

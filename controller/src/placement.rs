@@ -38,7 +38,11 @@ pub enum Misplacement {
         have: Option<String>,
     },
     /// No term of the required node affinity matches the node.
-    AffinityMismatch,
+    AffinityMismatch {
+        /// The first requirement of the first term that fails, as
+        /// `key operator [values]` with what the node has.
+        unmet: String,
+    },
 }
 
 impl std::fmt::Display for Misplacement {
@@ -55,8 +59,11 @@ impl std::fmt::Display for Misplacement {
                     "node selector wants {key}={want}, node has no {key} label"
                 ),
             },
-            Misplacement::AffinityMismatch => {
-                write!(f, "no term of the required node affinity matches the node")
+            Misplacement::AffinityMismatch { unmet } => {
+                write!(
+                    f,
+                    "no term of the required node affinity matches the node: {unmet}"
+                )
             }
         }
     }
@@ -68,8 +75,15 @@ impl Misplacement {
         match self {
             Misplacement::TaintNotTolerated { .. } => "TaintNotTolerated",
             Misplacement::NodeSelectorMismatch { .. } => "NodeSelectorMismatch",
-            Misplacement::AffinityMismatch => "AffinityMismatch",
+            Misplacement::AffinityMismatch { .. } => "AffinityMismatch",
         }
+    }
+
+    /// Whether only scheduling is refused (a `NoSchedule` taint): a pod
+    /// already running on the node stays, as the DaemonSet controller
+    /// leaves it; only `NoExecute` evicts.
+    pub fn schedule_only(&self) -> bool {
+        matches!(self, Misplacement::TaintNotTolerated { effect, .. } if effect == "NoSchedule")
     }
 }
 
@@ -170,6 +184,31 @@ fn term_matches(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>, name
             .all(|r| r.key == "metadata.name" && requirement_holds(r, Some(name)))
 }
 
+/// The first requirement of the first term that does not hold, said with
+/// the node's value (for the status message).
+fn unmet(sel: &NodeSelector, labels: &BTreeMap<String, String>, name: &str) -> String {
+    let Some(term) = sel.node_selector_terms.first() else {
+        return "the affinity has no terms".into();
+    };
+    let exprs = term
+        .match_expressions
+        .iter()
+        .flatten()
+        .map(|r| (r, label_value(labels, &r.key)));
+    let fields = term.match_fields.iter().flatten().map(|r| (r, Some(name)));
+    for (r, have) in exprs.chain(fields) {
+        if !requirement_holds(r, have) {
+            let values = r.values.as_deref().unwrap_or(&[]).join(", ");
+            let has = match have {
+                Some(v) => format!("node has {}={v}", r.key),
+                None => format!("node has no {}", r.key),
+            };
+            return format!("{} {} [{values}] ({has})", r.key, r.operator);
+        }
+    }
+    "a term with no requirements matches nothing".into()
+}
+
 /// Whether a required node selector (terms ORed) matches the node.
 pub fn selector_matches(sel: &NodeSelector, node: &Node) -> bool {
     let empty = BTreeMap::new();
@@ -209,7 +248,9 @@ pub fn placement(node: &Node, spec: &PodSpec) -> Result<(), Misplacement> {
         });
     if let Some(req) = required {
         if !selector_matches(req, node) {
-            return Err(Misplacement::AffinityMismatch);
+            return Err(Misplacement::AffinityMismatch {
+                unmet: unmet(req, labels, node.metadata.name.as_deref().unwrap_or("")),
+            });
         }
     }
     let mut tolerations = spec.tolerations.clone().unwrap_or_default();
@@ -534,7 +575,10 @@ mod tests {
             let got = placement(&n, &spec);
             assert_eq!(got.is_ok(), want, "{what}: {got:?}");
             if !want {
-                assert_eq!(got, Err(Misplacement::AffinityMismatch), "{what}");
+                assert!(
+                    matches!(got, Err(Misplacement::AffinityMismatch { .. })),
+                    "{what}"
+                );
             }
         }
         // matchFields on metadata.name pins a node.
@@ -556,7 +600,24 @@ mod tests {
         assert_eq!(placement(&n, &pinned), Ok(()));
         assert_eq!(
             placement(&node("n2", &[], &[], false), &pinned),
-            Err(Misplacement::AffinityMismatch)
+            Err(Misplacement::AffinityMismatch {
+                unmet: "metadata.name In [n1] (node has metadata.name=n2)".into()
+            })
+        );
+    }
+
+    /// The AffinityMismatch message names what does not hold.
+    #[test]
+    fn an_affinity_mismatch_names_the_requirement() {
+        let n = node("n1", &[("zone", "a")], &[], false);
+        let spec = PodSpec {
+            affinity: Some(affinity(vec![vec![req("zone", "In", &["b", "c"])]])),
+            ..Default::default()
+        };
+        let e = placement(&n, &spec).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no term of the required node affinity matches the node: zone In [b, c] (node has zone=a)"
         );
     }
 }

@@ -1112,6 +1112,43 @@ async fn job_lines(app: &axum::Router) -> Vec<(String, String)> {
     out
 }
 
+/// The push token is shared by every client: a Loki push that names node
+/// `node-a` must not store lines as that agent's, nor keep its last push
+/// fresh (its NotReporting would never fire). It is loki-push's, with the
+/// label kept as `label_node`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loki_push_cannot_pose_as_an_agents_node() {
+    let f = fixture().await;
+    let before = f.shared.index.read().unwrap().agents["node-a"].clone();
+    let json = format!(
+        r#"{{"streams":[{{"stream":{{"node":"node-a","namespace":"shop","pod":"web"}},"values":[["{}","posing"]]}}]}}"#,
+        T0 + 5
+    );
+    let (status, body) = push_body(
+        &f.app,
+        PUSH_TOKEN,
+        "application/json",
+        None,
+        json.into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let after = f.shared.index.read().unwrap().agents["node-a"].clone();
+    assert_eq!(
+        (after.last_push, after.lines),
+        (before.last_push, before.lines),
+        "node-a's record is untouched"
+    );
+    let data = get_json(
+        &f.app,
+        "/loki/api/v1/series",
+        &[("match[]", r#"{label_node="node-a"}"#), ("start", "0")],
+    )
+    .await;
+    assert_eq!(data.as_array().map(Vec::len), Some(1), "{data}");
+    assert_eq!(data[0]["node"], "loki-push");
+}
+
 /// Loki clients push here: JSON, gzip, snappy protobuf; durable before the
 /// 204; a resent push stored once; the same instant with another line
 /// kept; Loki's status codes for bad input; the push token, not the read

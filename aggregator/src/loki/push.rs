@@ -1,9 +1,11 @@
 //! `POST /loki/api/v1/push`: Promtail, Grafana Alloy, Fluent Bit's `loki`
 //! output and Vector's `loki` sink send here. Bodies are JSON or
 //! snappy-compressed protobuf (Loki's `logproto.PushRequest`), optionally
-//! gzip-encoded. Each Loki stream becomes a logfleet file: its labels
-//! become the file's (`node`, `namespace`, `pod`, `pod_uid`, `container`,
-//! `restart`; `stream` when it is `stdout`/`stderr`; the rest `extra`).
+//! gzip-encoded. Each Loki stream becomes a logfleet file of the node
+//! `loki-push`: its labels become the file's (`namespace`, `pod`,
+//! `pod_uid`, `container`, `restart`; `stream` when it is `stdout`/`stderr`;
+//! the rest `extra`, a `node` label as `label_node`, so that no push poses
+//! as an agent's node).
 //!
 //! Duplicates are dropped as Loki drops them: the same stream, timestamp
 //! and line. Before storing, the lines the store already holds for the
@@ -22,7 +24,7 @@ use prost::Message;
 use crate::ingest::{Shared, Writer};
 use crate::query::{self, Bounds, Control};
 
-/// The node of lines whose labels name none.
+/// The node of every line pushed through Loki's API.
 pub const DEFAULT_NODE: &str = "loki-push";
 /// The most a push body may decompress to.
 pub const MAX_DECODED: usize = 64 << 20;
@@ -271,7 +273,15 @@ pub fn target(labels: &[(String, String)]) -> Result<Target, Refused> {
     };
     for (k, v) in sorted {
         match k.as_str() {
-            "node" => t.node = v,
+            // Not the node: the push token is shared, and a push that named
+            // node N would store lines as N's agent and keep N's last push
+            // fresh (so NotReporting never fired for a dead node). Lines
+            // pushed here are the `loki-push` node's; the label is kept as
+            // `label_node`, as other names logfleet uses itself are.
+            "node" => t.labels.extra.push(Label {
+                name: "label_node".into(),
+                value: v,
+            }),
             "namespace" => t.labels.namespace = v,
             "pod" => t.labels.pod = v,
             "pod_uid" => t.labels.pod_uid = v,
@@ -291,9 +301,8 @@ pub fn target(labels: &[(String, String)]) -> Result<Target, Refused> {
             _ => t.labels.extra.push(Label { name: k, value: v }),
         }
     }
-    if t.node.is_empty() || t.node.len() > 253 {
-        return Err(bad("label node must be 1 to 253 bytes"));
-    }
+    // `label_node` stood where `node` sorts.
+    t.labels.extra.sort_by(|a, b| a.name.cmp(&b.name));
     crate::ingest::check_extra(&t.labels.extra).map_err(bad)?;
     Ok(t)
 }
@@ -525,7 +534,8 @@ mod tests {
             ("app", "web"),
         ]))
         .unwrap();
-        assert_eq!(t.node, "n1");
+        // A push cannot pose as an agent's node: it is loki-push's.
+        assert_eq!(t.node, DEFAULT_NODE);
         assert_eq!(t.labels.namespace, "shop");
         assert_eq!(t.stream, Stream::Stderr);
         assert_eq!(
@@ -538,6 +548,10 @@ mod tests {
                 Label {
                     name: "job".into(),
                     value: "varlogs".into()
+                },
+                Label {
+                    name: "label_node".into(),
+                    value: "n1".into()
                 }
             ]
         );

@@ -142,7 +142,7 @@ async fn refused_and_counted(store: &[&str]) {
             "4MiB",
         ];
         args.extend_from_slice(store);
-        aggregator(dir.path(), &args)
+        ready_aggregator(dir.path(), &args)
     });
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .unwrap()
@@ -318,7 +318,7 @@ async fn inconsistent_columns_are_refused_over_clickhouse() {
 
 async fn inconsistent_columns(store: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let (_agg, url) = tokio::task::block_in_place(|| aggregator(dir.path(), store));
+    let (_agg, url) = tokio::task::block_in_place(|| ready_aggregator(dir.path(), store));
     let mut client = IngestClient::connect(url).await.unwrap();
     let mut b = LinesBuilder::default();
     b.push(0, 1, 0, 1, 0, b"abc");

@@ -213,6 +213,19 @@ pub fn aggregator(dir: &Path, extra: &[&str]) -> (Proc, String) {
     (p, url)
 }
 
+/// [`aggregator`], once `/readyz` says it is ready: over ClickHouse it
+/// connects in the background and refuses pushes as UNAVAILABLE until
+/// then, which a test that pushes at once must not take for an answer.
+pub fn ready_aggregator(dir: &Path, extra: &[&str]) -> (Proc, String) {
+    let (p, url) = aggregator(dir, extra);
+    wait_for(
+        "the aggregator to be ready",
+        Duration::from_secs(60),
+        || http_get(&p.http, "/readyz").filter(|r| r.starts_with("HTTP/1.1 200")),
+    );
+    (p, url)
+}
+
 /// An agent for `node` tailing `root`, tuned for fast tests; a flag in
 /// `extra` replaces the default of the same name.
 pub fn agent(dir: &Path, node: &str, root: &Path, url: &str, extra: &[&str]) -> Proc {

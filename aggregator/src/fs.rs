@@ -265,7 +265,7 @@ pub enum Op {
     Rename,
     /// `remove_file`.
     Remove,
-    /// `open` (with creation).
+    /// `open`: EMFILE for a file that exists, ENOSPC for one created.
     Open,
 }
 
@@ -634,6 +634,10 @@ impl Fs for SimFs {
     fn open(&self, path: &Path, mode: Mode) -> io::Result<Arc<dyn FsFile>> {
         let mut st = self.lock();
         let inode = match st.lookup(path) {
+            Ok(Entry::File(_)) if st.fault(Op::Open, path) => {
+                // As a process out of descriptors sees it.
+                return Err(io::Error::from_raw_os_error(libc::EMFILE));
+            }
             Ok(Entry::File(i)) => {
                 if mode == Mode::Truncate {
                     st.inodes[i].data.clear();
@@ -759,6 +763,15 @@ impl Fs for SimFs {
 
     fn exists(&self, path: &Path) -> bool {
         self.lock().lookup(path).is_ok()
+    }
+
+    // A stat, as on a real disk: no open, so no open fault.
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        let st = self.lock();
+        match st.lookup(path)? {
+            Entry::File(i) => Ok(st.inodes[i].data.len() as u64),
+            Entry::Dir => Err(io::ErrorKind::IsADirectory.into()),
+        }
     }
 }
 

@@ -1136,8 +1136,18 @@ impl OpenFiles {
     ) -> Option<&(Arc<dyn crate::fs::FsFile>, std::path::PathBuf)> {
         if source == Source::Chunk && !self.map.contains_key(&(source, seq)) {
             let path = crate::chunks::data_path(&shared.chunks_dir, seq);
-            // Gone: deleted by retention since the plan.
-            let file = shared.fs.open(&path, crate::fs::Mode::Read).ok()?;
+            let file = match shared.fs.open(&path, crate::fs::Mode::Read) {
+                Ok(f) => f,
+                // Gone: deleted by retention since the plan.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                // Said and counted, as an unreadable block is: the answer
+                // lacks these lines.
+                Err(e) => {
+                    tracing::error!(file = %path.display(), error = %e, "skipping a chunk file that cannot be opened");
+                    shared.metrics.damaged_records.inc();
+                    return None;
+                }
+            };
             if self.chunks.len() >= MAX_OPEN_CHUNK_FILES {
                 if let Some(old) = self.chunks.pop_front() {
                     self.map.remove(&(Source::Chunk, old));

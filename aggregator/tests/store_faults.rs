@@ -498,6 +498,33 @@ async fn a_query_holds_a_bounded_number_of_files() {
     close(shared, w);
 }
 
+/// A chunk file that cannot be opened (EMFILE) while a query reads it is
+/// said and counted, as an unreadable block is, not skipped in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_file_that_cannot_be_opened_is_counted() {
+    let (fs, now, shared, w) = start();
+    push_range(&w, 8, 0, 100, now).await;
+    // Every sealed segment compacted: no compaction opens files meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let settled = || {
+        let active = shared.active_seq.load(std::sync::atomic::Ordering::SeqCst);
+        let ix = shared.index.read().unwrap();
+        ix.chunk_files.len() >= 5 && ix.blocks.iter().all(|b| b.seq >= active)
+    };
+    while !settled() {
+        assert!(std::time::Instant::now() < deadline, "not compacted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = shared.metrics.damaged_records.get();
+    fs.only_paths(&[".data"]);
+    fs.fail_nth(Op::Open, 1);
+    assert!(stored(&shared).len() < 1000);
+    assert_eq!(shared.metrics.damaged_records.get(), before + 1);
+    fs.heal();
+    assert_eq!(stored(&shared).len(), 1000);
+    close(shared, w);
+}
+
 /// A block that cannot be read while its segment is compacted (a passing
 /// EIO) must not be skipped and its segment deleted: once the read works
 /// again every line is there.

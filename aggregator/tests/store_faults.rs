@@ -210,6 +210,23 @@ fn start() -> (SimFs, i64, Arc<Shared>, Writer) {
     (fs, now, shared, w)
 }
 
+/// Waits until at least `files` chunk files exist and every sealed segment
+/// is compacted, so that no compaction opens files while a test counts.
+fn compacted(shared: &Shared, files: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let active = shared.active_seq.load(std::sync::atomic::Ordering::SeqCst);
+        {
+            let ix = shared.index.read().unwrap();
+            if ix.chunk_files.len() >= files && ix.blocks.iter().all(|b| b.seq >= active) {
+                return;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "not compacted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Opens the store on `fs` in place of the one running (which goes on
 /// writing to its own, now lost, disk until it stops).
 fn restart(fs: &SimFs, shared: &mut Arc<Shared>, w: &mut Writer) {
@@ -466,11 +483,7 @@ async fn a_stalled_snapshot_does_not_hold_up_acknowledgements() {
 async fn a_query_holds_a_bounded_number_of_files() {
     let (fs, now, shared, w) = start();
     push_range(&w, 7, 0, 400, now).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while shared.index.read().unwrap().chunk_files.len() < 40 {
-        assert!(std::time::Instant::now() < deadline, "not compacted");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    compacted(&shared, 40);
     let idle = fs.open_handles();
     let q = query::parse("{}").unwrap();
     let b = Bounds {
@@ -504,17 +517,7 @@ async fn a_query_holds_a_bounded_number_of_files() {
 async fn a_chunk_file_that_cannot_be_opened_is_counted() {
     let (fs, now, shared, w) = start();
     push_range(&w, 8, 0, 100, now).await;
-    // Every sealed segment compacted: no compaction opens files meanwhile.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let settled = || {
-        let active = shared.active_seq.load(std::sync::atomic::Ordering::SeqCst);
-        let ix = shared.index.read().unwrap();
-        ix.chunk_files.len() >= 5 && ix.blocks.iter().all(|b| b.seq >= active)
-    };
-    while !settled() {
-        assert!(std::time::Instant::now() < deadline, "not compacted");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    compacted(&shared, 5);
     let before = shared.metrics.damaged_records.get();
     fs.only_paths(&[".data"]);
     fs.fail_nth(Op::Open, 1);

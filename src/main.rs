@@ -515,6 +515,14 @@ struct AggregatorArgs {
         requires = "identity_audience"
     )]
     identity_service_account: Option<String>,
+    /// Accept identity tokens that name no node (Kubernetes before 1.30)
+    /// for any node: one agent could then push as every node.
+    #[arg(
+        long,
+        env = "LOGFLEET_IDENTITY_ALLOW_WITHOUT_NODE",
+        default_value_t = false
+    )]
+    identity_allow_without_node: bool,
     /// Seal segments at this size.
     #[arg(long, env = "LOGFLEET_SEGMENT_SIZE", default_value = "64MiB", value_parser = parse_size)]
     segment_size: u64,
@@ -848,6 +856,7 @@ fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::Aggregato
                         logfleet_aggregator::identity::Policy {
                             audience,
                             subject: format!("system:serviceaccount:{ns}:{name}"),
+                            allow_without_node: a.identity_allow_without_node,
                         },
                         std::sync::Arc::new(identity::ClusterKeys::default()),
                     ),

@@ -37,6 +37,10 @@ pub struct Policy {
     pub audience: String,
     /// The agents' service account, `system:serviceaccount:<ns>:<name>`.
     pub subject: String,
+    /// Accept a token that names no node (Kubernetes before 1.30) for any
+    /// node. Off unless asked for: such a token lets one agent push as
+    /// every node.
+    pub allow_without_node: bool,
 }
 
 /// What a verified token says.
@@ -68,6 +72,9 @@ pub enum IdentityError {
     /// The cluster's keys could not be fetched.
     #[error("cannot fetch the cluster's token keys: {0}")]
     Keys(String),
+    /// A valid token that names no node, not allowed.
+    #[error("identity token names no node (Kubernetes before 1.30): it would let one agent push as every node; accept such tokens with --identity-allow-without-node (aggregator.identityWithoutNode)")]
+    NoNode,
     /// A valid token for another node.
     #[error("identity token is for node {token_node}, but the request is for node {claimed}")]
     WrongNode {
@@ -164,6 +171,7 @@ impl Verifier {
                 token_node: n.clone(),
                 claimed: node.to_owned(),
             }),
+            None if !self.policy.allow_without_node => Err(IdentityError::NoNode),
             _ => Ok(id),
         }
     }
@@ -331,6 +339,7 @@ pub(crate) mod tests {
             Policy {
                 audience: "logfleet".into(),
                 subject: SUB.into(),
+                allow_without_node: false,
             },
             Arc::new(Fixed(ISS.into(), issuer.jwks.clone(), fetches.clone())),
             now,
@@ -395,11 +404,19 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_node_claim_the_service_account_is_still_checked() {
-        // Clusters before 1.30 put no node in the token.
+    async fn without_a_node_claim_only_an_explicit_opt_in_accepts() {
+        // Clusters before 1.30 put no node in the token: by default such a
+        // token is refused, as it would pass for any node.
         let iss = TestIssuer::new("k1");
         let (v, _) = verifier(&iss);
         let t = iss.token(claims(None));
+        assert!(matches!(
+            v.check(Some(&t), "any-node").await,
+            Err(IdentityError::NoNode)
+        ));
+        // Opted in: the service account is still checked.
+        let (mut v, _) = verifier(&iss);
+        v.policy.allow_without_node = true;
         assert_eq!(v.check(Some(&t), "any-node").await.unwrap().node, None);
     }
 }

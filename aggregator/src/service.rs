@@ -253,11 +253,12 @@ pub(crate) async fn check_identity<T>(
                 E::Invalid(_) | E::WrongSubject { .. } => "identity_invalid",
                 E::Keys(_) => "identity_keys",
                 E::WrongNode { .. } => "identity_wrong_node",
+                E::NoNode => "identity_without_node",
             };
             metrics.reject(reason);
             tracing::warn!(peer = ?req.remote_addr(), %node, error = %e, "push refused: identity");
             Err(match e {
-                E::WrongNode { .. } => Status::permission_denied(e.to_string()),
+                E::WrongNode { .. } | E::NoNode => Status::permission_denied(e.to_string()),
                 E::Keys(_) => Status::unavailable(e.to_string()),
                 _ => Status::unauthenticated(e.to_string()),
             })

@@ -510,10 +510,15 @@ pub struct AggregatorSpec {
     pub network_policy: NetworkPolicySpec,
     /// Accept a node's lines only from an agent whose projected
     /// service-account token names that node (Kubernetes 1.30+; before
-    /// that only the agents' service account is checked). The aggregator
-    /// then gets an API token, to read the cluster's token keys.
+    /// that, see `identityWithoutNode`). The aggregator then gets an API
+    /// token, to read the cluster's token keys.
     #[serde(default = "yes")]
     pub verify_node_identity: bool,
+    /// Before Kubernetes 1.30 tokens name no node: accept them for any node
+    /// (only the service account is checked). Off by default: such a token
+    /// lets one agent push as every node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity_without_node: bool,
 }
 
 /// A ClickHouse server or cluster as the store.
@@ -624,6 +629,7 @@ impl Default for AggregatorSpec {
             tls: TlsSpec::default(),
             network_policy: NetworkPolicySpec::default(),
             verify_node_identity: true,
+            identity_without_node: false,
         }
     }
 }

@@ -806,6 +806,9 @@ fn aggregator_pod(cx: &Ctx<'_>) -> Value {
         env.push(json!({"name": "LOGFLEET_IDENTITY_AUDIENCE", "value": IDENTITY_AUDIENCE}));
         env.push(json!({"name": "LOGFLEET_IDENTITY_SERVICE_ACCOUNT",
                         "value": format!("{}:{}", cx.ns, agent_name(cx.name))}));
+        if g.identity_without_node {
+            env.push(json!({"name": "LOGFLEET_IDENTITY_ALLOW_WITHOUT_NODE", "value": "true"}));
+        }
     }
     // Elsewhere a fixed non-root uid (with the volume's group, so it can
     // write its claim). OpenShift's restricted-v2 refuses fixed IDs
@@ -1459,6 +1462,18 @@ mod tests {
         .unwrap();
         assert!(objs.iter().all(|o| o.api.kind != "ResourceQuota"));
         assert!(!admitted(&objs, "logfleet", "system-node-critical"));
+    }
+
+    #[test]
+    fn identity_tokens_without_a_node_are_accepted_only_when_asked() {
+        let env_of = |spec: Value| {
+            let objs = render(&lc(spec), &Options::default()).unwrap();
+            let sts = objs.iter().find(|o| o.api.kind == "StatefulSet").unwrap();
+            sts.body["spec"]["template"]["spec"]["containers"][0]["env"].to_string()
+        };
+        assert!(!env_of(json!({})).contains("LOGFLEET_IDENTITY_ALLOW_WITHOUT_NODE"));
+        assert!(env_of(json!({"aggregator": {"identityWithoutNode": true}}))
+            .contains("LOGFLEET_IDENTITY_ALLOW_WITHOUT_NODE"));
     }
 
     #[test]

@@ -569,8 +569,13 @@ impl WriterState {
             let first = match rx.recv_timeout(wait) {
                 Ok(r) => r,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Idle housekeeping (age seals, retention, gauges) every
+                    // 5 s still, even while a snapshot keeps failing.
                     let advanced = self.snapshot_advanced();
-                    if !self.awaiting_snapshot || advanced {
+                    if !self.awaiting_snapshot
+                        || advanced
+                        || self.retention_ran.elapsed() >= Duration::from_secs(5)
+                    {
                         self.housekeeping(true);
                     }
                     continue;

@@ -475,6 +475,41 @@ async fn a_stalled_snapshot_does_not_hold_up_acknowledgements() {
     close(shared, w);
 }
 
+/// While a snapshot cannot be written (stalled here; a full disk would keep
+/// it failing), the writer's idle housekeeping still runs: a segment still
+/// seals by age, which the wait for the snapshot once put off for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_housekeeping_goes_on_while_a_snapshot_waits() {
+    let fs = disk();
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let mut c = cfg();
+    c.segment_age = Duration::from_secs(1);
+    let (shared, w) = ingest::open_on(
+        Arc::new(fs.clone()),
+        c,
+        Metrics::new(&mut Registry::default()),
+    )
+    .unwrap();
+    let hold = fs.hold(Op::Sync, "snapshot.json.tmp");
+    // Enough to seal one segment by size: its snapshot waits.
+    push_range(&w, 9, 0, 20, now).await;
+    use std::sync::atomic::Ordering::SeqCst;
+    let sealed = shared.active_seq.load(SeqCst);
+    assert!(sealed > 1, "a seal by size");
+    // A few lines more, then nothing: the age seal must still come.
+    push_range(&w, 9, 20, 21, now).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while shared.active_seq.load(SeqCst) == sealed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no seal by age while the snapshot waits"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(hold);
+    close(shared, w);
+}
+
 /// A query over a long range once held two descriptors for every chunk
 /// file in it until its end (thousands over a week), and the EMFILE it
 /// caused reached seals and snapshots. It holds at most

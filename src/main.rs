@@ -960,9 +960,9 @@ async fn run(cmd: Cmd) -> Result<()> {
             logfleet_aggregator::run(cfg, shutdown_signal()).await?;
         }
         Cmd::Query(q) => {
-            // The aggregator's own parser, here first: a mistake gets its
+            // The language crate the aggregator parses with, here first: a mistake gets its
             // error and position at once, reachable aggregator or not.
-            logfleet_aggregator::query::parse(&q.query)?;
+            logfleet_logql::parse_log_query(&q.query)?;
             let (from, to) = client::time_range(q.since, q.from.as_deref(), q.to.as_deref())?;
             let req = logfleet_proto::v1::QueryRequest {
                 query: q.query,
@@ -983,7 +983,7 @@ async fn run(cmd: Cmd) -> Result<()> {
             .await?;
         }
         Cmd::Tail(t) => {
-            logfleet_aggregator::query::parse(&t.query)?;
+            logfleet_logql::parse_log_query(&t.query)?;
             client::tail(
                 &t.conn.into(),
                 t.query,

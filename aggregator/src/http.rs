@@ -6,20 +6,21 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Json;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::ingest::Shared;
+use crate::backend::{Backend, Health};
+use crate::query::QueryError;
 
 /// What the handlers read.
 #[derive(Clone)]
 pub struct HttpState {
-    /// Shared store state.
-    pub shared: Arc<Shared>,
+    /// The store.
+    pub backend: Arc<dyn Backend>,
     /// Registry to render.
     pub registry: Arc<Registry>,
     /// The token check shared with gRPC.
@@ -42,18 +43,8 @@ pub fn router(state: HttpState) -> axum::Router {
     axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        // Ready while queries can be served; a full disk is said, with
-        // 200, so that queries (Grafana) still reach the aggregator.
-        .route(
-            "/readyz",
-            get(|State(st): State<HttpState>| async move {
-                match st.shared.degraded.lock().ok().and_then(|d| d.clone()) {
-                    Some(why) => format!("ready, degraded: {why}\n"),
-                    None => "ready\n".to_owned(),
-                }
-            }),
-        )
-        .route("/ready", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
+        .route("/ready", get(readyz))
         .merge(crate::web::router())
         .merge(api)
         .merge(push)
@@ -61,8 +52,8 @@ pub fn router(state: HttpState) -> axum::Router {
 }
 
 /// Lets the request through when it carries the token `auth` wants;
-/// else 401, as gRPC answers UNAUTHENTICATED. Both stores' HTTP ports.
-pub(crate) async fn check(
+/// else 401, as gRPC answers UNAUTHENTICATED.
+async fn check(
     auth: &crate::service::Auth,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -167,11 +158,31 @@ impl From<logfleet_proto::v1::AgentInfo> for AgentJson {
     }
 }
 
-async fn agents(State(s): State<HttpState>) -> Json<Vec<AgentJson>> {
-    Json(
-        crate::service::agents(&s.shared)
-            .into_iter()
-            .map(AgentJson::from)
-            .collect(),
-    )
+/// Ready while queries can be served; a full disk is said, with 200, so
+/// that queries (Grafana) still reach the aggregator; a store that cannot
+/// serve is 503, with why.
+async fn readyz(State(st): State<HttpState>) -> (StatusCode, String) {
+    match st.backend.health() {
+        Health::Ready => (StatusCode::OK, "ready\n".into()),
+        Health::Degraded(why) => (StatusCode::OK, format!("ready, degraded: {why}\n")),
+        Health::Unavailable(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+/// The agents listing the controller and `logfleet status` read. A store
+/// that cannot answer is said in machine-readable form: the controller
+/// turns it into its status.
+async fn agents(State(s): State<HttpState>) -> axum::response::Response {
+    match s.backend.agents().await {
+        Ok(a) => Json(a.into_iter().map(AgentJson::from).collect::<Vec<_>>()).into_response(),
+        Err(QueryError::Unavailable(message)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({
+                "reason": logfleet_proto::STORE_UNAVAILABLE,
+                "message": message,
+            })),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use logfleet_proto::v1::{Compression, FileLabels, LineBatch, PushRequest, PushResponse};
+use logfleet_proto::v1::{Compression, LineBatch, PushRequest, PushResponse};
 use logfleet_proto::{Limits, LinesBuilder};
 use prost::Message;
 use tokio::sync::oneshot;
@@ -37,20 +37,7 @@ pub struct StoreConfig {
     pub zstd_level: i32,
 }
 
-/// Lines just stored, for live tails.
-#[derive(Debug)]
-pub struct Committed {
-    /// Node.
-    pub node: Arc<str>,
-    /// Labels per range index.
-    pub labels: Vec<FileLabels>,
-    /// The lines.
-    pub batch: LineBatch,
-    /// When they became durable.
-    pub at: Instant,
-    /// Their size in memory, roughly: what live tails are bounded by.
-    pub bytes: u64,
-}
+pub use crate::tail::Committed;
 
 /// State shared by the writer, the services and the HTTP endpoint.
 pub struct Shared {
@@ -190,7 +177,7 @@ pub fn check_extra(extra: &[logfleet_proto::v1::Label]) -> Result<(), String> {
         if !valid {
             return Err(format!("{:?} is not a label name", l.name));
         }
-        if crate::query::LABEL_NAMES.contains(&l.name.as_str()) {
+        if crate::labels::LABEL_NAMES.contains(&l.name.as_str()) {
             return Err(format!("{:?} is a built-in label", l.name));
         }
         if l.value.len() > 1024 {

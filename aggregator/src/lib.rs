@@ -6,17 +6,20 @@
 //! group commit) -> [`store`] (segment files) and [`index`] (in memory) ->
 //! [`query`]. Every file the embedded store touches goes through [`fs`].
 
+pub mod backend;
 pub mod chunks;
 pub mod clickhouse;
+pub mod embedded;
+pub mod evaluate;
 pub mod fs;
 pub mod http;
 pub mod identity;
 pub mod index;
 pub mod ingest;
-pub mod logql;
+pub mod labels;
 pub mod loki;
+pub mod memory;
 pub mod metrics;
-pub mod pipeline;
 pub mod query;
 pub mod service;
 pub mod store;
@@ -146,50 +149,92 @@ pub async fn run_on(
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AggregatorError> {
-    if let Some(ch) = cfg.clickhouse.clone() {
-        return clickhouse::serve::run(cfg, ch, listeners, shutdown).await;
-    }
+    cfg.tokens.check()?;
     let mut registry = Registry::default();
-    let metrics = metrics::Metrics::new(&mut registry);
-    let (shared, writer) = ingest::open(cfg.store.clone(), metrics.clone())?;
-    let writer = writer.with_inflight_limit(cfg.max_inflight_bytes);
+    let (backend, metrics): (Arc<dyn backend::Backend>, _) = match cfg.clickhouse.clone() {
+        Some(ch) => {
+            let metrics = metrics::Metrics::without_embedded_store(&mut registry);
+            let wcfg = clickhouse::WriterConfig {
+                max_inflight_bytes: cfg.max_inflight_bytes,
+                ..Default::default()
+            };
+            let b = clickhouse::backend::ClickHouseBackend::start(
+                ch,
+                wcfg,
+                cfg.limits,
+                metrics.clone(),
+                &mut registry,
+            );
+            (b, metrics)
+        }
+        None => {
+            let metrics = metrics::Metrics::new(&mut registry);
+            let b = embedded::Embedded::open(
+                cfg.store.clone(),
+                metrics.clone(),
+                cfg.limits,
+                cfg.max_inflight_bytes,
+            )?;
+            (Arc::new(b), metrics)
+        }
+    };
+    serve(cfg, listeners, backend, registry, metrics, shutdown).await
+}
+
+/// Serves `backend` on the sockets of `listeners` until `shutdown`
+/// resolves or the backend fails: gRPC ingest and queries, and the HTTP
+/// port (metrics, health, agents, Loki's API, the web view). The one
+/// server, whatever the store.
+pub async fn serve(
+    cfg: AggregatorConfig,
+    listeners: Listeners,
+    backend: Arc<dyn backend::Backend>,
+    registry: Registry,
+    metrics: metrics::Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AggregatorError> {
     cfg.tokens.check()?;
     let push_auth = service::Auth::new(cfg.tokens.push.clone(), "push", metrics.clone());
     let read_auth = service::Auth::new(cfg.tokens.read.clone(), "read", metrics.clone());
     let (grpc_tls, http_tls) = tls_configs(&cfg)?;
-    let mut failed = shared.failed.subscribe();
-    let stopping = shared.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        tokio::select! {
-            () = shutdown => {}
-            _ = failed.wait_for(Option::is_some) => {}
-        }
-        tracing::info!("stopping: ending live tails and queries");
-        stopping.shutdown.send_replace(true);
-        stop_tx.send_replace(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
+    let (failed_tx, mut failed_rx) = tokio::sync::watch::channel(None::<String>);
+    {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown => {}
+                why = backend.failed() => {
+                    failed_tx.send_replace(Some(why));
+                }
+            }
+            tracing::info!("stopping: ending live tails and queries");
+            backend.stopping();
+            stop_tx.send_replace(true);
+        });
+    }
+    let stopped = {
+        let stop_rx = stop_rx.clone();
+        move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
         }
     };
-    let failed = shared.failed.subscribe();
 
     let app = http::router(http::HttpState {
-        shared: shared.clone(),
+        backend: backend.clone(),
         registry: Arc::new(registry),
         auth: read_auth.clone(),
         loki: loki::LokiState {
-            shared: shared.clone(),
+            backend: backend.clone(),
             timeout: cfg.query_timeout,
-            writer: Some(writer.clone()),
-            push_streams: Default::default(),
-            limits: cfg.limits,
             queries: Arc::new(tokio::sync::Semaphore::new(
                 cfg.max_concurrent_requests.max(1),
             )),
+            metrics: metrics.clone(),
+            stopping: stop_rx.clone(),
         },
         push_auth: push_auth.clone(),
     });
@@ -197,10 +242,8 @@ pub async fn run_on(
 
     let ingest = tonic::service::interceptor::InterceptedService::new(
         IngestServer::new(service::IngestService {
-            writer,
-            limits: cfg.limits,
+            backend: backend.clone(),
             metrics: metrics.clone(),
-            shared: shared.clone(),
             identity: cfg.identity.clone(),
         })
         .max_decoding_message_size(cfg.max_message),
@@ -208,13 +251,20 @@ pub async fn run_on(
     );
     let query = tonic::service::interceptor::InterceptedService::new(
         QueryServer::new(service::QueryService {
-            shared,
+            backend: backend.clone(),
             timeout: cfg.query_timeout,
+            metrics: metrics.clone(),
+            stopping: stop_rx,
         })
         .max_encoding_message_size(cfg.limits.max_raw_len as usize + (1 << 20)),
         read_auth,
     );
-    tracing::info!(grpc = %cfg.grpc_addr, query = ?cfg.query_addr, http = %cfg.http_addr, tls = cfg.tls.is_some(), data = %cfg.store.data_dir.display(), "aggregator started");
+    let store = if cfg.clickhouse.is_some() {
+        "clickhouse".to_owned()
+    } else {
+        cfg.store.data_dir.display().to_string()
+    };
+    tracing::info!(grpc = %cfg.grpc_addr, query = ?cfg.query_addr, http = %cfg.http_addr, tls = cfg.tls.is_some(), %store, "aggregator started");
     serve_grpc(
         &cfg,
         listeners.grpc,
@@ -224,7 +274,8 @@ pub async fn run_on(
         stopped,
     )
     .await?;
-    if let Some(why) = failed.borrow().clone() {
+    backend.close().await;
+    if let Some(why) = failed_rx.borrow_and_update().clone() {
         tracing::error!(reason = %why, "aggregator stopped: storage failed");
         return Err(AggregatorError::StorageFailed(why));
     }
@@ -236,9 +287,7 @@ pub async fn run_on(
 /// a renewed certificate is picked up without a restart.
 type TlsConfig = Option<Arc<rustls::ServerConfig>>;
 
-pub(crate) fn tls_configs(
-    cfg: &AggregatorConfig,
-) -> Result<(TlsConfig, TlsConfig), AggregatorError> {
+fn tls_configs(cfg: &AggregatorConfig) -> Result<(TlsConfig, TlsConfig), AggregatorError> {
     let Some(files) = &cfg.tls else {
         return Ok((None, None));
     };
@@ -250,7 +299,7 @@ pub(crate) fn tls_configs(
 }
 
 /// Serves `app` on the HTTP port, over TLS when configured.
-pub(crate) fn serve_http(
+fn serve_http(
     app: axum::Router,
     listener: std::net::TcpListener,
     tls: TlsConfig,
@@ -281,7 +330,7 @@ pub(crate) fn serve_http(
 }
 
 /// The gRPC services, as one set and apart (for a query port of its own).
-pub(crate) struct GrpcServices {
+struct GrpcServices {
     /// Ingest only.
     pub ingest: tonic::service::Routes,
     /// Queries only.
@@ -323,7 +372,7 @@ impl GrpcServices {
 /// query port is bound, until `stopped` resolves. Bounded: so many requests
 /// at once over every gRPC port, so many streams per connection, and
 /// windows that hold back the bytes of those that wait.
-pub(crate) async fn serve_grpc<F, Fut>(
+async fn serve_grpc<F, Fut>(
     cfg: &AggregatorConfig,
     grpc: std::net::TcpListener,
     query_port: Option<std::net::TcpListener>,

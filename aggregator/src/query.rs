@@ -1,126 +1,23 @@
-//! LogQL-style queries: a stream selector `{label op "value", ...}` on
-//! `node`, `namespace`, `pod`, `pod_uid`, `container`, `restart` and
-//! `stream` with `=`, `!=`, `=~`, `!~` (regexes match whole values), then
-//! line filters `|= "text"`, `!= "text"`, `|~ "regex"`, `!~ "regex"`.
-//!
-//! Parsing and matching are pure; [`execute`] reads the blocks the label
-//! index cannot rule out, newest or oldest first, and stops as soon as the
-//! limit is met and no remaining block can hold a better line.
+//! Log queries over the embedded store. The language is
+//! [`logfleet_logql`]'s; here a selector's labels meet stored files
+//! (`node`, `namespace`, `pod`, `pod_uid`, `container`, `restart`, extra
+//! labels, and `stream` per line), and [`execute`] reads the blocks the
+//! label index cannot rule out, newest or oldest first, and stops as soon
+//! as the limit is met and no remaining block can hold a better line.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use logfleet_proto::lines::{CUT, UNPARSED, UNTERMINATED};
-use logfleet_proto::v1::{Direction, Entry, FileLabels, LineBatch, Stream};
+use logfleet_logql::pipeline::{Labels as PipelineLabels, Processed};
+pub use logfleet_logql::{Filter, Label, Matcher, Op, Query};
+use logfleet_proto::v1::{Direction, Entry, FileLabels, LineBatch};
 use logfleet_proto::Line;
-use memchr::memmem;
-use regex::Regex;
 
 use crate::index::{BlockMeta, Source, StreamInfo};
 use crate::ingest::Shared;
+use crate::labels::{entry, extra_value, label_pairs, pipe, stream_name};
 use crate::store::{self, StoreError};
-
-/// A label a selector can match.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Label {
-    /// Node name.
-    Node,
-    /// Namespace.
-    Namespace,
-    /// Pod name.
-    Pod,
-    /// Pod UID.
-    PodUid,
-    /// Container name.
-    Container,
-    /// Restart number.
-    Restart,
-    /// `stdout` or `stderr`.
-    Stream,
-    /// Any other label (`FileLabels.extra`): as in Loki, a line without
-    /// it has the empty value.
-    Other(String),
-}
-
-impl Label {
-    /// The label named `name` in queries.
-    pub fn from_name(name: &str) -> Label {
-        match name {
-            "node" => Label::Node,
-            "namespace" => Label::Namespace,
-            "pod" => Label::Pod,
-            "pod_uid" => Label::PodUid,
-            "container" => Label::Container,
-            "restart" => Label::Restart,
-            "stream" => Label::Stream,
-            other => Label::Other(other.to_owned()),
-        }
-    }
-
-    /// The label's name in queries.
-    pub fn name(&self) -> &str {
-        match self {
-            Label::Node => "node",
-            Label::Namespace => "namespace",
-            Label::Pod => "pod",
-            Label::PodUid => "pod_uid",
-            Label::Container => "container",
-            Label::Restart => "restart",
-            Label::Stream => "stream",
-            Label::Other(n) => n,
-        }
-    }
-}
-
-/// How a matcher compares.
-#[derive(Debug, Clone)]
-pub enum Op {
-    /// Equal.
-    Eq(String),
-    /// Not equal.
-    Ne(String),
-    /// Regex matches the whole value.
-    Re(Regex),
-    /// Regex does not match the whole value.
-    NotRe(Regex),
-}
-
-/// One `label op value`.
-#[derive(Debug, Clone)]
-pub struct Matcher {
-    /// The label.
-    pub label: Label,
-    /// The comparison.
-    pub op: Op,
-}
-
-/// A line filter.
-#[derive(Debug, Clone)]
-pub enum Filter {
-    /// `|= "text"`: the line contains text.
-    Contains(memmem::Finder<'static>),
-    /// `!= "text"`: the line does not contain text.
-    NotContains(memmem::Finder<'static>),
-    /// `|~ "re"`: the regex matches somewhere in the line.
-    Matches(regex::bytes::Regex),
-    /// `!~ "re"`: the regex matches nowhere.
-    NotMatches(regex::bytes::Regex),
-}
-
-/// A parsed query.
-#[derive(Debug, Clone, Default)]
-pub struct Query {
-    /// Selector matchers, all of which must hold.
-    pub matchers: Vec<Matcher>,
-    /// Line filters, all of which must hold.
-    pub filters: Vec<Filter>,
-    /// Pipeline stages after the first line filters (`| json`,
-    /// `| level="error"`, `| drop ...`), in order.
-    pub pipeline: crate::pipeline::Pipeline,
-    /// `| unwrap`: only in range aggregations.
-    pub unwrap: Option<crate::pipeline::Unwrap>,
-}
 
 /// A query that could not be run.
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +42,28 @@ pub enum QueryError {
     /// The client went away.
     #[error("query cancelled")]
     Cancelled,
+    /// This store cannot run this query (ClickHouse: a regex SQL cannot
+    /// express).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The store failed to answer (a malformed reply, say).
+    #[error("the store failed: {0}")]
+    Failed(String),
+    /// A live tail fell further behind than it may.
+    #[error("{0}")]
+    Lagged(String),
     /// A metric query could not be evaluated.
     #[error(transparent)]
-    Eval(#[from] crate::logql::eval::EvalError),
+    Eval(#[from] logfleet_logql::eval::EvalError),
+}
+
+impl From<logfleet_logql::ParseError> for QueryError {
+    fn from(e: logfleet_logql::ParseError) -> Self {
+        QueryError::Parse {
+            pos: e.pos,
+            msg: e.msg,
+        }
+    }
 }
 
 /// When a running query must stop early.
@@ -171,257 +87,29 @@ impl Control {
     }
 }
 
-/// A LogQL tokenizer over one query string, shared with
-/// [`crate::logql`], which parses metric queries around log queries.
-pub(crate) struct Parser<'a> {
-    pub(crate) s: &'a str,
-    pub(crate) pos: usize,
-}
-
-impl<'a> Parser<'a> {
-    pub(crate) fn err<T>(&self, msg: impl Into<String>) -> Result<T, QueryError> {
-        Err(QueryError::Parse {
-            pos: self.pos,
-            msg: msg.into(),
-        })
-    }
-
-    pub(crate) fn ws(&mut self) {
-        while self.s[self.pos..].starts_with(|c: char| c.is_whitespace()) {
-            self.pos += self.s[self.pos..].chars().next().map_or(1, char::len_utf8);
-        }
-    }
-
-    pub(crate) fn eat(&mut self, tok: &str) -> bool {
-        self.ws();
-        if self.s[self.pos..].starts_with(tok) {
-            self.pos += tok.len();
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Eats `word` when it stands alone (not the start of a longer name).
-    pub(crate) fn eat_word(&mut self, word: &str) -> bool {
-        self.ws();
-        let rest = &self.s[self.pos..];
-        if rest.starts_with(word)
-            && !rest[word.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        {
-            self.pos += word.len();
-            true
-        } else {
-            false
-        }
-    }
-
-    pub(crate) fn ident(&mut self) -> Result<&'a str, QueryError> {
-        self.ws();
-        let rest = &self.s[self.pos..];
-        let n = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len());
-        if n == 0 {
-            return self.err("expected a label name");
-        }
-        self.pos += n;
-        Ok(&rest[..n])
-    }
-
-    pub(crate) fn string(&mut self) -> Result<String, QueryError> {
-        self.ws();
-        let rest = &self.s[self.pos..];
-        if let Some(raw) = rest.strip_prefix('`') {
-            let Some(end) = raw.find('`') else {
-                return self.err("unterminated `raw string`");
-            };
-            self.pos += end + 2;
-            return Ok(raw[..end].to_owned());
-        }
-        if !rest.starts_with('"') {
-            return self.err("expected a \"quoted string\"");
-        }
-        let mut out = String::new();
-        let mut chars = rest[1..].char_indices();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '"' => {
-                    self.pos += i + 2;
-                    return Ok(out);
-                }
-                '\\' => match chars.next() {
-                    Some((_, 'n')) => out.push('\n'),
-                    Some((_, 't')) => out.push('\t'),
-                    Some((_, 'r')) => out.push('\r'),
-                    Some((_, c @ ('"' | '\\'))) => out.push(c),
-                    // Keep other escapes for the regex engine (`\d`, `\.`).
-                    Some((_, c)) => {
-                        out.push('\\');
-                        out.push(c);
-                    }
-                    None => break,
-                },
-                c => out.push(c),
-            }
-        }
-        self.err("unterminated \"string\"")
-    }
-
-    pub(crate) fn regex(&self, pat: &str) -> Result<Regex, QueryError> {
-        Regex::new(&format!("^(?:{pat})$")).map_err(|e| self.bad_regex(pat, &e))
-    }
-
-    pub(crate) fn bad_regex(&self, pat: &str, e: &dyn std::fmt::Display) -> QueryError {
-        // The regex crate draws a multi-line caret diagram; its last line
-        // says what is wrong, which is what fits an error line.
-        let text = e.to_string();
-        let why = text
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        QueryError::Parse {
-            pos: self.pos,
-            msg: format!(
-                "invalid regex {pat:?}: {}",
-                why.trim().trim_start_matches("error: ")
-            ),
-        }
-    }
-}
-
-/// Parses a query.
+/// Parses a log query.
 pub fn parse(s: &str) -> Result<Query, QueryError> {
-    let mut p = Parser { s, pos: 0 };
-    let q = parse_log(&mut p)?;
-    p.ws();
-    if p.pos != s.len() {
-        return p.err(
-            "expected a line filter (|= \"text\", != \"text\", |~ \"regex\", !~ \"regex\") or a stage (| json, | logfmt, | level=\"error\", ...)",
-        );
-    }
-    Ok(q)
+    Ok(logfleet_logql::parse_log_query(s)?)
 }
 
-/// Parses a log query (selector, line filters, label stages) up to the end
-/// of the input or to a `[` or `)` that belongs to an enclosing metric
-/// query.
-pub(crate) fn parse_log(p: &mut Parser<'_>) -> Result<Query, QueryError> {
-    let s = p.s;
-    let mut q = Query::default();
-    if !p.eat("{") {
-        return p.err("a query starts with a selector such as {namespace=\"default\"}");
-    }
-    loop {
-        if p.eat("}") {
-            break;
-        }
-        let at = p.pos;
-        let name = p.ident()?;
-        if name.starts_with(|c: char| c.is_ascii_digit()) {
-            p.pos = at;
-            return p.err(format!("{name:?} is not a label name"));
-        }
-        let label = Label::from_name(name);
-        let op = if p.eat("=~") {
-            let pat = p.string()?;
-            Op::Re(p.regex(&pat)?)
-        } else if p.eat("!~") {
-            let pat = p.string()?;
-            Op::NotRe(p.regex(&pat)?)
-        } else if p.eat("!=") {
-            Op::Ne(p.string()?)
-        } else if p.eat("=") {
-            Op::Eq(p.string()?)
-        } else {
-            return p.err("expected =, !=, =~ or !~");
-        };
-        q.matchers.push(Matcher { label, op });
-        if p.eat(",") {
-            continue;
-        }
-        if p.eat("}") {
-            break;
-        }
-        return p.err("expected , or }");
-    }
-    loop {
-        p.ws();
-        if p.pos == s.len() || s[p.pos..].starts_with(['[', ')']) {
-            break;
-        }
-        let f = if p.eat("|=") {
-            Filter::Contains(memmem::Finder::new(p.string()?.as_bytes()).into_owned())
-        } else if p.eat("!=") {
-            Filter::NotContains(memmem::Finder::new(p.string()?.as_bytes()).into_owned())
-        } else if p.eat("|~") {
-            Filter::Matches(byte_regex(p)?)
-        } else if p.eat("!~") {
-            Filter::NotMatches(byte_regex(p)?)
-        } else if p.eat("|") {
-            if q.unwrap.is_some() {
-                return p.err("unwrap is the last stage (label filters may follow it)");
-            }
-            match crate::pipeline::parse_stage(p)? {
-                crate::pipeline::Parsed::Stage(st) => q.pipeline.stages.push(st),
-                crate::pipeline::Parsed::Unwrap(u) => q.unwrap = Some(u),
-            }
-            continue;
-        } else {
-            return p.err(
-                "expected a line filter (|= \"text\", != \"text\", |~ \"regex\", !~ \"regex\") or a stage (| json, | logfmt, | level=\"error\", ...)",
-            );
-        };
-        if q.unwrap.is_some() {
-            return p.err("unwrap is the last stage (label filters may follow it)");
-        }
-        if q.pipeline.is_empty() {
-            q.filters.push(f);
-        } else {
-            // After a parser: in order, on the line as it is then.
-            q.pipeline
-                .stages
-                .push(crate::pipeline::Stage::Line(Box::new(match f {
-                    Filter::Contains(x) => crate::pipeline::LineFilter::Contains(x),
-                    Filter::NotContains(x) => crate::pipeline::LineFilter::NotContains(x),
-                    Filter::Matches(r) => crate::pipeline::LineFilter::Matches(r),
-                    Filter::NotMatches(r) => crate::pipeline::LineFilter::NotMatches(r),
-                })));
-        }
-    }
-    Ok(q)
-}
-
-fn byte_regex(p: &mut Parser<'_>) -> Result<regex::bytes::Regex, QueryError> {
-    let pat = p.string()?;
-    regex::bytes::Regex::new(&pat).map_err(|e| p.bad_regex(&pat, &e))
-}
-
-fn stream_name(s: i32) -> &'static str {
-    match Stream::try_from(s) {
-        Ok(Stream::Stdout) => "stdout",
-        Ok(Stream::Stderr) => "stderr",
-        _ => "",
-    }
-}
-
-impl Op {
-    /// Whether a value passes.
-    pub fn test(&self, v: &str) -> bool {
-        match self {
-            Op::Eq(x) => v == x,
-            Op::Ne(x) => v != x,
-            Op::Re(r) => r.is_match(v),
-            Op::NotRe(r) => !r.is_match(v),
-        }
-    }
-}
-
-impl Query {
+/// What a log query asks of stored files and lines; the values of the
+/// labels a [`Label`] names are those of [`crate::labels`].
+pub trait QueryExt {
     /// Whether lines of a file with these labels on `node` can match
     /// (everything but `stream`, which is per line).
-    pub fn matches_file(&self, node: &str, l: &FileLabels) -> bool {
+    fn matches_file(&self, node: &str, l: &FileLabels) -> bool;
+
+    /// Whether a stored line (of a file that matched) matches the `stream`
+    /// matchers and the line filters.
+    fn matches_stored(&self, stream: i32, line: &[u8]) -> bool;
+
+    /// Runs the pipeline over a line that passed the selector and line
+    /// filters: `None` when a stage drops it.
+    fn pipe(&self, node: &str, labels: &FileLabels, stream: i32, text: &[u8]) -> Option<Processed>;
+}
+
+impl QueryExt for Query {
+    fn matches_file(&self, node: &str, l: &FileLabels) -> bool {
         self.matchers.iter().all(|m| match &m.label {
             Label::Node => m.op.test(node),
             Label::Namespace => m.op.test(&l.namespace),
@@ -434,98 +122,12 @@ impl Query {
         })
     }
 
-    /// Whether a block whose encoded lines are `raw` may hold a matching
-    /// line: every `|=` text must occur in it somewhere (a line's text is
-    /// stored whole in the encoding).
-    pub fn may_match(&self, raw: &[u8]) -> bool {
-        self.filters.iter().all(|f| match f {
-            Filter::Contains(x) => x.find(raw).is_some(),
-            _ => true,
-        })
+    fn matches_stored(&self, stream: i32, line: &[u8]) -> bool {
+        self.matches_line(stream_name(stream), line)
     }
 
-    /// Whether a line (of a file that matched) matches stream and filters.
-    pub fn matches_line(&self, stream: i32, line: &[u8]) -> bool {
-        self.matchers
-            .iter()
-            .filter(|m| m.label == Label::Stream)
-            .all(|m| m.op.test(stream_name(stream)))
-            && self.filters.iter().all(|f| match f {
-                Filter::Contains(x) => x.find(line).is_some(),
-                Filter::NotContains(x) => x.find(line).is_none(),
-                Filter::Matches(r) => r.is_match(line),
-                Filter::NotMatches(r) => !r.is_match(line),
-            })
-    }
-}
-
-/// The labels of lines: a stream's, as Loki clients see them.
-pub const LABEL_NAMES: [&str; 7] = [
-    "container",
-    "namespace",
-    "node",
-    "pod",
-    "pod_uid",
-    "restart",
-    "stream",
-];
-
-/// The value of an extra label, empty when the file has none.
-pub fn extra_value<'a>(l: &'a FileLabels, name: &str) -> &'a str {
-    l.extra
-        .binary_search_by(|x| x.name.as_str().cmp(name))
-        .ok()
-        .map_or("", |i| l.extra[i].value.as_str())
-}
-
-/// A line's labels as sorted name/value pairs (empty values left out, as
-/// Loki has no empty labels).
-pub fn label_pairs(node: &str, l: &FileLabels, stream: i32) -> Vec<(String, String)> {
-    let values = [
-        l.container.clone(),
-        l.namespace.clone(),
-        node.to_owned(),
-        l.pod.clone(),
-        l.pod_uid.clone(),
-        l.restart.to_string(),
-        stream_name(stream).to_owned(),
-    ];
-    let mut out: Vec<(String, String)> = LABEL_NAMES
-        .iter()
-        .zip(values)
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(n, v)| ((*n).to_owned(), v))
-        .collect();
-    if !l.extra.is_empty() {
-        out.extend(
-            l.extra
-                .iter()
-                .filter(|x| !x.value.is_empty())
-                .map(|x| (x.name.clone(), x.value.clone())),
-        );
-        out.sort();
-    }
-    out
-}
-
-impl Query {
-    /// Loki's rule for a selector: at least one matcher that cannot match
-    /// an empty value, so that no query selects every stream by accident.
-    pub fn selects_something(&self) -> bool {
-        self.matchers.iter().any(|m| !m.op.test(""))
-    }
-
-    /// Runs the pipeline over a line that passed the selector and line
-    /// filters: `None` when a stage drops it.
-    pub fn pipe(
-        &self,
-        node: &str,
-        labels: &FileLabels,
-        stream: i32,
-        text: &[u8],
-    ) -> Option<crate::pipeline::Processed> {
-        let stream_labels: crate::pipeline::Labels =
-            label_pairs(node, labels, stream).into_iter().collect();
+    fn pipe(&self, node: &str, labels: &FileLabels, stream: i32, text: &[u8]) -> Option<Processed> {
+        let stream_labels: PipelineLabels = label_pairs(node, labels, stream).into_iter().collect();
         self.pipeline.process(&stream_labels, text)
     }
 }
@@ -533,37 +135,16 @@ impl Query {
 /// Streams' label sets as pipelines start from them, built once per
 /// stream (and stdout/stderr) instead of once per line.
 #[derive(Default)]
-pub struct StreamLabels(HashMap<(u32, i32), crate::pipeline::Labels>);
+pub struct StreamLabels(HashMap<(u32, i32), PipelineLabels>);
 
 impl StreamLabels {
     /// The labels of lines of stream `sid` (`info`) on `stream`.
-    pub fn get(&mut self, sid: u32, info: &StreamInfo, stream: i32) -> &crate::pipeline::Labels {
+    pub fn get(&mut self, sid: u32, info: &StreamInfo, stream: i32) -> &PipelineLabels {
         self.0.entry((sid, stream)).or_insert_with(|| {
             label_pairs(&info.node, &info.labels, stream)
                 .into_iter()
                 .collect()
         })
-    }
-}
-
-/// A line's label set as Loki clients see it: the pipeline's when the
-/// query had stages, else the stream's.
-pub fn entry_labels(e: &Entry) -> Vec<(String, String)> {
-    if e.piped {
-        return e
-            .pipeline_labels
-            .iter()
-            .map(|l| (l.name.clone(), l.value.clone()))
-            .collect();
-    }
-    label_pairs(&e.node, &e.labels.clone().unwrap_or_default(), e.stream)
-}
-
-/// The text to show for a line: `line_format`'s when it ran.
-pub fn entry_text(e: &Entry) -> String {
-    match &e.formatted {
-        Some(f) => f.clone(),
-        None => String::from_utf8_lossy(&e.line).into_owned(),
     }
 }
 
@@ -598,45 +179,12 @@ impl Bounds {
 type Key = (i64, u64, u64, u32);
 
 /// Converts a stored line to an entry, with what the pipeline made of it.
-fn entry_piped(
-    node: &str,
-    labels: &FileLabels,
-    l: &Line,
-    piped: Option<crate::pipeline::Processed>,
-) -> Entry {
+fn entry_piped(node: &str, labels: &FileLabels, l: &Line, piped: Option<Processed>) -> Entry {
     let mut e = entry(node, labels, l);
     if let Some(p) = piped {
         pipe(&mut e, p);
     }
     e
-}
-
-/// Sets what a query's pipeline made of an entry's line.
-pub fn pipe(e: &mut Entry, p: crate::pipeline::Processed) {
-    e.piped = true;
-    if p.line.as_bytes() != e.line.as_slice() {
-        e.formatted = Some(p.line);
-    }
-    e.pipeline_labels = p
-        .labels
-        .into_iter()
-        .map(|(name, value)| logfleet_proto::v1::Label { name, value })
-        .collect();
-}
-
-/// Converts a stored line to an entry.
-pub fn entry(node: &str, labels: &FileLabels, l: &Line) -> Entry {
-    Entry {
-        ts_unix_nano: l.ts,
-        node: node.to_owned(),
-        labels: Some(labels.clone()),
-        stream: l.stream,
-        line: l.text.to_vec(),
-        unterminated: l.flags & UNTERMINATED != 0,
-        cut: l.flags & CUT != 0,
-        unparsed: l.flags & UNPARSED != 0,
-        ..Default::default()
-    }
 }
 
 /// Runs a query over the store and collects the result (tests, tools).
@@ -702,7 +250,7 @@ pub fn visit(
             };
             if !wanted.get(sid as usize).copied().unwrap_or(false)
                 || !b.contains(l.ts)
-                || !q.matches_line(l.stream, &l.text)
+                || !q.matches_stored(l.stream, &l.text)
             {
                 continue;
             }
@@ -896,7 +444,7 @@ pub fn execute_into(
         for (i, l) in batch.lines().enumerate() {
             if !ok.get(l.range as usize).copied().unwrap_or(false)
                 || !b.contains(l.ts)
-                || !q.matches_line(l.stream, &l.text)
+                || !q.matches_stored(l.stream, &l.text)
             {
                 continue;
             }
@@ -1253,7 +801,8 @@ pub fn matching(q: &Query, node: &str, labels: &[FileLabels], batch: &LineBatch)
     batch
         .lines()
         .filter(|l| {
-            ok.get(l.range as usize).copied().unwrap_or(false) && q.matches_line(l.stream, &l.text)
+            ok.get(l.range as usize).copied().unwrap_or(false)
+                && q.matches_stored(l.stream, &l.text)
         })
         .filter_map(|l| {
             let fl = &labels[l.range as usize];
@@ -1269,6 +818,7 @@ pub fn matching(q: &Query, node: &str, labels: &[FileLabels], batch: &LineBatch)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logfleet_proto::v1::Stream;
 
     fn labels(ns: &str, pod: &str, c: &str) -> FileLabels {
         FileLabels {
@@ -1296,41 +846,21 @@ mod tests {
             "regex is anchored"
         );
         assert!(!q.matches_file("node-a", &labels("default", "web-1", "istio")));
-        assert!(q.matches_line(1, b"GET /x status=503"));
-        assert!(!q.matches_line(1, b"GET /health status=503"));
-        assert!(!q.matches_line(1, b"GET /x status=200"));
-        assert!(!q.matches_line(1, b"GET /x status=500 DEBUG"));
+        assert!(q.matches_stored(1, b"GET /x status=503"));
+        assert!(!q.matches_stored(1, b"GET /health status=503"));
+        assert!(!q.matches_stored(1, b"GET /x status=200"));
+        assert!(!q.matches_stored(1, b"GET /x status=500 DEBUG"));
     }
 
     #[test]
     fn stream_restart_and_empty_selector() {
         let q = parse(r#"{stream="stderr", restart="2"}"#).unwrap();
         assert!(q.matches_file("n", &labels("a", "b", "c")));
-        assert!(q.matches_line(Stream::Stderr as i32, b"x"));
-        assert!(!q.matches_line(Stream::Stdout as i32, b"x"));
+        assert!(q.matches_stored(Stream::Stderr as i32, b"x"));
+        assert!(!q.matches_stored(Stream::Stdout as i32, b"x"));
         let all = parse("{}").unwrap();
-        assert!(all.matches_file("n", &labels("a", "b", "c")) && all.matches_line(0, b""));
+        assert!(all.matches_file("n", &labels("a", "b", "c")) && all.matches_stored(0, b""));
         let q = parse(r#"{pod="a\"b\\c"}"#).unwrap();
         assert!(q.matches_file("n", &labels("x", "a\"b\\c", "c")));
-    }
-
-    #[test]
-    fn bad_queries_say_where_and_why() {
-        for (q, want) in [
-            ("", "starts with a selector"),
-            ("namespace=\"x\"", "starts with a selector"),
-            ("{namespace=\"x\"", "expected , or }"),
-            ("{9x=\"x\"}", "is not a label name"),
-            ("{pod=x}", "quoted string"),
-            ("{pod==\"x\"}", "quoted string"),
-            ("{pod=\"x}", "unterminated"),
-            ("{pod=~\"(\"}", "invalid regex"),
-            ("{} |= ", "quoted string"),
-            ("{} |~ \"[\"", "invalid regex"),
-            ("{} | frobnicate", "label filter"),
-        ] {
-            let err = parse(q).unwrap_err().to_string();
-            assert!(err.contains(want), "{q:?}: {err}");
-        }
     }
 }

@@ -6,16 +6,15 @@ use std::sync::Arc;
 use logfleet_proto::v1::ingest_server::Ingest;
 use logfleet_proto::v1::query_server;
 use logfleet_proto::v1::{
-    AgentInfo, Direction, Entry, HeartbeatRequest, HeartbeatResponse, ListAgentsRequest,
-    ListAgentsResponse, PushRequest, PushResponse, QueryRequest, QueryResponse, TailRequest,
+    Direction, Entry, HeartbeatRequest, HeartbeatResponse, ListAgentsRequest, ListAgentsResponse,
+    PushRequest, PushResponse, QueryRequest, QueryResponse, TailRequest,
 };
-use logfleet_proto::Limits;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::ingest::{PushError, Shared, Writer};
+use crate::backend::Backend;
 use crate::metrics::Metrics;
-use crate::query::{self, Bounds, QueryError};
+use crate::query::{self, Bounds, Control, QueryError};
 
 /// Entries per streamed response message.
 const CHUNK: usize = 1000;
@@ -150,16 +149,12 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
-/// The ingest service.
+/// The ingest service, over any backend.
 pub struct IngestService {
-    /// The writer.
-    pub writer: Writer,
-    /// Payload limits.
-    pub limits: Limits,
+    /// Where pushes go.
+    pub backend: Arc<dyn Backend>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Shared state (for heartbeats).
-    pub shared: Arc<Shared>,
     /// Checks the node a push names against the agent's token.
     pub identity: Option<Arc<crate::identity::Verifier>>,
 }
@@ -168,20 +163,22 @@ pub struct IngestService {
 impl Ingest for IngestService {
     async fn push(&self, req: Request<PushRequest>) -> Result<Response<PushResponse>, Status> {
         let peer = req.remote_addr();
-        self.check_identity(&req, &req.get_ref().node).await?;
+        check_identity(
+            self.identity.as_deref(),
+            &self.metrics,
+            &req,
+            &req.get_ref().node,
+        )
+        .await?;
         let req = req.into_inner();
         let node = req.node.clone();
-        match self.writer.push(req, self.limits).await {
+        match self.backend.push(req).await {
             Ok(r) => Ok(Response::new(r)),
             Err(e) => {
-                let reason = match &e {
-                    PushError::Invalid(_) => "invalid",
-                    PushError::Codec(_) => "payload",
-                    PushError::Store(_) => "storage",
-                    PushError::Closed => "shutdown",
-                };
-                self.metrics.reject(reason);
-                tracing::warn!(?peer, %node, error = %e, "push refused");
+                if let Some(reason) = e.reason {
+                    self.metrics.reject(reason);
+                    tracing::warn!(?peer, %node, error = %e, "push refused");
+                }
                 Err(e.into())
             }
         }
@@ -191,33 +188,19 @@ impl Ingest for IngestService {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        self.check_identity(&req, &req.get_ref().node).await?;
-        self.record_heartbeat(req.into_inner())?;
-        Ok(Response::new(HeartbeatResponse {}))
-    }
-}
-
-impl IngestService {
-    async fn check_identity<T>(&self, req: &Request<T>, node: &str) -> Result<(), Status> {
-        check_identity(self.identity.as_deref(), &self.metrics, req, node).await
-    }
-
-    /// Records a heartbeat.
-    fn record_heartbeat(&self, hb: HeartbeatRequest) -> Result<(), Status> {
+        check_identity(
+            self.identity.as_deref(),
+            &self.metrics,
+            &req,
+            &req.get_ref().node,
+        )
+        .await?;
+        let hb = req.into_inner();
         if hb.node.is_empty() || hb.node.len() > 253 {
             return Err(Status::invalid_argument("node name must be 1 to 253 bytes"));
         }
-        // The text fields are for people; keep them short whatever arrives.
-        let mut hb = hb;
-        truncate_utf8(&mut hb.version, 64);
-        truncate_utf8(&mut hb.last_error, 1024);
-        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
-        self.shared
-            .index
-            .write()
-            .map_err(|_| Status::internal("index unavailable"))?
-            .heartbeat(hb, now);
-        Ok(())
+        self.backend.heartbeat(hb).await.map_err(bad_query)?;
+        Ok(Response::new(HeartbeatResponse {}))
     }
 }
 
@@ -266,27 +249,21 @@ pub(crate) async fn check_identity<T>(
     }
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
-
-/// The query service.
+/// The query service, over any backend.
 pub struct QueryService {
-    /// Shared state.
-    pub shared: Arc<Shared>,
+    /// Where entries come from.
+    pub backend: Arc<dyn Backend>,
     /// A query stops after this long.
     pub timeout: std::time::Duration,
+    /// Metrics (tails open).
+    pub metrics: Metrics,
+    /// Turns true when the aggregator stops: queries and tails end then,
+    /// so that the server's graceful shutdown does not wait for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Resolves once the aggregator is stopping (or its state is gone).
-async fn until_stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn until_stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
     loop {
         if *rx.borrow_and_update() {
             return;
@@ -297,22 +274,111 @@ async fn until_stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// What a tail or query hears when the aggregator stops (both stores).
+/// What a tail or query hears when the aggregator stops.
 pub(crate) fn shutting_down() -> Status {
     Status::unavailable("aggregator shutting down")
 }
 
-fn bad_query(e: QueryError) -> Status {
+/// A query's error as gRPC says it.
+pub(crate) fn bad_query(e: QueryError) -> Status {
     match e {
         QueryError::Parse { .. } | QueryError::Eval(_) => Status::invalid_argument(e.to_string()),
         QueryError::Store(_) => Status::internal(e.to_string()),
         QueryError::Unavailable(_) => Status::unavailable(e.to_string()),
         QueryError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         QueryError::Cancelled => Status::cancelled(e.to_string()),
+        QueryError::Unsupported(_) => Status::unimplemented(e.to_string()),
+        QueryError::Failed(_) => Status::internal(e.to_string()),
+        QueryError::Lagged(_) => Status::resource_exhausted(e.to_string()),
     }
 }
 
 type EntryStream = ReceiverStream<Result<QueryResponse, Status>>;
+
+/// An open tail, counted in the `tails` gauge until dropped.
+pub(crate) struct OpenTail(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenTail {
+    /// Counts one more open tail.
+    pub(crate) fn new(g: prometheus_client::metrics::gauge::Gauge) -> OpenTail {
+        g.inc();
+        OpenTail(g)
+    }
+}
+
+impl Drop for OpenTail {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Forwards a backend's entries as response messages until it ends, the
+/// client leaves, the deadline passes (`deadline`) or the aggregator
+/// stops; `ctl` tells the backend to stop early.
+fn forward(
+    mut entries: crate::backend::Entries,
+    ctl: Arc<Control>,
+    deadline: Option<(tokio::time::Instant, std::time::Duration)>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    on_open: Option<OpenTail>,
+    timeouts: prometheus_client::metrics::counter::Counter,
+) -> EntryStream {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        // Counted while it runs, however it ends.
+        let _open = on_open;
+        let stop = |ctl: &Control| {
+            ctl.cancelled
+                .store(true, std::sync::atomic::Ordering::Relaxed)
+        };
+        let expired = async {
+            match deadline {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+        loop {
+            let next = tokio::select! {
+                n = entries.next() => n,
+                _ = tx.closed() => {
+                    stop(&ctl);
+                    return;
+                }
+                () = &mut expired => {
+                    stop(&ctl);
+                    timeouts.inc();
+                    let after = deadline.map(|d| d.1).unwrap_or_default();
+                    let _ = tx.send(Err(bad_query(QueryError::Timeout(after)))).await;
+                    return;
+                }
+                () = until_stopping(&mut stopping) => {
+                    stop(&ctl);
+                    let _ = tx.send(Err(shutting_down())).await;
+                    return;
+                }
+            };
+            match next {
+                Some(Ok(batch)) => {
+                    // A batch may hold more than one message may carry.
+                    for chunk in messages(batch) {
+                        if tx.send(Ok(QueryResponse { entries: chunk })).await.is_err() {
+                            stop(&ctl);
+                            return;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(bad_query(e))).await;
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
 
 #[tonic::async_trait]
 impl query_server::Query for QueryService {
@@ -328,147 +394,48 @@ impl query_server::Query for QueryService {
             limit: usize::try_from(r.limit).unwrap_or(usize::MAX),
             direction: Direction::try_from(r.direction).unwrap_or(Direction::Forward),
         };
-        let shared = self.shared.clone();
-        let ctl = Arc::new(query::Control {
+        let deadline = (std::time::Instant::now() + self.timeout, self.timeout);
+        let ctl = Arc::new(Control {
             cancelled: Default::default(),
-            deadline: Some((std::time::Instant::now() + self.timeout, self.timeout)),
+            deadline: Some(deadline),
         });
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        // The query runs on the blocking pool and streams as it goes: a
-        // chunk is sent when it holds CHUNK entries or CHUNK_BYTES of text,
-        // so no message outgrows the limit whatever the line lengths, and a
-        // result without a limit is never held whole.
-        let timeouts = self.shared.metrics.query_timeouts.clone();
-        // Stopping cancels the query; the client hears why.
-        // (The watcher must not hold a sender: the response stream ends only
-        // when every sender is gone.)
-        let mut down = self.shared.shutdown.subscribe();
-        let watch_ctl = ctl.clone();
-        let (done, finished) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = until_stopping(&mut down) => {
-                    watch_ctl.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                _ = finished => {}
-            }
-        });
-        let stopping = self.shared.shutdown.subscribe();
-        tokio::task::spawn_blocking(move || {
-            let _done = done;
-            let mut chunk = Vec::new();
-            let mut bytes = 0usize;
-            let send = |chunk: &mut Vec<Entry>, bytes: &mut usize| {
-                *bytes = 0;
-                let entries = std::mem::take(chunk);
-                tx.blocking_send(Ok(QueryResponse { entries })).is_ok()
-            };
-            let res = query::execute_into(&shared, &q, bounds, &ctl, &mut |e| {
-                bytes += e.line.len() + 64;
-                chunk.push(e);
-                if (chunk.len() >= CHUNK || bytes >= CHUNK_BYTES) && !send(&mut chunk, &mut bytes) {
-                    ctl.cancelled
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    return false;
-                }
-                true
-            });
-            match res {
-                Ok(()) => {
-                    if !chunk.is_empty() {
-                        send(&mut chunk, &mut bytes);
-                    }
-                }
-                Err(QueryError::Cancelled) => {
-                    if *stopping.borrow() {
-                        let _ = tx.blocking_send(Err(shutting_down()));
-                    }
-                }
-                Err(e) => {
-                    if matches!(e, QueryError::Timeout(_)) {
-                        timeouts.inc();
-                    }
-                    let _ = tx.blocking_send(Err(bad_query(e)));
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let entries = self
+            .backend
+            .query(q, bounds, ctl.clone())
+            .map_err(bad_query)?;
+        // The store checks the deadline as it reads; this one also ends a
+        // store that waits (an external one) and says so.
+        let at = tokio::time::Instant::now() + self.timeout + std::time::Duration::from_millis(500);
+        Ok(Response::new(forward(
+            entries,
+            ctl,
+            Some((at, self.timeout)),
+            self.stopping.clone(),
+            None,
+            self.metrics.query_timeouts.clone(),
+        )))
     }
 
     async fn tail(&self, req: Request<TailRequest>) -> Result<Response<EntryStream>, Status> {
         let q = query::parse(&req.into_inner().query).map_err(bad_query)?;
-        let mut sub = self.shared.tail.subscribe();
-        let metrics = self.shared.metrics.clone();
-        let mut down = self.shared.shutdown.subscribe();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            metrics.tails.inc();
-            loop {
-                tokio::select! {
-                    _ = tx.closed() => break,
-                    () = until_stopping(&mut down) => {
-                        let _ = tx.send(Err(shutting_down())).await;
-                        break;
-                    }
-                    got = sub.recv() => match got {
-                        Ok(c) => {
-                            let entries = query::matching(&q, &c.node, &c.labels, &c.batch);
-                            if !entries.is_empty() && tx.send(Ok(QueryResponse { entries })).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(e @ crate::tail::TailError::Lagged(_)) => {
-                            // Say so rather than silently skipping lines.
-                            let _ = tx.send(Err(Status::resource_exhausted(e.to_string()))).await;
-                            break;
-                        }
-                        Err(crate::tail::TailError::Closed) => break,
-                    }
-                }
-            }
-            metrics.tails.dec();
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let entries = self.backend.tail(q).map_err(bad_query)?;
+        Ok(Response::new(forward(
+            entries,
+            Arc::default(),
+            None,
+            self.stopping.clone(),
+            Some(OpenTail::new(self.metrics.tails.clone())),
+            self.metrics.query_timeouts.clone(),
+        )))
     }
 
     async fn list_agents(
         &self,
         _: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        Ok(Response::new(ListAgentsResponse {
-            agents: agents(&self.shared),
-        }))
+        let agents = self.backend.agents().await.map_err(bad_query)?;
+        Ok(Response::new(ListAgentsResponse { agents }))
     }
-}
-
-/// Every agent that pushed or sent a heartbeat, sorted by node.
-pub fn agents(shared: &Shared) -> Vec<AgentInfo> {
-    let Ok(ix) = shared.index.read() else {
-        return Vec::new();
-    };
-    let nodes: std::collections::BTreeSet<&String> =
-        ix.agents.keys().chain(ix.live.keys()).collect();
-    nodes
-        .into_iter()
-        .map(|node| {
-            let a = ix.agents.get(node).cloned().unwrap_or_default();
-            let live = ix.live.get(node);
-            let hb = live.and_then(|l| l.heartbeat.clone()).unwrap_or_default();
-            AgentInfo {
-                node: node.clone(),
-                first_push_unix_nano: a.first_push,
-                last_push_unix_nano: a.last_push,
-                lines: a.lines,
-                bytes: a.bytes,
-                last_seen_unix_nano: live.map_or(0, |l| l.last_seen),
-                version: hb.version,
-                files: hb.files,
-                bytes_behind: hb.bytes_behind,
-                last_error: hb.last_error,
-                dead_letter_lines: hb.dead_letter_lines,
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]

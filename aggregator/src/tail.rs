@@ -6,10 +6,25 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use logfleet_proto::v1::{FileLabels, LineBatch};
 use tokio::sync::mpsc;
 
-use crate::ingest::Committed;
+/// Lines just stored, for live tails.
+#[derive(Debug)]
+pub struct Committed {
+    /// Node.
+    pub node: Arc<str>,
+    /// Labels per range index.
+    pub labels: Vec<FileLabels>,
+    /// The lines.
+    pub batch: LineBatch,
+    /// When they became durable.
+    pub at: Instant,
+    /// Their size in memory, roughly: what live tails are bounded by.
+    pub bytes: u64,
+}
 
 /// Bytes of batches one tail may have waiting.
 pub const TAIL_BUDGET: u64 = 16 << 20;

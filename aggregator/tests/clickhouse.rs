@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use logfleet_aggregator::clickhouse::sql::Window;
 use logfleet_aggregator::clickhouse::{ClickHouse, Config, Writer, WriterConfig};
+use logfleet_aggregator::query::QueryExt;
 use logfleet_kubesim::clickhouse::Server;
 use logfleet_proto::v1::{Compression, FileLabels, FileRange, Label, PushRequest, Stream};
 use logfleet_proto::LinesBuilder;
@@ -226,7 +227,7 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
             .iter()
             .filter(|g| {
                 parsed.matches_file(&g.node, &g.labels)
-                    && parsed.matches_line(g.stream as i32, &g.text)
+                    && parsed.matches_stored(g.stream as i32, &g.text)
             })
             .map(|g| (g.ts, g.text.clone()))
             .collect();
@@ -545,7 +546,7 @@ async fn the_same_answers_as_the_embedded_store() {
         1_764_756_000_000_000_000i64,
         1_764_756_000_000_000_000i64 + 400_000,
     );
-    let steps = logfleet_aggregator::logql::eval::Steps {
+    let steps = logfleet_logql::eval::Steps {
         start: first,
         end: last,
         step: 50_000,
@@ -562,13 +563,11 @@ async fn the_same_answers_as_the_embedded_store() {
         r#"sum by (pod) (count_over_time({namespace=~".+"} | pod != "web-1" [100us]))"#,
         r#"absent_over_time({pod="checkout-0", stream="stderr"} |= "status=500" [60us])"#,
     ] {
-        let logfleet_aggregator::logql::Expr::Metric(m) =
-            logfleet_aggregator::logql::parse(q).unwrap()
-        else {
+        let logfleet_logql::Expr::Metric(m) = logfleet_logql::parse(q).unwrap() else {
             panic!("{q} is no metric query");
         };
-        let want = logfleet_aggregator::logql::run::metric(&shared, &m, steps, &Default::default())
-            .unwrap();
+        let want =
+            logfleet_aggregator::evaluate::metric(&shared, &m, steps, &Default::default()).unwrap();
         let got = ch.metric(m.clone(), steps).await.unwrap();
         assert_eq!(format!("{got:?}"), format!("{want:?}"), "{q}");
         assert!(

@@ -275,8 +275,8 @@ pub fn plan_tls(
 /// The names agents and readers reach the aggregator by: its Service in
 /// every form cluster DNS answers, and its pod through the headless one.
 pub fn serving_dns_names(collector: &str, ns: &str) -> Vec<String> {
-    let svc = crate::render::aggregator_name(collector);
-    let headless = crate::render::aggregator_headless_name(collector);
+    let svc = crate::names::aggregator_name(collector);
+    let headless = crate::names::aggregator_headless_name(collector);
     vec![
         format!("{svc}.{ns}.svc"),
         svc.clone(),

@@ -178,7 +178,7 @@ pub fn scope_of(d: &Dump, ds: &DaemonSet) -> Option<k8s_openapi::api::core::v1::
             .is_some_and(|n| crate::names::instance(n) == instance)
             && c.metadata.namespace == ds.metadata.namespace
     })?;
-    crate::status::scope_selector(&lc.spec.node_scope)
+    crate::placement::scope_selector(&lc.spec.node_scope)
 }
 
 /// The pods a DaemonSet owns.

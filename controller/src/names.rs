@@ -65,6 +65,16 @@ pub fn instance(name: &str) -> String {
     }
 }
 
+/// Name of the aggregator StatefulSet (and its Service).
+pub fn aggregator_name(lc: &str) -> String {
+    child(lc, "-aggregator", MAX_CHILD)
+}
+
+/// Name of the aggregator's headless (governing) Service.
+pub fn aggregator_headless_name(lc: &str) -> String {
+    child(lc, "-aggregator-headless", 63)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -275,6 +275,29 @@ pub fn placement(node: &Node, spec: &PodSpec) -> Result<(), Misplacement> {
     Ok(())
 }
 
+/// The node selector of a scope, as coverage takes it.
+pub fn scope_selector(scope: &crate::crd::NodeScope) -> Option<NodeSelector> {
+    if scope.node_selector.is_empty() {
+        return None;
+    }
+    Some(NodeSelector {
+        node_selector_terms: vec![NodeSelectorTerm {
+            match_expressions: Some(
+                scope
+                    .node_selector
+                    .iter()
+                    .map(|(k, v)| NodeSelectorRequirement {
+                        key: k.clone(),
+                        operator: "In".into(),
+                        values: Some(vec![v.clone()]),
+                    })
+                    .collect(),
+            ),
+            match_fields: None,
+        }],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,15 +137,7 @@ pub fn agent_name(lc: &str) -> String {
     crate::names::child(lc, "-agent", crate::names::MAX_CHILD)
 }
 
-/// Name of the aggregator StatefulSet (and its Service).
-pub fn aggregator_name(lc: &str) -> String {
-    crate::names::child(lc, "-aggregator", crate::names::MAX_CHILD)
-}
-
-/// Name of the aggregator's headless (governing) Service.
-pub fn aggregator_headless_name(lc: &str) -> String {
-    crate::names::child(lc, "-aggregator-headless", 63)
-}
+pub use crate::names::{aggregator_headless_name, aggregator_name};
 
 /// The aggregator's in-cluster HTTP URL (agents API, metrics).
 pub fn aggregator_http_url(lc: &str, ns: &str, tls: bool) -> String {

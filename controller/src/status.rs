@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{
-    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
-};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -100,29 +98,6 @@ pub struct Outcome {
     pub notices: Vec<Notice>,
     /// Per-node coverage (for metrics).
     pub rows: Vec<NodeCoverage>,
-}
-
-/// The node selector of a scope, as coverage takes it.
-pub fn scope_selector(scope: &NodeScope) -> Option<NodeSelector> {
-    if scope.node_selector.is_empty() {
-        return None;
-    }
-    Some(NodeSelector {
-        node_selector_terms: vec![NodeSelectorTerm {
-            match_expressions: Some(
-                scope
-                    .node_selector
-                    .iter()
-                    .map(|(k, v)| NodeSelectorRequirement {
-                        key: k.clone(),
-                        operator: "In".into(),
-                        values: Some(vec![v.clone()]),
-                    })
-                    .collect(),
-            ),
-            match_fields: None,
-        }],
-    })
 }
 
 /// Parses `openshift.io/node-selector` (`k=v,k2=v2`).
@@ -279,7 +254,7 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
             "pod-template-generation",
         ),
     };
-    let scope = scope_selector(o.scope);
+    let scope = crate::placement::scope_selector(o.scope);
     let empty = BTreeMap::new();
     let (rows, summary) = coverage::classify(Inputs {
         nodes: o.nodes,

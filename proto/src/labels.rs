@@ -1,26 +1,6 @@
-//! Label names as every part uses them: the agent names pod labels, the
-//! aggregator names labels that LogQL parsers extract, the controller
-//! renders the agents' default selection.
-
-/// Replaces every character outside `[A-Za-z0-9_]` by `_`, and puts a `_`
-/// before a leading digit: a name Prometheus and Loki accept
-/// (`app.kubernetes.io/name` becomes `app_kubernetes_io_name`).
-pub fn sanitize(name: &str) -> String {
-    let mut out: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
-}
+//! The pod labels agents copy onto lines by default, as the agent and the
+//! controller's rendering both need them. What a label name may be is
+//! LogQL's rule: `logfleet_logql::labels::sanitize`.
 
 /// The pod labels agents copy onto lines unless told otherwise: `app` and
 /// the recommended `app.kubernetes.io/*` set.
@@ -33,16 +13,3 @@ pub const DEFAULT_POD_LABELS: [&str; 7] = [
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/managed-by",
 ];
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names_are_made_valid() {
-        assert_eq!(
-            super::sanitize("app.kubernetes.io/name"),
-            "app_kubernetes_io_name"
-        );
-        assert_eq!(super::sanitize("1st"), "_1st");
-        assert_eq!(super::sanitize("ok_9"), "ok_9");
-    }
-}

@@ -48,7 +48,7 @@ pub use logfleet_proto::labels::DEFAULT_POD_LABELS;
 /// `label_` prefix. `app.kubernetes.io/name` becomes
 /// `app_kubernetes_io_name`.
 pub fn sanitize(key: &str) -> String {
-    let mut s = logfleet_proto::labels::sanitize(key);
+    let mut s = logfleet_logql::labels::sanitize(key);
     if s.is_empty() {
         s.push('_');
     }

@@ -1,7 +1,8 @@
 //! ClickHouse as the store (issue 12): schema, exactly-once inserts, log
 //! and metric queries and retention over ClickHouse's HTTP interface, for
 //! the Debian package's 18.16 as for current releases, on one server or a
-//! cluster; [`serve`] is the aggregator over it, [`loki`] its Loki API.
+//! cluster; [`backend`] is the aggregator's [`crate::backend::Backend`]
+//! over it.
 //!
 //! Exactly-once: every line is a row keyed by its identity (node, file,
 //! offset) in a ReplacingMergeTree, so a re-sent range (an agent's retry,
@@ -19,9 +20,8 @@
 //! SQL: they run in the aggregator over pages of lines.
 //! See docs/ARCHITECTURE.md, "Known gaps".
 
-pub mod loki;
+pub mod backend;
 pub mod rowbinary;
-pub mod serve;
 pub mod sql;
 
 use std::sync::Arc;
@@ -465,9 +465,9 @@ impl ClickHouse {
     /// rest, so the answers are the same.
     pub async fn metric(
         &self,
-        m: crate::logql::Metric,
-        steps: crate::logql::eval::Steps,
-    ) -> Result<crate::logql::eval::Value, crate::query::QueryError> {
+        m: logfleet_logql::Metric,
+        steps: logfleet_logql::eval::Steps,
+    ) -> Result<logfleet_logql::eval::Value, crate::query::QueryError> {
         use crate::query::QueryError;
         let ch = self.clone();
         let handle = tokio::runtime::Handle::current();
@@ -478,16 +478,16 @@ impl ClickHouse {
             let bucket_ch = ch.clone();
             let bucket_handle = handle.clone();
             let mut buckets =
-                move |agg: &crate::logql::RangeAgg,
-                      b: crate::logql::run::Buckets,
-                      f: &mut crate::logql::run::BucketSink<'_>| {
-                    use crate::logql::RangeOp as O;
+                move |agg: &logfleet_logql::RangeAgg,
+                      b: crate::evaluate::Buckets,
+                      f: &mut crate::evaluate::BucketSink<'_>| {
+                    use logfleet_logql::RangeOp as O;
                     let bytes = matches!(agg.op, O::BytesOverTime | O::BytesRate);
                     bucket_handle
                         .block_on(bucket_ch.buckets(&agg.query, b, bytes, f))
                         .map_err(|e| QueryError::Unavailable(e.to_string()))
                 };
-            crate::logql::run::metric_over_buckets(
+            crate::evaluate::metric_over_buckets(
                 &m,
                 steps,
                 &mut |agg, bounds, f| {
@@ -546,9 +546,9 @@ impl ClickHouse {
     async fn buckets(
         &self,
         q: &Query,
-        b: crate::logql::run::Buckets,
+        b: crate::evaluate::Buckets,
         bytes: bool,
-        f: &mut crate::logql::run::BucketSink<'_>,
+        f: &mut crate::evaluate::BucketSink<'_>,
     ) -> Result<(), ClickHouseError> {
         // The stages (label-only here) are the evaluator's.
         let base = without_stages(q);
@@ -569,7 +569,7 @@ impl ClickHouse {
             let lines = r.u64()?;
             let bytes = r.u64()?;
             f(
-                crate::query::label_pairs(&node, &labels, i32::from(stream)),
+                crate::labels::label_pairs(&node, &labels, i32::from(stream)),
                 bucket,
                 lines,
                 bytes,
@@ -712,7 +712,7 @@ impl Pages {
 /// query's limit counts lines that passed them.
 pub struct Answer {
     pages: Pages,
-    pipeline: crate::pipeline::Pipeline,
+    pipeline: logfleet_logql::pipeline::Pipeline,
     limit: u64,
     sent: u64,
 }
@@ -749,14 +749,14 @@ impl Answer {
                 let mut e = r.entry;
                 if !self.pipeline.is_empty() {
                     let labels = e.labels.clone().unwrap_or_default();
-                    let stream: crate::pipeline::Labels =
-                        crate::query::label_pairs(&e.node, &labels, e.stream)
+                    let stream: logfleet_logql::pipeline::Labels =
+                        crate::labels::label_pairs(&e.node, &labels, e.stream)
                             .into_iter()
                             .collect();
                     let Some(p) = self.pipeline.process(&stream, &e.line) else {
                         continue;
                     };
-                    crate::query::pipe(&mut e, p);
+                    crate::labels::pipe(&mut e, p);
                 }
                 out.push(e);
                 self.sent += 1;

@@ -366,7 +366,7 @@ pub fn series(db: &str, q: &Query, from: i64, to: i64) -> Result<String, Unsuppo
 
 /// Lines and bytes of text of `q`'s selector and line filters counted in
 /// ClickHouse, per stream and bucket of `width` ns from `from` (see
-/// `logql::run::Buckets`), each line once, over `[from, to)`: RowBinary of
+/// `crate::evaluate::Buckets`), each line once, over `[from, to)`: RowBinary of
 /// [`STREAM_COLUMNS`], stream (UInt8), bucket (Int64), lines and bytes
 /// (UInt64). Only the counts cross the wire. `bytes` false: the text is
 /// not read at all.

@@ -21,9 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{json, Value as Json};
 
-use crate::ingest::Shared;
-use crate::logql::{self, eval::Steps, Expr};
+use crate::backend::Backend;
+use crate::labels::{entry_labels, entry_text};
 use crate::query::{self, Bounds, Control, QueryError};
+use logfleet_logql::{self as logql, eval::Steps, Expr};
 use params::{ParamError, Params, RangeRequest};
 
 /// The Loki release whose HTTP API this follows; reported by `buildinfo`,
@@ -34,18 +35,16 @@ pub const LOKI_API_VERSION: &str = "3.0.0";
 #[derive(Clone)]
 pub struct LokiState {
     /// The store.
-    pub shared: Arc<Shared>,
+    pub backend: Arc<dyn Backend>,
     /// A query stops after this long.
     pub timeout: Duration,
-    /// Where pushes go; `None`: the push endpoint answers 404.
-    pub writer: Option<crate::ingest::Writer>,
-    /// Per-stream state of Loki pushes.
-    pub push_streams: Arc<push::Streams>,
-    /// Payload limits, as for agents' pushes.
-    pub limits: logfleet_proto::Limits,
     /// Queries that may run at once (`--max-concurrent-requests`, as for
     /// gRPC); more wait for a turn. Each holds files and a blocking thread.
     pub queries: Arc<tokio::sync::Semaphore>,
+    /// The aggregator's metrics.
+    pub metrics: crate::metrics::Metrics,
+    /// Turns true when the aggregator stops: live tails end then.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The push route, for merging behind the push-token check.
@@ -57,8 +56,8 @@ pub fn push_router<S: Clone + Send + Sync + 'static>(state: LokiState) -> axum::
 }
 
 /// A Loki push body as sent (gzip or not, JSON or snappy protobuf),
-/// decoded into its streams; the same for both stores.
-pub(crate) fn push_body(
+/// decoded into its streams.
+fn push_body(
     headers: &axum::http::HeaderMap,
     body: &Bytes,
 ) -> Result<Vec<push::Incoming>, ApiError> {
@@ -100,7 +99,7 @@ pub(crate) fn push_body(
 }
 
 /// A refused push as the API's error.
-pub(crate) fn refused(r: push::Refused) -> ApiError {
+fn refused(r: push::Refused) -> ApiError {
     error(
         StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
         r.msg,
@@ -112,29 +111,9 @@ async fn push_handler(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some(writer) = &st.writer else {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "this aggregator takes no pushes",
-        ));
-    };
     let incoming = push_body(&headers, &body)?;
-    let text: u64 = incoming
-        .iter()
-        .flat_map(|s| s.entries.iter())
-        .map(|e| e.1.len() as u64 + 16)
-        .sum();
-    if !writer.has_room(text) {
-        // Loki's answer under back-pressure: the client backs off and
-        // retries, nothing is lost.
-        return Err(error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "the aggregator is at its in-flight limit (--max-inflight); retry later",
-        ));
-    }
-    push::store(&st.shared, writer, &st.push_streams, incoming, st.limits)
-        .await
-        .map_err(refused)?;
+    push::count_metadata(&incoming, &st.metrics);
+    st.backend.push_loki(incoming).await.map_err(refused)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -162,7 +141,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: LokiState) -> axum::Route
         .with_state(state)
 }
 
-pub(crate) fn now_ns() -> i64 {
+fn now_ns() -> i64 {
     chrono::Utc::now()
         .timestamp_nanos_opt()
         .unwrap_or(i64::MAX / 2)
@@ -187,7 +166,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+fn error(status: StatusCode, msg: impl Into<String>) -> ApiError {
     ApiError {
         status,
         msg: msg.into(),
@@ -206,7 +185,7 @@ impl From<QueryError> for ApiError {
     }
 }
 
-pub(crate) fn query_error(e: QueryError) -> ApiError {
+fn query_error(e: QueryError) -> ApiError {
     match e {
         QueryError::Parse { pos, msg } => error(
             StatusCode::BAD_REQUEST,
@@ -221,18 +200,21 @@ pub(crate) fn query_error(e: QueryError) -> ApiError {
         ),
         QueryError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         QueryError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        QueryError::Unsupported(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        QueryError::Failed(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        QueryError::Lagged(_) => error(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
     }
 }
 
 /// Loki's text when a selector could select every stream.
 pub const EMPTY_SELECTOR: &str = "parse error : queries require at least one regexp or equality matcher that does not have an empty-compatible value. For instance, app=~\".*\" does not meet this requirement, but app=~\".+\" will";
 
-pub(crate) fn success(data: Json) -> Response {
+fn success(data: Json) -> Response {
     axum::Json(json!({"status": "success", "data": data})).into_response()
 }
 
-pub(crate) fn parse_expr(text: &str) -> Result<Expr, ApiError> {
-    let e = logql::parse(text)?;
+fn parse_expr(text: &str) -> Result<Expr, ApiError> {
+    let e = logql::parse(text).map_err(QueryError::from)?;
     let selectors: Vec<&query::Query> = match &e {
         Expr::Log(q) => vec![q],
         Expr::Metric(m) => m.ranges().into_iter().map(|r| &r.query).collect(),
@@ -243,34 +225,40 @@ pub(crate) fn parse_expr(text: &str) -> Result<Expr, ApiError> {
     Ok(e)
 }
 
-/// Runs blocking store work off the async threads, with the deadline.
-async fn blocking<T: Send + 'static>(
+/// Runs a store call with a turn among `--max-concurrent-requests` and
+/// the query deadline.
+async fn with_turn<T, F>(
     st: &LokiState,
-    f: impl FnOnce(&Shared, &Control) -> Result<T, QueryError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let shared = st.shared.clone();
-    let ctl = Control {
+    f: impl FnOnce(Arc<dyn Backend>, Arc<Control>) -> F,
+) -> Result<T, ApiError>
+where
+    F: std::future::Future<Output = Result<T, QueryError>>,
+{
+    let ctl = Arc::new(Control {
         cancelled: Default::default(),
         deadline: Some((std::time::Instant::now() + st.timeout, st.timeout)),
-    };
-    let turn = st
+    });
+    let _turn = st
         .queries
         .clone()
         .acquire_owned()
         .await
         .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    match tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        f(&shared, &ctl)
-    })
-    .await
-    {
+    // The store checks the deadline as it reads; this one also ends a
+    // store that waits (an external one).
+    let limit = st.timeout + Duration::from_millis(500);
+    match tokio::time::timeout(limit, f(st.backend.clone(), ctl.clone())).await {
         Ok(r) => r.map_err(query_error),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(_) => {
+            ctl.cancelled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            st.metrics.query_timeouts.inc();
+            Err(query_error(QueryError::Timeout(st.timeout)))
+        }
     }
 }
 
-pub(crate) fn stats(started: std::time::Instant, entries: usize) -> Json {
+fn stats(started: std::time::Instant, entries: usize) -> Json {
     json!({"summary": {
         "execTime": started.elapsed().as_secs_f64(),
         "totalEntriesReturned": entries,
@@ -279,27 +267,28 @@ pub(crate) fn stats(started: std::time::Instant, entries: usize) -> Json {
 
 /// The lines of a log query in the order asked for, with their labels
 /// after `| drop` and `| keep`.
-fn log_lines(
-    shared: &Shared,
-    q: &query::Query,
-    r: &RangeRequest,
-    ctl: &Control,
+async fn log_lines(
+    backend: Arc<dyn Backend>,
+    q: query::Query,
+    r: RangeRequest,
+    ctl: Arc<Control>,
 ) -> Result<Vec<(logql::eval::Labels, i64, String)>, QueryError> {
+    use tokio_stream::StreamExt;
     let bounds = Bounds {
         from: Some(r.start),
         to: Some(r.end),
         limit: r.limit,
         direction: r.direction,
     };
+    let mut entries = backend.query(q, bounds, ctl)?;
     let mut out = Vec::new();
-    query::execute_into(shared, q, bounds, ctl, &mut |e| {
-        out.push((
-            query::entry_labels(&e),
-            e.ts_unix_nano,
-            query::entry_text(&e),
-        ));
-        true
-    })?;
+    while let Some(batch) = entries.next().await {
+        out.extend(
+            batch?
+                .iter()
+                .map(|e| (entry_labels(e), e.ts_unix_nano, entry_text(e))),
+        );
+    }
     Ok(out)
 }
 
@@ -314,15 +303,12 @@ async fn query_range(
     Ok(match parse_expr(&r.query)? {
         Expr::Log(q) => {
             let req = r.clone();
-            let lines = blocking(&st, move |shared, ctl| log_lines(shared, &q, &req, ctl)).await?;
+            let lines = with_turn(&st, |b, ctl| log_lines(b, q, req, ctl)).await?;
             streams_response(lines, started)
         }
         Expr::Metric(m) => {
             let steps = r.steps();
-            let v = blocking(&st, move |shared, ctl| {
-                logql::run::metric(shared, &m, steps, ctl)
-            })
-            .await?;
+            let v = with_turn(&st, |b, ctl| async move { b.metric(m, steps, ctl).await }).await?;
             matrix_response(v, steps, started)
         }
     })
@@ -336,16 +322,13 @@ async fn instant(
     let started = std::time::Instant::now();
     let (t, m) = instant_request(&Params::new(raw.as_deref(), &body))?;
     let steps = Steps::instant(t);
-    let v = blocking(&st, move |shared, ctl| {
-        logql::run::metric(shared, &m, steps, ctl)
-    })
-    .await?;
+    let v = with_turn(&st, |b, ctl| async move { b.metric(m, steps, ctl).await }).await?;
     Ok(instant_response(v, t, started))
 }
 
 /// An instant query's time (default now) and metric expression; a log
 /// query is refused with Loki's text.
-pub(crate) fn instant_request(p: &Params) -> Result<(i64, logql::Metric), ApiError> {
+fn instant_request(p: &Params) -> Result<(i64, logql::Metric), ApiError> {
     let t = p
         .get("time")
         .map(params::parse_time)
@@ -361,21 +344,13 @@ pub(crate) fn instant_request(p: &Params) -> Result<(i64, logql::Metric), ApiErr
 }
 
 /// An instant query's answer.
-pub(crate) fn instant_response(
-    v: logql::eval::Value,
-    t: i64,
-    started: std::time::Instant,
-) -> Response {
+fn instant_response(v: logql::eval::Value, t: i64, started: std::time::Instant) -> Response {
     let (kind, result) = params::instant_json(v, t);
     success(json!({"resultType": kind, "result": result, "stats": stats(started, 0)}))
 }
 
 /// A range query's metric answer.
-pub(crate) fn matrix_response(
-    v: logql::eval::Value,
-    steps: Steps,
-    started: std::time::Instant,
-) -> Response {
+fn matrix_response(v: logql::eval::Value, steps: Steps, started: std::time::Instant) -> Response {
     success(json!({
         "resultType": "matrix",
         "result": params::matrix_json(v, steps),
@@ -384,7 +359,7 @@ pub(crate) fn matrix_response(
 }
 
 /// A log query's answer: lines grouped into streams.
-pub(crate) fn streams_response(
+fn streams_response(
     lines: Vec<(logql::eval::Labels, i64, String)>,
     started: std::time::Instant,
 ) -> Response {
@@ -396,41 +371,9 @@ pub(crate) fn streams_response(
     }))
 }
 
-/// The streams (label sets of files) that the `query` or `match[]`
-/// selectors pick; all when there are none.
-fn selected_streams(
-    shared: &Shared,
-    selectors: &[query::Query],
-    start: i64,
-    end: i64,
-) -> Result<Vec<logql::eval::Labels>, QueryError> {
-    let bounds = Bounds {
-        from: Some(start),
-        to: Some(end),
-        limit: 0,
-        direction: logfleet_proto::v1::Direction::Forward,
-    };
-    let all = [query::Query::default()];
-    let selectors = if selectors.is_empty() {
-        &all[..]
-    } else {
-        selectors
-    };
-    let mut out = Vec::new();
-    for q in selectors {
-        for s in query::streams_in_range(shared, q, bounds)? {
-            // A file's stream label is per line: leave it out here.
-            out.push(query::label_pairs(&s.node, &s.labels, 0));
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
 /// The range of the label and series endpoints: `start`/`end`/`since`,
 /// by default the last six hours, as Loki's.
-pub(crate) fn label_range(p: &Params) -> Result<(i64, i64), ApiError> {
+fn label_range(p: &Params) -> Result<(i64, i64), ApiError> {
     let mut r = params::range_request(p, now_ns())?;
     if p.get("start").is_none() && p.get("since").is_none() {
         r.start = r.end - 6 * params::DEFAULT_RANGE_NS;
@@ -438,22 +381,7 @@ pub(crate) fn label_range(p: &Params) -> Result<(i64, i64), ApiError> {
     Ok((r.start, r.end))
 }
 
-/// The label sets of the streams the `key` selectors pick in the
-/// request's range (labels, label values).
-async fn streams_of(
-    st: &LokiState,
-    p: &Params,
-    key: &str,
-) -> Result<Vec<logql::eval::Labels>, ApiError> {
-    let sel = selectors(p, key)?;
-    let (start, end) = label_range(p)?;
-    blocking(st, move |shared, _| {
-        selected_streams(shared, &sel, start, end)
-    })
-    .await
-}
-
-pub(crate) fn selectors(p: &Params, key: &str) -> Result<Vec<query::Query>, ApiError> {
+fn selectors(p: &Params, key: &str) -> Result<Vec<query::Query>, ApiError> {
     Ok(p.all(key)
         .into_iter()
         .filter(|s| !s.trim().is_empty())
@@ -461,21 +389,24 @@ pub(crate) fn selectors(p: &Params, key: &str) -> Result<Vec<query::Query>, ApiE
         .collect::<Result<_, _>>()?)
 }
 
+/// The selector of a label request (`query`), if any.
+fn selector(p: &Params) -> Result<Option<query::Query>, ApiError> {
+    Ok(selectors(p, "query")?.into_iter().next())
+}
+
 async fn labels(
     State(st): State<LokiState>,
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let streams = streams_of(&st, &Params::new(raw.as_deref(), &body), "query").await?;
-    let mut names: Vec<&str> = streams
-        .iter()
-        .flat_map(|l| l.iter().map(|(n, _)| n.as_str()))
-        .collect();
-    if !streams.is_empty() {
-        names.push("stream");
-    }
-    names.sort_unstable();
-    names.dedup();
+    let p = Params::new(raw.as_deref(), &body);
+    let sel = selector(&p)?;
+    let (start, end) = label_range(&p)?;
+    let names = with_turn(
+        &st,
+        |b, _| async move { b.label_names(sel, start, end).await },
+    )
+    .await?;
     Ok(success(json!(names)))
 }
 
@@ -485,28 +416,19 @@ async fn label_values(
     RawQuery(raw): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let streams = streams_of(&st, &Params::new(raw.as_deref(), &body), "query").await?;
-    let mut values: Vec<String> = if name == "stream" {
-        // Per line, not per file: the values a line can have.
-        if streams.is_empty() {
-            Vec::new()
-        } else {
-            vec!["stderr".into(), "stdout".into()]
-        }
-    } else {
-        streams
-            .into_iter()
-            .flat_map(|l| l.into_iter().filter(|(n, _)| *n == name).map(|(_, v)| v))
-            .collect()
-    };
-    values.sort_unstable();
-    values.dedup();
+    let p = Params::new(raw.as_deref(), &body);
+    let sel = selector(&p)?;
+    let (start, end) = label_range(&p)?;
+    let values = with_turn(&st, |b, _| async move {
+        b.label_values(name, sel, start, end).await
+    })
+    .await?;
     Ok(success(json!(values)))
 }
 
 /// The selectors of a `series` request (`match[]`, or `match`): label
 /// matchers only, as Loki takes them.
-pub(crate) fn series_selectors(p: &Params) -> Result<Vec<query::Query>, ApiError> {
+fn series_selectors(p: &Params) -> Result<Vec<query::Query>, ApiError> {
     let mut sel = selectors(p, "match[]")?;
     sel.extend(selectors(p, "match")?);
     if sel
@@ -529,10 +451,7 @@ async fn series(
     let p = Params::new(raw.as_deref(), &body);
     let sel = series_selectors(&p)?;
     let (start, end) = label_range(&p)?;
-    let streams = blocking(&st, move |shared, _| {
-        selected_streams(shared, &sel, start, end)
-    })
-    .await?;
+    let streams = with_turn(&st, |b, _| async move { b.streams(sel, start, end).await }).await?;
     Ok(success(Json::Array(
         streams
             .into_iter()
@@ -574,12 +493,25 @@ async fn tail_socket(
     mut socket: axum::extract::ws::WebSocket,
 ) {
     use axum::extract::ws::{CloseFrame, Message};
-    // Subscribe before reading the history: a batch stored in between is
-    // in both, and the history's keys tell which of its lines to skip.
-    let mut sub = st.shared.tail.subscribe();
-    let mut down = st.shared.shutdown.subscribe();
-    let metrics = st.shared.metrics.clone();
-    metrics.tails.inc();
+    use tokio_stream::StreamExt;
+    let close = |code: u16, reason: String| {
+        Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+    };
+    // Follow before reading the history: a batch stored in between is in
+    // both, and the history's keys tell which of its lines to skip.
+    let mut live = match st.backend.tail(q.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = socket.send(close(1011, e.to_string())).await;
+            return;
+        }
+    };
+    let mut down = st.stopping.clone();
+    // Counted while open, however it ends.
+    let _open = crate::service::OpenTail::new(st.metrics.tails.clone());
     let history = RangeRequest {
         end: i64::MAX,
         direction: logfleet_proto::v1::Direction::Backward,
@@ -587,11 +519,7 @@ async fn tail_socket(
     };
     let hq = q.clone();
     let mut seen = std::collections::HashSet::new();
-    match blocking(&st, move |shared, ctl| {
-        log_lines(shared, &hq, &history, ctl)
-    })
-    .await
-    {
+    match with_turn(&st, |b, ctl| log_lines(b, hq, history, ctl)).await {
         Ok(mut lines) => {
             lines.reverse();
             // Keyed by labels too: the same text at the same instant in
@@ -604,18 +532,11 @@ async fn tail_socket(
                 .await
                 .is_err()
             {
-                metrics.tails.dec();
                 return;
             }
         }
         Err(e) => {
-            let _ = socket
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1011,
-                    reason: e.msg.into(),
-                })))
-                .await;
-            metrics.tails.dec();
+            let _ = socket.send(close(1011, e.msg)).await;
             return;
         }
     }
@@ -625,20 +546,15 @@ async fn tail_socket(
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {}
             },
-            changed = down.changed() => {
-                if changed.is_err() || *down.borrow() {
-                    let _ = socket.send(Message::Close(Some(CloseFrame {
-                        code: 1001,
-                        reason: "aggregator shutting down".into(),
-                    }))).await;
-                    break;
-                }
+            () = crate::service::until_stopping(&mut down) => {
+                let _ = socket.send(close(1001, "aggregator shutting down".into())).await;
+                break;
             }
-            got = sub.recv() => match got {
-                Ok(c) => {
-                    let lines: Vec<_> = query::matching(&q, &c.node, &c.labels, &c.batch)
-                        .into_iter()
-                        .map(|e| (query::entry_labels(&e), e.ts_unix_nano, query::entry_text(&e)))
+            got = live.next() => match got {
+                Some(Ok(entries)) => {
+                    let lines: Vec<_> = entries
+                        .iter()
+                        .map(|e| (entry_labels(e), e.ts_unix_nano, entry_text(e)))
                         .filter(|(labels, ts, line)| {
                             seen.is_empty() || !seen.contains(&(labels.clone(), *ts, line.clone()))
                         })
@@ -649,19 +565,15 @@ async fn tail_socket(
                         break;
                     }
                 }
-                Err(e @ crate::tail::TailError::Lagged(_)) => {
-                    // Said, not skipped in silence.
-                    let _ = socket.send(Message::Close(Some(CloseFrame {
-                        code: 1011,
-                        reason: e.to_string().into(),
-                    }))).await;
+                // Said, not skipped in silence.
+                Some(Err(e)) => {
+                    let _ = socket.send(close(1011, e.to_string())).await;
                     break;
                 }
-                Err(crate::tail::TailError::Closed) => break,
+                None => break,
             }
         }
     }
-    metrics.tails.dec();
 }
 
 /// Loki's `index/stats`: what a query would read, from the indexes.
@@ -676,13 +588,12 @@ async fn index_stats(
     if !q.selects_something() {
         return Err(error(StatusCode::BAD_REQUEST, EMPTY_SELECTOR));
     }
-    let bounds = Bounds {
-        from: Some(r.start),
-        to: Some(r.end),
-        limit: 0,
-        direction: r.direction,
-    };
-    let s = blocking(&st, move |shared, _| query::index_stats(shared, &q, bounds)).await?;
+    let (start, end) = (r.start, r.end);
+    let s = with_turn(
+        &st,
+        |b, _| async move { b.index_stats(q, start, end).await },
+    )
+    .await?;
     Ok(axum::Json(json!({
         "streams": s.streams,
         "chunks": s.chunks,

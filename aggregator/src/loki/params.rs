@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use logfleet_proto::v1::Direction;
 use serde_json::{json, Value as Json};
 
-use crate::logql::eval::{Labels, Matrix, Steps, Value};
+use logfleet_logql::eval::{Labels, Matrix, Steps, Value};
 
 /// Loki's default `limit` for log queries.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -115,7 +115,7 @@ pub fn range_request(p: &Params, now: i64) -> Result<RangeRequest, ParamError> {
     let since = p
         .get("since")
         .map(|s| {
-            crate::logql::parse_duration(s).ok_or_else(|| {
+            logfleet_logql::parse_duration(s).ok_or_else(|| {
                 ParamError(format!("invalid since {s:?}: use a duration such as 1h"))
             })
         })
@@ -153,7 +153,7 @@ pub fn range_request(p: &Params, now: i64) -> Result<RangeRequest, ParamError> {
         }
     };
     let step = match p.get("step") {
-        Some(s) => crate::logql::parse_step(s)
+        Some(s) => logfleet_logql::parse_step(s)
             .map(|d| d.as_nanos() as i64)
             .ok_or_else(|| {
                 ParamError(format!(

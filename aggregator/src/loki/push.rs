@@ -403,7 +403,7 @@ pub struct Outcome {
 }
 
 /// Structured metadata is not kept (no place for it yet): counted and
-/// said, not dropped in silence. Both stores.
+/// said, not dropped in silence.
 pub fn count_metadata(incoming: &[Incoming], metrics: &crate::metrics::Metrics) {
     let metadata: u64 = incoming.iter().map(|s| s.with_metadata).sum();
     if metadata > 0 {
@@ -424,7 +424,6 @@ pub async fn store(
     limits: logfleet_proto::Limits,
 ) -> Result<Outcome, Refused> {
     let mut out = Outcome::default();
-    count_metadata(&incoming, &shared.metrics);
     for s in incoming {
         let t = target(&s.labels)?;
         let lock = streams.lock_for(&t);

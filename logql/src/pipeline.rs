@@ -173,7 +173,7 @@ pub struct Pipeline {
 }
 
 /// Replaces what may not be in a label name by `_`.
-pub use logfleet_proto::labels::sanitize;
+pub use crate::labels::sanitize;
 
 /// Adds an extracted label: a name the stream already has gets
 /// `_extracted`.
@@ -319,7 +319,7 @@ fn pattern_match(parts: &[PatternPart], line: &str) -> Option<Vec<(String, Strin
 
 /// Reads a duration label value (`1.5s`, `250ms`, `1h2m`) as seconds.
 pub fn parse_duration_secs(s: &str) -> Option<f64> {
-    crate::logql::parse_duration(s.trim()).map(|ns| ns as f64 / 1e9)
+    crate::syntax::parse_duration(s.trim()).map(|ns| ns as f64 / 1e9)
 }
 
 /// Reads a size (`20KB`, `1.5MiB`, `512`, `3 kB`) as bytes.
@@ -807,18 +807,18 @@ impl Unwrap {
 }
 
 /// What follows a `|` in a log query.
-pub(crate) enum Parsed {
+pub enum Parsed {
     /// A stage.
     Stage(Stage),
     /// `unwrap`: only in range aggregations.
     Unwrap(Unwrap),
 }
 
-use crate::query::{Parser, QueryError};
+use crate::syntax::{ParseError, Parser};
 
 /// Parses what follows `|` (the `|` eaten): a named stage or a label
 /// filter expression.
-pub(crate) fn parse_stage(p: &mut Parser<'_>) -> Result<Parsed, QueryError> {
+pub fn parse_stage(p: &mut Parser<'_>) -> Result<Parsed, ParseError> {
     let at = p.pos;
     let word = p.ident()?;
     let stage = match word {
@@ -915,7 +915,7 @@ pub(crate) fn parse_stage(p: &mut Parser<'_>) -> Result<Parsed, QueryError> {
 }
 
 /// `| json a="x.y[0]", b` parameters (none: every field).
-fn json_params(p: &mut Parser<'_>) -> Result<Vec<(String, Vec<PathPart>)>, QueryError> {
+fn json_params(p: &mut Parser<'_>) -> Result<Vec<(String, Vec<PathPart>)>, ParseError> {
     let mut out = Vec::new();
     loop {
         p.ws();
@@ -929,7 +929,7 @@ fn json_params(p: &mut Parser<'_>) -> Result<Vec<(String, Vec<PathPart>)>, Query
         let name = p.ident()?.to_owned();
         let path = if p.eat("=") {
             let expr = p.string()?;
-            json_path_parse(&expr).ok_or_else(|| QueryError::Parse {
+            json_path_parse(&expr).ok_or_else(|| ParseError {
                 pos: at,
                 msg: format!("bad JSON path {expr:?}: use a.b[0] or [\"a\"]"),
             })?
@@ -972,7 +972,7 @@ pub fn json_path_parse(s: &str) -> Option<Vec<PathPart>> {
 }
 
 /// `"<ip> - <_> [<ts>]"`.
-fn pattern(p: &mut Parser<'_>) -> Result<Vec<PatternPart>, QueryError> {
+fn pattern(p: &mut Parser<'_>) -> Result<Vec<PatternPart>, ParseError> {
     let s = p.string()?;
     let mut parts = Vec::new();
     let mut rest = s.as_str();
@@ -1024,7 +1024,7 @@ fn pattern(p: &mut Parser<'_>) -> Result<Vec<PatternPart>, QueryError> {
 
 /// A `line_format`/`label_format` template: text with `{{ .label }}` and
 /// `{{ __line__ }}`. Template functions are not supported.
-fn template(p: &mut Parser<'_>) -> Result<Vec<Piece>, QueryError> {
+fn template(p: &mut Parser<'_>) -> Result<Vec<Piece>, ParseError> {
     let at = p.pos;
     let s = p.string()?;
     let mut out = Vec::new();
@@ -1034,7 +1034,7 @@ fn template(p: &mut Parser<'_>) -> Result<Vec<Piece>, QueryError> {
             out.push(Piece::Text(rest[..i].to_owned()));
         }
         let Some(end) = rest[i..].find("}}") else {
-            return Err(QueryError::Parse {
+            return Err(ParseError {
                 pos: at,
                 msg: "unclosed {{ in template".into(),
             });
@@ -1048,14 +1048,14 @@ fn template(p: &mut Parser<'_>) -> Result<Vec<Piece>, QueryError> {
             out.push(Piece::Line);
         } else if let Some(name) = inner.strip_prefix('.') {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(QueryError::Parse {
+                return Err(ParseError {
                     pos: at,
                     msg: format!("unsupported template {{{{{inner}}}}}: use {{{{.label}}}} or {{{{__line__}}}}"),
                 });
             }
             out.push(Piece::Label(name.to_owned()));
         } else {
-            return Err(QueryError::Parse {
+            return Err(ParseError {
                 pos: at,
                 msg: format!(
                     "unsupported template {{{{{inner}}}}}: use {{{{.label}}}} or {{{{__line__}}}}"
@@ -1070,7 +1070,7 @@ fn template(p: &mut Parser<'_>) -> Result<Vec<Piece>, QueryError> {
     Ok(out)
 }
 
-fn filter_or(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {
+fn filter_or(p: &mut Parser<'_>) -> Result<LabelFilter, ParseError> {
     let mut lhs = filter_and(p)?;
     while p.eat_word("or") {
         let rhs = filter_and(p)?;
@@ -1079,7 +1079,7 @@ fn filter_or(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {
     Ok(lhs)
 }
 
-fn filter_and(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {
+fn filter_and(p: &mut Parser<'_>) -> Result<LabelFilter, ParseError> {
     let mut lhs = filter_atom(p)?;
     while p.eat_word("and") || p.eat(",") {
         let rhs = filter_atom(p)?;
@@ -1088,7 +1088,7 @@ fn filter_and(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {
     Ok(lhs)
 }
 
-fn filter_atom(p: &mut Parser<'_>) -> Result<LabelFilter, QueryError> {
+fn filter_atom(p: &mut Parser<'_>) -> Result<LabelFilter, ParseError> {
     if p.eat("(") {
         let f = filter_or(p)?;
         if !p.eat(")") {

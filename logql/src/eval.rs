@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{BinOp, Grouping, Metric, RangeAgg, RangeOp, VectorOp};
-use crate::query::Op;
+use crate::metric::{BinOp, Grouping, Metric, RangeAgg, RangeOp, VectorOp};
+use crate::selector::Op;
 
 /// Label name/value pairs, sorted by name.
 pub type Labels = Vec<(String, String)>;
@@ -505,8 +505,8 @@ fn with_scalar(m: Matrix, f: impl Fn(f64) -> Option<f64>) -> Matrix {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{parse, Expr};
     use super::*;
+    use crate::metric::{parse, Expr};
 
     fn l(pairs: &[(&str, &str)]) -> Labels {
         pairs

@@ -1,20 +1,19 @@
-//! LogQL metric queries around the log queries of [`crate::query`]:
+//! LogQL metric queries around the log queries of [`crate::selector`]:
 //! range aggregations (`count_over_time`, `rate`, `bytes_over_time`,
 //! `bytes_rate`, `absent_over_time`), vector aggregations (`sum`, `avg`,
 //! `min`, `max`, `count`, `stddev`, `stdvar`, `topk`, `bottomk`, with
 //! `by`/`without`), `vector(n)`, numbers and binary operators.
 //!
-//! Parsing ([`parse`]) and evaluation ([`eval`]) are pure; [`run`] feeds
-//! evaluation from the store. Semantics follow Loki's documentation: a
+//! Parsing ([`parse`]) is here, evaluation in [`crate::eval`]; a store
+//! feeds evaluation with its lines. Semantics follow Loki's documentation: a
 //! range covers `(t - range, t]` at every step `t`, vector aggregations
 //! group per step, and a comparison without `bool` filters.
 
-pub mod eval;
-pub mod run;
-
 use std::time::Duration;
 
-use crate::query::{self, Parser, Query, QueryError};
+use crate::selector::{self, Query};
+pub use crate::syntax::parse_duration;
+use crate::syntax::{ParseError, Parser};
 
 /// A parsed LogQL expression.
 #[derive(Debug, Clone)]
@@ -154,7 +153,8 @@ pub enum BinOp {
 }
 
 impl BinOp {
-    fn is_comparison(self) -> bool {
+    /// Whether the operator compares (and so filters without `bool`).
+    pub fn is_comparison(self) -> bool {
         matches!(
             self,
             BinOp::Eq | BinOp::Ne | BinOp::Gt | BinOp::Ge | BinOp::Lt | BinOp::Le
@@ -251,11 +251,11 @@ impl Metric {
 }
 
 /// Parses a LogQL expression: a log query, or a metric query.
-pub fn parse(s: &str) -> Result<Expr, QueryError> {
-    let mut p = Parser { s, pos: 0 };
+pub fn parse(s: &str) -> Result<Expr, ParseError> {
+    let mut p = Parser::new(s);
     p.ws();
     if s[p.pos..].starts_with('{') {
-        return query::parse(s).map(Expr::Log);
+        return selector::parse_log_query(s).map(Expr::Log);
     }
     let m = binary(&mut p, 0)?;
     p.ws();
@@ -280,7 +280,7 @@ const LEVELS: [&[(&str, BinOp)]; 4] = [
     &[("^", BinOp::Pow)],
 ];
 
-fn binary(p: &mut Parser<'_>, level: usize) -> Result<Metric, QueryError> {
+fn binary(p: &mut Parser<'_>, level: usize) -> Result<Metric, ParseError> {
     if level == LEVELS.len() {
         return unary(p);
     }
@@ -308,7 +308,7 @@ fn binary(p: &mut Parser<'_>, level: usize) -> Result<Metric, QueryError> {
     }
 }
 
-fn unary(p: &mut Parser<'_>) -> Result<Metric, QueryError> {
+fn unary(p: &mut Parser<'_>) -> Result<Metric, ParseError> {
     if p.eat("-") {
         // As in PromQL, `^` binds tighter than a sign: -2 ^ 2 is -4.
         let inner = binary(p, LEVELS.len() - 1)?;
@@ -342,7 +342,7 @@ fn number(p: &mut Parser<'_>) -> Option<f64> {
     Some(v)
 }
 
-fn primary(p: &mut Parser<'_>) -> Result<Metric, QueryError> {
+fn primary(p: &mut Parser<'_>) -> Result<Metric, ParseError> {
     p.ws();
     if p.eat("(") {
         let m = binary(p, 0)?;
@@ -412,7 +412,7 @@ fn primary(p: &mut Parser<'_>) -> Result<Metric, QueryError> {
     ))
 }
 
-fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, QueryError> {
+fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, ParseError> {
     if !p.eat("(") {
         return p.err("expected (");
     }
@@ -429,7 +429,7 @@ fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, QueryError> {
     };
     p.ws();
     let at = p.pos;
-    let query = query::parse_log(p)?;
+    let query = selector::parse_log(p)?;
     match (op.needs_unwrap(), query.unwrap.is_some()) {
         (true, false) => {
             p.pos = at;
@@ -465,7 +465,7 @@ fn range_agg(p: &mut Parser<'_>, op: RangeOp) -> Result<Metric, QueryError> {
     }))
 }
 
-fn grouping(p: &mut Parser<'_>) -> Result<Option<Grouping>, QueryError> {
+fn grouping(p: &mut Parser<'_>) -> Result<Option<Grouping>, ParseError> {
     let by = if p.eat_word("by") {
         true
     } else if p.eat_word("without") {
@@ -495,7 +495,7 @@ fn grouping(p: &mut Parser<'_>) -> Result<Option<Grouping>, QueryError> {
     }))
 }
 
-fn vector_agg(p: &mut Parser<'_>, op: VectorOp) -> Result<Metric, QueryError> {
+fn vector_agg(p: &mut Parser<'_>, op: VectorOp) -> Result<Metric, ParseError> {
     let before = grouping(p)?;
     if !p.eat("(") {
         return p.err("expected (");
@@ -531,7 +531,7 @@ fn vector_agg(p: &mut Parser<'_>, op: VectorOp) -> Result<Metric, QueryError> {
 }
 
 /// A Prometheus-style duration: `5m`, `1h30m`, `250ms`, `2d`.
-fn duration(p: &mut Parser<'_>) -> Result<i64, QueryError> {
+fn duration(p: &mut Parser<'_>) -> Result<i64, ParseError> {
     p.ws();
     let rest = &p.s[p.pos..];
     let n = rest
@@ -549,41 +549,6 @@ fn duration(p: &mut Parser<'_>) -> Result<i64, QueryError> {
     }
 }
 
-/// Parses `1h30m`, `5m`, `0.5s`, `250ms` into ns; `None` when malformed.
-pub fn parse_duration(s: &str) -> Option<i64> {
-    if s.is_empty() {
-        return None;
-    }
-    let mut total: f64 = 0.0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        if n == 0 {
-            return None;
-        }
-        let v: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..u] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            "d" => 86400e9,
-            "w" => 7.0 * 86400e9,
-            "y" => 365.0 * 86400e9,
-            _ => return None,
-        };
-        rest = &rest[u..];
-        total += v * unit;
-    }
-    (total.is_finite() && total < i64::MAX as f64).then_some(total as i64)
-}
-
 /// Parses a duration for an HTTP parameter: a LogQL duration, or a number
 /// of seconds (`step=15`, `step=0.5`).
 pub fn parse_step(s: &str) -> Option<Duration> {
@@ -598,6 +563,7 @@ pub fn parse_step(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval;
 
     fn metric(s: &str) -> Metric {
         match parse(s).unwrap_or_else(|e| panic!("{s}: {e}")) {

@@ -1,16 +1,16 @@
 //! Metric queries over the store: each range aggregation reads its lines
 //! once, in no particular order, through [`crate::query::visit`], and
-//! [`super::eval`] does the rest.
+//! [`logfleet_logql::eval`] does the rest.
 
 use std::collections::HashMap;
 
 use logfleet_proto::v1::Direction;
 
-use super::eval::{self, Matrix, RangeAcc, Steps, Value};
-use super::{Metric, RangeAgg};
 use crate::index::StreamInfo;
 use crate::ingest::Shared;
 use crate::query::{self, Bounds, Control, QueryError};
+use logfleet_logql::eval::{self, Matrix, RangeAcc, Steps, Value};
+use logfleet_logql::{Metric, RangeAgg};
 use logfleet_proto::Line;
 
 /// Evaluates `m` at `steps` over the store.
@@ -70,7 +70,7 @@ pub fn metric_over(
 /// then a store may count the lines itself, in [`Buckets`], instead of
 /// handing over each.
 pub fn countable(agg: &RangeAgg) -> bool {
-    use super::RangeOp as O;
+    use logfleet_logql::RangeOp as O;
     matches!(
         agg.op,
         O::CountOverTime | O::Rate | O::BytesOverTime | O::BytesRate | O::AbsentOverTime
@@ -169,7 +169,7 @@ fn range_in_buckets(
                 let id = if agg.query.pipeline.is_empty() {
                     Some(acc.series(labels.clone()))
                 } else {
-                    let stream: crate::pipeline::Labels = labels.iter().cloned().collect();
+                    let stream: logfleet_logql::pipeline::Labels = labels.iter().cloned().collect();
                     agg.query
                         .pipeline
                         .process(&stream, b"")
@@ -211,11 +211,11 @@ fn range_over(
     let result = source(bounds, &mut |stream_id, info, l| {
         if !per_line {
             let id = *ids.entry((stream_id, l.stream)).or_insert_with(|| {
-                let labels = query::label_pairs(&info.node, &info.labels, l.stream);
+                let labels = crate::labels::label_pairs(&info.node, &info.labels, l.stream);
                 if agg.query.pipeline.is_empty() {
                     return Some(acc.series(labels));
                 }
-                let stream: crate::pipeline::Labels = labels.into_iter().collect();
+                let stream: logfleet_logql::pipeline::Labels = labels.into_iter().collect();
                 // None: a label filter drops the whole stream.
                 let p = agg.query.pipeline.process(&stream, b"")?;
                 Some(acc.series(p.labels.into_iter().collect()))
@@ -235,7 +235,7 @@ fn range_over(
             match u.sample(&labels) {
                 Ok(x) => value = Some(x),
                 Err(kind) => {
-                    labels.insert(crate::pipeline::ERROR_LABEL.into(), kind.into());
+                    labels.insert(logfleet_logql::pipeline::ERROR_LABEL.into(), kind.into());
                 }
             }
             if !u.keeps(&labels) {
@@ -244,7 +244,7 @@ fn range_over(
             // The unwrapped label is the value, not part of the series.
             labels.remove(&u.label);
         }
-        if let Some(kind) = labels.get(crate::pipeline::ERROR_LABEL) {
+        if let Some(kind) = labels.get(logfleet_logql::pipeline::ERROR_LABEL) {
             failed = Some(eval::EvalError::Pipeline {
                 kind: kind.clone(),
                 series: format!("{labels:?}"),
@@ -294,8 +294,8 @@ mod tests {
     /// Evaluates `q` at `steps` over `lines` (stream, ts, stdout/stderr,
     /// length) line by line, and in buckets as a store's GROUP BY would.
     fn both(q: &str, steps: Steps, lines: &[(usize, i64, i32, usize)]) -> (String, String) {
-        let m = match crate::logql::parse(q) {
-            Ok(crate::logql::Expr::Metric(m)) => m,
+        let m = match logfleet_logql::parse(q) {
+            Ok(logfleet_logql::Expr::Metric(m)) => m,
             other => panic!("{q}: {other:?}"),
         };
         let streams = streams();
@@ -326,7 +326,7 @@ mod tests {
             for l in lines.iter().filter(|l| within(&b.bounds, l.1)) {
                 let (node, labels) = &streams[l.0];
                 let key = (
-                    query::label_pairs(node, labels, l.2),
+                    crate::labels::label_pairs(node, labels, l.2),
                     (l.1 - b.from).div_euclid(b.width),
                 );
                 let e = sums.entry(key).or_default();
@@ -383,7 +383,7 @@ mod tests {
             r#"count_over_time({a="b"} | drop __error__ [1m])"#,
             r#"count_over_time({a="b"} | line_format "{{.a}}" [1m])"#,
         ] {
-            let Ok(crate::logql::Expr::Metric(m)) = crate::logql::parse(q) else {
+            let Ok(logfleet_logql::Expr::Metric(m)) = logfleet_logql::parse(q) else {
                 panic!("{q}");
             };
             let mut none = |_: &RangeAgg, _: Bounds, _: &mut LineSink<'_>| Ok(());

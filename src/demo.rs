@@ -21,7 +21,7 @@ pub struct DemoConfig {
     pub http_addr: Option<SocketAddr>,
     pub duration: Option<Duration>,
     /// Store lines in this ClickHouse instead of the demo's directory.
-    pub clickhouse: Option<logfleet_aggregator::clickhouse::Config>,
+    pub clickhouse: Option<logfleet_clickhouse::Config>,
 }
 
 fn now_ns() -> i64 {
@@ -258,7 +258,7 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let agg_cfg = logfleet_aggregator::AggregatorConfig {
-        store: logfleet_aggregator::ingest::StoreConfig {
+        store: logfleet_embedded::StoreConfig {
             data_dir: dir.join("aggregator"),
             segment_bytes: 16 << 20,
             segment_age: Duration::from_secs(600),

@@ -822,7 +822,7 @@ fn agent_config(a: AgentArgs) -> Result<logfleet_agent::AgentConfig> {
 
 fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::AggregatorConfig> {
     Ok(logfleet_aggregator::AggregatorConfig {
-        store: logfleet_aggregator::ingest::StoreConfig {
+        store: logfleet_embedded::StoreConfig {
             data_dir: a.data_dir,
             segment_bytes: a.segment_size,
             segment_age: a.segment_age,
@@ -873,7 +873,7 @@ fn aggregator_config(a: AggregatorArgs) -> Result<logfleet_aggregator::Aggregato
         query_timeout: a.query_timeout,
         clickhouse: match a.store {
             StoreArg::Embedded => None,
-            StoreArg::Clickhouse => Some(logfleet_aggregator::clickhouse::Config {
+            StoreArg::Clickhouse => Some(logfleet_clickhouse::Config {
                 url: a.clickhouse_url,
                 database: a.clickhouse_database,
                 user: a.clickhouse_user,
@@ -1186,7 +1186,7 @@ async fn run(cmd: Cmd) -> Result<()> {
                 http_addr: d.http_addr,
                 duration: d.duration,
                 clickhouse: (d.store == StoreArg::Clickhouse).then(|| {
-                    logfleet_aggregator::clickhouse::Config {
+                    logfleet_clickhouse::Config {
                         url: d.clickhouse_url,
                         database: "logfleet_demo".into(),
                         user: None,

@@ -13,8 +13,8 @@ use axum::Json;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::backend::{Backend, Health};
-use crate::query::QueryError;
+use logfleet_store::backend::{Backend, Health};
+use logfleet_store::query::QueryError;
 
 /// What the handlers read.
 #[derive(Clone)]

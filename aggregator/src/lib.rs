@@ -1,29 +1,17 @@
-//! The logfleet aggregator: receives batches from node agents, stores them
-//! durably and exactly once in an embedded segment store, and answers
-//! queries, live tails and agent listings.
+//! The logfleet aggregator's server: receives batches from node agents,
+//! hands them to a store, and answers queries, live tails and agent
+//! listings, over gRPC ([`service`]) and HTTP ([`http`]: metrics, health,
+//! agents, Loki's API in [`loki`], the web view in [`web`]).
 //!
-//! Data flow: [`service`] (gRPC) -> [`ingest`] (validate, de-duplicate,
-//! group commit) -> [`store`] (segment files) and [`index`] (in memory) ->
-//! [`query`]. Every file the embedded store touches goes through [`fs`].
+//! Written once against the store interface
+//! ([`logfleet_store::Backend`]); [`run_on`] opens the embedded store
+//! (`logfleet-embedded`) or ClickHouse (`logfleet-clickhouse`) and
+//! [`serve`] serves it.
 
-pub mod backend;
-pub mod chunks;
-pub mod clickhouse;
-pub mod embedded;
-pub mod evaluate;
-pub mod fs;
 pub mod http;
 pub mod identity;
-pub mod index;
-pub mod ingest;
-pub mod labels;
 pub mod loki;
-pub mod memory;
-pub mod metrics;
-pub mod query;
 pub mod service;
-pub mod store;
-pub mod tail;
 pub mod transport;
 pub mod web;
 
@@ -33,6 +21,8 @@ use std::sync::Arc;
 use logfleet_proto::v1::ingest_server::IngestServer;
 use logfleet_proto::v1::query_server::QueryServer;
 use logfleet_proto::Limits;
+use logfleet_store::metrics::Metrics;
+use logfleet_store::Backend;
 use prometheus_client::registry::Registry;
 
 /// HTTP/2 flow-control window per connection and per stream: what a peer
@@ -46,7 +36,7 @@ const WINDOW: u32 = 256 << 10;
 #[derive(Debug, Clone)]
 pub struct AggregatorConfig {
     /// Storage settings.
-    pub store: ingest::StoreConfig,
+    pub store: logfleet_embedded::StoreConfig,
     /// gRPC address (ingest, and queries unless `query_addr` is set).
     pub grpc_addr: SocketAddr,
     /// gRPC address for queries only; `None`: queries share `grpc_addr`.
@@ -75,7 +65,7 @@ pub struct AggregatorConfig {
     /// A query stops after this long.
     pub query_timeout: std::time::Duration,
     /// Store lines in ClickHouse instead of `store`'s directory.
-    pub clickhouse: Option<clickhouse::Config>,
+    pub clickhouse: Option<logfleet_clickhouse::Config>,
 }
 
 /// Why the aggregator could not start.
@@ -83,7 +73,7 @@ pub struct AggregatorConfig {
 pub enum AggregatorError {
     /// The store could not be opened.
     #[error(transparent)]
-    Store(#[from] store::StoreError),
+    Store(#[from] logfleet_embedded::store::StoreError),
     /// A port could not be bound.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -151,14 +141,14 @@ pub async fn run_on(
 ) -> Result<(), AggregatorError> {
     cfg.tokens.check()?;
     let mut registry = Registry::default();
-    let (backend, metrics): (Arc<dyn backend::Backend>, _) = match cfg.clickhouse.clone() {
+    let (backend, metrics): (Arc<dyn Backend>, _) = match cfg.clickhouse.clone() {
         Some(ch) => {
-            let metrics = metrics::Metrics::without_embedded_store(&mut registry);
-            let wcfg = clickhouse::WriterConfig {
+            let metrics = Metrics::without_embedded_store(&mut registry);
+            let wcfg = logfleet_clickhouse::WriterConfig {
                 max_inflight_bytes: cfg.max_inflight_bytes,
                 ..Default::default()
             };
-            let b = clickhouse::backend::ClickHouseBackend::start(
+            let b = logfleet_clickhouse::backend::ClickHouseBackend::start(
                 ch,
                 wcfg,
                 cfg.limits,
@@ -168,8 +158,8 @@ pub async fn run_on(
             (b, metrics)
         }
         None => {
-            let metrics = metrics::Metrics::new(&mut registry);
-            let b = embedded::Embedded::open(
+            let metrics = Metrics::new(&mut registry);
+            let b = logfleet_embedded::Embedded::open(
                 cfg.store.clone(),
                 metrics.clone(),
                 cfg.limits,
@@ -188,9 +178,9 @@ pub async fn run_on(
 pub async fn serve(
     cfg: AggregatorConfig,
     listeners: Listeners,
-    backend: Arc<dyn backend::Backend>,
+    backend: Arc<dyn Backend>,
     registry: Registry,
-    metrics: metrics::Metrics,
+    metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AggregatorError> {
     cfg.tokens.check()?;

@@ -12,9 +12,9 @@ use logfleet_proto::v1::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::backend::Backend;
-use crate::metrics::Metrics;
-use crate::query::{self, Bounds, Control, QueryError};
+use logfleet_store::backend::{Backend, PushFailure, PushFailureKind};
+use logfleet_store::metrics::Metrics;
+use logfleet_store::query::{self, Bounds, Control, QueryError};
 
 /// Entries per streamed response message.
 const CHUNK: usize = 1000;
@@ -179,7 +179,7 @@ impl Ingest for IngestService {
                     self.metrics.reject(reason);
                     tracing::warn!(?peer, %node, error = %e, "push refused");
                 }
-                Err(e.into())
+                Err(push_status(e))
             }
         }
     }
@@ -201,6 +201,15 @@ impl Ingest for IngestService {
         }
         self.backend.heartbeat(hb).await.map_err(bad_query)?;
         Ok(Response::new(HeartbeatResponse {}))
+    }
+}
+
+/// A refused push as gRPC says it: agents retry all but invalid ones.
+fn push_status(f: PushFailure) -> Status {
+    match f.kind {
+        PushFailureKind::Invalid => Status::invalid_argument(f.message),
+        PushFailureKind::Full => Status::resource_exhausted(f.message),
+        PushFailureKind::Unavailable => Status::unavailable(f.message),
     }
 }
 
@@ -283,7 +292,6 @@ pub(crate) fn shutting_down() -> Status {
 pub(crate) fn bad_query(e: QueryError) -> Status {
     match e {
         QueryError::Parse { .. } | QueryError::Eval(_) => Status::invalid_argument(e.to_string()),
-        QueryError::Store(_) => Status::internal(e.to_string()),
         QueryError::Unavailable(_) => Status::unavailable(e.to_string()),
         QueryError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         QueryError::Cancelled => Status::cancelled(e.to_string()),
@@ -316,7 +324,7 @@ impl Drop for OpenTail {
 /// client leaves, the deadline passes (`deadline`) or the aggregator
 /// stops; `ctl` tells the backend to stop early.
 fn forward(
-    mut entries: crate::backend::Entries,
+    mut entries: logfleet_store::backend::Entries,
     ctl: Arc<Control>,
     deadline: Option<(tokio::time::Instant, std::time::Duration)>,
     mut stopping: tokio::sync::watch::Receiver<bool>,

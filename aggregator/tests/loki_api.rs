@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use logfleet_aggregator::embedded::Embedded;
-use logfleet_aggregator::ingest::StoreConfig;
-use logfleet_aggregator::metrics::Metrics;
+use logfleet_embedded::ingest::StoreConfig;
+use logfleet_embedded::Embedded;
+use logfleet_store::metrics::Metrics;
 
 mod loki_suite;
 

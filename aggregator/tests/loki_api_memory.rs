@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use logfleet_aggregator::memory::Memory;
-use logfleet_aggregator::metrics::Metrics;
+use logfleet_store::memory::Memory;
+use logfleet_store::metrics::Metrics;
 
 #[path = "loki_suite/mod.rs"]
 mod loki_suite;

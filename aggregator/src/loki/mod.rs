@@ -21,10 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{json, Value as Json};
 
-use crate::backend::Backend;
-use crate::labels::{entry_labels, entry_text};
-use crate::query::{self, Bounds, Control, QueryError};
 use logfleet_logql::{self as logql, eval::Steps, Expr};
+use logfleet_store::backend::Backend;
+use logfleet_store::labels::{entry_labels, entry_text};
+use logfleet_store::query::{self, Bounds, Control, QueryError};
 use params::{ParamError, Params, RangeRequest};
 
 /// The Loki release whose HTTP API this follows; reported by `buildinfo`,
@@ -42,7 +42,7 @@ pub struct LokiState {
     /// gRPC); more wait for a turn. Each holds files and a blocking thread.
     pub queries: Arc<tokio::sync::Semaphore>,
     /// The aggregator's metrics.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: logfleet_store::metrics::Metrics,
     /// Turns true when the aggregator stops: live tails end then.
     pub stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -198,7 +198,6 @@ fn query_error(e: QueryError) -> ApiError {
             StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             e.to_string(),
         ),
-        QueryError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         QueryError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         QueryError::Unsupported(_) => error(StatusCode::BAD_REQUEST, e.to_string()),
         QueryError::Failed(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -16,14 +16,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use logfleet_aggregator::backend::Backend;
 use logfleet_aggregator::http::{router, HttpState};
 use logfleet_aggregator::loki::LokiState;
-use logfleet_aggregator::metrics::Metrics;
-use logfleet_aggregator::query::{self, Bounds, QueryExt};
 use logfleet_aggregator::service::Auth;
 use logfleet_proto::v1::{Compression, Direction, FileLabels, FileRange, PushRequest, Stream};
 use logfleet_proto::LinesBuilder;
+use logfleet_store::backend::Backend;
+use logfleet_store::metrics::Metrics;
+use logfleet_store::query::{self, Bounds, QueryExt};
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -39,7 +39,7 @@ pub struct Opened {
     /// The store.
     pub backend: Arc<dyn Backend>,
     /// Its writer, when it has one to saturate (the embedded store's).
-    pub writer: Option<logfleet_aggregator::ingest::Writer>,
+    pub writer: Option<logfleet_embedded::ingest::Writer>,
     /// Its directory, when it has one.
     pub dir: Option<tempfile::TempDir>,
 }
@@ -48,7 +48,7 @@ struct Fixture {
     _dir: Option<tempfile::TempDir>,
     _stop: tokio::sync::watch::Sender<bool>,
     backend: Arc<dyn Backend>,
-    writer: Option<logfleet_aggregator::ingest::Writer>,
+    writer: Option<logfleet_embedded::ingest::Writer>,
     app: axum::Router,
     /// Turns for queries (two at once here).
     queries: Arc<tokio::sync::Semaphore>,
@@ -820,7 +820,7 @@ async fn pipeline_stages_parse_filter_and_unwrap() {
             .any(|l| l.name == "level" && l.value == "error")));
     let mut texts: Vec<String> = entries
         .iter()
-        .map(logfleet_aggregator::labels::entry_text)
+        .map(logfleet_store::labels::entry_text)
         .collect();
     texts.sort();
     assert_eq!(texts, want);
@@ -1354,7 +1354,7 @@ async fn loki_clients_push_and_retries_are_stored_once() {
 /// lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushed_lines_below_the_streams_mark_are_not_lost() {
-    use logfleet_aggregator::loki::push;
+    use logfleet_store::loki as push;
     let f = fixture().await;
     let labels = vec![("job".to_owned(), "promtail".to_owned())];
     let t = push::target(&labels).unwrap();

@@ -9,12 +9,12 @@
 
 use std::time::{Duration, Instant};
 
-use logfleet_aggregator::clickhouse::sql::Window;
-use logfleet_aggregator::clickhouse::{ClickHouse, Config, Writer, WriterConfig};
-use logfleet_aggregator::query::QueryExt;
+use logfleet_clickhouse::sql::Window;
+use logfleet_clickhouse::{ClickHouse, Config, Writer, WriterConfig};
 use logfleet_kubesim::clickhouse::Server;
 use logfleet_proto::v1::{Compression, FileLabels, FileRange, Label, PushRequest, Stream};
 use logfleet_proto::LinesBuilder;
+use logfleet_store::query::QueryExt;
 
 /// Connects as the aggregator does at start: again until a deadline while
 /// the server refuses connections (a cluster server listens before it
@@ -160,10 +160,7 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
         server
             .sql("SELECT uniqExact(version), max(version) FROM logfleet.schema_migrations")
             .unwrap(),
-        format!(
-            "1\t{}",
-            logfleet_aggregator::clickhouse::sql::SCHEMA_VERSION
-        )
+        format!("1\t{}", logfleet_clickhouse::sql::SCHEMA_VERSION)
     );
     // Sorted for the common query, time within a container, and ending in
     // the line's identity.
@@ -222,7 +219,7 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
         r#"{namespace="default"} |= "\t""#,
     ];
     for q in cases {
-        let parsed = logfleet_aggregator::query::parse(q).unwrap();
+        let parsed = logfleet_embedded::query::parse(q).unwrap();
         let mut want: Vec<(i64, Vec<u8>)> = all
             .iter()
             .filter(|g| {
@@ -257,7 +254,7 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
         }
     }
     // A time window, and the labels that come back.
-    let parsed = logfleet_aggregator::query::parse(r#"{app="checkout"}"#).unwrap();
+    let parsed = logfleet_embedded::query::parse(r#"{app="checkout"}"#).unwrap();
     let (from, to) = (all[10].ts, all[30].ts);
     let got = a
         .query(
@@ -319,7 +316,7 @@ async fn exactly_once_across_replicas_and_queries_as_logql_says() {
             }
         }
     }
-    let everything = logfleet_aggregator::query::parse("{}").unwrap();
+    let everything = logfleet_embedded::query::parse("{}").unwrap();
     let got = a
         .query(
             &everything,
@@ -375,7 +372,7 @@ async fn a_cluster_of_two_replicas_through_zookeeper() {
             other.push(r.clone()).await.unwrap();
         }
     }
-    let everything = logfleet_aggregator::query::parse("{}").unwrap();
+    let everything = logfleet_embedded::query::parse("{}").unwrap();
     let window = Window {
         from: None,
         to: None,
@@ -415,7 +412,7 @@ async fn a_cluster_of_two_replicas_through_zookeeper() {
         .unwrap()
         .as_nanos() as i64;
     wa.push(push_at(99, &[now - 900 * day])).await.unwrap();
-    let old = logfleet_aggregator::query::parse("{namespace=\"ret\"}").unwrap();
+    let old = logfleet_embedded::query::parse("{namespace=\"ret\"}").unwrap();
     let (ra, rb, rold) = (&a, &b, &old);
     let on_both = |n: usize| async move {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -450,15 +447,15 @@ async fn a_cluster_of_two_replicas_through_zookeeper() {
 /// lines, formatted lines and labels from both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_answers_as_the_embedded_store() {
-    use logfleet_aggregator::query::{self, Bounds};
+    use logfleet_embedded::query::{self, Bounds};
     use logfleet_proto::v1::Direction;
     let server = Server::start().unwrap();
     let ch = ClickHouse::connect(config(&server, "same")).await.unwrap();
     let writer = Writer::start(ch.clone(), WriterConfig::default(), Default::default());
     let tmp = tempfile::tempdir().unwrap();
     let mut registry = prometheus_client::registry::Registry::default();
-    let (shared, embedded) = logfleet_aggregator::ingest::open(
-        logfleet_aggregator::ingest::StoreConfig {
+    let (shared, embedded) = logfleet_embedded::ingest::open(
+        logfleet_embedded::ingest::StoreConfig {
             data_dir: tmp.path().to_owned(),
             segment_bytes: 64 << 20,
             segment_age: Duration::from_secs(3600),
@@ -466,7 +463,7 @@ async fn the_same_answers_as_the_embedded_store() {
             retention_bytes: None,
             zstd_level: 1,
         },
-        logfleet_aggregator::metrics::Metrics::new(&mut registry),
+        logfleet_store::metrics::Metrics::new(&mut registry),
     )
     .unwrap();
     let (reqs, _) = pushes();
@@ -567,7 +564,7 @@ async fn the_same_answers_as_the_embedded_store() {
             panic!("{q} is no metric query");
         };
         let want =
-            logfleet_aggregator::evaluate::metric(&shared, &m, steps, &Default::default()).unwrap();
+            logfleet_embedded::metric::metric(&shared, &m, steps, &Default::default()).unwrap();
         let got = ch.metric(m.clone(), steps).await.unwrap();
         assert_eq!(format!("{got:?}"), format!("{want:?}"), "{q}");
         assert!(
@@ -647,7 +644,7 @@ async fn retention_drops_expired_days_and_keeps_the_rest() {
     dropped.sort();
     assert_eq!(dropped.len(), 2, "{dropped:?}");
     assert_eq!(count().unwrap(), "2");
-    let everything = logfleet_aggregator::query::parse("{namespace=\"ret\"}").unwrap();
+    let everything = logfleet_embedded::query::parse("{namespace=\"ret\"}").unwrap();
     let window = Window {
         from: None,
         to: None,
@@ -733,9 +730,9 @@ async fn streamed_rows_cut_across_frames_are_read_whole() {
     let mut rows = Vec::new();
     for r in &reqs[..4] {
         let batch = logfleet_proto::decode_payload(r, Default::default()).unwrap();
-        logfleet_aggregator::clickhouse::encode_rows(&mut rows, r, &batch, 42);
+        logfleet_clickhouse::encode_rows(&mut rows, r, &batch, 42);
     }
-    let want = logfleet_aggregator::clickhouse::decode_stored(&rows).unwrap();
+    let want = logfleet_clickhouse::decode_stored(&rows).unwrap();
     assert_eq!(want.len(), 4 * 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -2,9 +2,23 @@
 //! lines' `stream`, as the label pairs Loki clients see, and stored lines
 //! as query entries. Pure; shared by both stores and the APIs.
 
+use std::sync::Arc;
+
 use logfleet_proto::lines::{CUT, UNPARSED, UNTERMINATED};
 use logfleet_proto::v1::{Entry, FileLabels, Stream};
 use logfleet_proto::Line;
+
+/// One stream: the labels of a container's log file on a node. Each
+/// container instance (pod uid, restart) is its own stream, as it is its
+/// own file: the agent's de-duplication marks are per file anyway, so this
+/// adds no cardinality the store does not already hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    /// Node.
+    pub node: Arc<str>,
+    /// Labels.
+    pub labels: FileLabels,
+}
 
 /// The `stream` label's value of a line: `stdout`, `stderr`, or empty.
 pub fn stream_name(s: i32) -> &'static str {

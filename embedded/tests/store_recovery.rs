@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use logfleet_aggregator::ingest::{self, StoreConfig, Writer};
-use logfleet_aggregator::metrics::Metrics;
-use logfleet_aggregator::query::{self, Bounds};
+use logfleet_embedded::ingest::{self, StoreConfig, Writer};
+use logfleet_embedded::query::{self, Bounds};
 use logfleet_proto::v1::{Compression, Direction, FileLabels, FileRange, PushRequest};
 use logfleet_proto::LinesBuilder;
+use logfleet_store::metrics::Metrics;
 use prometheus_client::registry::Registry;
 
 fn cfg(dir: &Path, segment_bytes: u64, retention_bytes: Option<u64>) -> StoreConfig {
@@ -604,7 +604,7 @@ async fn compaction_keeps_every_line_once_and_frees_the_blocks() {
 /// differ: after a restart every acknowledged line is there exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_inside_compaction_loses_and_doubles_nothing() {
-    use logfleet_aggregator::chunks::CrashPoint;
+    use logfleet_embedded::chunks::CrashPoint;
     for point in [CrashPoint::AfterData, CrashPoint::AfterIndex] {
         let tmp = tempfile::tempdir().unwrap();
         let (shared, w) = open(cfg(tmp.path(), 1 << 30, None));
@@ -696,7 +696,7 @@ async fn large_pushes_are_copied_by_compaction_and_small_ones_regrouped() {
         }
         let (payload, raw_len) =
             logfleet_proto::encode_payload(&b.finish(), Compression::Zstd, 1).unwrap();
-        assert!(payload.len() as u64 > logfleet_aggregator::chunks::COPY_RECORD);
+        assert!(payload.len() as u64 > logfleet_embedded::chunks::COPY_RECORD);
         let req = PushRequest {
             node: "node-a".into(),
             compression: Compression::Zstd as i32,

@@ -1,5 +1,5 @@
 //! The embedded store on a simulated disk that fails and crashes
-//! (`logfleet_aggregator::fs::SimFs`): full disks with short writes, EIO on
+//! (`logfleet_embedded::fs::SimFs`): full disks with short writes, EIO on
 //! reads, fsyncs, renames and unlinks, and crashes that lose every write and
 //! directory entry no fsync made durable. Agents are modelled as they
 //! behave (a file's lines in order; a refused push sent again; after the
@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use logfleet_aggregator::fs::{Op, SimFs};
-use logfleet_aggregator::ingest::{self, Shared, StoreConfig, Writer};
-use logfleet_aggregator::metrics::Metrics;
-use logfleet_aggregator::query::{self, Bounds};
+use logfleet_embedded::fs::{Op, SimFs};
+use logfleet_embedded::ingest::{self, Shared, StoreConfig, Writer};
+use logfleet_embedded::query::{self, Bounds};
 use logfleet_proto::v1::{Compression, Direction, FileLabels, FileRange, PushRequest};
 use logfleet_proto::LinesBuilder;
+use logfleet_store::metrics::Metrics;
 use prometheus_client::registry::Registry;
 
 /// A small deterministic generator (xorshift64*): the seed alone decides
@@ -53,7 +53,7 @@ fn data_dir() -> PathBuf {
 /// A disk whose `/var/lib` exists, durably (the volume the data directory
 /// is on).
 fn disk() -> SimFs {
-    use logfleet_aggregator::fs::Fs;
+    use logfleet_embedded::fs::Fs;
     let fs = SimFs::new();
     fs.create_dir_all(Path::new("/var/lib")).unwrap();
     for d in ["/", "/var", "/var/lib"] {
@@ -610,7 +610,7 @@ async fn a_full_disk_leaves_no_temporary_files() {
     let tmp = || {
         let mut tmp = Vec::new();
         for d in [root.clone(), root.join("chunks"), root.join("segments")] {
-            for name in logfleet_aggregator::fs::Fs::read_dir(&fs, &d).unwrap() {
+            for name in logfleet_embedded::fs::Fs::read_dir(&fs, &d).unwrap() {
                 if name.ends_with(".tmp") {
                     tmp.push(Path::new(&d).join(name));
                 }

@@ -6,38 +6,11 @@ use std::collections::HashMap;
 
 use logfleet_proto::v1::Direction;
 
-use crate::index::StreamInfo;
-use crate::ingest::Shared;
-use crate::query::{self, Bounds, Control, QueryError};
+use crate::labels::StreamInfo;
+use crate::query::{self, Bounds, QueryError};
 use logfleet_logql::eval::{self, Matrix, RangeAcc, Steps, Value};
 use logfleet_logql::{Metric, RangeAgg};
 use logfleet_proto::Line;
-
-/// Evaluates `m` at `steps` over the store.
-pub fn metric(
-    shared: &Shared,
-    m: &Metric,
-    steps: Steps,
-    ctl: &Control,
-) -> Result<Value, QueryError> {
-    if steps.len() as i64 > eval::MAX_STEPS {
-        return Err(eval::EvalError::TooManySteps.into());
-    }
-    eval::evaluate(m, steps, &mut |agg| range(shared, agg, steps, ctl))
-}
-
-fn range(
-    shared: &Shared,
-    agg: &RangeAgg,
-    steps: Steps,
-    ctl: &Control,
-) -> Result<Matrix, QueryError> {
-    range_over(agg, steps, &mut |bounds, f| {
-        query::visit(shared, &agg.query, bounds, ctl, &mut |v| {
-            f(v.stream_id, v.info, v.line)
-        })
-    })
-}
 
 /// A source of a range aggregation's lines: called with the time bounds,
 /// it hands every line of `agg.query`'s selector and line filters (before
@@ -187,7 +160,7 @@ fn range_in_buckets(
 }
 
 /// One range aggregation over the lines `source` gives.
-fn range_over(
+pub fn range_over(
     agg: &RangeAgg,
     steps: Steps,
     source: &mut LineSource<'_>,

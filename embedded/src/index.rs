@@ -17,17 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{BlockHeader, RangeAhead};
 
-/// One stream: the labels of a container's log file on a node. Each
-/// container instance (pod uid, restart) is its own stream, as it is its
-/// own file: the agent's de-duplication marks are per file anyway, so this
-/// adds no cardinality the store does not already hold.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamInfo {
-    /// Node.
-    pub node: Arc<str>,
-    /// Labels.
-    pub labels: FileLabels,
-}
+pub use logfleet_store::labels::StreamInfo;
 
 fn stream_hash(node: &str, l: &FileLabels) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();

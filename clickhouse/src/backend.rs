@@ -19,9 +19,11 @@ use prometheus_client::registry::Registry;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{rowbinary, sql, Answer, ClickHouse, ClickHouseError, Config, Writer, WriterConfig};
-use crate::backend::{Backend, Entries, Health, Incoming, PushFailure, PushFailureKind, Refused};
-use crate::metrics::Metrics;
-use crate::query::{Bounds, Control, IndexStats, Query, QueryError};
+use logfleet_store::backend::{
+    Backend, Entries, Health, Incoming, PushFailure, PushFailureKind, Refused,
+};
+use logfleet_store::metrics::Metrics;
+use logfleet_store::query::{Bounds, Control, IndexStats, Query, QueryError};
 
 /// How often retention looks for expired days.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -264,9 +266,9 @@ const PUSH_PIECE: usize = 4 << 20;
 /// entries). Pure.
 /// Also returns how many entries repeated one earlier in the same push.
 pub fn push_requests(
-    t: &crate::loki::push::Target,
+    t: &logfleet_store::loki::Target,
     entries: Vec<(i64, String)>,
-) -> Result<(Vec<logfleet_proto::v1::PushRequest>, u64), crate::loki::push::Refused> {
+) -> Result<(Vec<logfleet_proto::v1::PushRequest>, u64), logfleet_store::loki::Refused> {
     use logfleet_proto::v1::{Compression, FileRange, PushRequest};
     let mut keyed: Vec<(u64, i64, String)> = entries
         .into_iter()
@@ -323,7 +325,7 @@ pub fn push_requests(
     Ok((out, repeated))
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Backend for ClickHouseBackend {
     fn health(&self) -> Health {
         let problem = self.problem.lock().ok().and_then(|g| g.clone());
@@ -363,7 +365,7 @@ impl Backend for ClickHouseBackend {
             }
             Err(e) => {
                 let reason = match &e {
-                    ClickHouseError::Push(crate::ingest::PushError::Codec(_)) => "payload",
+                    ClickHouseError::Codec(_) => "payload",
                     _ => "invalid",
                 };
                 Err(PushFailure {
@@ -383,7 +385,7 @@ impl Backend for ClickHouseBackend {
             msg: e.to_string(),
         })?;
         for s in incoming {
-            let t = crate::loki::push::target(&s.labels)?;
+            let t = logfleet_store::loki::target(&s.labels)?;
             let (reqs, repeated) = push_requests(&t, s.entries)?;
             // Counted with the agents' re-sent lines, as on the embedded store.
             self.metrics.duplicate_lines.inc_by(repeated);
@@ -518,7 +520,7 @@ impl Backend for ClickHouseBackend {
         let mut out = Vec::new();
         for q in &selectors {
             for (node, labels) in store.series(q, start, end).await.map_err(query_error)? {
-                out.push(crate::labels::label_pairs(&node, &labels, 0));
+                out.push(logfleet_store::labels::label_pairs(&node, &labels, 0));
             }
         }
         out.sort();
@@ -558,7 +560,11 @@ impl Backend for ClickHouseBackend {
         let any = sql::label_values(ch.database(), &q, "node", start, end)
             .map_err(|e| QueryError::Unsupported(e.to_string()))?;
         if !ch.strings(&any).await.map_err(query_error)?.is_empty() {
-            names.extend(crate::labels::LABEL_NAMES.iter().map(|n| n.to_string()));
+            names.extend(
+                logfleet_store::labels::LABEL_NAMES
+                    .iter()
+                    .map(|n| n.to_string()),
+            );
         }
         names.sort_unstable();
         names.dedup();
@@ -589,8 +595,8 @@ impl Backend for ClickHouseBackend {
 mod tests {
     use super::*;
 
-    fn target() -> crate::loki::push::Target {
-        crate::loki::push::target(&[
+    fn target() -> logfleet_store::loki::Target {
+        logfleet_store::loki::target(&[
             ("app".into(), "web".into()),
             ("namespace".into(), "shop".into()),
         ])
@@ -602,7 +608,7 @@ mod tests {
             .flat_map(|r| {
                 let batch =
                     logfleet_proto::decode_payload(r, logfleet_proto::Limits::default()).unwrap();
-                crate::ingest::validate(r, &batch).unwrap();
+                logfleet_store::push::validate(r, &batch).unwrap();
                 batch
                     .lines()
                     .map(|l| (l.ts, l.offset, l.text.to_vec()))
@@ -635,7 +641,7 @@ mod tests {
         second.sort();
         assert_eq!(f, second);
         // Another stream's labels: another file.
-        let other = crate::loki::push::target(&[("app".into(), "api".into())]).unwrap();
+        let other = logfleet_store::loki::target(&[("app".into(), "api".into())]).unwrap();
         assert_ne!(other.file_id, target().file_id);
     }
 

@@ -1,7 +1,21 @@
-//! The embedded segment store as a [`Backend`]: pushes go through
-//! [`crate::ingest`]'s group commit, reads through [`crate::query`] and
-//! [`crate::evaluate`] on the blocking pool, tails from the store's
-//! [`crate::tail::TailHub`].
+//! The embedded store: durable, exactly-once segment files on a local
+//! disk, compacted into per-stream chunks, as a [`Backend`]. Pushes go
+//! through [`ingest`]'s group commit ([`store`]: segment files; [`index`]:
+//! in memory; [`chunks`]: compacted files); reads through [`query`] and
+//! [`metric`] on the blocking pool; tails from the store's
+//! [`logfleet_store::tail::TailHub`]. Every file it touches goes through
+//! [`fs`], so that tests can inject faults.
+
+pub mod chunks;
+pub mod fs;
+pub mod index;
+pub mod ingest;
+pub mod loki_push;
+pub mod metric;
+pub mod query;
+pub mod store;
+
+pub use ingest::StoreConfig;
 
 use std::sync::Arc;
 
@@ -13,11 +27,14 @@ use logfleet_proto::v1::{
 use logfleet_proto::Limits;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::backend::{Backend, Entries, Health, Incoming, PushFailure, PushFailureKind, Refused};
-use crate::ingest::{PushError, Shared, StoreConfig, Writer};
-use crate::labels::label_pairs;
-use crate::metrics::Metrics;
-use crate::query::{self, Bounds, Control, IndexStats, Query, QueryError};
+use logfleet_store::backend::{
+    Backend, Entries, Health, Incoming, PushFailure, PushFailureKind, Refused,
+};
+use logfleet_store::labels::label_pairs;
+use logfleet_store::metrics::Metrics;
+
+use crate::ingest::{PushError, Shared, Writer};
+use crate::query::{Bounds, Control, IndexStats, Query, QueryError};
 use crate::store::StoreError;
 
 /// Entries per streamed batch.
@@ -31,7 +48,7 @@ pub struct Embedded {
     pub shared: Arc<Shared>,
     writer: Writer,
     limits: Limits,
-    push_streams: crate::loki::push::Streams,
+    push_streams: loki_push::Streams,
 }
 
 impl Embedded {
@@ -178,7 +195,7 @@ fn selected_streams(
     Ok(out)
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Backend for Embedded {
     fn health(&self) -> Health {
         match self.shared.degraded.lock().ok().and_then(|d| d.clone()) {
@@ -206,7 +223,7 @@ impl Backend for Embedded {
                     .into(),
             });
         }
-        crate::loki::push::store(
+        loki_push::store(
             &self.shared,
             &self.writer,
             &self.push_streams,
@@ -292,12 +309,12 @@ impl Backend for Embedded {
                                 break;
                             }
                         }
-                        Err(e @ crate::tail::TailError::Lagged(_)) => {
+                        Err(e @ logfleet_store::tail::TailError::Lagged(_)) => {
                             // Said, not skipped in silence.
                             let _ = tx.send(Err(QueryError::Lagged(e.to_string()))).await;
                             break;
                         }
-                        Err(crate::tail::TailError::Closed) => break,
+                        Err(logfleet_store::tail::TailError::Closed) => break,
                     }
                 }
             }
@@ -311,7 +328,7 @@ impl Backend for Embedded {
         steps: Steps,
         ctl: Arc<Control>,
     ) -> Result<Value, QueryError> {
-        self.blocking(move |shared| crate::evaluate::metric(shared, &m, steps, &ctl))
+        self.blocking(move |shared| metric::metric(shared, &m, steps, &ctl))
             .await
     }
 

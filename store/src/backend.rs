@@ -1,8 +1,8 @@
-//! The one interface between the servers and a store. The gRPC services
-//! ([`crate::service`]), the HTTP port ([`crate::http`]) and Loki's API
-//! ([`crate::loki`]) are written once against [`Backend`]; the embedded
-//! segment store ([`crate::embedded`]), ClickHouse ([`crate::clickhouse`])
-//! and the in-memory store of tests ([`crate::memory`]) implement it.
+//! The one interface between the aggregator's servers and a store. The
+//! gRPC services, the HTTP port and Loki's API (crate `logfleet-aggregator`)
+//! are written once against [`Backend`]; the embedded segment store
+//! (`logfleet-embedded`), ClickHouse (`logfleet-clickhouse`) and the
+//! in-memory store of tests ([`crate::memory`]) implement it.
 //!
 //! Small on purpose: store a push durably, read entries, evaluate a metric
 //! query, list streams, say what is stored per agent, follow new lines,
@@ -59,25 +59,15 @@ pub struct PushFailure {
     pub message: String,
 }
 
-impl From<PushFailure> for tonic::Status {
-    fn from(f: PushFailure) -> Self {
-        match f.kind {
-            PushFailureKind::Invalid => tonic::Status::invalid_argument(f.message),
-            PushFailureKind::Full => tonic::Status::resource_exhausted(f.message),
-            PushFailureKind::Unavailable => tonic::Status::unavailable(f.message),
-        }
-    }
-}
-
 /// A Loki push refused, with the HTTP status Loki would answer.
-pub use crate::loki::push::Refused;
+pub use crate::loki::Refused;
 
 /// One of Loki's pushed streams, decoded.
-pub use crate::loki::push::Incoming;
+pub use crate::loki::Incoming;
 
 /// A store the aggregator serves. Blocking work runs off the async
 /// threads inside the implementation.
-#[tonic::async_trait]
+#[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Whether it can serve now (`/readyz`).
     fn health(&self) -> Health;

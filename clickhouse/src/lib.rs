@@ -1,8 +1,8 @@
 //! ClickHouse as the store (issue 12): schema, exactly-once inserts, log
 //! and metric queries and retention over ClickHouse's HTTP interface, for
 //! the Debian package's 18.16 as for current releases, on one server or a
-//! cluster; [`backend`] is the aggregator's [`crate::backend::Backend`]
-//! over it.
+//! cluster; [`backend`] is the aggregator's store interface
+//! ([`logfleet_store::Backend`]) over it.
 //!
 //! Exactly-once: every line is a row keyed by its identity (node, file,
 //! offset) in a ReplacingMergeTree, so a re-sent range (an agent's retry,
@@ -35,7 +35,7 @@ use logfleet_proto::v1::{Entry, FileLabels, Label, LineBatch, PushRequest, Strea
 use logfleet_proto::Limits;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::query::Query;
+use logfleet_store::query::Query;
 
 /// Where the store is.
 #[derive(Debug, Clone)]
@@ -87,7 +87,10 @@ pub enum ClickHouseError {
     Unsupported(#[from] sql::Unsupported),
     /// A push was invalid.
     #[error(transparent)]
-    Push(#[from] crate::ingest::PushError),
+    Push(#[from] logfleet_store::push::Invalid),
+    /// A push's payload did not decode.
+    #[error(transparent)]
+    Codec(#[from] logfleet_proto::CodecError),
     /// The writer stopped.
     #[error("the ClickHouse writer stopped")]
     Closed,
@@ -467,8 +470,8 @@ impl ClickHouse {
         &self,
         m: logfleet_logql::Metric,
         steps: logfleet_logql::eval::Steps,
-    ) -> Result<logfleet_logql::eval::Value, crate::query::QueryError> {
-        use crate::query::QueryError;
+    ) -> Result<logfleet_logql::eval::Value, logfleet_store::query::QueryError> {
+        use logfleet_store::query::QueryError;
         let ch = self.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -479,15 +482,15 @@ impl ClickHouse {
             let bucket_handle = handle.clone();
             let mut buckets =
                 move |agg: &logfleet_logql::RangeAgg,
-                      b: crate::evaluate::Buckets,
-                      f: &mut crate::evaluate::BucketSink<'_>| {
+                      b: logfleet_store::evaluate::Buckets,
+                      f: &mut logfleet_store::evaluate::BucketSink<'_>| {
                     use logfleet_logql::RangeOp as O;
                     let bytes = matches!(agg.op, O::BytesOverTime | O::BytesRate);
                     bucket_handle
                         .block_on(bucket_ch.buckets(&agg.query, b, bytes, f))
                         .map_err(|e| QueryError::Unavailable(e.to_string()))
                 };
-            crate::evaluate::metric_over_buckets(
+            logfleet_store::evaluate::metric_over_buckets(
                 &m,
                 steps,
                 &mut |agg, bounds, f| {
@@ -507,7 +510,7 @@ impl ClickHouse {
                         let id = *ids
                             .entry((r.entry.node.clone(), labels.clone()))
                             .or_insert(next);
-                        let info = crate::index::StreamInfo {
+                        let info = logfleet_store::labels::StreamInfo {
                             node: r.entry.node.as_str().into(),
                             labels,
                         };
@@ -546,9 +549,9 @@ impl ClickHouse {
     async fn buckets(
         &self,
         q: &Query,
-        b: crate::evaluate::Buckets,
+        b: logfleet_store::evaluate::Buckets,
         bytes: bool,
-        f: &mut crate::evaluate::BucketSink<'_>,
+        f: &mut logfleet_store::evaluate::BucketSink<'_>,
     ) -> Result<(), ClickHouseError> {
         // The stages (label-only here) are the evaluator's.
         let base = without_stages(q);
@@ -569,7 +572,7 @@ impl ClickHouse {
             let lines = r.u64()?;
             let bytes = r.u64()?;
             f(
-                crate::labels::label_pairs(&node, &labels, i32::from(stream)),
+                logfleet_store::labels::label_pairs(&node, &labels, i32::from(stream)),
                 bucket,
                 lines,
                 bytes,
@@ -750,13 +753,13 @@ impl Answer {
                 if !self.pipeline.is_empty() {
                     let labels = e.labels.clone().unwrap_or_default();
                     let stream: logfleet_logql::pipeline::Labels =
-                        crate::labels::label_pairs(&e.node, &labels, e.stream)
+                        logfleet_store::labels::label_pairs(&e.node, &labels, e.stream)
                             .into_iter()
                             .collect();
                     let Some(p) = self.pipeline.process(&stream, &e.line) else {
                         continue;
                     };
-                    crate::labels::pipe(&mut e, p);
+                    logfleet_store::labels::pipe(&mut e, p);
                 }
                 out.push(e);
                 self.sent += 1;
@@ -922,9 +925,8 @@ impl Writer {
             .map_err(|_| ClickHouseError::Closed)?;
         let limits = self.limits;
         let (req, batch) = tokio::task::spawn_blocking(move || {
-            let batch = logfleet_proto::decode_payload(&req, limits)
-                .map_err(crate::ingest::PushError::from)?;
-            crate::ingest::validate(&req, &batch)?;
+            let batch = logfleet_proto::decode_payload(&req, limits)?;
+            logfleet_store::push::validate(&req, &batch)?;
             Ok::<_, ClickHouseError>((req, batch))
         })
         .await

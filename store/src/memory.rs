@@ -15,7 +15,7 @@ use logfleet_proto::{Limits, Line};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backend::{Backend, Entries, Health, Incoming, PushFailure, PushFailureKind, Refused};
-use crate::index::StreamInfo;
+use crate::labels::StreamInfo;
 use crate::labels::{entry, label_pairs, pipe};
 use crate::query::{Bounds, Control, IndexStats, Query, QueryError, QueryExt};
 use crate::tail::{Committed, TailHub};
@@ -183,7 +183,7 @@ impl Memory {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Backend for Memory {
     fn health(&self) -> Health {
         Health::Ready
@@ -197,7 +197,7 @@ impl Backend for Memory {
         };
         let batch = logfleet_proto::decode_payload(&req, self.limits)
             .map_err(|e| invalid("payload", &e))?;
-        crate::ingest::validate(&req, &batch).map_err(|e| invalid("invalid", &e))?;
+        crate::push::validate(&req, &batch).map_err(|e| invalid("invalid", &e))?;
         let (stored_lines, duplicate_lines) = self.store(&req, batch);
         Ok(PushResponse {
             stored_lines,
@@ -207,7 +207,7 @@ impl Backend for Memory {
 
     async fn push_loki(&self, incoming: Vec<Incoming>) -> Result<(), Refused> {
         for s in incoming {
-            let t = crate::loki::push::target(&s.labels)?;
+            let t = crate::loki::target(&s.labels)?;
             // An entry the stream holds already (same time, same text) is
             // not stored again, as Loki drops it.
             let have: HashSet<(i64, Vec<u8>)> = {

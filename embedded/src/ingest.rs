@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use crate::chunks;
 use crate::fs::{DirLock, Fs, RealFs};
 use crate::index::{self, BlockMeta, ChunkFile, FileMark, HighWater, Index, Snapshot};
-use crate::metrics::Metrics;
 use crate::store::{self, ActiveSegment, BlockHeader, StoreError};
+use logfleet_store::metrics::Metrics;
 
 /// Storage settings.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub struct StoreConfig {
     pub zstd_level: i32,
 }
 
-pub use crate::tail::Committed;
+pub use logfleet_store::tail::Committed;
 
 /// State shared by the writer, the services and the HTTP endpoint.
 pub struct Shared {
@@ -46,7 +46,7 @@ pub struct Shared {
     /// Directory of the segments.
     pub segments_dir: PathBuf,
     /// Stored lines, for tails.
-    pub tail: crate::tail::TailHub,
+    pub tail: logfleet_store::tail::TailHub,
     /// Metrics.
     pub metrics: Metrics,
     /// Set, with the reason, when storage failed in a way that forbids any
@@ -140,98 +140,13 @@ pub enum PushError {
     Closed,
 }
 
-impl From<PushError> for tonic::Status {
-    fn from(e: PushError) -> Self {
-        match e {
-            PushError::Invalid(_) | PushError::Codec(_) => {
-                tonic::Status::invalid_argument(e.to_string())
-            }
-            // Told apart, so that agents wait (as for back-pressure) and
-            // the error says what it is.
-            PushError::Store(ref s) if s.is_disk_full() => {
-                tonic::Status::resource_exhausted(format!("the aggregator's disk is full: {e}"))
-            }
-            PushError::Store(_) => tonic::Status::unavailable(format!("storage failed: {e}")),
-            PushError::Closed => tonic::Status::unavailable(e.to_string()),
-        }
+impl From<Invalid> for PushError {
+    fn from(e: Invalid) -> Self {
+        PushError::Invalid(e.0)
     }
 }
 
-/// The most extra labels a file may carry.
-pub const MAX_EXTRA_LABELS: usize = 64;
-
-/// Checks a file's extra labels: at most [`MAX_EXTRA_LABELS`], names like
-/// Prometheus' (`[a-zA-Z_][a-zA-Z0-9_]*`, up to 128 bytes), sorted and
-/// unique, none of the built-in names, values up to 1 KiB.
-pub fn check_extra(extra: &[logfleet_proto::v1::Label]) -> Result<(), String> {
-    if extra.len() > MAX_EXTRA_LABELS {
-        return Err(format!("more than {MAX_EXTRA_LABELS} extra labels"));
-    }
-    for (i, l) in extra.iter().enumerate() {
-        let valid = !l.name.is_empty()
-            && l.name.len() <= 128
-            && !l.name.starts_with(|c: char| c.is_ascii_digit())
-            && l.name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(format!("{:?} is not a label name", l.name));
-        }
-        if crate::labels::LABEL_NAMES.contains(&l.name.as_str()) {
-            return Err(format!("{:?} is a built-in label", l.name));
-        }
-        if l.value.len() > 1024 {
-            return Err(format!("the value of {:?} is over 1 KiB", l.name));
-        }
-        if i > 0 && extra[i - 1].name >= l.name {
-            return Err("extra labels must be sorted by name, each once".into());
-        }
-    }
-    Ok(())
-}
-
-/// Checks what decoding cannot: labels, ranges and line offsets, which the
-/// de-duplication relies on.
-pub fn validate(req: &PushRequest, batch: &LineBatch) -> Result<(), PushError> {
-    if req.node.is_empty() || req.node.len() > 253 {
-        return Err(PushError::Invalid(
-            "node name must be 1 to 253 bytes".into(),
-        ));
-    }
-    if req.ranges.len() > 100_000 {
-        return Err(PushError::Invalid("more than 100000 ranges".into()));
-    }
-    let mut seen = std::collections::HashSet::with_capacity(req.ranges.len());
-    for (i, r) in req.ranges.iter().enumerate() {
-        let Some(labels) = &r.labels else {
-            return Err(PushError::Invalid(format!("range {i} has no labels")));
-        };
-        check_extra(&labels.extra)
-            .map_err(|why| PushError::Invalid(format!("range {i}: {why}")))?;
-        if r.start > r.end {
-            return Err(PushError::Invalid(format!(
-                "range {i} starts after its end"
-            )));
-        }
-        if !seen.insert(r.file_id) {
-            return Err(PushError::Invalid(format!(
-                "file {:#x} appears in two ranges",
-                r.file_id
-            )));
-        }
-    }
-    for (i, l) in batch.lines().enumerate() {
-        let r = &req.ranges[l.range as usize];
-        let reach = r.end.max(r.lines_end);
-        if l.offset < r.start || l.offset >= reach {
-            return Err(PushError::Invalid(format!(
-                "line {i} at offset {} lies outside its range [{}, {})",
-                l.offset, r.start, reach
-            )));
-        }
-    }
-    Ok(())
-}
+pub use logfleet_store::push::{check_extra, validate, Invalid, MAX_EXTRA_LABELS};
 
 impl Writer {
     /// Bounds the decompressed bytes of pushes being decoded, validated and
@@ -461,7 +376,7 @@ pub fn open_on(
     let shared = Arc::new(Shared {
         index: RwLock::new(ix),
         segments_dir: seg_dir,
-        tail: crate::tail::TailHub::default(),
+        tail: logfleet_store::tail::TailHub::default(),
         metrics,
         failed: tokio::sync::watch::channel(None).0,
         faults: Faults::default(),

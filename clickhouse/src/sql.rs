@@ -4,7 +4,7 @@
 //! Pure: strings in, strings out. Tested here for their text and, in
 //! `tests/clickhouse.rs`, against a real server.
 
-use crate::query::{Filter, Label, Op, Query};
+use logfleet_store::query::{Filter, Label, Op, Query};
 
 /// Schema version this code writes; recorded in `schema_migrations`.
 /// 2: `lines` sorted by time within a container (tables made by version 1
@@ -366,7 +366,7 @@ pub fn series(db: &str, q: &Query, from: i64, to: i64) -> Result<String, Unsuppo
 
 /// Lines and bytes of text of `q`'s selector and line filters counted in
 /// ClickHouse, per stream and bucket of `width` ns from `from` (see
-/// `crate::evaluate::Buckets`), each line once, over `[from, to)`: RowBinary of
+/// `logfleet_store::evaluate::Buckets`), each line once, over `[from, to)`: RowBinary of
 /// [`STREAM_COLUMNS`], stream (UInt8), bucket (Int64), lines and bytes
 /// (UInt64). Only the counts cross the wire. `bytes` false: the text is
 /// not read at all.
@@ -530,7 +530,7 @@ mod tests {
 
     #[test]
     fn log_queries_become_where_clauses() {
-        let q = crate::query::parse(
+        let q = logfleet_store::query::parse(
             r#"{namespace="shop", pod=~"check.*", app!="x", stream="stderr"} |= "ERR" != "ok'" |~ "5\\d\\d""#,
         )
         .unwrap();
@@ -559,7 +559,7 @@ mod tests {
         ] {
             assert!(s.contains(part), "{part} not in {s}");
         }
-        let piped = crate::query::parse(r#"{pod="p"} | json"#).unwrap();
+        let piped = logfleet_store::query::parse(r#"{pod="p"} | json"#).unwrap();
         assert_eq!(
             select(
                 "logs",

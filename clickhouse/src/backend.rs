@@ -268,8 +268,7 @@ const PUSH_PIECE: usize = 4 << 20;
 pub fn push_requests(
     t: &logfleet_store::loki::Target,
     entries: Vec<(i64, String)>,
-) -> Result<(Vec<logfleet_proto::v1::PushRequest>, u64), logfleet_store::loki::Refused> {
-    use logfleet_proto::v1::{Compression, FileRange, PushRequest};
+) -> Result<(Vec<PushRequest>, u64), Refused> {
     let mut keyed: Vec<(u64, i64, String)> = entries
         .into_iter()
         .map(|(ts, line)| {
@@ -299,28 +298,11 @@ pub fn push_requests(
             .max(1);
         let (piece, tail) = rest.split_at(n);
         rest = tail;
-        let mut b = logfleet_proto::LinesBuilder::default();
-        for (offset, ts, line) in piece {
-            b.push(0, *ts, *offset, t.stream as i32, 0, line.as_bytes());
-        }
-        let (payload, raw_len) = logfleet_proto::encode_payload(&b.finish(), Compression::None, 0)
-            .map_err(|e| Refused {
-                status: 500,
-                msg: e.to_string(),
-            })?;
-        out.push(PushRequest {
-            node: t.node.clone(),
-            compression: Compression::None as i32,
-            raw_len,
-            ranges: vec![FileRange {
-                file_id: t.file_id,
-                labels: Some(t.labels.clone()),
-                start: piece[0].0,
-                end: piece[piece.len() - 1].0 + 1,
-                lines_end: 0,
-            }],
-            payload,
-        });
+        out.push(t.request(
+            piece.iter().map(|(o, ts, line)| (*o, *ts, line.as_str())),
+            logfleet_proto::v1::Compression::None,
+            0,
+        )?);
     }
     Ok((out, repeated))
 }

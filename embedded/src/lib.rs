@@ -296,30 +296,7 @@ impl Backend for Embedded {
     }
 
     fn tail(&self, q: Query) -> Result<Entries, QueryError> {
-        let mut sub = self.shared.tail.subscribe();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tx.closed() => break,
-                    got = sub.recv() => match got {
-                        Ok(c) => {
-                            let entries = query::matching(&q, &c.node, &c.labels, &c.batch);
-                            if !entries.is_empty() && tx.send(Ok(entries)).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(e @ logfleet_store::tail::TailError::Lagged(_)) => {
-                            // Said, not skipped in silence.
-                            let _ = tx.send(Err(QueryError::Lagged(e.to_string()))).await;
-                            break;
-                        }
-                        Err(logfleet_store::tail::TailError::Closed) => break,
-                    }
-                }
-            }
-        });
-        Ok(ReceiverStream::new(rx))
+        Ok(self.shared.tail.follow(q))
     }
 
     async fn metric(

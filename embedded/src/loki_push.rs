@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use logfleet_proto::v1::{Compression, FileRange, PushRequest};
+use logfleet_proto::v1::Compression;
 use logfleet_store::loki::{target, Incoming, Refused, Target};
 
 use crate::ingest::{Shared, Writer};
@@ -158,30 +158,14 @@ pub async fn store(
         let mut gap: u32 = 40;
         while !pending.is_empty() {
             let n = pending.len() as u64;
-            let mut b = logfleet_proto::LinesBuilder::default();
-            for (i, (ts, line)) in pending.iter().enumerate() {
-                b.push(0, *ts, base + i as u64, t.stream as i32, 0, line.as_bytes());
-            }
-            let (payload, raw_len) =
-                logfleet_proto::encode_payload(&b.finish(), Compression::Zstd, 1).map_err(|e| {
-                    Refused {
-                        status: 500,
-                        msg: e.to_string(),
-                    }
-                })?;
-            let req = PushRequest {
-                node: t.node.clone(),
-                compression: Compression::Zstd as i32,
-                raw_len,
-                ranges: vec![FileRange {
-                    file_id: t.file_id,
-                    labels: Some(t.labels.clone()),
-                    start: base,
-                    end: base + n,
-                    lines_end: 0,
-                }],
-                payload,
-            };
+            let req = t.request(
+                pending
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (ts, line))| (base + i as u64, *ts, line.as_str())),
+                Compression::Zstd,
+                1,
+            )?;
             let r = writer.push(req, limits).await.map_err(|e| match e {
                 crate::ingest::PushError::Invalid(_) | crate::ingest::PushError::Codec(_) => {
                     bad(e.to_string())

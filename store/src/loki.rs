@@ -2,7 +2,7 @@
 //! stream's labels map to, and the refusal a client hears. Decoding the
 //! HTTP body is the server's; de-duplicating the entries is each store's.
 
-use logfleet_proto::v1::{FileLabels, Label, Stream};
+use logfleet_proto::v1::{Compression, FileLabels, FileRange, Label, PushRequest, Stream};
 
 /// The node of every line pushed through Loki's API.
 pub const DEFAULT_NODE: &str = "loki-push";
@@ -112,6 +112,43 @@ pub fn target(labels: &[(String, String)]) -> Result<Target, Refused> {
     t.labels.extra.sort_by(|a, b| a.name.cmp(&b.name));
     crate::push::check_extra(&t.labels.extra).map_err(bad)?;
     Ok(t)
+}
+
+impl Target {
+    /// The push of `lines` (offset, ns, text; offsets ascending) into this
+    /// stream's file, as an agent would send it.
+    pub fn request<'a>(
+        &self,
+        lines: impl IntoIterator<Item = (u64, i64, &'a str)>,
+        compression: Compression,
+        level: i32,
+    ) -> Result<PushRequest, Refused> {
+        let mut b = logfleet_proto::LinesBuilder::default();
+        let (mut start, mut end) = (None, 0);
+        for (offset, ts, line) in lines {
+            start.get_or_insert(offset);
+            end = offset + 1;
+            b.push(0, ts, offset, self.stream as i32, 0, line.as_bytes());
+        }
+        let (payload, raw_len) = logfleet_proto::encode_payload(&b.finish(), compression, level)
+            .map_err(|e| Refused {
+                status: 500,
+                msg: e.to_string(),
+            })?;
+        Ok(PushRequest {
+            node: self.node.clone(),
+            compression: compression as i32,
+            raw_len,
+            ranges: vec![FileRange {
+                file_id: self.file_id,
+                labels: Some(self.labels.clone()),
+                start: start.unwrap_or(0),
+                end,
+                lines_end: 0,
+            }],
+            payload,
+        })
+    }
 }
 
 #[cfg(test)]

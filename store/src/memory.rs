@@ -235,33 +235,14 @@ impl Backend for Memory {
                 inner.loki_offset += fresh.len() as u64;
                 base
             };
-            let mut b = logfleet_proto::LinesBuilder::default();
-            for (i, (ts, line)) in fresh.iter().enumerate() {
-                b.push(0, *ts, base + i as u64, t.stream as i32, 0, line.as_bytes());
-            }
-            let n = fresh.len() as u64;
-            let (payload, raw_len) = logfleet_proto::encode_payload(
-                &b.finish(),
+            let req = t.request(
+                fresh
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (ts, line))| (base + i as u64, *ts, line.as_str())),
                 logfleet_proto::v1::Compression::None,
                 0,
-            )
-            .map_err(|e| Refused {
-                status: 500,
-                msg: e.to_string(),
-            })?;
-            let req = PushRequest {
-                node: t.node.clone(),
-                compression: logfleet_proto::v1::Compression::None as i32,
-                raw_len,
-                ranges: vec![logfleet_proto::v1::FileRange {
-                    file_id: t.file_id,
-                    labels: Some(t.labels.clone()),
-                    start: base,
-                    end: base + n,
-                    lines_end: 0,
-                }],
-                payload,
-            };
+            )?;
             self.push(req).await.map_err(|e| Refused {
                 status: 400,
                 msg: e.to_string(),
@@ -295,28 +276,7 @@ impl Backend for Memory {
     }
 
     fn tail(&self, q: Query) -> Result<Entries, QueryError> {
-        let mut sub = self.tail.subscribe();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tx.closed() => break,
-                    got = sub.recv() => match got {
-                        Ok(c) => {
-                            let entries = crate::query::matching(&q, &c.node, &c.labels, &c.batch);
-                            if !entries.is_empty() && tx.send(Ok(entries)).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(QueryError::Lagged(e.to_string()))).await;
-                            break;
-                        }
-                    }
-                }
-            }
-        });
-        Ok(ReceiverStream::new(rx))
+        Ok(self.tail.follow(q))
     }
 
     async fn metric(

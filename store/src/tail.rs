@@ -11,6 +11,9 @@ use std::time::Instant;
 use logfleet_proto::v1::{FileLabels, LineBatch};
 use tokio::sync::mpsc;
 
+use crate::backend::Entries;
+use crate::query::{matching, Query, QueryError};
+
 /// Lines just stored, for live tails.
 #[derive(Debug)]
 pub struct Committed {
@@ -149,6 +152,38 @@ impl TailSub {
     /// Bytes waiting for this tail.
     pub fn queued(&self) -> u64 {
         self.state.queued.load(Ordering::Acquire)
+    }
+}
+
+impl TailHub {
+    /// The entries of `q` in every batch sent from now on, as a store's
+    /// [`crate::Backend::tail`] hands them over; a follower that falls
+    /// behind its budget gets [`QueryError::Lagged`], said rather than
+    /// skipped in silence.
+    pub fn follow(&self, q: Query) -> Entries {
+        let mut sub = self.subscribe();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => break,
+                    got = sub.recv() => match got {
+                        Ok(c) => {
+                            let entries = matching(&q, &c.node, &c.labels, &c.batch);
+                            if !entries.is_empty() && tx.send(Ok(entries)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e @ TailError::Lagged(_)) => {
+                            let _ = tx.send(Err(QueryError::Lagged(e.to_string()))).await;
+                            break;
+                        }
+                        Err(TailError::Closed) => break,
+                    }
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
     }
 }
 

@@ -109,6 +109,9 @@ struct Tracked {
     deleted: bool,
     /// Size at the last look (decompressed bytes read, for gzip).
     size: u64,
+    /// Modification time at the last look (plain files): a file rewritten
+    /// to the same size between two looks changes it.
+    mtime_ns: i64,
 }
 
 /// How far a file is accounted for: every line before it was emitted,
@@ -605,6 +608,7 @@ impl Tailer {
             last_growth: Instant::now(),
             deleted: false,
             size: offset,
+            mtime_ns: stamp(md).1,
         };
         tracing::debug!(path = %t.path.display(), offset, "tailing");
         self.by_inode.insert(ino, self.files.len());
@@ -714,11 +718,28 @@ impl Tailer {
             let md = f.metadata()?;
             deleted = md.nlink() == 0;
             t.size = md.len();
+            let mtime_ns = stamp(&md).1;
+            let touched = std::mem::replace(&mut t.mtime_ns, mtime_ns) != mtime_ns;
             // Nothing new: skip the read (and its buffer) altogether.
             unchanged = md.len() == t.framer.read_offset();
-            if md.len() < t.framer.read_offset() {
+            // Shorter than what was read: truncated. As long or longer but
+            // with another first line: truncated and written again between
+            // two looks, which the size alone cannot show.
+            let rewritten = (!unchanged || touched)
+                && t.id.is_some_and(|id| {
+                    let head = t.head().unwrap_or_default();
+                    fingerprint::prefix(&head, false)
+                        .is_some_and(|p| fingerprint::file_id(&t.labels, p) != id)
+                });
+            if md.len() < t.framer.read_offset() || rewritten {
                 self.stats.truncations += 1;
-                tracing::info!(path = %t.path.display(), "file truncated, reading from the start");
+                if self.follow_copy(i)? {
+                    // Copy-truncate: what was written after the last read
+                    // is in the copy, which is read on from there; the
+                    // truncated file is a new one at the next scan.
+                    return Ok((true, false));
+                }
+                tracing::info!(path = %self.files[i].path.display(), "file truncated, reading from the start");
                 self.truncated(i, now, batch)?;
                 return Ok((true, false));
             }
@@ -854,6 +875,78 @@ impl Tailer {
                 Some((false, false))
             }
         }
+    }
+
+    /// A truncated file whose content was copied first (logrotate's
+    /// `copytruncate`): a plain file beside it with the same identity and
+    /// at least as long as what was read. Reading goes on in the copy from
+    /// where it stood, with the same identity, record state and offsets, so
+    /// nothing written before the truncation is lost or read twice; the
+    /// truncated file is forgotten and found again as a new file. True when
+    /// such a copy was found.
+    fn follow_copy(&mut self, i: usize) -> std::io::Result<bool> {
+        let t = &self.files[i];
+        let (Some(id), Source::Plain(_)) = (t.id, &t.source) else {
+            return Ok(false);
+        };
+        let at = t.framer.read_offset();
+        let Some(dir) = t.path.parent() else {
+            return Ok(false);
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Ok(false);
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            // The copy may have been compressed since (kubelet's gzip of a
+            // rotated file): read on inside it, as after a restart.
+            let gz = name.ends_with(".gz");
+            if path == t.path || name.ends_with(".tmp") {
+                continue;
+            }
+            let Ok(md) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let ino = inode(&md);
+            if !md.is_file()
+                || (!gz && md.len() < at)
+                || ino == t.inode
+                || self.by_inode.contains_key(&ino)
+            {
+                continue;
+            }
+            let Ok(head) = read_head(&path, gz) else {
+                continue;
+            };
+            let same = [false, true].into_iter().any(|finished| {
+                fingerprint::prefix(&head, finished)
+                    .is_some_and(|p| fingerprint::file_id(&t.labels, p) == id)
+            });
+            if !same {
+                continue;
+            }
+            let source = self.open_at(&path, gz, at)?;
+            let t = &self.files[i];
+            tracing::info!(from = %t.path.display(), to = %path.display(), offset = at, "file truncated after a copy; reading on in the copy");
+            let old = t.inode;
+            self.by_inode.remove(&old);
+            self.known.remove(&ino);
+            self.by_inode.insert(ino, i);
+            let t = &mut self.files[i];
+            t.source = source;
+            t.path = path;
+            t.kind = if gz {
+                FileKind::Gzipped
+            } else {
+                FileKind::Rotated
+            };
+            t.inode = ino;
+            t.size = if gz { at } else { md.len() };
+            t.mtime_ns = stamp(&md).1;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// The file shrank: finish what we had under its old identity and start

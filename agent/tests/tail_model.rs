@@ -40,6 +40,14 @@ enum Action {
     Crash,
     /// Once everything was read, truncate the live file and write anew.
     Truncate,
+    /// logrotate's `copytruncate`, whatever was read: copy the live file
+    /// beside it, then truncate it. Lines written since the last read are
+    /// only in the copy.
+    CopyTruncate,
+    /// Once everything was read, truncate the live file and write this
+    /// many lines before the tailer looks again: it must not take the new
+    /// content for the rest of the old.
+    TruncateRegrow(usize),
     /// Container restart: the next number's file.
     Restart,
     /// stdout prints without a newline: a `P` chunk that stays open (lines
@@ -62,6 +70,8 @@ fn action() -> impl Strategy<Value = Action> {
         4 => (any::<bool>(), any::<bool>()).prop_map(|(ack, save)| Action::Poll { ack, save }),
         1 => Just(Action::Crash),
         1 => Just(Action::Truncate),
+        1 => Just(Action::CopyTruncate),
+        1 => (1usize..20).prop_map(Action::TruncateRegrow),
         1 => Just(Action::Restart),
         2 => Just(Action::Open),
         2 => Just(Action::Close),
@@ -348,7 +358,14 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
         // The runtime reopens its file, and kubelet truncates or a container
         // restarts, only between lines in this model: a line open across a
         // rotation arrives as two lines, which is another test's subject.
-        if matches!(a, Action::Rotate | Action::Truncate | Action::Restart) {
+        if matches!(
+            a,
+            Action::Rotate
+                | Action::Truncate
+                | Action::CopyTruncate
+                | Action::TruncateRegrow(_)
+                | Action::Restart
+        ) {
             w.close();
             w.end_trace();
         }
@@ -407,6 +424,42 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
                     // The next poll must see the file shorter before it grows
                     // back, or the truncation is invisible (as for any tailer).
                     poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+                }
+            }
+            Action::CopyTruncate => {
+                if w.live().exists() {
+                    w.rotations += 1;
+                    let to = w
+                        .dir
+                        .join(format!("{}.log.20261127-{:06}", w.restart, w.rotations));
+                    std::fs::copy(w.live(), to).unwrap();
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(w.live())
+                        .unwrap()
+                        .set_len(0)
+                        .unwrap();
+                }
+            }
+            Action::TruncateRegrow(n) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    let moved = poll(&mut tailer, &root, &mut store, &ckpt, un, true);
+                    if !moved && tailer.open_records() == 0 {
+                        break;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "records never closed");
+                }
+                if w.live().exists() {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(w.live())
+                        .unwrap()
+                        .set_len(0)
+                        .unwrap();
+                    // At least as long as before, so that only the first
+                    // line tells.
+                    w.write(n.max(30), false);
                 }
             }
             Action::Restart => w.restart += 1,
@@ -487,6 +540,52 @@ fn crash_after_gzip_of_unacked_file() {
         Gzip,
         Write(2, false),
     ]);
+}
+
+/// logrotate's copytruncate between two reads: the lines written after
+/// the last read are only in the copy, and must come out of it once.
+#[test]
+fn copy_truncate_loses_nothing_written_after_the_last_read() {
+    use Action::*;
+    run(vec![
+        Write(5, false),
+        Poll {
+            ack: true,
+            save: true,
+        },
+        Write(7, false),
+        CopyTruncate,
+        Write(3, false),
+        Poll {
+            ack: true,
+            save: true,
+        },
+        Write(2, false),
+    ]);
+}
+
+/// Copy-truncate, then the copy compressed before the tailer looked: it
+/// reads on inside the gzip.
+#[test]
+fn copy_truncate_then_gzip_of_the_copy() {
+    use Action::*;
+    run(vec![
+        Open,
+        Poll {
+            ack: false,
+            save: false,
+        },
+        CopyTruncate,
+        Gzip,
+    ]);
+}
+
+/// Truncated and written again to a larger size between two looks: the
+/// size alone does not show it; the first line does.
+#[test]
+fn truncate_and_regrowth_between_two_reads_is_seen() {
+    use Action::*;
+    run(vec![Write(10, false), TruncateRegrow(30), Write(1, false)]);
 }
 
 #[test]

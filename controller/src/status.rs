@@ -161,18 +161,29 @@ impl From<&Deployment> for Workload {
     }
 }
 
-fn rolling(o: &Observed<'_>) -> bool {
+/// Whether a rollout is under way: the agents' or the aggregator's
+/// template changed and pods are being replaced. Pods still starting after
+/// the last one was replaced count until the rollout completes once
+/// (`finishing`: the previous Progressing was a rollout, or there was none,
+/// as at install); after that, an unavailable pod (a crash loop, a NotReady
+/// node, a new node, an outage) is not a rollout but a fault, said as
+/// Degraded with its reason at once.
+fn rolling(o: &Observed<'_>, previous: Option<&Condition>) -> bool {
+    let finishing =
+        previous.is_none_or(|c| c.reason == "RollingOut" || c.reason == "ProgressDeadlineExceeded");
     let ds_rolling = match o.daemonset {
         None => true,
         Some(ds) => {
             let st = ds.status.clone().unwrap_or_default();
             st.observed_generation < ds.metadata.generation
                 || st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled
-                || st.number_available.unwrap_or(0) < st.desired_number_scheduled
+                || (finishing && st.number_available.unwrap_or(0) < st.desired_number_scheduled)
         }
     };
     let agg_rolling = o.aggregator.is_some_and(|w| {
-        w.observed_generation < w.generation || w.updated < w.replicas || w.ready < w.replicas
+        w.observed_generation < w.generation
+            || w.updated < w.replicas
+            || (finishing && w.ready < w.replicas)
     });
     ds_rolling || agg_rolling
 }
@@ -299,7 +310,7 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
         })
         .collect();
 
-    let is_rolling = rolling(&o);
+    let is_rolling = rolling(&o, old.conditions.iter().find(|c| c.type_ == PROGRESSING));
     let agg_ready = aggregator_ready(&o);
     // Gaps a rollout explains by itself.
     let serious: i32 = by_reason
@@ -460,6 +471,13 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
                     by_reason_text(&by_reason)
                 }
             ),
+        )
+    } else if !is_rolling && !agg_ready {
+        set(
+            DEGRADED,
+            true,
+            "AggregatorNotReady",
+            "the aggregator is not ready, and no rollout explains it".into(),
         )
     } else if !is_rolling && serious > 0 {
         set(
@@ -802,6 +820,40 @@ mod tests {
         assert!(!o3.notices[0].warning && o3.notices[0].note.contains('c'));
     }
 
+    /// Issue 23, item 11: an agent that stops being ready after the
+    /// rollout completed (a crash loop, a NotReady node) is not a rollout:
+    /// no `RolloutStarted`, no `Progressing=True`, and `Degraded` at once
+    /// with the reason, not 600 s later as a stalled rollout.
+    #[test]
+    fn unavailability_outside_a_rollout_is_degraded_at_once() {
+        let mut w = world();
+        w.pods.push(pod("c", true, 1));
+        w.ds = ds(1, 1, 3, 3, 3);
+        let steady = run(&w, "2026-11-27T10:00:00Z", &LogCollectorStatus::default()).status;
+        assert_eq!(c(&steady, PROGRESSING), ("False", "RolloutComplete"));
+        // Node c's agent crash-loops: same template, one fewer available.
+        w.pods[2] = pod("c", false, 1);
+        w.ds = ds(1, 1, 3, 3, 2);
+        let o = run(&w, "2026-11-27T10:01:00Z", &steady);
+        assert_eq!(c(&o.status, PROGRESSING), ("False", "RolloutComplete"));
+        assert_eq!(c(&o.status, DEGRADED), ("True", "NodesMissing"));
+        assert!(
+            o.notices.iter().all(|n| n.reason != "RolloutStarted"),
+            "{:?}",
+            o.notices
+        );
+        // An aggregator that stops being ready, template unchanged.
+        w.pods[2] = pod("c", true, 1);
+        w.ds = ds(1, 1, 3, 3, 3);
+        w.sts = sts(0);
+        let o = run(&w, "2026-11-27T10:02:00Z", &steady);
+        assert_eq!(c(&o.status, PROGRESSING), ("False", "RolloutComplete"));
+        assert_eq!(c(&o.status, DEGRADED), ("True", "AggregatorNotReady"));
+        // At install, pods starting are the rollout's.
+        let fresh = run(&w, "2026-11-27T10:02:00Z", &LogCollectorStatus::default());
+        assert_eq!(c(&fresh.status, PROGRESSING), ("True", "RollingOut"));
+    }
+
     #[test]
     fn a_rollout_starts_finishes_or_stalls() {
         let mut w = world();
@@ -1016,11 +1068,13 @@ mod tests {
         assert_eq!(c(&up.status, AVAILABLE), ("True", "AllNodesCovered"));
         assert_eq!(c(&up.status, PROGRESSING), ("False", "RolloutComplete"));
         assert_eq!(c(&up.status, DEGRADED), ("False", "AsExpected"));
-        // Two of three ready: a rollout, still not degraded.
+        // Two of three ready, template unchanged: not a rollout (issue 23,
+        // item 11) but a fault, said at once.
         w.deployment = Some(deployment(3, 2));
         let s = run(&w, "2026-11-27T10:00:00Z", &up.status).status;
-        assert_eq!(c(&s, PROGRESSING), ("True", "RollingOut"));
+        assert_eq!(c(&s, PROGRESSING), ("False", "RolloutComplete"));
         assert_eq!(c(&s, AVAILABLE), ("False", "AggregatorNotReady"));
+        assert_eq!(c(&s, DEGRADED), ("True", "AggregatorNotReady"));
 
         // ClickHouse goes away: the replicas turn unready, and the status
         // says why, once as an event.
@@ -1051,10 +1105,7 @@ mod tests {
             "{:?}",
             still.notices
         );
-        assert_eq!(
-            c(&still.status, PROGRESSING),
-            ("False", "ProgressDeadlineExceeded")
-        );
+        assert_eq!(c(&still.status, PROGRESSING), ("False", "RolloutComplete"));
         assert_eq!(c(&still.status, DEGRADED), ("True", STORE_UNAVAILABLE));
 
         // Back: the agents list answers again.

@@ -38,6 +38,34 @@ pub enum Reason {
     Outdated,
     /// The agent is ready but the aggregator has not heard from it lately.
     NotReporting,
+    /// The node joined less than [`NODE_GRACE`] ago and its agent is not
+    /// working yet: it is starting, not lost.
+    Starting,
+}
+
+/// How long a new node's agent may take to start before the node counts
+/// as lost: its pod is created, its image pulled and the agent's first
+/// push made within this on a healthy cluster.
+pub const NODE_GRACE: std::time::Duration = std::time::Duration::from_secs(180);
+
+impl Reason {
+    /// Whether a new node's gap of this reason is its agent starting (and
+    /// not a fault that a grace period must not hide: a crash loop, an
+    /// image that cannot be pulled, a node the agents may not run on).
+    pub fn may_be_starting(self) -> bool {
+        matches!(
+            self,
+            Reason::FailedCreate | Reason::NotReady | Reason::NodeNotReady | Reason::NotReporting
+        )
+    }
+
+    /// Whether the gap is explained without a fault: a rollout replacing
+    /// the pod, or a new node's agent starting. Neither counts against
+    /// availability, raises `NodeLostCoverage` or makes the collector
+    /// Degraded.
+    pub fn explained(reason: &str) -> bool {
+        reason == Reason::Outdated.as_str() || reason == Reason::Starting.as_str()
+    }
 }
 
 impl Reason {
@@ -56,6 +84,7 @@ impl Reason {
             Reason::NotReady => "NotReady",
             Reason::Outdated => "Outdated",
             Reason::NotReporting => "NotReporting",
+            Reason::Starting => "Starting",
         }
     }
 }

@@ -162,13 +162,14 @@ impl From<&Deployment> for Workload {
 }
 
 /// Whether a rollout is under way: the agents' or the aggregator's
-/// template changed and pods are being replaced. Pods still starting after
-/// the last one was replaced count until the rollout completes once
+/// template changed and pods are being replaced (`outdated`: agent pods
+/// still on an older revision). Pods not yet replaced or still starting
+/// after the last old one went count until the rollout completes once
 /// (`finishing`: the previous Progressing was a rollout, or there was none,
 /// as at install); after that, an unavailable pod (a crash loop, a NotReady
 /// node, a new node, an outage) is not a rollout but a fault, said as
 /// Degraded with its reason at once.
-fn rolling(o: &Observed<'_>, previous: Option<&Condition>) -> bool {
+fn rolling(o: &Observed<'_>, previous: Option<&Condition>, outdated: i32) -> bool {
     let finishing =
         previous.is_none_or(|c| c.reason == "RollingOut" || c.reason == "ProgressDeadlineExceeded");
     let ds_rolling = match o.daemonset {
@@ -176,8 +177,10 @@ fn rolling(o: &Observed<'_>, previous: Option<&Condition>) -> bool {
         Some(ds) => {
             let st = ds.status.clone().unwrap_or_default();
             st.observed_generation < ds.metadata.generation
-                || st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled
-                || (finishing && st.number_available.unwrap_or(0) < st.desired_number_scheduled)
+                || outdated > 0
+                || (finishing
+                    && (st.updated_number_scheduled.unwrap_or(0) < st.desired_number_scheduled
+                        || st.number_available.unwrap_or(0) < st.desired_number_scheduled))
         }
     };
     let agg_rolling = o.aggregator.is_some_and(|w| {
@@ -267,7 +270,7 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
     };
     let scope = crate::placement::scope_selector(o.scope);
     let empty = BTreeMap::new();
-    let (rows, summary) = coverage::classify(Inputs {
+    let (mut rows, summary) = coverage::classify(Inputs {
         nodes: o.nodes,
         pods: o.pods,
         template: &template,
@@ -278,6 +281,28 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
         now: o.now,
         silence: o.last_push.map(|_| o.silence),
     });
+
+    // A node that joined within the grace period is starting, not lost.
+    for r in &mut rows {
+        let Some(g) = r.gap.as_mut() else { continue };
+        let created = o
+            .nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(r.node.as_str()))
+            .and_then(|n| n.metadata.creation_timestamp.as_ref());
+        let age = created.map(|c| o.now.duration_since(c.0).unsigned_abs());
+        if let (Some(age), true) = (age, g.reason.may_be_starting()) {
+            if age < coverage::NODE_GRACE {
+                g.message = format!(
+                    "the node joined {}s ago; its agent is starting ({}: {})",
+                    age.as_secs(),
+                    g.reason.as_str(),
+                    g.message
+                );
+                g.reason = Reason::Starting;
+            }
+        }
+    }
 
     // Missing nodes: most basic cause first, then by name; `since` kept
     // from the previous status while the reason holds.
@@ -310,12 +335,19 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
         })
         .collect();
 
-    let is_rolling = rolling(&o, old.conditions.iter().find(|c| c.type_ == PROGRESSING));
+    let is_rolling = rolling(
+        &o,
+        old.conditions.iter().find(|c| c.type_ == PROGRESSING),
+        by_reason
+            .get(Reason::Outdated.as_str())
+            .copied()
+            .unwrap_or(0),
+    );
     let agg_ready = aggregator_ready(&o);
     // Gaps a rollout explains by itself.
     let serious: i32 = by_reason
         .iter()
-        .filter(|(r, _)| r.as_str() != Reason::Outdated.as_str())
+        .filter(|(r, _)| !Reason::explained(r))
         .map(|(_, n)| *n)
         .sum();
     let gen = o.generation;
@@ -563,8 +595,9 @@ pub fn compute(o: Observed<'_>, old: &LogCollectorStatus) -> Outcome {
         }
         _ => {}
     }
-    // Outdated comes and goes with every rollout; the rollout events say it.
-    let counted = |m: &&MissingNode| m.reason != Reason::Outdated.as_str();
+    // Outdated comes and goes with every rollout (the rollout events say
+    // it), and a new node's agent is starting.
+    let counted = |m: &&MissingNode| !Reason::explained(&m.reason);
     let old_missing: BTreeSet<&str> = old
         .missing_nodes
         .iter()
@@ -818,6 +851,55 @@ mod tests {
         assert_eq!(o3.notices.len(), 1);
         assert_eq!(o3.notices[0].reason, "NodeRegainedCoverage");
         assert!(!o3.notices[0].warning && o3.notices[0].note.contains('c'));
+    }
+
+    /// Issue 23, item 19: a node that just joined has no working agent
+    /// for a while (its pod is created, its image pulled): that is not a
+    /// lost node. Within the grace period it is `Starting`, with no
+    /// `NodeLostCoverage` and no Degraded; past it, the real reason.
+    #[test]
+    fn a_new_node_gets_a_grace_period() {
+        let mut w = world();
+        w.pods.push(pod("c", true, 1));
+        w.ds = ds(1, 1, 3, 3, 3);
+        let steady = run(&w, "2026-11-27T10:00:00Z", &LogCollectorStatus::default()).status;
+        let mut d = node("d", json!({"kubernetes.io/os": "linux"}));
+        d.metadata.creation_timestamp = Some(Time("2026-11-27T10:00:30Z".parse().unwrap()));
+        w.nodes.push(d);
+        w.ds = ds(1, 1, 4, 3, 3);
+        let o = run(&w, "2026-11-27T10:01:00Z", &steady);
+        assert_eq!(o.status.missing_nodes.len(), 1);
+        assert_eq!(o.status.missing_nodes[0].reason, "Starting");
+        assert!(
+            o.status.missing_nodes[0].message.contains("FailedCreate"),
+            "{}",
+            o.status.missing_nodes[0].message
+        );
+        assert!(
+            o.notices.iter().all(|n| n.reason != "NodeLostCoverage"),
+            "{:?}",
+            o.notices
+        );
+        assert_eq!(c(&o.status, DEGRADED), ("False", "AsExpected"));
+        // Still no agent four minutes after it joined: lost, and said.
+        let late = run(&w, "2026-11-27T10:04:30Z", &o.status);
+        assert_eq!(late.status.missing_nodes[0].reason, "FailedCreate");
+        assert!(
+            late.notices.iter().any(|n| n.reason == "NodeLostCoverage"),
+            "{:?}",
+            late.notices
+        );
+        assert_eq!(c(&late.status, DEGRADED), ("True", "NodesMissing"));
+        // A crash loop is a fault even on a new node.
+        let mut crashing = pod("d", false, 1);
+        crashing.status.as_mut().unwrap().container_statuses = Some(vec![serde_json::from_value(
+            json!({"name": "agent", "ready": false, "restartCount": 5, "image": "i", "imageID": "",
+                   "state": {"waiting": {"reason": "CrashLoopBackOff"}}}),
+        )
+        .unwrap()]);
+        w.pods.push(crashing);
+        let o = run(&w, "2026-11-27T10:01:00Z", &steady);
+        assert_eq!(o.status.missing_nodes[0].reason, "CrashLoopBackOff");
     }
 
     /// Issue 23, item 11: an agent that stops being ready after the

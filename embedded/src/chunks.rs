@@ -190,6 +190,20 @@ pub fn quarantine(fs: &dyn Fs, dir: &Path, seq: u64) -> Result<(), StoreError> {
     store::sync_dir(fs, dir)
 }
 
+/// The chunk files set aside as unreadable (`*.bad`), by sequence number.
+pub fn quarantined(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>, StoreError> {
+    let mut seqs: Vec<u64> = fs
+        .read_dir(dir)
+        .map_err(io_err(dir))?
+        .iter()
+        .filter_map(|n| n.strip_suffix(".bad"))
+        .filter_map(|n| n.split('.').next()?.parse().ok())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    Ok(seqs)
+}
+
 /// Reads the summary at the head of an index file.
 pub fn read_summary(fs: &dyn Fs, path: &Path) -> Result<Summary, StoreError> {
     let f = fs.open(path, Mode::Read).map_err(io_err(path))?;
@@ -779,6 +793,7 @@ mod tests {
             3,
             "{names:?}"
         );
+        assert_eq!(quarantined(&fs, dir).unwrap(), vec![1, 3]);
     }
 
     /// A damaged record in the middle: the ones after it keep their ids.

@@ -75,6 +75,10 @@ pub struct Shared {
     /// Why the store cannot take pushes now (a full disk), for `/readyz`;
     /// cleared by the next commit that succeeds.
     pub degraded: std::sync::Mutex<Option<String>>,
+    /// Chunk files set aside as unreadable (`*.bad`) when the store
+    /// opened: their lines are not served until someone repairs them,
+    /// which `/readyz` says.
+    pub quarantined: Vec<u64>,
     /// The data directory's lock: one aggregator per directory.
     _lock: DirLock,
 }
@@ -373,6 +377,10 @@ pub fn open_on(
         files = hwm.len(),
         "store opened"
     );
+    let quarantined = chunks::quarantined(&*fs, &chunks_dir)?;
+    if !quarantined.is_empty() {
+        tracing::error!(files = ?quarantined, dir = %chunks_dir.display(), "chunk files set aside as unreadable (*.bad); their lines are not served");
+    }
     let shared = Arc::new(Shared {
         index: RwLock::new(ix),
         segments_dir: seg_dir,
@@ -388,6 +396,7 @@ pub fn open_on(
         files: std::sync::Mutex::new(()),
         fs: fs.clone(),
         degraded: std::sync::Mutex::new(None),
+        quarantined,
         _lock: lock,
     });
     let (compact, compact_rx) = mpsc::channel();

@@ -198,9 +198,17 @@ fn selected_streams(
 #[async_trait::async_trait]
 impl Backend for Embedded {
     fn health(&self) -> Health {
-        match self.shared.degraded.lock().ok().and_then(|d| d.clone()) {
-            Some(why) => Health::Degraded(why),
-            None => Health::Ready,
+        if let Some(why) = self.shared.degraded.lock().ok().and_then(|d| d.clone()) {
+            return Health::Degraded(why);
+        }
+        match self.shared.quarantined.as_slice() {
+            [] => Health::Ready,
+            q => Health::Degraded(format!(
+                "{} chunk file(s) set aside as unreadable ({}/*.bad, sequence {:?}): their lines are not served",
+                q.len(),
+                self.shared.chunks_dir.display(),
+                q
+            )),
         }
     }
 

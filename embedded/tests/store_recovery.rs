@@ -768,3 +768,47 @@ async fn large_pushes_are_copied_by_compaction_and_small_ones_regrouped() {
     let r = w.push(again, Default::default()).await.unwrap();
     assert_eq!((r.stored_lines, r.duplicate_lines), (0, 3000));
 }
+
+/// A chunk file whose index cannot be read is set aside at start-up (its
+/// lines are not served), and the store says so on `/readyz` instead of
+/// looking ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_file_set_aside_makes_the_store_degraded() {
+    use logfleet_store::backend::{Backend, Health};
+    let tmp = tempfile::tempdir().unwrap();
+    let (shared, w) = open(cfg(tmp.path(), 1024, None));
+    for i in 0..30u64 {
+        w.push(
+            push(i % 3, (i / 3) * 5, 5, Compression::Zstd),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let sealed = shared
+        .snapshot_through
+        .load(std::sync::atomic::Ordering::SeqCst) as usize;
+    wait_compacted(&shared, sealed);
+    close(shared, w);
+    let reopen = || {
+        logfleet_embedded::Embedded::open(
+            cfg(tmp.path(), 1024, None),
+            Metrics::new(&mut Registry::default()),
+            Default::default(),
+            64 << 20,
+        )
+        .expect("open store")
+    };
+    assert_eq!(reopen().health(), Health::Ready);
+    let chunks = tmp.path().join("chunks");
+    let index = std::fs::read_dir(&chunks)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".index"))
+        .expect("a chunk index");
+    std::fs::write(&index, b"\x02\x00\x00\x00\xff\xff").unwrap();
+    match reopen().health() {
+        Health::Degraded(why) => assert!(why.contains("set aside"), "{why}"),
+        h => panic!("{h:?}"),
+    }
+}

@@ -107,6 +107,25 @@ impl World {
         self.dir.join(format!("{}.log", self.restart))
     }
 
+    /// The name kubelet gives the live file's next rotation.
+    fn next_rotated(&mut self) -> PathBuf {
+        self.rotations += 1;
+        self.dir.join(format!(
+            "{}.log.20261127-{:06}",
+            self.restart, self.rotations
+        ))
+    }
+
+    /// Cuts the live file to nothing, in place.
+    fn truncate_live(&self) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.live())
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
     fn append(&self, data: &[u8]) {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -304,6 +323,25 @@ fn ack_all(store: &mut Store, ckpt: &Arc<Mutex<Checkpoints>>, unacked: &mut Unac
     }
 }
 
+/// Polls, acknowledging everything, until nothing moves and no record is
+/// open (the last one goes a timeout after its last line).
+fn drain(
+    tailer: &mut Tailer,
+    root: &Path,
+    store: &mut Store,
+    ckpt: &Arc<Mutex<Checkpoints>>,
+    unacked: &mut Unacked,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let moved = poll(tailer, root, store, ckpt, unacked, true);
+        if !moved && tailer.open_records() == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "records never closed");
+    }
+}
+
 fn poll(
     tailer: &mut Tailer,
     root: &Path,
@@ -377,10 +415,7 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
             Action::Close => w.close(),
             Action::Rotate => {
                 if w.live().exists() {
-                    w.rotations += 1;
-                    let to = w
-                        .dir
-                        .join(format!("{}.log.20261127-{:06}", w.restart, w.rotations));
+                    let to = w.next_rotated();
                     std::fs::rename(w.live(), to).unwrap();
                 }
             }
@@ -410,14 +445,7 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
                 tailer = Tailer::new(cfg(chunk, budget), ckpt.clone());
             }
             Action::Truncate => {
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                loop {
-                    let moved = poll(&mut tailer, &root, &mut store, &ckpt, un, true);
-                    if !moved && tailer.open_records() == 0 {
-                        break;
-                    }
-                    assert!(std::time::Instant::now() < deadline, "records never closed");
-                }
+                drain(&mut tailer, &root, &mut store, &ckpt, un);
                 poll(&mut tailer, &root, &mut store, &ckpt, un, true);
                 if w.live().exists() {
                     std::fs::File::create(w.live()).unwrap();
@@ -428,35 +456,15 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
             }
             Action::CopyTruncate => {
                 if w.live().exists() {
-                    w.rotations += 1;
-                    let to = w
-                        .dir
-                        .join(format!("{}.log.20261127-{:06}", w.restart, w.rotations));
+                    let to = w.next_rotated();
                     std::fs::copy(w.live(), to).unwrap();
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(w.live())
-                        .unwrap()
-                        .set_len(0)
-                        .unwrap();
+                    w.truncate_live();
                 }
             }
             Action::TruncateRegrow(n) => {
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                loop {
-                    let moved = poll(&mut tailer, &root, &mut store, &ckpt, un, true);
-                    if !moved && tailer.open_records() == 0 {
-                        break;
-                    }
-                    assert!(std::time::Instant::now() < deadline, "records never closed");
-                }
+                drain(&mut tailer, &root, &mut store, &ckpt, un);
                 if w.live().exists() {
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(w.live())
-                        .unwrap()
-                        .set_len(0)
-                        .unwrap();
+                    w.truncate_live();
                     // At least as long as before, so that only the first
                     // line tells.
                     w.write(n.max(30), false);
@@ -469,14 +477,7 @@ fn run_with(actions: Vec<Action>, chunk: usize, budget: usize) {
     w.end_trace();
     // Drain: poll until nothing moves and no record is open (the last one
     // goes a timeout after its last line), acknowledging everything.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let moved = poll(&mut tailer, &root, &mut store, &ckpt, un, true);
-        if !moved && tailer.open_records() == 0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "records never closed");
-    }
+    drain(&mut tailer, &root, &mut store, &ckpt, un);
     poll(&mut tailer, &root, &mut store, &ckpt, un, true);
     let mut got = store.lines.clone();
     got.sort();

@@ -19,17 +19,27 @@ use logfleet_store::query::QueryExt;
 /// Connects as the aggregator does at start: again until a deadline while
 /// the server refuses connections (a cluster server listens before it
 /// is done starting, and under load stops answering for a moment).
-async fn connect_within(cfg: Config) -> ClickHouse {
+async fn connect_within(cfg: Config) -> Result<ClickHouse, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         match ClickHouse::connect(cfg.clone()).await {
-            Ok(ch) => return ch,
+            Ok(ch) => return Ok(ch),
             Err(e) if e.is_unavailable() && Instant::now() < deadline => {
                 eprintln!("connect to {}: {e}; again", cfg.url);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("connect to {}: {e}", cfg.url),
+            Err(e) => return Err(format!("connect to {}: {e}", cfg.url)),
         }
+    }
+}
+
+/// Connects to `server`, or fails the test with what the server said:
+/// a server that stops answering is the cluster test's known flake, and
+/// its log is what can tell why.
+async fn connect_to(server: &mut Server, cfg: Config) -> ClickHouse {
+    match connect_within(cfg).await {
+        Ok(ch) => ch,
+        Err(e) => panic!("{e}\n{}", server.diagnosis()),
     }
 }
 
@@ -345,10 +355,13 @@ async fn a_cluster_of_two_replicas_through_zookeeper() {
         cluster: Some("logs".into()),
         ..config(s, "fleet")
     };
-    let (a, b) = tokio::join!(
-        connect_within(cfg(&servers[0])),
-        connect_within(cfg(&servers[1]))
-    );
+    let (c0, c1) = (cfg(&servers[0]), cfg(&servers[1]));
+    let (a, b) = {
+        let [s0, s1] = &mut servers[..] else {
+            panic!("two servers")
+        };
+        tokio::join!(connect_to(s0, c0), connect_to(s1, c1))
+    };
     for s in &servers {
         assert_eq!(
             s.sql("SELECT engine FROM system.tables WHERE database = 'fleet' AND name = 'lines_local'").unwrap(),

@@ -157,6 +157,25 @@ impl Server {
         }
     }
 
+    /// What the server wrote to its error log, and whether its process
+    /// still runs: for a test that gives up on it to say why.
+    pub fn diagnosis(&mut self) -> String {
+        let running = match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => "running".to_owned(),
+            Some(Ok(Some(status))) => format!("exited: {status}"),
+            Some(Err(e)) => format!("unknown: {e}"),
+            None => "stopped".to_owned(),
+        };
+        let log = std::fs::read_to_string(self.dir.join("err.log")).unwrap_or_default();
+        // The end says what happened last.
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "process {running}; err.log (last 40 lines):\n{}",
+            tail.join("\n")
+        )
+    }
+
     /// The HTTP interface's URL.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http)

@@ -494,11 +494,7 @@ impl Backend for ClickHouseBackend {
         end: i64,
     ) -> Result<Vec<Labels>, QueryError> {
         let (store, _) = self.connected()?;
-        let selectors = if selectors.is_empty() {
-            vec![Query::default()]
-        } else {
-            selectors
-        };
+        let selectors = logfleet_store::query::or_everything(selectors);
         let mut out = Vec::new();
         for q in &selectors {
             for (node, labels) in store.series(q, start, end).await.map_err(query_error)? {

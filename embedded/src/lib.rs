@@ -163,8 +163,7 @@ pub fn agents(shared: &Shared) -> Vec<AgentInfo> {
         .collect()
 }
 
-/// The label sets of the streams the selectors pick in `[start, end)`;
-/// all when there are none.
+/// The label sets of the streams the selectors pick in `[start, end)`.
 fn selected_streams(
     shared: &Shared,
     selectors: &[Query],
@@ -176,12 +175,6 @@ fn selected_streams(
         to: Some(end),
         limit: 0,
         direction: Direction::Forward,
-    };
-    let all = [Query::default()];
-    let selectors = if selectors.is_empty() {
-        &all[..]
-    } else {
-        selectors
     };
     let mut out = Vec::new();
     for q in selectors {
@@ -323,8 +316,10 @@ impl Backend for Embedded {
         start: i64,
         end: i64,
     ) -> Result<Vec<Labels>, QueryError> {
-        self.blocking(move |shared| selected_streams(shared, &selectors, start, end))
-            .await
+        self.blocking(move |shared| {
+            selected_streams(shared, &query::or_everything(selectors), start, end)
+        })
+        .await
     }
 
     async fn index_stats(&self, q: Query, start: i64, end: i64) -> Result<IndexStats, QueryError> {

@@ -16,13 +16,6 @@ use logfleet_store::loki::{target, Incoming, Refused, Target};
 use crate::ingest::{Shared, Writer};
 use crate::query::{self, Bounds, Control};
 
-fn bad(msg: impl Into<String>) -> Refused {
-    Refused {
-        status: 400,
-        msg: msg.into(),
-    }
-}
-
 /// A stream's lock, guarding the last offset given out.
 type StreamLock = Arc<tokio::sync::Mutex<u64>>;
 
@@ -168,7 +161,7 @@ pub async fn store(
             )?;
             let r = writer.push(req, limits).await.map_err(|e| match e {
                 crate::ingest::PushError::Invalid(_) | crate::ingest::PushError::Codec(_) => {
-                    bad(e.to_string())
+                    Refused::bad(e.to_string())
                 }
                 _ => Refused {
                     status: 503,

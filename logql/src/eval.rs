@@ -175,8 +175,8 @@ impl RangeAcc {
 
     /// Adds `lines` lines holding `bytes` bytes of text at `ts` in series
     /// `id` at once: what a store that counts lines itself hands over
-    /// (see [`super::run::Buckets`]). Only for aggregations linear in the
-    /// lines (see [`super::run::countable`]).
+    /// (`logfleet_store::evaluate::Buckets`). Only for aggregations linear
+    /// in the lines (`logfleet_store::evaluate::countable`).
     pub fn add_many(&mut self, id: usize, ts: i64, lines: u64, bytes: u64) {
         let v = match self.op {
             RangeOp::BytesOverTime | RangeOp::BytesRate => bytes as f64,

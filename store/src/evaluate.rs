@@ -1,6 +1,7 @@
-//! Metric queries over the store: each range aggregation reads its lines
-//! once, in no particular order, through [`crate::query::visit`], and
-//! [`logfleet_logql::eval`] does the rest.
+//! Metric queries over any store's lines: a store hands each range
+//! aggregation's lines (or, for [`countable`] ones, its own counts per
+//! [`Buckets`]) once, in no particular order, and [`logfleet_logql::eval`]
+//! does the rest.
 
 use std::collections::HashMap;
 

@@ -16,10 +16,13 @@ pub struct Refused {
     pub msg: String,
 }
 
-fn bad(msg: impl Into<String>) -> Refused {
-    Refused {
-        status: 400,
-        msg: msg.into(),
+impl Refused {
+    /// A push that is wrong as sent: 400, as Loki answers it.
+    pub fn bad(msg: impl Into<String>) -> Refused {
+        Refused {
+            status: 400,
+            msg: msg.into(),
+        }
     }
 }
 
@@ -63,7 +66,7 @@ pub fn target(labels: &[(String, String)]) -> Result<Target, Refused> {
     sorted.sort();
     sorted.dedup_by(|a, b| a.0 == b.0);
     if sorted.len() != labels.len() {
-        return Err(bad("a label appears twice"));
+        return Err(Refused::bad("a label appears twice"));
     }
     let mut id = 0xcbf2_9ce4_8422_2325u64;
     for (k, v) in &sorted {
@@ -96,13 +99,17 @@ pub fn target(labels: &[(String, String)]) -> Result<Target, Refused> {
             "restart" => {
                 t.labels.restart = v
                     .parse()
-                    .map_err(|_| bad(format!("label restart={v:?} is not a number")))?;
+                    .map_err(|_| Refused::bad(format!("label restart={v:?} is not a number")))?;
             }
             "stream" => {
                 t.stream = match v.as_str() {
                     "stdout" => Stream::Stdout,
                     "stderr" => Stream::Stderr,
-                    _ => return Err(bad(format!("label stream={v:?}: stdout or stderr"))),
+                    _ => {
+                        return Err(Refused::bad(format!(
+                            "label stream={v:?}: stdout or stderr"
+                        )))
+                    }
                 }
             }
             _ => t.labels.extra.push(Label { name: k, value: v }),
@@ -110,7 +117,7 @@ pub fn target(labels: &[(String, String)]) -> Result<Target, Refused> {
     }
     // `label_node` stood where `node` sorts.
     t.labels.extra.sort_by(|a, b| a.name.cmp(&b.name));
-    crate::push::check_extra(&t.labels.extra).map_err(bad)?;
+    crate::push::check_extra(&t.labels.extra).map_err(Refused::bad)?;
     Ok(t)
 }
 

@@ -308,11 +308,7 @@ impl Backend for Memory {
         end: i64,
     ) -> Result<Vec<Labels>, QueryError> {
         let inner = self.lock();
-        let selectors = if selectors.is_empty() {
-            vec![Query::default()]
-        } else {
-            selectors
-        };
+        let selectors = crate::query::or_everything(selectors);
         let mut ids: Vec<u32> = Vec::new();
         for q in &selectors {
             let wanted = Self::selected(&inner, q);

@@ -79,6 +79,16 @@ impl Control {
     }
 }
 
+/// `selectors`, or one that selects every stream when there are none: what
+/// Loki's label and series endpoints take as "no selector".
+pub fn or_everything(selectors: Vec<Query>) -> Vec<Query> {
+    if selectors.is_empty() {
+        vec![Query::default()]
+    } else {
+        selectors
+    }
+}
+
 /// Parses a log query.
 pub fn parse(s: &str) -> Result<Query, QueryError> {
     Ok(logfleet_logql::parse_log_query(s)?)

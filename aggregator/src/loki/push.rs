@@ -15,13 +15,6 @@ use prost::Message;
 
 pub use logfleet_store::loki::{Incoming, Refused};
 
-fn bad(msg: impl Into<String>) -> Refused {
-    Refused {
-        status: 400,
-        msg: msg.into(),
-    }
-}
-
 /// The most a push body may decompress to.
 pub const MAX_DECODED: usize = 64 << 20;
 
@@ -92,7 +85,7 @@ pub fn decode(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Refused>
     // Snappy states the decompressed length up front: judge it before
     // allocating, or a small body claiming gigabytes would take them.
     let claimed = snap::raw::decompress_len(body)
-        .map_err(|e| bad(format!("not a snappy-compressed protobuf body: {e}")))?;
+        .map_err(|e| Refused::bad(format!("not a snappy-compressed protobuf body: {e}")))?;
     if claimed > MAX_DECODED {
         return Err(Refused {
             status: 413,
@@ -101,9 +94,9 @@ pub fn decode(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Refused>
     }
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
-        .map_err(|e| bad(format!("not a snappy-compressed protobuf body: {e}")))?;
+        .map_err(|e| Refused::bad(format!("not a snappy-compressed protobuf body: {e}")))?;
     let req = LokiPushRequest::decode(raw.as_slice())
-        .map_err(|e| bad(format!("not a Loki PushRequest: {e}")))?;
+        .map_err(|e| Refused::bad(format!("not a Loki PushRequest: {e}")))?;
     req.streams
         .into_iter()
         .map(|s| {
@@ -123,7 +116,7 @@ pub fn decode(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Refused>
                             .seconds
                             .checked_mul(1_000_000_000)
                             .and_then(|n| n.checked_add(i64::from(t.nanos)))
-                            .ok_or_else(|| bad("timestamp out of range"))?;
+                            .ok_or_else(|| Refused::bad("timestamp out of range"))?;
                         Ok((ns, e.line))
                     })
                     .collect::<Result<_, Refused>>()?,
@@ -134,28 +127,27 @@ pub fn decode(content_type: &str, body: &[u8]) -> Result<Vec<Incoming>, Refused>
 
 fn decode_json(body: &[u8]) -> Result<Vec<Incoming>, Refused> {
     let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| Refused::bad(format!("invalid JSON: {e}")))?;
     let streams = v
         .get("streams")
         .and_then(|s| s.as_array())
-        .ok_or_else(|| bad("expected {\"streams\": [...]}"))?;
+        .ok_or_else(|| Refused::bad("expected {\"streams\": [...]}"))?;
     let mut out = Vec::new();
     for s in streams {
         let labels = s
             .get("stream")
             .and_then(|l| l.as_object())
-            .ok_or_else(|| bad("each stream needs a \"stream\" object of labels"))?
+            .ok_or_else(|| Refused::bad("each stream needs a \"stream\" object of labels"))?
             .iter()
             .map(|(k, v)| {
                 v.as_str()
                     .map(|v| (k.clone(), v.to_owned()))
-                    .ok_or_else(|| bad(format!("label {k:?} is not a string")))
+                    .ok_or_else(|| Refused::bad(format!("label {k:?} is not a string")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let values = s
-            .get("values")
-            .and_then(|v| v.as_array())
-            .ok_or_else(|| bad("each stream needs \"values\": [[\"<ns>\", \"<line>\"], ...]"))?;
+        let values = s.get("values").and_then(|v| v.as_array()).ok_or_else(|| {
+            Refused::bad("each stream needs \"values\": [[\"<ns>\", \"<line>\"], ...]")
+        })?;
         let mut entries = Vec::with_capacity(values.len());
         let mut with_metadata = 0;
         for v in values {
@@ -168,11 +160,13 @@ fn decode_json(body: &[u8]) -> Result<Vec<Incoming>, Refused> {
                 v.get(0).and_then(|t| t.as_str()),
                 v.get(1).and_then(|l| l.as_str()),
             ) else {
-                return Err(bad("each value is [\"<unix ns as a string>\", \"<line>\"]"));
+                return Err(Refused::bad(
+                    "each value is [\"<unix ns as a string>\", \"<line>\"]",
+                ));
             };
             let ts: i64 = ts
                 .parse()
-                .map_err(|_| bad(format!("timestamp {ts:?} is not Unix nanoseconds")))?;
+                .map_err(|_| Refused::bad(format!("timestamp {ts:?} is not Unix nanoseconds")))?;
             entries.push((ts, line.to_owned()));
         }
         out.push(Incoming {
@@ -186,12 +180,14 @@ fn decode_json(body: &[u8]) -> Result<Vec<Incoming>, Refused> {
 
 /// Parses Prometheus' label text, `{a="b", c="d"}`.
 pub fn parse_labels(s: &str) -> Result<Vec<(String, String)>, Refused> {
-    let q = query::parse(s).map_err(|e| bad(format!("labels {s:?}: {e}")))?;
+    let q = query::parse(s).map_err(|e| Refused::bad(format!("labels {s:?}: {e}")))?;
     q.matchers
         .into_iter()
         .map(|m| match m.op {
             query::Op::Eq(v) => Ok((m.label.name().to_owned(), v)),
-            _ => Err(bad(format!("labels {s:?}: only name=\"value\" pairs"))),
+            _ => Err(Refused::bad(format!(
+                "labels {s:?}: only name=\"value\" pairs"
+            ))),
         })
         .collect()
 }
